@@ -1,0 +1,644 @@
+//! Static mode: the TOML config file, and the files it names, as a snapshot source.
+//!
+//! The config file itself is read once, at start-up; a mistake in it is fatal and
+//! named by file, line and key. The certificate, key, bundle and intentions files it
+//! points at are polled: a change is picked up within a poll interval however it was
+//! written (in place, atomic rename, symlink swap), and a change that does not parse is
+//! logged once and ignored, so the last good state stays in force.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::api::intentions::ServiceIntentionsEntry;
+use crate::identity::ServiceId;
+use crate::intentions::{Action, Destination, Intentions, validate_config_entries};
+use crate::model::{
+    self, DefaultAction, Endpoint, InboundConfig, Leaf, Protocol, Snapshot, TrustBundle,
+    UpstreamConfig,
+};
+
+/// How often the watched files are read. Reading four small files twice a second
+/// costs nothing and, unlike inotify, sees every way a file can be replaced.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+const DEFAULT_LOCAL_CONNECT_TIMEOUT_MS: u64 = 1_000;
+const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    admin_addr: Option<SocketAddr>,
+    #[serde(default)]
+    default_action: Option<Action>,
+    identity: RawIdentity,
+    inbound: Option<RawInbound>,
+    #[serde(default)]
+    upstreams: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    cert: PathBuf,
+    key: PathBuf,
+    bundle: PathBuf,
+    trust_domain: Option<String>,
+    partition: Option<String>,
+    namespace: Option<String>,
+    datacenter: Option<String>,
+    service: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    bind: SocketAddr,
+    local_app: toml::Spanned<String>,
+    #[serde(default = "tcp")]
+    protocol: toml::Spanned<Protocol>,
+    intentions: Option<PathBuf>,
+    handshake_timeout_ms: Option<u64>,
+    local_connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: toml::Spanned<String>,
+    bind: SocketAddr,
+    endpoints: Vec<toml::Spanned<String>>,
+    #[serde(default = "tcp")]
+    protocol: toml::Spanned<Protocol>,
+    datacenter: Option<String>,
+    namespace: Option<String>,
+    connect_timeout_ms: Option<u64>,
+}
+
+fn tcp() -> toml::Spanned<Protocol> {
+    toml::Spanned::new(0..0, Protocol::Tcp)
+}
+
+/// A config file error, spelled `file:line:column: key: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{column}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+    pub message: String,
+}
+
+/// The identity this proxy claims, as far as the config file pins it down.
+#[derive(Debug, Clone, Default)]
+struct IdentityPins {
+    trust_domain: Option<String>,
+    partition: Option<String>,
+    namespace: Option<String>,
+    datacenter: Option<String>,
+    service: Option<String>,
+}
+
+impl IdentityPins {
+    fn mismatch(&self, id: &ServiceId) -> Option<String> {
+        let checks = [
+            ("trust_domain", &self.trust_domain, &id.trust_domain),
+            ("partition", &self.partition, &id.partition),
+            ("namespace", &self.namespace, &id.namespace),
+            ("datacenter", &self.datacenter, &id.datacenter),
+            ("service", &self.service, &id.service),
+        ];
+        checks.iter().find_map(|(key, want, got)| match want {
+            Some(want) if want != *got => Some(format!(
+                "leaf is {id}, but identity.{key} is {want:?} in the config"
+            )),
+            _ => None,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct UpstreamSpec {
+    name: String,
+    bind: SocketAddr,
+    protocol: Protocol,
+    connect_timeout: Duration,
+    endpoints: Vec<String>,
+    datacenter: Option<String>,
+    namespace: Option<String>,
+}
+
+/// A parsed, validated static config with every path made absolute.
+#[derive(Debug, Clone)]
+pub struct StaticConfig {
+    pub path: PathBuf,
+    pub admin_addr: Option<SocketAddr>,
+    cert: PathBuf,
+    key: PathBuf,
+    bundle: PathBuf,
+    intentions: Option<PathBuf>,
+    pins: IdentityPins,
+    default_action: DefaultAction,
+    inbound: Option<InboundConfig>,
+    upstreams: Vec<UpstreamSpec>,
+}
+
+impl StaticConfig {
+    /// Reads and validates the config file. Every error names file, line and key.
+    pub fn load(path: &Path) -> Result<StaticConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: 0,
+            column: 0,
+            key: "-".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    fn parse(path: &Path, text: &str) -> Result<StaticConfig, ConfigError> {
+        let err_at = |span: Option<std::ops::Range<usize>>, key: &str, message: String| {
+            let (line, column) = span.map_or((0, 0), |s| line_col(text, s.start));
+            ConfigError {
+                file: path.to_owned(),
+                line,
+                column,
+                key: key.to_owned(),
+                message,
+            }
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| err_at(e.span(), "-", e.message().to_owned()))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            err_at(inner.span(), &key, inner.message().to_owned())
+        })?;
+
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let inbound = match raw.inbound {
+            Some(ib) => {
+                check_l4(&ib.protocol, "inbound.protocol").map_err(|m| {
+                    err_at(Some(ib.protocol.span()), "inbound.protocol", m)
+                })?;
+                check_host_port(ib.local_app.get_ref()).map_err(|m| {
+                    err_at(Some(ib.local_app.span()), "inbound.local_app", m)
+                })?;
+                Some((
+                    InboundConfig {
+                        bind: ib.bind,
+                        local_app: ib.local_app.into_inner(),
+                        protocol: *ib.protocol.get_ref(),
+                        handshake_timeout: Duration::from_millis(
+                            ib.handshake_timeout_ms.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS),
+                        ),
+                        local_connect_timeout: Duration::from_millis(
+                            ib.local_connect_timeout_ms
+                                .unwrap_or(DEFAULT_LOCAL_CONNECT_TIMEOUT_MS),
+                        ),
+                    },
+                    ib.intentions.map(|p| dir.join(p)),
+                ))
+            }
+            None => None,
+        };
+
+        let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+        for (i, up) in raw.upstreams.into_iter().enumerate() {
+            let key = |k: &str| format!("upstreams[{i}].{k}");
+            check_l4(&up.protocol, &key("protocol"))
+                .map_err(|m| err_at(Some(up.protocol.span()), &key("protocol"), m))?;
+            if up.name.get_ref().is_empty() {
+                return Err(err_at(
+                    Some(up.name.span()),
+                    &key("name"),
+                    "must not be empty".into(),
+                ));
+            }
+            if up.endpoints.is_empty() {
+                return Err(err_at(
+                    Some(up.name.span()),
+                    &key("endpoints"),
+                    "at least one endpoint is required".into(),
+                ));
+            }
+            for (j, ep) in up.endpoints.iter().enumerate() {
+                check_host_port(ep.get_ref())
+                    .map_err(|m| err_at(Some(ep.span()), &key(&format!("endpoints[{j}]")), m))?;
+            }
+            upstreams.push(UpstreamSpec {
+                name: up.name.into_inner(),
+                bind: up.bind,
+                protocol: *up.protocol.get_ref(),
+                connect_timeout: Duration::from_millis(
+                    up.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
+                ),
+                endpoints: up.endpoints.into_iter().map(|e| e.into_inner()).collect(),
+                datacenter: up.datacenter,
+                namespace: up.namespace,
+            });
+        }
+
+        let (inbound, intentions) = match inbound {
+            Some((ib, ixn)) => (Some(ib), ixn),
+            None => (None, None),
+        };
+        let default_action = match raw.default_action {
+            Some(action) => DefaultAction {
+                action,
+                source: "config file default_action",
+            },
+            None => DefaultAction {
+                action: Action::Deny,
+                source: "built-in default (deny)",
+            },
+        };
+        Ok(StaticConfig {
+            path: path.to_owned(),
+            admin_addr: raw.admin_addr,
+            cert: dir.join(raw.identity.cert),
+            key: dir.join(raw.identity.key),
+            bundle: dir.join(raw.identity.bundle),
+            intentions,
+            pins: IdentityPins {
+                trust_domain: raw.identity.trust_domain,
+                partition: raw.identity.partition,
+                namespace: raw.identity.namespace,
+                datacenter: raw.identity.datacenter,
+                service: raw.identity.service,
+            },
+            default_action,
+            inbound,
+            upstreams,
+        })
+    }
+}
+
+fn check_l4(protocol: &toml::Spanned<Protocol>, key: &str) -> Result<(), String> {
+    match protocol.get_ref() {
+        Protocol::Tcp => Ok(()),
+        other => Err(format!(
+            "{key} = {:?}: only \"tcp\" is supported by this version",
+            format!("{other:?}").to_lowercase()
+        )),
+    }
+}
+
+fn check_host_port(s: &str) -> Result<(), String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("{s:?} is not host:port")),
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+    (line, column)
+}
+
+/// Watches the files a static config names and publishes snapshots.
+pub struct FileSource {
+    config: StaticConfig,
+    provider: Arc<CryptoProvider>,
+    /// Bytes last read from each file, so each change is parsed (and logged) once.
+    seen: HashMap<PathBuf, Option<Vec<u8>>>,
+    leaf: Option<Arc<Leaf>>,
+    bundle_pem: Option<Vec<u8>>,
+    entries: Option<Vec<ServiceIntentionsEntry>>,
+}
+
+impl FileSource {
+    pub fn new(config: StaticConfig, provider: Arc<CryptoProvider>) -> FileSource {
+        FileSource {
+            config,
+            provider,
+            seen: HashMap::new(),
+            leaf: None,
+            bundle_pem: None,
+            entries: None,
+        }
+    }
+
+    /// Loads what it can now, then polls in the background for as long as anyone
+    /// holds the receiver.
+    pub fn spawn(mut self) -> watch::Receiver<Arc<Snapshot>> {
+        self.refresh();
+        let (tx, rx) = watch::channel(Arc::new(self.snapshot()));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(POLL_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tick.tick() => {}
+                }
+                if self.refresh() {
+                    let _ = tx.send(Arc::new(self.snapshot()));
+                }
+            }
+        });
+        rx
+    }
+
+    /// Reads every watched file; returns whether any good state changed.
+    fn refresh(&mut self) -> bool {
+        let cert = self.read_changed(&self.config.cert.clone());
+        let key = self.read_changed(&self.config.key.clone());
+        let bundle = self.read_changed(&self.config.bundle.clone());
+        let intentions = match self.config.intentions.clone() {
+            Some(p) => self.read_changed(&p),
+            None => Changed::No,
+        };
+        let mut changed = false;
+        if cert.is_yes() || key.is_yes() {
+            changed |= self.reload_leaf();
+        }
+        if let Changed::Yes(Some(bytes)) = bundle {
+            changed |= self.reload_bundle(bytes);
+        }
+        if let Changed::Yes(Some(bytes)) = intentions {
+            changed |= self.reload_intentions(&bytes);
+        }
+        changed
+    }
+
+    fn read_changed(&mut self, path: &Path) -> Changed {
+        let now = std::fs::read(path).ok();
+        match self.seen.get(path) {
+            Some(prev) if *prev == now => Changed::No,
+            _ => {
+                if now.is_none() {
+                    tracing::warn!(file = %path.display(), "cannot read watched file; keeping the last good state");
+                }
+                self.seen.insert(path.to_owned(), now.clone());
+                Changed::Yes(now)
+            }
+        }
+    }
+
+    fn reload_leaf(&mut self) -> bool {
+        let (Some(Some(cert)), Some(Some(key))) =
+            (self.seen.get(&self.config.cert), self.seen.get(&self.config.key))
+        else {
+            return false;
+        };
+        let result = model::parse_leaf(cert, key, &self.provider).and_then(|leaf| {
+            let pinned = self.leaf.as_ref().map(|l| &l.id);
+            match (self.config.pins.mismatch(&leaf.id), pinned) {
+                (Some(m), _) => Err(model::PemError::Identity(m)),
+                (None, Some(old)) if *old != leaf.id => Err(model::PemError::Identity(format!(
+                    "new leaf is {}, but this proxy is {old}",
+                    leaf.id
+                ))),
+                _ => Ok(leaf),
+            }
+        });
+        match result {
+            Ok(leaf) => {
+                tracing::info!(id = %leaf.id, serial = %leaf.serial, "leaf certificate loaded");
+                self.leaf = Some(Arc::new(leaf));
+                record_update("leaf", true);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(cert = %self.config.cert.display(), key = %self.config.key.display(), error = %e, "leaf not loaded; keeping the last good one");
+                record_update("leaf", false);
+                false
+            }
+        }
+    }
+
+    fn reload_bundle(&mut self, bytes: Vec<u8>) -> bool {
+        match model::parse_certificates(&bytes) {
+            Ok(roots) => {
+                tracing::info!(file = %self.config.bundle.display(), roots = roots.len(), "trust bundle loaded");
+                self.bundle_pem = Some(bytes);
+                record_update("roots", true);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(file = %self.config.bundle.display(), error = %e, "trust bundle not loaded; keeping the last good one");
+                record_update("roots", false);
+                false
+            }
+        }
+    }
+
+    fn reload_intentions(&mut self, bytes: &[u8]) -> bool {
+        let path = self.config.intentions.clone().unwrap_or_default();
+        let parsed = parse_entries(bytes).and_then(|entries| {
+            validate_config_entries(&entries)
+                .map(|()| entries)
+                .map_err(|e| e.to_string())
+        });
+        match parsed {
+            Ok(entries) => {
+                tracing::info!(file = %path.display(), "intentions loaded");
+                self.entries = Some(entries);
+                record_update("intentions", true);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "intentions not loaded; keeping the last good ones");
+                record_update("intentions", false);
+                false
+            }
+        }
+    }
+
+    /// Assembles the snapshot from the last good pieces.
+    fn snapshot(&self) -> Snapshot {
+        let pins = &self.config.pins;
+        let me = self.leaf.as_ref().map(|l| l.id.clone());
+        let trust_domain = pins
+            .trust_domain
+            .clone()
+            .or_else(|| me.as_ref().map(|id| id.trust_domain.clone()));
+        let bundle = match (&self.bundle_pem, &trust_domain) {
+            (Some(pem), Some(td)) => model::parse_bundle(pem, td).ok().map(Arc::new),
+            _ => None,
+        };
+        let intentions = match (&me, self.config.inbound.is_some()) {
+            (Some(me), true) => self.intentions_for(me),
+            _ => None,
+        };
+        let upstreams = match &me {
+            Some(me) => self.upstreams_for(me, bundle.as_deref()),
+            None => Vec::new(),
+        };
+        Snapshot {
+            bundle,
+            leaf: self.leaf.clone(),
+            intentions,
+            inbound: self.config.inbound.clone(),
+            upstreams,
+            default_action: Some(self.config.default_action.clone()),
+        }
+    }
+
+    fn intentions_for(&self, me: &ServiceId) -> Option<Arc<Intentions>> {
+        let destination = Destination::from(me);
+        let empty = Vec::new();
+        // No intentions file means no intentions: the default action decides.
+        let entries = match &self.config.intentions {
+            Some(_) => self.entries.as_ref()?,
+            None => &empty,
+        };
+        match Intentions::from_config_entries(entries, destination, self.config.default_action.action) {
+            Ok(ixns) => Some(Arc::new(ixns)),
+            Err(e) => {
+                tracing::warn!(error = %e, "intentions do not apply to this service");
+                None
+            }
+        }
+    }
+
+    fn upstreams_for(&self, me: &ServiceId, bundle: Option<&TrustBundle>) -> Vec<UpstreamConfig> {
+        let trust_domain = bundle.map_or(me.trust_domain.as_str(), |b| b.trust_domain.as_str());
+        self.config
+            .upstreams
+            .iter()
+            .map(|up| {
+                let identity = ServiceId {
+                    trust_domain: trust_domain.to_owned(),
+                    partition: me.partition.clone(),
+                    namespace: up.namespace.clone().unwrap_or_else(|| me.namespace.clone()),
+                    datacenter: up.datacenter.clone().unwrap_or_else(|| me.datacenter.clone()),
+                    service: up.name.clone(),
+                };
+                UpstreamConfig {
+                    name: up.name.clone(),
+                    bind: up.bind,
+                    protocol: up.protocol,
+                    connect_timeout: up.connect_timeout,
+                    endpoints: up
+                        .endpoints
+                        .iter()
+                        .map(|addr| Endpoint {
+                            addr: addr.clone(),
+                            identity: identity.clone(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+enum Changed {
+    No,
+    Yes(Option<Vec<u8>>),
+}
+
+impl Changed {
+    fn is_yes(&self) -> bool {
+        matches!(self, Changed::Yes(_))
+    }
+}
+
+/// One `service-intentions` entry as Consul's `/v1/config` takes it, or a list of them
+/// (a `*` entry beside the service's own).
+fn parse_entries(bytes: &[u8]) -> Result<Vec<ServiceIntentionsEntry>, String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let result = if value.is_array() {
+        serde_json::from_value(value)
+    } else {
+        serde_json::from_value(value).map(|e| vec![e])
+    };
+    result.map_err(|e| e.to_string())
+}
+
+fn record_update(resource: &'static str, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!("ferrule_control_updates_total", "resource" => resource, "result" => result)
+        .increment(1);
+    if ok {
+        metrics::gauge!("ferrule_control_last_update_timestamp_seconds", "resource" => resource)
+            .set(model::unix_now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<StaticConfig, ConfigError> {
+        StaticConfig::parse(Path::new("/etc/ferrule/ferrule.toml"), text)
+    }
+
+    const GOOD: &str = r#"
+admin_addr = "127.0.0.1:19100"
+[identity]
+cert = "api.pem"
+key = "api-key.pem"
+bundle = "ca.pem"
+[inbound]
+bind = "127.0.0.1:21000"
+local_app = "127.0.0.1:8080"
+protocol = "tcp"
+intentions = "intentions.json"
+[[upstreams]]
+name = "db"
+bind = "127.0.0.1:9191"
+endpoints = ["127.0.0.1:21001"]
+"#;
+
+    #[test]
+    fn the_documented_example_parses_with_defaults() {
+        let cfg = parse(GOOD).unwrap();
+        assert_eq!(cfg.cert, Path::new("/etc/ferrule/api.pem"));
+        assert_eq!(
+            cfg.intentions.as_deref(),
+            Some(Path::new("/etc/ferrule/intentions.json"))
+        );
+        let ib = cfg.inbound.unwrap();
+        assert_eq!(ib.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.upstreams[0].connect_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.default_action.action, Action::Deny);
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let bad = GOOD.replace("bind = \"127.0.0.1:9191\"", "bind = 9191");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.key, "upstreams[0].bind");
+        assert_eq!(e.line, 14, "{e}");
+        assert!(e.to_string().starts_with("/etc/ferrule/ferrule.toml:14:"), "{e}");
+
+        let e = parse(&GOOD.replace("protocol = \"tcp\"", "protocl = \"tcp\"")).unwrap_err();
+        assert!(e.key.starts_with("inbound"), "{e}");
+        assert!(e.message.contains("protocl"), "{e}");
+        assert_eq!(e.line, 10, "{e}");
+
+        let e = parse(&GOOD.replace("protocol = \"tcp\"", "protocol = \"http\"")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("inbound.protocol", 10), "{e}");
+
+        let e = parse(&GOOD.replace("[\"127.0.0.1:21001\"]", "[\"nope\"]")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("upstreams[0].endpoints[0]", 15), "{e}");
+
+        let e = parse("admin_addr = [").unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
+    }
+
+    #[test]
+    fn identity_pins_refuse_a_foreign_leaf() {
+        let pins = IdentityPins {
+            service: Some("api".into()),
+            ..Default::default()
+        };
+        let web = ServiceId::new("td.consul", "default", "dc1", "web");
+        assert!(pins.mismatch(&web).unwrap().contains("identity.service"));
+        let api = ServiceId::new("td.consul", "default", "dc1", "api");
+        assert_eq!(pins.mismatch(&api), None);
+    }
+}

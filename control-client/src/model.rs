@@ -1,0 +1,263 @@
+//! The snapshot: everything the data plane needs at one instant, as plain data.
+//!
+//! Sources build a new `Snapshot` whenever anything changes and publish it as an
+//! `Arc` on a `tokio::sync::watch` channel. Readers clone the `Arc` and never hold a
+//! lock; a snapshot is never mutated once published.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
+
+use crate::identity::ServiceId;
+use crate::intentions::{Action, Intentions};
+
+/// The roots this proxy trusts, and the trust domain they speak for.
+#[derive(Clone, Serialize)]
+pub struct TrustBundle {
+    pub trust_domain: String,
+    #[serde(skip)]
+    pub roots: Vec<CertificateDer<'static>>,
+    /// Colon-hex serial numbers of the roots, for `/config` and logs.
+    pub root_serials: Vec<String>,
+}
+
+impl fmt::Debug for TrustBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustBundle")
+            .field("trust_domain", &self.trust_domain)
+            .field("root_serials", &self.root_serials)
+            .finish()
+    }
+}
+
+/// This proxy's own certificate chain and key, ready for rustls.
+#[derive(Clone, Serialize)]
+pub struct Leaf {
+    pub id: ServiceId,
+    /// Colon-hex serial, as Consul writes it (`SerialNumber` of the leaf endpoint).
+    pub serial: String,
+    /// Seconds since the Unix epoch.
+    pub not_after: i64,
+    #[serde(skip)]
+    pub key: Arc<CertifiedKey>,
+}
+
+impl fmt::Debug for Leaf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Leaf")
+            .field("id", &self.id.to_uri())
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The application protocol of a listener. Only `tcp` is proxied at L4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Http,
+    Http2,
+    Grpc,
+}
+
+/// The public mTLS listener and the application behind it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InboundConfig {
+    pub bind: SocketAddr,
+    /// `host:port` of the local application.
+    pub local_app: String,
+    pub protocol: Protocol,
+    #[serde(serialize_with = "millis")]
+    pub handshake_timeout: Duration,
+    #[serde(serialize_with = "millis")]
+    pub local_connect_timeout: Duration,
+}
+
+/// One instance of an upstream service: where to dial and who must answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// `host:port` of the remote sidecar's mTLS listener.
+    pub addr: String,
+    /// The SPIFFE ID the remote sidecar's certificate must carry, exactly.
+    pub identity: ServiceId,
+}
+
+/// A local plaintext listener that carries the application's calls to a destination.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpstreamConfig {
+    /// The destination service name; also the `upstream` metric label.
+    pub name: String,
+    pub bind: SocketAddr,
+    pub protocol: Protocol,
+    #[serde(serialize_with = "millis")]
+    pub connect_timeout: Duration,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Where the default intention action came from, shown at `/config`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DefaultAction {
+    pub action: Action,
+    pub source: &'static str,
+}
+
+/// Everything the proxy acts on. `None` means "not loaded yet": the proxy fails closed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    pub bundle: Option<Arc<TrustBundle>>,
+    pub leaf: Option<Arc<Leaf>>,
+    #[serde(skip)]
+    pub intentions: Option<Arc<Intentions>>,
+    pub inbound: Option<InboundConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub default_action: Option<DefaultAction>,
+}
+
+impl Snapshot {
+    /// Identity and bundle are loaded, and intentions too if there is an inbound side.
+    pub fn is_complete(&self) -> bool {
+        self.bundle.is_some()
+            && self.leaf.is_some()
+            && (self.inbound.is_none() || self.intentions.is_some())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    #[error("no certificate found")]
+    NoCertificate,
+    #[error("bad PEM: {0}")]
+    Pem(String),
+    #[error("no private key found")]
+    NoKey,
+    #[error("certificate: {0}")]
+    Certificate(String),
+    #[error("private key does not match the certificate: {0}")]
+    KeyMismatch(rustls::Error),
+    #[error("leaf identity: {0}")]
+    Identity(String),
+}
+
+/// Every certificate in a PEM text, in order.
+pub fn parse_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PemError::Pem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(PemError::NoCertificate);
+    }
+    Ok(certs)
+}
+
+/// A trust bundle from PEM roots. The trust domain is the caller's: roots from some
+/// providers carry no SPIFFE URI.
+pub fn parse_bundle(pem: &[u8], trust_domain: &str) -> Result<TrustBundle, PemError> {
+    let roots = parse_certificates(pem)?;
+    let root_serials = roots
+        .iter()
+        .map(|c| cert_facts(c).map(|f| f.serial))
+        .collect::<Result<_, _>>()?;
+    Ok(TrustBundle {
+        trust_domain: trust_domain.to_owned(),
+        roots,
+        root_serials,
+    })
+}
+
+/// A leaf from PEM: chain (leaf first, then intermediates) and key (PKCS#8, SEC1 or
+/// RSA). Refuses a key that does not belong to the certificate, so a half-written
+/// rotation is never served.
+pub fn parse_leaf(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    provider: &CryptoProvider,
+) -> Result<Leaf, PemError> {
+    let chain = parse_certificates(chain_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => PemError::NoKey,
+        other => PemError::Pem(other.to_string()),
+    })?;
+    let facts = cert_facts(&chain[0])?;
+    let spiffe = spiffe::cert::spiffe_id_from_der(&chain[0])
+        .map_err(|e| PemError::Identity(e.to_string()))?;
+    let id = ServiceId::from_spiffe(&spiffe).map_err(|e| PemError::Identity(e.to_string()))?;
+    let key = CertifiedKey::from_der(chain, key, provider).map_err(PemError::KeyMismatch)?;
+    Ok(Leaf {
+        id,
+        serial: facts.serial,
+        not_after: facts.not_after,
+        key: Arc::new(key),
+    })
+}
+
+struct CertFacts {
+    serial: String,
+    not_after: i64,
+}
+
+fn cert_facts(der: &CertificateDer<'_>) -> Result<CertFacts, PemError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PemError::Certificate(e.to_string()))?;
+    Ok(CertFacts {
+        serial: colon_hex(cert.raw_serial()),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// Consul's serial spelling: lowercase hex bytes joined by colons, leading zero bytes
+/// dropped but at least one byte kept.
+pub fn colon_hex(bytes: &[u8]) -> String {
+    let first = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(bytes.len().saturating_sub(1));
+    bytes[first..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Seconds since the Unix epoch, for metrics.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colon_hex_matches_consul() {
+        assert_eq!(colon_hex(&[8]), "08");
+        assert_eq!(colon_hex(&[0, 0x1a, 0x2b]), "1a:2b");
+        assert_eq!(colon_hex(&[0]), "00");
+        assert_eq!(colon_hex(&[]), "");
+    }
+
+    #[test]
+    fn garbage_pem_is_refused() {
+        assert!(matches!(
+            parse_certificates(b"not a pem"),
+            Err(PemError::NoCertificate)
+        ));
+        let bad = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(parse_bundle(bad, "td").is_err());
+    }
+}

@@ -1,0 +1,143 @@
+//! The admin listener: `/metrics` (Prometheus text), `/ready`, `/config`.
+//!
+//! It is bound before anything else, so `/ready` answers 503 from the first moment and
+//! turns 200 only when the snapshot is complete and every listener is bound.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferrule_control::model::Snapshot;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The last snapshot the listeners were reconciled to, and whether every listener it
+/// asks for is bound. Readiness is judged on this, not on the newest snapshot, so it
+/// never runs ahead of the listeners (and never flaps while they catch up).
+#[derive(Clone, Default)]
+pub struct Listening(Arc<Mutex<(Arc<Snapshot>, bool)>>);
+
+impl Listening {
+    pub fn set(&self, snapshot: Arc<Snapshot>, all_bound: bool) {
+        *self.0.lock() = (snapshot, all_bound);
+    }
+
+    fn get(&self) -> (Arc<Snapshot>, bool) {
+        self.0.lock().clone()
+    }
+}
+
+#[derive(Clone)]
+pub struct Admin {
+    pub metrics: PrometheusHandle,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub listening: Listening,
+}
+
+/// Serves until the process ends.
+pub async fn serve(listener: TcpListener, admin: Admin) {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(&admin, &req)) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await
+            {
+                tracing::debug!(error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
+fn route(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut resp = text(StatusCode::OK, admin.metrics.render());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        "/ready" => {
+            let (snapshot, all_bound) = admin.listening.get();
+            let missing = missing(&snapshot, all_bound);
+            if missing.is_empty() {
+                text(StatusCode::OK, "ready\n".into())
+            } else {
+                let body = format!("not ready: waiting for {}\n", missing.join(", "));
+                text(StatusCode::SERVICE_UNAVAILABLE, body)
+            }
+        }
+        "/config" => {
+            let snapshot = admin.snapshots.borrow().clone();
+            match serde_json::to_string_pretty(&*snapshot) {
+                Ok(json) => {
+                    let mut resp = text(StatusCode::OK, json + "\n");
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("application/json"),
+                    );
+                    resp
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "try /metrics, /ready or /config\n".into(),
+        ),
+    }
+}
+
+fn missing(snapshot: &Snapshot, listening: bool) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    if snapshot.leaf.is_none() {
+        missing.push("leaf certificate");
+    }
+    if snapshot.bundle.is_none() {
+        missing.push("trust bundle");
+    }
+    if snapshot.inbound.is_some() && snapshot.intentions.is_none() {
+        missing.push("intentions");
+    }
+    if !listening {
+        missing.push("listeners");
+    }
+    missing
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Binds the admin address; a failure here is fatal, before anything else starts.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

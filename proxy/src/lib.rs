@@ -1,0 +1,118 @@
+//! ferrule, the data plane: a sidecar that terminates and originates mutual TLS for
+//! one service, proves who is on the other end by SPIFFE ID, and enforces Consul's
+//! intentions.
+//!
+//! Where things live: `tls` (SVID verification, rustls configs), `inbound` (the public
+//! mTLS listener: where a connection is authorized), `outbound` (upstream listeners),
+//! `authz` (the pure intentions decision), `listeners` (binding what the snapshot asks
+//! for), `admin` (`/metrics`, `/ready`, `/config`), `metrics` (names and the
+//! per-connection guard), `splice` (moving bytes).
+
+pub mod admin;
+pub mod authz;
+pub mod inbound;
+pub mod listeners;
+pub mod metrics;
+pub mod outbound;
+pub mod splice;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ferrule_control::file::{FileSource, StaticConfig};
+use ferrule_control::model::Snapshot;
+use metrics_exporter_prometheus::PrometheusHandle;
+use rustls::crypto::CryptoProvider;
+use tokio::sync::watch;
+
+use crate::tls::TlsState;
+
+/// What every connection task reads: the newest snapshot and the TLS configs built
+/// from it. Both are `Arc`s behind watch channels; nobody holds a lock.
+#[derive(Clone)]
+pub struct State {
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub tls: watch::Receiver<Arc<TlsState>>,
+}
+
+/// Rebuilds the TLS configs whenever the snapshot changes what they depend on.
+fn spawn_tls(
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    provider: Arc<CryptoProvider>,
+) -> watch::Receiver<Arc<TlsState>> {
+    let first = TlsState::for_snapshot(
+        &snapshots.borrow_and_update(),
+        &Arc::new(TlsState::default()),
+        &provider,
+    );
+    let (tx, rx) = watch::channel(first);
+    tokio::spawn(async move {
+        while snapshots.changed().await.is_ok() {
+            let snapshot = snapshots.borrow_and_update().clone();
+            let prev = tx.borrow().clone();
+            let next = TlsState::for_snapshot(&snapshot, &prev, &provider);
+            if !Arc::ptr_eq(&prev, &next) {
+                tx.send_replace(next);
+            }
+        }
+    });
+    rx
+}
+
+/// Static mode: everything from files, until the process is told to stop.
+pub async fn run_static(
+    config: StaticConfig,
+    admin_addr: SocketAddr,
+    metrics: PrometheusHandle,
+) -> anyhow::Result<()> {
+    let provider = tls::provider();
+    let admin_listener = admin::bind(admin_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on admin address {admin_addr}: {e}"))?;
+    tracing::info!(addr = %admin_addr, "admin listener bound");
+    let listening = admin::Listening::default();
+
+    let snapshots = FileSource::new(config, provider.clone()).spawn();
+    tokio::spawn(admin::serve(
+        admin_listener,
+        admin::Admin {
+            metrics,
+            snapshots: snapshots.clone(),
+            listening: listening.clone(),
+        },
+    ));
+    let tls = spawn_tls(snapshots.clone(), provider);
+    let state = State { snapshots, tls };
+
+    tokio::select! {
+        result = listeners::run(state, listening) => result.map_err(anyhow::Error::from),
+        () = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,198 @@
+//! Metric names (a contract, see DESIGN.md), the per-connection guard that owns a
+//! connection's metrics and its one access-log line, and a byte-counting stream.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use metrics::{Counter, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub const INBOUND_CONNECTIONS: &str = "ferrule_inbound_connections_total";
+pub const OUTBOUND_CONNECTIONS: &str = "ferrule_outbound_connections_total";
+pub const ACTIVE_CONNECTIONS: &str = "ferrule_active_connections";
+pub const BYTES: &str = "ferrule_bytes_total";
+pub const AUTHZ_DECISIONS: &str = "ferrule_authz_decisions_total";
+pub const AUTHZ_TERMINATIONS: &str = "ferrule_authz_terminations_total";
+pub const TLS_HANDSHAKE_DURATION: &str = "ferrule_tls_handshake_duration_seconds";
+pub const LEAF_EXPIRY: &str = "ferrule_leaf_cert_expiry_timestamp_seconds";
+
+/// Installs the global recorder and returns the handle `/metrics` renders from.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let buckets = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), &buckets)?
+        .install_recorder()?;
+    Ok(handle)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Records an L4 authorization decision at the moment it is made.
+pub fn authz_decision(allowed: bool, source: &str) {
+    let decision = if allowed { "allow" } else { "deny" };
+    counter!(AUTHZ_DECISIONS, "layer" => "l4", "decision" => decision, "source" => source.to_owned())
+        .increment(1);
+}
+
+/// Records a live connection closed because intentions now deny it.
+pub fn authz_termination(source: &str) {
+    counter!(AUTHZ_TERMINATIONS, "source" => source.to_owned()).increment(1);
+}
+
+pub fn handshake_duration(direction: Direction, started: Instant) {
+    histogram!(TLS_HANDSHAKE_DURATION, "direction" => direction.as_str())
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Owns one connection's metrics: the active gauge while it lives, and, when it ends,
+/// its result counter (set once) and its single access-log line.
+pub struct ConnGuard {
+    direction: Direction,
+    upstream: Option<String>,
+    peer: std::net::SocketAddr,
+    started: Instant,
+    result: Option<&'static str>,
+    identity: Option<String>,
+    bytes: Bytes,
+}
+
+impl ConnGuard {
+    pub fn new(direction: Direction, upstream: Option<String>, peer: std::net::SocketAddr) -> Self {
+        gauge!(ACTIVE_CONNECTIONS, "direction" => direction.as_str()).increment(1.0);
+        ConnGuard {
+            direction,
+            upstream,
+            peer,
+            started: Instant::now(),
+            result: None,
+            identity: None,
+            bytes: Bytes::new(direction),
+        }
+    }
+
+    /// Counts an inbound connection under `result`. Only the first call counts.
+    pub fn set_result(&mut self, result: &'static str) {
+        if self.result.is_some() {
+            return;
+        }
+        self.result = Some(result);
+        counter!(INBOUND_CONNECTIONS, "result" => result).increment(1);
+    }
+
+    /// Counts one outbound dial attempt; an app connection may take several, one per
+    /// endpoint tried, and the last one is what its log line reports.
+    pub fn attempt(&mut self, result: &'static str) {
+        self.result = Some(result);
+        let upstream = self.upstream.clone().unwrap_or_default();
+        counter!(OUTBOUND_CONNECTIONS, "upstream" => upstream, "result" => result).increment(1);
+    }
+
+    pub fn set_identity(&mut self, identity: String) {
+        self.identity = Some(identity);
+    }
+
+    /// Counters for bytes from (rx) and to (tx) the peer side of this connection.
+    pub fn bytes(&self) -> Bytes {
+        self.bytes.clone()
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        gauge!(ACTIVE_CONNECTIONS, "direction" => self.direction.as_str()).decrement(1.0);
+        tracing::info!(
+            target: "ferrule::access",
+            direction = self.direction.as_str(),
+            peer = %self.peer,
+            upstream = self.upstream.as_deref().unwrap_or(""),
+            identity = self.identity.as_deref().unwrap_or(""),
+            result = self.result.unwrap_or("closed"),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            "connection closed"
+        );
+    }
+}
+
+/// `ferrule_bytes_total` handles for one direction, resolved once per connection.
+#[derive(Clone)]
+pub struct Bytes {
+    rx: Counter,
+    tx: Counter,
+}
+
+impl Bytes {
+    fn new(direction: Direction) -> Self {
+        Bytes {
+            rx: counter!(BYTES, "direction" => direction.as_str(), "flow" => "rx"),
+            tx: counter!(BYTES, "direction" => direction.as_str(), "flow" => "tx"),
+        }
+    }
+}
+
+/// A stream that counts what is read from it as rx and what is written to it as tx,
+/// as it happens, so long-lived connections show up in the counters while they live.
+pub struct Metered<S> {
+    inner: S,
+    bytes: Bytes,
+}
+
+impl<S> Metered<S> {
+    pub fn new(inner: S, bytes: Bytes) -> Self {
+        Metered { inner, bytes }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &poll {
+            self.bytes.rx.increment((buf.filled().len() - before) as u64);
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = &poll {
+            self.bytes.tx.increment(*n as u64);
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,117 @@
+//! Upstream listeners: the application's plaintext calls, carried over mTLS to an
+//! instance of the destination that proves it is that destination.
+//!
+//! accept -> pick endpoints round robin -> for each until one works: TCP connect and
+//! handshake within the connect timeout, server SVID must be exactly the endpoint's
+//! expected identity -> splice. No endpoint left: the app's connection is closed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ferrule_control::model::{Endpoint, UpstreamConfig};
+use rustls_pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::State;
+use crate::metrics::{self, ConnGuard, Direction, Metered};
+use crate::splice::splice;
+use crate::tls::{TlsState, is_identity_mismatch};
+
+/// Accepts for the upstream `name` until cancelled.
+pub async fn serve(listener: TcpListener, name: String, state: State, cancel: CancellationToken) {
+    let next = Arc::new(AtomicUsize::new(0));
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((app, peer)) => {
+                tokio::spawn(handle(app, peer, name.clone(), state.clone(), next.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %name, error = %e, "upstream accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(
+    mut app: TcpStream,
+    peer: SocketAddr,
+    name: String,
+    state: State,
+    next: Arc<AtomicUsize>,
+) {
+    let mut guard = ConnGuard::new(Direction::Outbound, Some(name.clone()), peer);
+    let _ = app.set_nodelay(true);
+    let snapshot = state.snapshots.borrow().clone();
+    let tls = state.tls.borrow().clone();
+    let Some(upstream) = snapshot.upstreams.iter().find(|u| u.name == name) else {
+        return guard.attempt("no_endpoints");
+    };
+    let endpoints = &upstream.endpoints;
+    if endpoints.is_empty() {
+        return guard.attempt("no_endpoints");
+    }
+    let first = next.fetch_add(1, Ordering::Relaxed);
+    for i in 0..endpoints.len() {
+        let endpoint = &endpoints[(first + i) % endpoints.len()];
+        let started = Instant::now();
+        match dial(endpoint, &tls, upstream).await {
+            Ok(stream) => {
+                metrics::handshake_duration(Direction::Outbound, started);
+                guard.attempt("ok");
+                guard.set_identity(endpoint.identity.to_uri());
+                let mut mesh = Metered::new(stream, guard.bytes());
+                splice(&mut app, &mut mesh, std::future::pending()).await;
+                return;
+            }
+            Err(result) => {
+                tracing::debug!(upstream = %name, endpoint = %endpoint.addr, result, "dial failed");
+                guard.attempt(result);
+            }
+        }
+    }
+    tracing::warn!(upstream = %name, "no endpoint could be reached; closing the app's connection");
+}
+
+/// TCP connect and mTLS handshake, both within the upstream's connect timeout.
+/// Errors are the metric label.
+async fn dial(
+    endpoint: &Endpoint,
+    tls: &TlsState,
+    upstream: &UpstreamConfig,
+) -> Result<TlsStream<TcpStream>, &'static str> {
+    let Some(config) = tls.client_for(&endpoint.identity) else {
+        // No leaf or bundle yet: fail closed.
+        return Err("tls_error");
+    };
+    let attempt = async {
+        let tcp = TcpStream::connect(&endpoint.addr)
+            .await
+            .map_err(|_| "connect_error")?;
+        let _ = tcp.set_nodelay(true);
+        let ip = tcp.peer_addr().map_err(|_| "connect_error")?.ip();
+        TlsConnector::from(config)
+            .connect(ServerName::IpAddress(ip.into()), tcp)
+            .await
+            .map_err(|e| {
+                if is_identity_mismatch(&e) {
+                    tracing::warn!(endpoint = %endpoint.addr, error = %e, "upstream presented another service's identity");
+                    "identity_mismatch"
+                } else {
+                    "tls_error"
+                }
+            })
+    };
+    tokio::time::timeout(upstream.connect_timeout, attempt)
+        .await
+        .unwrap_or(Err("connect_error"))
+}

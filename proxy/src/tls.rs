@@ -1,0 +1,543 @@
+//! mTLS for both directions: SVID verification and the rustls configs built from a
+//! snapshot.
+//!
+//! A peer is accepted when its chain verifies against our bundle (rustls-webpki: valid
+//! now, end-entity not CA, right extended key usage), its leaf carries exactly one URI
+//! SAN, that SAN is a Consul service SPIFFE ID, and the ID is in our trust domain. When
+//! we dial, the server must also be exactly the identity we expect. Host names are never
+//! checked: Consul leaves carry none.
+//!
+//! Configs are rebuilt only when the leaf, the bundle or the set of upstream identities
+//! changes, and published as one `Arc<TlsState>`; a handshake clones the `Arc` it
+//! starts with, so a rotation never touches established connections.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use ferrule_control::identity::ServiceId;
+use ferrule_control::model::{Leaf, Snapshot, TrustBundle};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
+
+/// Why a peer's certificate was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SvidError {
+    #[error("certificate chain: {0}")]
+    Chain(webpki::Error),
+    #[error("not an X.509-SVID: {0}")]
+    NotSvid(String),
+    #[error("SPIFFE ID {got} is outside trust domain {want}")]
+    ForeignTrustDomain { want: String, got: String },
+}
+
+/// The server is a valid mesh member, but not the one we dialed for.
+#[derive(Debug, thiserror::Error)]
+#[error("peer identity mismatch: expected {expected}, got {got}")]
+pub struct PeerIdentityMismatch {
+    pub expected: String,
+    pub got: String,
+}
+
+/// What the verifiers need: the anchors of one bundle and the crypto to check with.
+struct Anchors {
+    trust_domain: String,
+    anchors: Vec<TrustAnchor<'static>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl Anchors {
+    fn new(bundle: &TrustBundle, provider: &CryptoProvider) -> Anchors {
+        let anchors = bundle
+            .roots
+            .iter()
+            .filter_map(|der| match webpki::anchor_from_trusted_cert(der) {
+                Ok(anchor) => Some(anchor.to_owned()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring a root that is not a usable trust anchor");
+                    None
+                }
+            })
+            .collect();
+        Anchors {
+            trust_domain: bundle.trust_domain.clone(),
+            anchors,
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+
+    /// Verifies a presented chain and returns the peer's service identity.
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: webpki::KeyUsage,
+    ) -> Result<ServiceId, SvidError> {
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(SvidError::Chain)?;
+        cert.verify_for_usage(
+            self.algorithms.all,
+            &self.anchors,
+            intermediates,
+            now,
+            usage,
+            None,
+            None,
+        )
+        .map_err(SvidError::Chain)?;
+        peer_identity(end_entity).and_then(|id| {
+            if id.trust_domain == self.trust_domain {
+                Ok(id)
+            } else {
+                Err(SvidError::ForeignTrustDomain {
+                    want: self.trust_domain.clone(),
+                    got: id.to_uri(),
+                })
+            }
+        })
+    }
+}
+
+/// The service identity in an (already verified) leaf: exactly one URI SAN, a SPIFFE
+/// ID, a Consul service path.
+pub fn peer_identity(end_entity: &CertificateDer<'_>) -> Result<ServiceId, SvidError> {
+    let id = spiffe::cert::spiffe_id_from_der(end_entity)
+        .map_err(|e| SvidError::NotSvid(e.to_string()))?;
+    ServiceId::from_spiffe(&id).map_err(|e| SvidError::NotSvid(e.to_string()))
+}
+
+fn to_rustls(e: SvidError) -> rustls::Error {
+    let cert_error = match e {
+        SvidError::Chain(webpki::Error::CertExpired { .. }) => CertificateError::Expired,
+        SvidError::Chain(webpki::Error::CertNotValidYet { .. }) => CertificateError::NotValidYet,
+        SvidError::Chain(webpki::Error::UnknownIssuer) => CertificateError::UnknownIssuer,
+        SvidError::Chain(webpki::Error::InvalidSignatureForPublicKey) => {
+            CertificateError::BadSignature
+        }
+        other => CertificateError::Other(OtherError(Arc::new(other))),
+    };
+    rustls::Error::InvalidCertificate(cert_error)
+}
+
+/// Verifies callers on the inbound listener.
+struct ClientSvidVerifier(Arc<Anchors>);
+
+impl fmt::Debug for ClientSvidVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientSvidVerifier({})", self.0.trust_domain)
+    }
+}
+
+impl ClientCertVerifier for ClientSvidVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .verify(end_entity, intermediates, now, webpki::KeyUsage::client_auth())
+            .map(|_| ClientCertVerified::assertion())
+            .map_err(to_rustls)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.algorithms.supported_schemes()
+    }
+}
+
+/// Verifies the server we dialed: a valid SVID of exactly the expected identity.
+struct ServerSvidVerifier {
+    anchors: Arc<Anchors>,
+    expected: ServiceId,
+}
+
+impl fmt::Debug for ServerSvidVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServerSvidVerifier({})", self.expected)
+    }
+}
+
+impl ServerCertVerifier for ServerSvidVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = self
+            .anchors
+            .verify(end_entity, intermediates, now, webpki::KeyUsage::server_auth())
+            .map_err(to_rustls)?;
+        if got == self.expected {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            let mismatch = PeerIdentityMismatch {
+                expected: self.expected.to_uri(),
+                got: got.to_uri(),
+            };
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(mismatch)),
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.anchors.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.anchors.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.anchors.algorithms.supported_schemes()
+    }
+}
+
+/// Always presents our current leaf, in both roles.
+#[derive(Debug)]
+struct OurLeaf(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for OurLeaf {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+impl ResolvesClientCert for OurLeaf {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The rustls configs for one (leaf, bundle) pair. Absent pieces mean no handshakes:
+/// we fail closed until identity and roots are loaded.
+#[derive(Default)]
+pub struct TlsState {
+    inputs: Option<(Arc<Leaf>, Arc<TrustBundle>)>,
+    pub server: Option<Arc<ServerConfig>>,
+    clients: HashMap<ServiceId, Arc<ClientConfig>>,
+}
+
+impl TlsState {
+    /// The client config that dials `expected`, if we have one.
+    pub fn client_for(&self, expected: &ServiceId) -> Option<Arc<ClientConfig>> {
+        self.clients.get(expected).cloned()
+    }
+
+    /// Builds the configs for a snapshot, reusing `prev` when nothing TLS-relevant
+    /// changed, so session caches survive unrelated updates.
+    pub fn for_snapshot(
+        snapshot: &Snapshot,
+        prev: &Arc<TlsState>,
+        provider: &Arc<CryptoProvider>,
+    ) -> Arc<TlsState> {
+        let (Some(leaf), Some(bundle)) = (&snapshot.leaf, &snapshot.bundle) else {
+            return Arc::new(TlsState::default());
+        };
+        let same_inputs = prev
+            .inputs
+            .as_ref()
+            .is_some_and(|(l, b)| Arc::ptr_eq(l, leaf) && Arc::ptr_eq(b, bundle));
+        let wanted: Vec<&ServiceId> = snapshot
+            .upstreams
+            .iter()
+            .flat_map(|u| u.endpoints.iter().map(|e| &e.identity))
+            .collect();
+        if same_inputs
+            && wanted.len() == prev.clients.len()
+            && wanted.iter().all(|id| prev.clients.contains_key(id))
+        {
+            return prev.clone();
+        }
+
+        let anchors = Arc::new(Anchors::new(bundle, provider));
+        let resolver = Arc::new(OurLeaf(leaf.key.clone()));
+        let server = server_config(&anchors, resolver.clone(), provider);
+        let mut clients = HashMap::new();
+        for id in wanted {
+            if clients.contains_key(id) {
+                continue;
+            }
+            let reuse = if same_inputs { prev.clients.get(id).cloned() } else { None };
+            let config = match reuse {
+                Some(c) => Some(c),
+                None => client_config(&anchors, id, resolver.clone(), provider),
+            };
+            if let Some(config) = config {
+                clients.insert(id.clone(), config);
+            }
+        }
+        Arc::new(TlsState {
+            inputs: Some((leaf.clone(), bundle.clone())),
+            server,
+            clients,
+        })
+    }
+}
+
+fn server_config(
+    anchors: &Arc<Anchors>,
+    resolver: Arc<OurLeaf>,
+    provider: &Arc<CryptoProvider>,
+) -> Option<Arc<ServerConfig>> {
+    let verifier = Arc::new(ClientSvidVerifier(anchors.clone()));
+    match ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(rustls::ALL_VERSIONS)
+    {
+        Ok(builder) => Some(Arc::new(
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_cert_resolver(resolver),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the inbound TLS config");
+            None
+        }
+    }
+}
+
+fn client_config(
+    anchors: &Arc<Anchors>,
+    expected: &ServiceId,
+    resolver: Arc<OurLeaf>,
+    provider: &Arc<CryptoProvider>,
+) -> Option<Arc<ClientConfig>> {
+    let verifier = Arc::new(ServerSvidVerifier {
+        anchors: anchors.clone(),
+        expected: expected.clone(),
+    });
+    match ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(rustls::ALL_VERSIONS)
+    {
+        Ok(builder) => {
+            let mut config = builder
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_client_cert_resolver(resolver);
+            // Consul sidecars route on nothing but the certificate; SNI would only leak
+            // the address we dialed.
+            config.enable_sni = false;
+            Some(Arc::new(config))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the outbound TLS config");
+            None
+        }
+    }
+}
+
+/// Sorts a failed handshake into the metric label it belongs to.
+pub fn is_identity_mismatch(e: &std::io::Error) -> bool {
+    let Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) =
+        e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return false;
+    };
+    other.0.downcast_ref::<PeerIdentityMismatch>().is_some()
+}
+
+/// The crypto provider every config is built with.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrule_control::ca::{DevCa, LeafSpec};
+    use ferrule_control::model::{self, parse_bundle, parse_certificates};
+
+    struct Fixture {
+        ca: DevCa,
+        anchors: Anchors,
+    }
+
+    fn fixture() -> Fixture {
+        let ca = DevCa::generate(None).unwrap();
+        let bundle = parse_bundle(ca.cert_pem().as_bytes(), &ca.trust_domain()).unwrap();
+        let anchors = Anchors::new(&bundle, &provider());
+        Fixture { ca, anchors }
+    }
+
+    fn chain(ca: &DevCa, spec: &LeafSpec) -> Vec<CertificateDer<'static>> {
+        parse_certificates(ca.issue(spec).unwrap().cert_pem.as_bytes()).unwrap()
+    }
+
+    fn verify(anchors: &Anchors, chain: &[CertificateDer<'static>]) -> Result<ServiceId, SvidError> {
+        anchors.verify(&chain[0], &chain[1..], UnixTime::now(), webpki::KeyUsage::client_auth())
+    }
+
+    #[test]
+    fn a_good_svid_yields_its_service_identity() {
+        let f = fixture();
+        let id = verify(&f.anchors, &chain(&f.ca, &LeafSpec::service("web"))).unwrap();
+        assert_eq!(id.service, "web");
+        assert_eq!(id.trust_domain, f.ca.trust_domain());
+        // The same certificate serves as a server certificate too (Consul's EKU has both).
+        let c = chain(&f.ca, &LeafSpec::service("api"));
+        f.anchors
+            .verify(&c[0], &[], UnixTime::now(), webpki::KeyUsage::server_auth())
+            .unwrap();
+    }
+
+    #[test]
+    fn every_bad_certificate_is_refused() {
+        let f = fixture();
+        let other_ca = DevCa::generate(None).unwrap();
+        let same_td_other_root = DevCa::generate(Some(f.ca.cluster_id())).unwrap();
+        let expired = LeafSpec {
+            not_before: Some(time::OffsetDateTime::now_utc() - time::Duration::days(10)),
+            ttl: time::Duration::hours(1),
+            ..LeafSpec::service("web")
+        };
+        let future = LeafSpec {
+            not_before: Some(time::OffsetDateTime::now_utc() + time::Duration::days(1)),
+            ..LeafSpec::service("web")
+        };
+        let ca_leaf = LeafSpec {
+            is_ca: true,
+            ..LeafSpec::service("web")
+        };
+        let two_uris = LeafSpec {
+            extra_uri_sans: vec![format!("spiffe://{}/ns/default/dc/dc1/svc/admin", f.ca.trust_domain())],
+            ..LeafSpec::service("web")
+        };
+        let not_spiffe = LeafSpec {
+            uri_override: Some("https://example.com/web".into()),
+            ..LeafSpec::service("web")
+        };
+        let not_a_service = LeafSpec {
+            uri_override: Some(format!("spiffe://{}/agent/client/dc/dc1/id/node1", f.ca.trust_domain())),
+            ..LeafSpec::service("web")
+        };
+        let cases: Vec<(&str, Vec<CertificateDer<'static>>)> = vec![
+            ("other CA", chain(&other_ca, &LeafSpec::service("web"))),
+            ("same trust domain, other root", chain(&same_td_other_root, &LeafSpec::service("web"))),
+            ("expired", chain(&f.ca, &expired)),
+            ("not yet valid", chain(&f.ca, &future)),
+            ("CA certificate as leaf", chain(&f.ca, &ca_leaf)),
+            ("two URI SANs", chain(&f.ca, &two_uris)),
+            ("non-spiffe URI", chain(&f.ca, &not_spiffe)),
+            ("agent identity", chain(&f.ca, &not_a_service)),
+            ("the root itself", vec![f.ca.cert_der().clone()]),
+        ];
+        for (what, chain) in cases {
+            assert!(verify(&f.anchors, &chain).is_err(), "{what} was accepted");
+        }
+    }
+
+    #[test]
+    fn a_foreign_trust_domain_is_refused_even_when_signed_by_our_root() {
+        let f = fixture();
+        let foreign = LeafSpec {
+            uri_override: Some("spiffe://other.consul/ns/default/dc/dc1/svc/web".into()),
+            ..LeafSpec::service("web")
+        };
+        let err = verify(&f.anchors, &chain(&f.ca, &foreign)).unwrap_err();
+        assert!(matches!(err, SvidError::ForeignTrustDomain { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_server_must_be_exactly_the_expected_identity() {
+        let f = fixture();
+        let anchors = Arc::new(f.anchors);
+        let expected = ServiceId::new(&f.ca.trust_domain(), "default", "dc1", "api");
+        let verifier = ServerSvidVerifier {
+            anchors,
+            expected: expected.clone(),
+        };
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let check = |spec: &LeafSpec| {
+            let c = chain(&f.ca, spec);
+            verifier.verify_server_cert(&c[0], &c[1..], &name, &[], UnixTime::now())
+        };
+        assert!(check(&LeafSpec::service("api")).is_ok());
+        for wrong in [
+            LeafSpec::service("db"),
+            LeafSpec {
+                datacenter: "dc2".into(),
+                ..LeafSpec::service("api")
+            },
+            LeafSpec {
+                namespace: "billing".into(),
+                ..LeafSpec::service("api")
+            },
+        ] {
+            let err = check(&wrong).unwrap_err();
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, err);
+            assert!(is_identity_mismatch(&io), "{io}");
+        }
+        // A chain failure is a TLS error, not an identity mismatch.
+        let other = DevCa::generate(None).unwrap();
+        let c = chain(&other, &LeafSpec::service("api"));
+        let err = verifier
+            .verify_server_cert(&c[0], &[], &name, &[], UnixTime::now())
+            .unwrap_err();
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, err);
+        assert!(!is_identity_mismatch(&io));
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_its_certificate_is_refused() {
+        let ca = DevCa::generate(None).unwrap();
+        let a = ca.issue(&LeafSpec::service("web")).unwrap();
+        let b = ca.issue(&LeafSpec::service("web")).unwrap();
+        let err = model::parse_leaf(a.cert_pem.as_bytes(), b.key_pem.as_bytes(), &provider());
+        assert!(matches!(err, Err(model::PemError::KeyMismatch(_))));
+        let leaf = model::parse_leaf(a.cert_pem.as_bytes(), a.key_pem.as_bytes(), &provider()).unwrap();
+        assert_eq!(leaf.serial, a.serial_hex);
+    }
+}
