@@ -186,19 +186,18 @@ impl StaticConfig {
         let dir = path.parent().unwrap_or(Path::new("."));
         let inbound = match raw.inbound {
             Some(ib) => {
-                check_l4(&ib.protocol, "inbound.protocol").map_err(|m| {
-                    err_at(Some(ib.protocol.span()), "inbound.protocol", m)
-                })?;
-                check_host_port(ib.local_app.get_ref()).map_err(|m| {
-                    err_at(Some(ib.local_app.span()), "inbound.local_app", m)
-                })?;
+                check_l4(&ib.protocol, "inbound.protocol")
+                    .map_err(|m| err_at(Some(ib.protocol.span()), "inbound.protocol", m))?;
+                check_host_port(ib.local_app.get_ref())
+                    .map_err(|m| err_at(Some(ib.local_app.span()), "inbound.local_app", m))?;
                 Some((
                     InboundConfig {
                         bind: ib.bind,
                         local_app: ib.local_app.into_inner(),
                         protocol: *ib.protocol.get_ref(),
                         handshake_timeout: Duration::from_millis(
-                            ib.handshake_timeout_ms.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS),
+                            ib.handshake_timeout_ms
+                                .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS),
                         ),
                         local_connect_timeout: Duration::from_millis(
                             ib.local_connect_timeout_ms
@@ -332,8 +331,9 @@ impl FileSource {
     /// Loads what it can now, then polls in the background for as long as anyone
     /// holds the receiver.
     pub fn spawn(mut self) -> watch::Receiver<Arc<Snapshot>> {
-        self.refresh();
-        let (tx, rx) = watch::channel(Arc::new(self.snapshot()));
+        record_update("config", true);
+        let first = self.refresh();
+        let (tx, rx) = watch::channel(Arc::new(self.snapshot(None, first)));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLL_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -342,16 +342,18 @@ impl FileSource {
                     _ = tx.closed() => return,
                     _ = tick.tick() => {}
                 }
-                if self.refresh() {
-                    let _ = tx.send(Arc::new(self.snapshot()));
+                let changes = self.refresh();
+                if changes.any() {
+                    let prev = tx.borrow().clone();
+                    let _ = tx.send(Arc::new(self.snapshot(Some(&prev), changes)));
                 }
             }
         });
         rx
     }
 
-    /// Reads every watched file; returns whether any good state changed.
-    fn refresh(&mut self) -> bool {
+    /// Reads every watched file; says which good state changed.
+    fn refresh(&mut self) -> Changes {
         let cert = self.read_changed(&self.config.cert.clone());
         let key = self.read_changed(&self.config.key.clone());
         let bundle = self.read_changed(&self.config.bundle.clone());
@@ -359,17 +361,17 @@ impl FileSource {
             Some(p) => self.read_changed(&p),
             None => Changed::No,
         };
-        let mut changed = false;
+        let mut changes = Changes::default();
         if cert.is_yes() || key.is_yes() {
-            changed |= self.reload_leaf();
+            changes.leaf = self.reload_leaf();
         }
         if let Changed::Yes(Some(bytes)) = bundle {
-            changed |= self.reload_bundle(bytes);
+            changes.bundle = self.reload_bundle(bytes);
         }
         if let Changed::Yes(Some(bytes)) = intentions {
-            changed |= self.reload_intentions(&bytes);
+            changes.intentions = self.reload_intentions(&bytes);
         }
-        changed
+        changes
     }
 
     fn read_changed(&mut self, path: &Path) -> Changed {
@@ -387,9 +389,10 @@ impl FileSource {
     }
 
     fn reload_leaf(&mut self) -> bool {
-        let (Some(Some(cert)), Some(Some(key))) =
-            (self.seen.get(&self.config.cert), self.seen.get(&self.config.key))
-        else {
+        let (Some(Some(cert)), Some(Some(key))) = (
+            self.seen.get(&self.config.cert),
+            self.seen.get(&self.config.key),
+        ) else {
             return false;
         };
         let result = model::parse_leaf(cert, key, &self.provider).and_then(|leaf| {
@@ -456,20 +459,29 @@ impl FileSource {
         }
     }
 
-    /// Assembles the snapshot from the last good pieces.
-    fn snapshot(&self) -> Snapshot {
+    /// Assembles the snapshot from the last good pieces. What did not change is taken
+    /// from `prev` as the same `Arc`, so readers can tell by pointer that it is the same
+    /// (TLS configs and their session caches survive an intentions edit, and live
+    /// connections are re-checked only when intentions really changed).
+    fn snapshot(&self, prev: Option<&Snapshot>, changes: Changes) -> Snapshot {
         let pins = &self.config.pins;
         let me = self.leaf.as_ref().map(|l| l.id.clone());
         let trust_domain = pins
             .trust_domain
             .clone()
             .or_else(|| me.as_ref().map(|id| id.trust_domain.clone()));
-        let bundle = match (&self.bundle_pem, &trust_domain) {
-            (Some(pem), Some(td)) => model::parse_bundle(pem, td).ok().map(Arc::new),
-            _ => None,
+        let bundle = match prev {
+            Some(prev) if !changes.bundle && prev.bundle.is_some() => prev.bundle.clone(),
+            _ => match (&self.bundle_pem, &trust_domain) {
+                (Some(pem), Some(td)) => model::parse_bundle(pem, td).ok().map(Arc::new),
+                _ => None,
+            },
         };
-        let intentions = match (&me, self.config.inbound.is_some()) {
-            (Some(me), true) => self.intentions_for(me),
+        let intentions = match (prev, &me, self.config.inbound.is_some()) {
+            (Some(prev), _, _) if !changes.intentions && prev.intentions.is_some() => {
+                prev.intentions.clone()
+            }
+            (_, Some(me), true) => self.intentions_for(me),
             _ => None,
         };
         let upstreams = match &me {
@@ -494,7 +506,11 @@ impl FileSource {
             Some(_) => self.entries.as_ref()?,
             None => &empty,
         };
-        match Intentions::from_config_entries(entries, destination, self.config.default_action.action) {
+        match Intentions::from_config_entries(
+            entries,
+            destination,
+            self.config.default_action.action,
+        ) {
             Ok(ixns) => Some(Arc::new(ixns)),
             Err(e) => {
                 tracing::warn!(error = %e, "intentions do not apply to this service");
@@ -513,7 +529,10 @@ impl FileSource {
                     trust_domain: trust_domain.to_owned(),
                     partition: me.partition.clone(),
                     namespace: up.namespace.clone().unwrap_or_else(|| me.namespace.clone()),
-                    datacenter: up.datacenter.clone().unwrap_or_else(|| me.datacenter.clone()),
+                    datacenter: up
+                        .datacenter
+                        .clone()
+                        .unwrap_or_else(|| me.datacenter.clone()),
                     service: up.name.clone(),
                 };
                 UpstreamConfig {
@@ -532,6 +551,20 @@ impl FileSource {
                 }
             })
             .collect()
+    }
+}
+
+/// Which pieces of good state a poll changed.
+#[derive(Clone, Copy, Default)]
+struct Changes {
+    leaf: bool,
+    bundle: bool,
+    intentions: bool,
+}
+
+impl Changes {
+    fn any(self) -> bool {
+        self.leaf || self.bundle || self.intentions
     }
 }
 
@@ -613,7 +646,10 @@ endpoints = ["127.0.0.1:21001"]
         let e = parse(&bad).unwrap_err();
         assert_eq!(e.key, "upstreams[0].bind");
         assert_eq!(e.line, 14, "{e}");
-        assert!(e.to_string().starts_with("/etc/ferrule/ferrule.toml:14:"), "{e}");
+        assert!(
+            e.to_string().starts_with("/etc/ferrule/ferrule.toml:14:"),
+            "{e}"
+        );
 
         let e = parse(&GOOD.replace("protocol = \"tcp\"", "protocl = \"tcp\"")).unwrap_err();
         assert!(e.key.starts_with("inbound"), "{e}");
@@ -624,10 +660,140 @@ endpoints = ["127.0.0.1:21001"]
         assert_eq!((e.key.as_str(), e.line), ("inbound.protocol", 10), "{e}");
 
         let e = parse(&GOOD.replace("[\"127.0.0.1:21001\"]", "[\"nope\"]")).unwrap_err();
-        assert_eq!((e.key.as_str(), e.line), ("upstreams[0].endpoints[0]", 15), "{e}");
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("upstreams[0].endpoints[0]", 15),
+            "{e}"
+        );
 
         let e = parse("admin_addr = [").unwrap_err();
         assert_eq!(e.line, 1, "{e}");
+    }
+
+    /// A directory with a CA, a leaf for `api`, a bundle, intentions and a config.
+    struct Files {
+        dir: tempfile::TempDir,
+        ca: crate::ca::DevCa,
+    }
+
+    impl Files {
+        fn new() -> Files {
+            let dir = tempfile::tempdir().unwrap();
+            let ca = crate::ca::DevCa::generate(None).unwrap();
+            let files = Files { dir, ca };
+            files.write("ca.pem", files.ca.cert_pem());
+            files.new_leaf(true, true);
+            files.write("intentions.json", &allow("web"));
+            files.write("ferrule.toml", GOOD);
+            files
+        }
+
+        fn write(&self, name: &str, text: &str) {
+            // Atomic rename, as most tools that replace certificates do.
+            let tmp = self.dir.path().join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(tmp, self.dir.path().join(name)).unwrap();
+        }
+
+        fn new_leaf(&self, cert: bool, key: bool) -> String {
+            let leaf = self.ca.issue(&crate::ca::LeafSpec::service("api")).unwrap();
+            if cert {
+                self.write("api.pem", &leaf.cert_pem);
+            }
+            if key {
+                self.write("api-key.pem", &leaf.key_pem);
+            }
+            leaf.serial_hex
+        }
+
+        fn source(&self) -> watch::Receiver<Arc<Snapshot>> {
+            let config = StaticConfig::load(&self.dir.path().join("ferrule.toml")).unwrap();
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            FileSource::new(config, provider).spawn()
+        }
+    }
+
+    fn allow(source: &str) -> String {
+        format!(
+            r#"{{"Kind":"service-intentions","Name":"api","Sources":[{{"Name":"{source}","Action":"allow"}}]}}"#
+        )
+    }
+
+    async fn next(rx: &mut watch::Receiver<Arc<Snapshot>>) -> Arc<Snapshot> {
+        tokio::time::timeout(Duration::from_secs(3), rx.changed())
+            .await
+            .expect("a new snapshot within 3 s")
+            .unwrap();
+        rx.borrow_and_update().clone()
+    }
+
+    #[tokio::test]
+    async fn changes_are_published_and_unchanged_pieces_keep_their_arc() {
+        let files = Files::new();
+        let mut rx = files.source();
+        let first = rx.borrow_and_update().clone();
+        assert!(first.is_complete());
+        assert_eq!(first.upstreams[0].endpoints[0].identity.service, "db");
+
+        files.write("intentions.json", &allow("billing"));
+        let second = next(&mut rx).await;
+        let (old, new) = (
+            first.intentions.as_ref().unwrap(),
+            second.intentions.as_ref().unwrap(),
+        );
+        assert!(!Arc::ptr_eq(old, new));
+        assert!(
+            new.rules()[0].to_string().contains("billing"),
+            "{}",
+            new.rules()[0]
+        );
+        assert!(Arc::ptr_eq(
+            first.bundle.as_ref().unwrap(),
+            second.bundle.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            first.leaf.as_ref().unwrap(),
+            second.leaf.as_ref().unwrap()
+        ));
+
+        // A new certificate without its key is not used; the pair is, once complete.
+        let old_serial = second.leaf.as_ref().unwrap().serial.clone();
+        files.new_leaf(true, false);
+        tokio::time::sleep(POLL_INTERVAL * 3).await;
+        assert_eq!(rx.borrow().leaf.as_ref().unwrap().serial, old_serial);
+        let serial = files.new_leaf(true, true);
+        let third = next(&mut rx).await;
+        assert_eq!(third.leaf.as_ref().unwrap().serial, serial);
+        assert!(Arc::ptr_eq(
+            second.intentions.as_ref().unwrap(),
+            third.intentions.as_ref().unwrap()
+        ));
+
+        // Garbage keeps the last good state.
+        files.write("ca.pem", "garbage");
+        files.write("intentions.json", "{ not json");
+        tokio::time::sleep(POLL_INTERVAL * 3).await;
+        let now = rx.borrow().clone();
+        assert!(
+            Arc::ptr_eq(&now, &third),
+            "a bad file must not change the snapshot"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_leaf_for_another_service_is_refused_after_the_first() {
+        let files = Files::new();
+        let mut rx = files.source();
+        let first = rx.borrow_and_update().clone();
+        let web = files
+            .ca
+            .issue(&crate::ca::LeafSpec::service("web"))
+            .unwrap();
+        files.write("api.pem", &web.cert_pem);
+        files.write("api-key.pem", &web.key_pem);
+        tokio::time::sleep(POLL_INTERVAL * 3).await;
+        assert!(Arc::ptr_eq(&rx.borrow(), &first));
+        assert_eq!(rx.borrow().leaf.as_ref().unwrap().id.service, "api");
     }
 
     #[test]

@@ -98,7 +98,10 @@ mod tests {
     fn parses_default_partition_service() {
         let id = ServiceId::parse(&format!("spiffe://{TD}/ns/default/dc/dc1/svc/web")).unwrap();
         assert_eq!(id, ServiceId::new(TD, "default", "dc1", "web"));
-        assert_eq!(id.to_uri(), format!("spiffe://{TD}/ns/default/dc/dc1/svc/web"));
+        assert_eq!(
+            id.to_uri(),
+            format!("spiffe://{TD}/ns/default/dc/dc1/svc/web")
+        );
     }
 
     #[test]

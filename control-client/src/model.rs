@@ -115,7 +115,7 @@ pub struct DefaultAction {
 pub struct Snapshot {
     pub bundle: Option<Arc<TrustBundle>>,
     pub leaf: Option<Arc<Leaf>>,
-    #[serde(skip)]
+    #[serde(serialize_with = "intentions_as_text")]
     pub intentions: Option<Arc<Intentions>>,
     pub inbound: Option<InboundConfig>,
     pub upstreams: Vec<UpstreamConfig>,
@@ -233,6 +233,17 @@ pub fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+/// Intentions at `/config`: one line per rule, in evaluation order.
+fn intentions_as_text<S: serde::Serializer>(
+    ixns: &Option<Arc<Intentions>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let rules: Option<Vec<String>> = ixns
+        .as_ref()
+        .map(|ixns| ixns.rules().iter().map(|r| r.to_string()).collect());
+    rules.serialize(s)
 }
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

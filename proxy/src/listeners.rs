@@ -56,7 +56,10 @@ impl Listeners {
                         tracing::info!(addr = %ib.bind, "inbound listener bound");
                         let cancel = CancellationToken::new();
                         tokio::spawn(inbound::serve(listener, state.clone(), cancel.clone()));
-                        self.inbound = Some(Bound { addr: ib.bind, cancel });
+                        self.inbound = Some(Bound {
+                            addr: ib.bind,
+                            cancel,
+                        });
                     }
                     Err(source) => errors.push(BindError {
                         addr: ib.bind,
@@ -71,7 +74,11 @@ impl Listeners {
         self.upstreams
             .retain(|name, _| snapshot.upstreams.iter().any(|u| &u.name == name));
         for up in &snapshot.upstreams {
-            if self.upstreams.get(&up.name).is_some_and(|b| b.addr == up.bind) {
+            if self
+                .upstreams
+                .get(&up.name)
+                .is_some_and(|b| b.addr == up.bind)
+            {
                 continue;
             }
             self.upstreams.remove(&up.name);

@@ -11,7 +11,11 @@ use ferrule_control::file::StaticConfig;
 const DEFAULT_ADMIN_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 19100);
 
 #[derive(Parser)]
-#[command(name = "ferrule", version, about = "A sidecar data plane for a Consul service mesh")]
+#[command(
+    name = "ferrule",
+    version,
+    about = "A sidecar data plane for a Consul service mesh"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,7 +73,10 @@ fn proxy(args: ProxyArgs) -> ExitCode {
         .or(config.admin_addr)
         .unwrap_or_else(|| SocketAddr::from(DEFAULT_ADMIN_ADDR));
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ferrule: cannot start the runtime: {e}");

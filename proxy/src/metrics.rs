@@ -169,7 +169,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &poll {
-            self.bytes.rx.increment((buf.filled().len() - before) as u64);
+            self.bytes
+                .rx
+                .increment((buf.filled().len() - before) as u64);
         }
         poll
     }

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use ferrule_control::identity::ServiceId;
 use ferrule_control::model::{Leaf, Snapshot, TrustBundle};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -149,7 +149,12 @@ impl ClientCertVerifier for ClientSvidVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.0
-            .verify(end_entity, intermediates, now, webpki::KeyUsage::client_auth())
+            .verify(
+                end_entity,
+                intermediates,
+                now,
+                webpki::KeyUsage::client_auth(),
+            )
             .map(|_| ClientCertVerified::assertion())
             .map_err(to_rustls)
     }
@@ -200,7 +205,12 @@ impl ServerCertVerifier for ServerSvidVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let got = self
             .anchors
-            .verify(end_entity, intermediates, now, webpki::KeyUsage::server_auth())
+            .verify(
+                end_entity,
+                intermediates,
+                now,
+                webpki::KeyUsage::server_auth(),
+            )
             .map_err(to_rustls)?;
         if got == self.expected {
             Ok(ServerCertVerified::assertion())
@@ -311,7 +321,11 @@ impl TlsState {
             if clients.contains_key(id) {
                 continue;
             }
-            let reuse = if same_inputs { prev.clients.get(id).cloned() } else { None };
+            let reuse = if same_inputs {
+                prev.clients.get(id).cloned()
+            } else {
+                None
+            };
             let config = match reuse {
                 Some(c) => Some(c),
                 None => client_config(&anchors, id, resolver.clone(), provider),
@@ -381,8 +395,9 @@ fn client_config(
 
 /// Sorts a failed handshake into the metric label it belongs to.
 pub fn is_identity_mismatch(e: &std::io::Error) -> bool {
-    let Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) =
-        e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    let Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     else {
         return false;
     };
@@ -416,8 +431,16 @@ mod tests {
         parse_certificates(ca.issue(spec).unwrap().cert_pem.as_bytes()).unwrap()
     }
 
-    fn verify(anchors: &Anchors, chain: &[CertificateDer<'static>]) -> Result<ServiceId, SvidError> {
-        anchors.verify(&chain[0], &chain[1..], UnixTime::now(), webpki::KeyUsage::client_auth())
+    fn verify(
+        anchors: &Anchors,
+        chain: &[CertificateDer<'static>],
+    ) -> Result<ServiceId, SvidError> {
+        anchors.verify(
+            &chain[0],
+            &chain[1..],
+            UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+        )
     }
 
     #[test]
@@ -452,7 +475,10 @@ mod tests {
             ..LeafSpec::service("web")
         };
         let two_uris = LeafSpec {
-            extra_uri_sans: vec![format!("spiffe://{}/ns/default/dc/dc1/svc/admin", f.ca.trust_domain())],
+            extra_uri_sans: vec![format!(
+                "spiffe://{}/ns/default/dc/dc1/svc/admin",
+                f.ca.trust_domain()
+            )],
             ..LeafSpec::service("web")
         };
         let not_spiffe = LeafSpec {
@@ -460,12 +486,18 @@ mod tests {
             ..LeafSpec::service("web")
         };
         let not_a_service = LeafSpec {
-            uri_override: Some(format!("spiffe://{}/agent/client/dc/dc1/id/node1", f.ca.trust_domain())),
+            uri_override: Some(format!(
+                "spiffe://{}/agent/client/dc/dc1/id/node1",
+                f.ca.trust_domain()
+            )),
             ..LeafSpec::service("web")
         };
         let cases: Vec<(&str, Vec<CertificateDer<'static>>)> = vec![
             ("other CA", chain(&other_ca, &LeafSpec::service("web"))),
-            ("same trust domain, other root", chain(&same_td_other_root, &LeafSpec::service("web"))),
+            (
+                "same trust domain, other root",
+                chain(&same_td_other_root, &LeafSpec::service("web")),
+            ),
             ("expired", chain(&f.ca, &expired)),
             ("not yet valid", chain(&f.ca, &future)),
             ("CA certificate as leaf", chain(&f.ca, &ca_leaf)),
@@ -537,7 +569,8 @@ mod tests {
         let b = ca.issue(&LeafSpec::service("web")).unwrap();
         let err = model::parse_leaf(a.cert_pem.as_bytes(), b.key_pem.as_bytes(), &provider());
         assert!(matches!(err, Err(model::PemError::KeyMismatch(_))));
-        let leaf = model::parse_leaf(a.cert_pem.as_bytes(), a.key_pem.as_bytes(), &provider()).unwrap();
+        let leaf =
+            model::parse_leaf(a.cert_pem.as_bytes(), a.key_pem.as_bytes(), &provider()).unwrap();
         assert_eq!(leaf.serial, a.serial_hex);
     }
 }
