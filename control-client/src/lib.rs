@@ -8,7 +8,7 @@
 
 pub mod api;
 pub mod ca;
+pub mod file;
 pub mod identity;
 pub mod intentions;
-pub mod file;
 pub mod model;
