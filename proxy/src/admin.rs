@@ -4,7 +4,6 @@
 //! turns 200 only when the snapshot is complete and every listener is bound.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -135,9 +134,4 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp
-}
-
-/// Binds the admin address; a failure here is fatal, before anything else starts.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

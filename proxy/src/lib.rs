@@ -24,6 +24,7 @@ use ferrule_control::file::{FileSource, StaticConfig};
 use ferrule_control::model::Snapshot;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rustls::crypto::CryptoProvider;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::tls::TlsState;
@@ -60,20 +61,18 @@ fn spawn_tls(
     rx
 }
 
-/// Static mode: everything from files, until the process is told to stop.
-pub async fn run_static(
-    config: StaticConfig,
-    admin_addr: SocketAddr,
+/// Runs the data plane on whatever a source publishes, until `shutdown` resolves.
+///
+/// The admin listener is bound by the caller before the source starts, so `/ready`
+/// answers 503 from the first moment.
+pub async fn serve(
+    admin_listener: TcpListener,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: PrometheusHandle,
+    provider: Arc<CryptoProvider>,
+    shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let provider = tls::provider();
-    let admin_listener = admin::bind(admin_addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on admin address {admin_addr}: {e}"))?;
-    tracing::info!(addr = %admin_addr, "admin listener bound");
     let listening = admin::Listening::default();
-
-    let snapshots = FileSource::new(config, provider.clone()).spawn();
     tokio::spawn(admin::serve(
         admin_listener,
         admin::Admin {
@@ -84,17 +83,38 @@ pub async fn run_static(
     ));
     let tls = spawn_tls(snapshots.clone(), provider);
     let state = State { snapshots, tls };
-
     tokio::select! {
         result = listeners::run(state, listening) => result.map_err(anyhow::Error::from),
-        () = shutdown_signal() => {
+        () = shutdown => {
             tracing::info!("shutting down");
             Ok(())
         }
     }
 }
 
-async fn shutdown_signal() {
+/// Static mode: everything from files, until SIGTERM or SIGINT.
+pub async fn run_static(
+    config: StaticConfig,
+    admin_addr: SocketAddr,
+    metrics: PrometheusHandle,
+) -> anyhow::Result<()> {
+    let provider = tls::provider();
+    let admin_listener = bind_admin(admin_addr).await?;
+    let snapshots = FileSource::new(config, provider.clone()).spawn();
+    serve(admin_listener, snapshots, metrics, provider, shutdown_signal()).await
+}
+
+/// Binds the admin address; failing here is fatal, before anything else starts.
+pub async fn bind_admin(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on admin address {addr}: {e}"))?;
+    tracing::info!(addr = %addr, "admin listener bound");
+    Ok(listener)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
