@@ -23,6 +23,7 @@ use crate::model::{
     self, DefaultAction, Endpoint, InboundConfig, Leaf, Protocol, Snapshot, TrustBundle,
     UpstreamConfig,
 };
+use crate::telemetry::record_update;
 
 /// How often the watched files are read. Reading four small files twice a second
 /// costs nothing and, unlike inotify, sees every way a file can be replaced.
@@ -589,16 +590,6 @@ fn parse_entries(bytes: &[u8]) -> Result<Vec<ServiceIntentionsEntry>, String> {
         serde_json::from_value(value).map(|e| vec![e])
     };
     result.map_err(|e| e.to_string())
-}
-
-fn record_update(resource: &'static str, ok: bool) {
-    let result = if ok { "ok" } else { "error" };
-    metrics::counter!("ferrule_control_updates_total", "resource" => resource, "result" => result)
-        .increment(1);
-    if ok {
-        metrics::gauge!("ferrule_control_last_update_timestamp_seconds", "resource" => resource)
-            .set(model::unix_now());
-    }
 }
 
 #[cfg(test)]

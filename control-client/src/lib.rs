@@ -2,13 +2,15 @@
 //!
 //! The model (`model`, `intentions`, `identity`) is plain data the proxy reads from a
 //! `tokio::sync::watch` channel of `Arc<Snapshot>`. Sources fill that channel: files
-//! (`file`) and, later, the Consul agent. `api` holds Consul's wire types, shared by the
+//! (`file`) and the Consul agent (`consul`). `api` holds Consul's wire types, shared by the
 //! client and the development agent so the two sides cannot drift apart. `ca` is the
 //! development certificate authority used by `cargo xtask certs`, tests and the dev agent.
 
 pub mod api;
 pub mod ca;
+pub mod consul;
 pub mod file;
 pub mod identity;
 pub mod intentions;
 pub mod model;
+mod telemetry;

@@ -20,7 +20,6 @@ pub mod tls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ferrule_control::file::{FileSource, StaticConfig};
 use ferrule_control::model::Snapshot;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rustls::crypto::CryptoProvider;
@@ -90,18 +89,6 @@ pub async fn serve(
             Ok(())
         }
     }
-}
-
-/// Static mode: everything from files, until SIGTERM or SIGINT.
-pub async fn run_static(
-    config: StaticConfig,
-    admin_addr: SocketAddr,
-    metrics: PrometheusHandle,
-) -> anyhow::Result<()> {
-    let provider = tls::provider();
-    let admin_listener = bind_admin(admin_addr).await?;
-    let snapshots = FileSource::new(config, provider.clone()).spawn();
-    serve(admin_listener, snapshots, metrics, provider, shutdown_signal()).await
 }
 
 /// Binds the admin address; failing here is fatal, before anything else starts.

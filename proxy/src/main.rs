@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ferrule_control::consul::{
+    AgentAddr, AgentClientConfig, ConsulConfig, ConsulSource, ProxySelector,
+};
 use ferrule_control::file::StaticConfig;
+use ferrule_control::intentions::Action;
 
 const DEFAULT_ADMIN_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 19100);
 
@@ -24,14 +28,40 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the sidecar proxy.
-    Proxy(ProxyArgs),
+    Proxy(Box<ProxyArgs>),
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["config", "sidecar_for", "proxy_id"])))]
 struct ProxyArgs {
     /// Static mode: certificates, bundle, intentions and upstreams from this TOML file.
     #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// Consul mode: serve the sidecar registered for this service instance ID.
+    #[arg(long, value_name = "SERVICE_ID", env = "CONNECT_SIDECAR_FOR")]
+    sidecar_for: Option<String>,
+    /// Consul mode: serve this registered connect-proxy service.
+    #[arg(long, value_name = "PROXY_SERVICE_ID", env = "CONNECT_PROXY_ID")]
+    proxy_id: Option<String>,
+    /// The local Consul agent: host:port, http://, https:// or unix:///path.
+    #[arg(
+        long,
+        env = "CONSUL_HTTP_ADDR",
+        default_value = "http://127.0.0.1:8500"
+    )]
+    consul_addr: String,
+    /// ACL token, sent as X-Consul-Token.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the ACL token (wins over --token).
+    #[arg(long, env = "CONSUL_HTTP_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// CA certificates to verify an https agent with.
+    #[arg(long, env = "CONSUL_CACERT", value_name = "PATH")]
+    ca_file: Option<PathBuf>,
+    /// What applies when no intention matches [default: learned from the agent].
+    #[arg(long, value_enum)]
+    default_action: Option<DefaultActionArg>,
     /// Address of the admin listener (/metrics, /ready, /config) [default: admin_addr
     /// from the config file, else 127.0.0.1:19100].
     #[arg(long, value_name = "ADDR")]
@@ -49,11 +79,23 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum DefaultActionArg {
+    Allow,
+    Deny,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Proxy(args) => proxy(args),
+        Command::Proxy(args) => proxy(*args),
     }
+}
+
+/// A start-up failure: bad input (exit 2) or a runtime failure (exit 1).
+enum Fail {
+    Usage(String),
+    Runtime(anyhow::Error),
 }
 
 fn proxy(args: ProxyArgs) -> ExitCode {
@@ -61,18 +103,6 @@ fn proxy(args: ProxyArgs) -> ExitCode {
         eprintln!("ferrule: --log-level: {e}");
         return ExitCode::from(2);
     }
-    let config = match StaticConfig::load(&args.config) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("ferrule: bad config: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let admin_addr = args
-        .admin_addr
-        .or(config.admin_addr)
-        .unwrap_or_else(|| SocketAddr::from(DEFAULT_ADMIN_ADDR));
-
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -83,18 +113,86 @@ fn proxy(args: ProxyArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(async {
-        let metrics = ferrule::metrics::install()?;
-        ferrule::run_static(config, admin_addr, metrics).await
-    });
-    match result {
+    match runtime.block_on(run_proxy(args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Fail::Usage(message)) => {
+            eprintln!("ferrule: {message}");
+            ExitCode::from(2)
+        }
+        Err(Fail::Runtime(e)) => {
             tracing::error!("{e:#}");
             eprintln!("ferrule: {e:#}");
             ExitCode::from(1)
         }
     }
+}
+
+async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
+    let provider = ferrule::tls::provider();
+    if let Some(path) = &args.config {
+        let config =
+            StaticConfig::load(path).map_err(|e| Fail::Usage(format!("bad config: {e}")))?;
+        let admin_addr = args
+            .admin_addr
+            .or(config.admin_addr)
+            .unwrap_or_else(|| SocketAddr::from(DEFAULT_ADMIN_ADDR));
+        let metrics = ferrule::metrics::install().map_err(Fail::Runtime)?;
+        let admin = ferrule::bind_admin(admin_addr)
+            .await
+            .map_err(Fail::Runtime)?;
+        let snapshots = ferrule_control::file::FileSource::new(config, provider.clone()).spawn();
+        return ferrule::serve(
+            admin,
+            snapshots,
+            metrics,
+            provider,
+            ferrule::shutdown_signal(),
+        )
+        .await
+        .map_err(Fail::Runtime);
+    }
+
+    let selector = match (args.sidecar_for, args.proxy_id) {
+        (_, Some(id)) => ProxySelector::ProxyId(id),
+        (Some(id), None) => ProxySelector::SidecarFor(id),
+        (None, None) => {
+            return Err(Fail::Usage(
+                "one of --config, --sidecar-for, --proxy-id is required".into(),
+            ));
+        }
+    };
+    let addr: AgentAddr = args
+        .consul_addr
+        .parse()
+        .map_err(|e| Fail::Usage(format!("--consul-addr: {e}")))?;
+    let mut agent = AgentClientConfig::new(addr);
+    agent.token = args.token;
+    agent.token_file = args.token_file;
+    agent.ca_file = args.ca_file;
+    let mut config = ConsulConfig::new(agent, selector);
+    config.default_action = args.default_action.map(|a| match a {
+        DefaultActionArg::Allow => Action::Allow,
+        DefaultActionArg::Deny => Action::Deny,
+    });
+    let source =
+        ConsulSource::new(config, provider.clone()).map_err(|e| Fail::Usage(e.to_string()))?;
+    let admin_addr = args
+        .admin_addr
+        .unwrap_or_else(|| SocketAddr::from(DEFAULT_ADMIN_ADDR));
+    let metrics = ferrule::metrics::install().map_err(Fail::Runtime)?;
+    let admin = ferrule::bind_admin(admin_addr)
+        .await
+        .map_err(Fail::Runtime)?;
+    let snapshots = source.spawn();
+    ferrule::serve(
+        admin,
+        snapshots,
+        metrics,
+        provider,
+        ferrule::shutdown_signal(),
+    )
+    .await
+    .map_err(Fail::Runtime)
 }
 
 fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {

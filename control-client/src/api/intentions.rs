@@ -11,7 +11,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
+
+use super::{is_false, is_zero, nullable};
 
 /// The `Kind` of a `service-intentions` config entry.
 pub const KIND: &str = "service-intentions";
@@ -289,23 +291,6 @@ pub struct Intention {
 /// The body of `/v1/connect/intentions/match`: each queried name → its intentions in
 /// evaluation order. An empty list may come as `[]` or as `null`.
 pub type IntentionMatchResponse = HashMap<String, Option<Vec<Intention>>>;
-
-/// Go encodes nil slices and maps as `null`; treat that like an absent field.
-fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
-}
-
-fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
-    *value == T::default()
-}
-
-fn is_false(value: &bool) -> bool {
-    !*value
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,19 @@
+//! Consul mode: the snapshot source that follows a local Consul agent (or `ferrule dev`).
+//!
+//! `http` is the agent client (address forms, TLS, unix sockets, the token, typed
+//! errors); `watch` is the one blocking-query loop every resource goes through; `source`
+//! turns the agent's answers into snapshots. Only `source` knows what the answers mean,
+//! and only `http` knows how bytes reach the agent.
+
+pub mod http;
+pub mod source;
+mod watch;
+
+#[cfg(test)]
+mod testing;
+
+pub use http::{
+    AgentAddr, AgentClient, AgentClientConfig, AgentError, BadAddress, ClientConfigError,
+    DEFAULT_ADDR,
+};
+pub use source::{ConsulConfig, ConsulSource, DEFAULT_WAIT, ProxySelector};

@@ -1,0 +1,699 @@
+//! The source against a fake agent that serves canned JSON with real blocking semantics.
+
+use std::time::Duration;
+
+use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+
+use super::*;
+use crate::api::agent::{AgentServiceConnectProxyConfig, Upstream};
+use crate::api::ca::CARoot;
+use crate::ca::{DevCa, LeafSpec};
+use crate::consul::http::AgentAddr;
+use crate::consul::testing::FakeAgent;
+
+const REGISTRATION: &str = "/v1/agent/service/web-sidecar-proxy";
+const LEAF_PATH: &str = "/v1/agent/connect/ca/leaf/web";
+const ROOTS_PATH: &str = "/v1/agent/connect/ca/roots";
+const MATCH_PATH: &str = "/v1/connect/intentions/match";
+
+fn tuning() -> Tuning {
+    Tuning {
+        wait: Duration::from_secs(5),
+        timeout_margin: Duration::from_secs(2),
+        backoff_base: Duration::from_millis(10),
+        backoff_cap: Duration::from_millis(100),
+        burst: 100,
+        refill: Duration::from_millis(1),
+        force_retry: Duration::from_secs(60),
+    }
+}
+
+fn roots_of(cas: &[&DevCa]) -> IndexedCARoots {
+    IndexedCARoots {
+        active_root_id: cas[0].id(),
+        trust_domain: cas[0].trust_domain(),
+        roots: cas
+            .iter()
+            .enumerate()
+            .map(|(i, ca)| CARoot {
+                id: ca.id(),
+                name: "Consul CA Primary Cert".into(),
+                serial_number: ca.serial_number(),
+                signing_key_id: ca.signing_key_id(),
+                external_trust_domain: ca.cluster_id().into(),
+                root_cert: ca.cert_pem().into(),
+                active: i == 0,
+                private_key_type: "ec".into(),
+                private_key_bits: 256,
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+fn leaf_of(ca: &DevCa, service: &str) -> IssuedCert {
+    let leaf = ca.issue(&LeafSpec::service(service)).unwrap();
+    IssuedCert {
+        serial_number: leaf.serial_hex.clone(),
+        cert_pem: leaf.cert_pem.clone(),
+        private_key_pem: leaf.key_pem.clone(),
+        service: service.into(),
+        service_uri: leaf.service_uri.clone(),
+        valid_after: leaf.valid_after.format(&Rfc3339).unwrap(),
+        valid_before: leaf.valid_before.format(&Rfc3339).unwrap(),
+        create_index: 1,
+        modify_index: 1,
+        ..Default::default()
+    }
+}
+
+fn upstream(name: &str, port: u16) -> Upstream {
+    Upstream {
+        destination_type: "service".into(),
+        destination_name: name.into(),
+        local_bind_port: port,
+        ..Default::default()
+    }
+}
+
+fn sidecar(upstreams: Vec<Upstream>) -> AgentService {
+    AgentService {
+        kind: "connect-proxy".into(),
+        id: "web-sidecar-proxy".into(),
+        service: "web-sidecar-proxy".into(),
+        port: 21000,
+        datacenter: "dc1".into(),
+        content_hash: "h".into(),
+        proxy: Some(AgentServiceConnectProxyConfig {
+            destination_service_name: "web".into(),
+            destination_service_id: "web".into(),
+            local_service_address: "127.0.0.1".into(),
+            local_service_port: 8080,
+            upstreams,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn health_entry(service: &str, node_addr: &str, svc_addr: &str, port: u16) -> Value {
+    json!({
+        "Node": { "ID": "n1", "Node": "box", "Address": node_addr, "Datacenter": "dc1",
+                  "TaggedAddresses": { "lan": node_addr, "wan": node_addr }, "Meta": {} },
+        "Service": { "Kind": "connect-proxy", "ID": format!("{service}-sidecar-proxy"),
+                     "Service": format!("{service}-sidecar-proxy"), "Tags": [], "Meta": {},
+                     "Address": svc_addr, "Port": port,
+                     "Proxy": { "DestinationServiceName": service, "Mode": "",
+                                "MeshGateway": {}, "Expose": {} },
+                     "Connect": {}, "PeerName": "" },
+        "Checks": [ { "Status": "passing" } ]
+    })
+}
+
+fn allow(source: &str) -> Value {
+    json!({ "web": [ {
+        "SourceNS": "default", "SourceName": source, "DestinationNS": "default",
+        "DestinationName": "web", "SourceType": "consul", "Action": "allow",
+        "Precedence": 9, "CreateIndex": 5, "ModifyIndex": 5
+    } ] })
+}
+
+/// An agent with `web`'s sidecar (upstreams `db` and `cache`), its leaf, the roots, an
+/// intention and healthy instances of both upstreams.
+struct World {
+    agent: FakeAgent,
+    ca: DevCa,
+}
+
+impl World {
+    async fn new() -> World {
+        let agent = FakeAgent::start().await;
+        let ca = DevCa::generate(None).unwrap();
+        let reg = sidecar(vec![upstream("db", 9191), upstream("cache", 9292)]);
+        agent.set(
+            "/v1/agent/services",
+            json!({ "web": { "ID": "web", "Service": "web", "Port": 8080 },
+                    "web-sidecar-proxy": reg.clone() }),
+        );
+        agent.set(REGISTRATION, &reg);
+        agent.set(ROOTS_PATH, roots_of(&[&ca]));
+        agent.set(LEAF_PATH, leaf_of(&ca, "web"));
+        agent.set(MATCH_PATH, allow("api"));
+        agent.set(
+            "/v1/agent/self",
+            json!({ "Config": { "Datacenter": "dc1", "NodeName": "box" },
+                    "DebugConfig": AgentSelf::debug_config_for("deny", false, "allow") }),
+        );
+        agent.set(
+            "/v1/health/connect/db",
+            json!([health_entry("db", "10.0.0.1", "", 21001)]),
+        );
+        agent.set(
+            "/v1/health/connect/cache",
+            json!([health_entry("cache", "10.0.0.2", "10.0.0.3", 21002)]),
+        );
+        World { agent, ca }
+    }
+
+    fn source(
+        &self,
+        selector: ProxySelector,
+        default: Option<Action>,
+    ) -> watch::Receiver<Arc<Snapshot>> {
+        let addr: AgentAddr = self.agent.addr().to_string().parse().unwrap();
+        let mut config = ConsulConfig::new(AgentClientConfig::new(addr), selector);
+        config.default_action = default;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        ConsulSource::new(config, provider)
+            .unwrap()
+            .with_tuning(tuning())
+            .spawn()
+    }
+
+    fn sidecar_for_web(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.source(ProxySelector::SidecarFor("web".into()), None)
+    }
+}
+
+/// Waits (at most 5 s) for a snapshot that satisfies `pred`.
+async fn until(
+    rx: &mut watch::Receiver<Arc<Snapshot>>,
+    what: &str,
+    pred: impl Fn(&Snapshot) -> bool,
+) -> Arc<Snapshot> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let snap = rx.borrow_and_update().clone();
+        if pred(&snap) {
+            return snap;
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            _ => panic!("no snapshot with {what} within 5 s; last: {snap:#?}"),
+        }
+    }
+}
+
+fn ready(s: &Snapshot) -> bool {
+    s.is_complete() && s.upstreams.len() == 2 && s.upstreams.iter().all(|u| !u.endpoints.is_empty())
+}
+
+#[tokio::test]
+async fn sidecar_for_fills_the_whole_snapshot_from_the_agent() {
+    let world = World::new().await;
+    let mut rx = world.sidecar_for_web();
+    let snap = until(&mut rx, "everything", ready).await;
+
+    let inbound = snap.inbound.as_ref().unwrap();
+    assert_eq!(inbound.bind, "0.0.0.0:21000".parse().unwrap());
+    assert_eq!(inbound.local_app, "127.0.0.1:8080");
+    assert_eq!(inbound.protocol, Protocol::Tcp);
+    assert_eq!(inbound.local_connect_timeout, Duration::from_millis(1000));
+    assert_eq!(inbound.handshake_timeout, Duration::from_millis(10_000));
+
+    let td = world.ca.trust_domain();
+    assert_eq!(snap.bundle.as_ref().unwrap().trust_domain, td);
+    assert_eq!(snap.leaf.as_ref().unwrap().id.service, "web");
+
+    let db = &snap.upstreams[0];
+    assert_eq!(
+        (db.name.as_str(), db.bind),
+        ("db", "127.0.0.1:9191".parse().unwrap())
+    );
+    assert_eq!(db.connect_timeout, Duration::from_millis(5000));
+    assert_eq!(
+        db.endpoints[0].addr, "10.0.0.1:21001",
+        "Service.Address empty: the node's"
+    );
+    assert_eq!(
+        db.endpoints[0].identity,
+        ServiceId::new(&td, "default", "dc1", "db")
+    );
+    let cache = &snap.upstreams[1];
+    assert_eq!(cache.endpoints[0].addr, "10.0.0.3:21002");
+    assert_eq!(cache.endpoints[0].identity.service, "cache");
+
+    let default = snap.default_action.as_ref().unwrap();
+    assert_eq!(
+        (default.action, default.source),
+        (Action::Deny, SOURCE_INTENTION_POLICY)
+    );
+    let ixns = snap.intentions.as_ref().unwrap();
+    assert_eq!(ixns.default_action(), Action::Deny);
+    assert!(
+        ixns.rules()[0].to_string().contains("api"),
+        "{}",
+        ixns.rules()[0]
+    );
+
+    let requests = world.agent.requests();
+    let asked = |prefix: &str| requests.iter().any(|r| r.starts_with(prefix));
+    assert!(asked("/v1/agent/services"));
+    assert!(asked("/v1/agent/connect/ca/leaf/web"));
+    assert!(asked(
+        "/v1/connect/intentions/match?by=destination&name=web"
+    ));
+    assert!(asked("/v1/health/connect/db?passing=1"));
+    assert!(
+        asked("/v1/agent/service/web-sidecar-proxy?hash="),
+        "{requests:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| !r.contains("ns=") && !r.contains("partition=")),
+        "Community Edition rejects ns/partition: {requests:#?}"
+    );
+}
+
+#[tokio::test]
+async fn upstreams_follow_the_registration() {
+    let world = World::new().await;
+    let mut rx = world.sidecar_for_web();
+    let first = until(&mut rx, "everything", ready).await;
+
+    world
+        .agent
+        .set(REGISTRATION, sidecar(vec![upstream("cache", 9393)]));
+    let snap = until(&mut rx, "db gone", |s| s.upstreams.len() == 1).await;
+    assert_eq!(snap.upstreams[0].name, "cache");
+    assert_eq!(snap.upstreams[0].bind, "127.0.0.1:9393".parse().unwrap());
+    assert!(!snap.upstreams[0].endpoints.is_empty());
+    assert!(Arc::ptr_eq(
+        first.leaf.as_ref().unwrap(),
+        snap.leaf.as_ref().unwrap()
+    ));
+    assert!(Arc::ptr_eq(
+        first.intentions.as_ref().unwrap(),
+        snap.intentions.as_ref().unwrap()
+    ));
+
+    world.agent.set(
+        REGISTRATION,
+        sidecar(vec![upstream("cache", 9393), upstream("db", 9191)]),
+    );
+    let snap = until(&mut rx, "db back with endpoints", |s| {
+        s.upstreams.len() == 2 && s.upstreams.iter().all(|u| !u.endpoints.is_empty())
+    })
+    .await;
+    assert_eq!(snap.upstreams[1].name, "db");
+}
+
+#[tokio::test]
+async fn endpoints_follow_health() {
+    let world = World::new().await;
+    let mut rx = world.sidecar_for_web();
+    until(&mut rx, "everything", ready).await;
+    world.agent.set(
+        "/v1/health/connect/db",
+        json!([
+            health_entry("db", "10.0.0.1", "", 21001),
+            health_entry("db", "10.0.0.9", "", 21009)
+        ]),
+    );
+    until(&mut rx, "two db instances", |s| {
+        s.upstreams[0].endpoints.len() == 2
+    })
+    .await;
+    world.agent.set("/v1/health/connect/db", json!([]));
+    let snap = until(&mut rx, "no db instance", |s| {
+        s.upstreams[0].endpoints.is_empty()
+    })
+    .await;
+    assert_eq!(snap.upstreams[1].endpoints.len(), 1, "cache untouched");
+}
+
+#[tokio::test]
+async fn an_intentions_change_is_a_new_intentions_arc_and_nothing_else() {
+    let world = World::new().await;
+    let mut rx = world.sidecar_for_web();
+    let first = until(&mut rx, "everything", ready).await;
+    world.agent.set(MATCH_PATH, allow("billing"));
+    let snap = until(&mut rx, "new intentions", |s| {
+        !same_arc(&s.intentions, &first.intentions)
+    })
+    .await;
+    assert!(
+        snap.intentions.as_ref().unwrap().rules()[0]
+            .to_string()
+            .contains("billing")
+    );
+    assert!(Arc::ptr_eq(
+        first.leaf.as_ref().unwrap(),
+        snap.leaf.as_ref().unwrap()
+    ));
+    assert!(Arc::ptr_eq(
+        first.bundle.as_ref().unwrap(),
+        snap.bundle.as_ref().unwrap()
+    ));
+    assert_eq!(first.upstreams, snap.upstreams);
+}
+
+#[tokio::test]
+async fn a_leaf_change_is_a_new_leaf_and_the_same_intentions() {
+    let world = World::new().await;
+    let mut rx = world.sidecar_for_web();
+    let first = until(&mut rx, "everything", ready).await;
+    let next = leaf_of(&world.ca, "web");
+    world.agent.set(LEAF_PATH, &next);
+    let snap = until(&mut rx, "the new leaf", |s| {
+        s.leaf
+            .as_ref()
+            .is_some_and(|l| l.serial == next.serial_number)
+    })
+    .await;
+    assert!(Arc::ptr_eq(
+        first.intentions.as_ref().unwrap(),
+        snap.intentions.as_ref().unwrap()
+    ));
+    assert!(Arc::ptr_eq(
+        first.bundle.as_ref().unwrap(),
+        snap.bundle.as_ref().unwrap()
+    ));
+}
+
+#[tokio::test]
+async fn a_root_rotation_trusts_both_roots() {
+    let world = World::new().await;
+    let mut rx = world.sidecar_for_web();
+    until(&mut rx, "everything", ready).await;
+    let new_root = DevCa::generate(Some(world.ca.cluster_id())).unwrap();
+    world
+        .agent
+        .set(ROOTS_PATH, roots_of(&[&new_root, &world.ca]));
+    let snap = until(&mut rx, "two roots", |s| {
+        s.bundle.as_ref().is_some_and(|b| b.roots.len() == 2)
+    })
+    .await;
+    assert_eq!(
+        snap.bundle.as_ref().unwrap().trust_domain,
+        world.ca.trust_domain()
+    );
+}
+
+#[tokio::test]
+async fn agent_errors_and_garbage_keep_the_last_good_snapshot() {
+    let world = World::new().await;
+    let mut rx = world.sidecar_for_web();
+    let good = until(&mut rx, "everything", ready).await;
+
+    world
+        .agent
+        .set_status(MATCH_PATH, 500, "rpc error: No cluster leader".into());
+    world.agent.set_status(ROOTS_PATH, 200, "{ not json".into());
+    world.agent.set(
+        LEAF_PATH,
+        json!({ "SerialNumber": "01", "CertPEM": "garbage" }),
+    );
+    world
+        .agent
+        .set("/v1/health/connect/db", json!({ "not": "a list" }));
+    world.agent.remove(REGISTRATION);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        Arc::ptr_eq(&rx.borrow(), &good),
+        "errors must not change the snapshot"
+    );
+
+    // The agent recovers: changes flow again.
+    world.agent.set(MATCH_PATH, allow("billing"));
+    world.agent.set(ROOTS_PATH, roots_of(&[&world.ca]));
+    world
+        .agent
+        .set(REGISTRATION, sidecar(vec![upstream("db", 9191)]));
+    let snap = until(&mut rx, "recovery", |s| {
+        s.upstreams.len() == 1 && !same_arc(&s.intentions, &good.intentions)
+    })
+    .await;
+    assert!(Arc::ptr_eq(
+        good.leaf.as_ref().unwrap(),
+        snap.leaf.as_ref().unwrap()
+    ));
+}
+
+#[tokio::test]
+async fn without_agent_read_the_default_comes_from_the_acl_header() {
+    let world = World::new().await;
+    world.agent.set_status(
+        "/v1/agent/self",
+        403,
+        "Permission denied: token lacks agent:read".into(),
+    );
+    world.agent.set_acl_default(Some("deny"));
+    let mut rx = world.source(ProxySelector::ProxyId("web-sidecar-proxy".into()), None);
+    let snap = until(&mut rx, "intentions", |s| s.intentions.is_some()).await;
+    let default = snap.default_action.as_ref().unwrap();
+    assert_eq!(
+        (default.action, default.source),
+        (Action::Deny, SOURCE_HEADER)
+    );
+    assert_eq!(
+        snap.intentions.as_ref().unwrap().default_action(),
+        Action::Deny
+    );
+    assert!(
+        !world
+            .agent
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("/v1/agent/services")),
+        "--proxy-id needs no lookup"
+    );
+}
+
+#[tokio::test]
+async fn acls_enabled_without_an_intention_policy_use_the_acl_default() {
+    let world = World::new().await;
+    world.agent.set(
+        "/v1/agent/self",
+        json!({ "Config": { "Datacenter": "dc1" },
+                "DebugConfig": AgentSelf::debug_config_for("", true, "deny") }),
+    );
+    let mut rx = world.sidecar_for_web();
+    let snap = until(&mut rx, "intentions", |s| s.intentions.is_some()).await;
+    let default = snap.default_action.as_ref().unwrap();
+    assert_eq!(
+        (default.action, default.source),
+        (Action::Deny, SOURCE_ACL_POLICY)
+    );
+
+    let off = AgentSelf {
+        debug_config: AgentSelf::debug_config_for("", false, "deny"),
+        ..Default::default()
+    };
+    let d = default_from_self(&off).unwrap();
+    assert_eq!((d.action, d.source), (Action::Allow, SOURCE_ACLS_OFF));
+}
+
+#[tokio::test]
+async fn the_flag_overrides_the_agent() {
+    let world = World::new().await;
+    let mut rx = world.sidecar_for_web_with(Some(Action::Allow));
+    assert_eq!(
+        rx.borrow()
+            .default_action
+            .as_ref()
+            .map(|d| (d.action, d.source)),
+        Some((Action::Allow, SOURCE_FLAG)),
+        "known before the agent answers"
+    );
+    let snap = until(&mut rx, "intentions", |s| s.intentions.is_some()).await;
+    assert_eq!(
+        snap.intentions.as_ref().unwrap().default_action(),
+        Action::Allow
+    );
+    assert!(
+        !world
+            .agent
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("/v1/agent/self"))
+    );
+}
+
+impl World {
+    fn sidecar_for_web_with(&self, default: Option<Action>) -> watch::Receiver<Arc<Snapshot>> {
+        self.source(ProxySelector::SidecarFor("web".into()), default)
+    }
+}
+
+#[tokio::test]
+async fn a_sidecar_registered_later_is_found() {
+    let world = World::new().await;
+    world.agent.set(
+        "/v1/agent/services",
+        json!({ "web": { "ID": "web", "Service": "web", "Port": 8080 } }),
+    );
+    let mut rx = world.sidecar_for_web();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.borrow().inbound.is_none());
+    world.agent.set(
+        "/v1/agent/services",
+        json!({ "web-sidecar-proxy": sidecar(vec![]) }),
+    );
+    until(&mut rx, "the inbound side", |s| {
+        s.inbound.is_some() && s.is_complete()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_snapshot_is_empty_but_published_while_the_agent_is_away() {
+    let world = World::new().await;
+    // An address nobody listens on.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let config = ConsulConfig::new(
+        AgentClientConfig::new(addr.to_string().parse().unwrap()),
+        ProxySelector::SidecarFor("web".into()),
+    );
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let rx = ConsulSource::new(config, provider)
+        .unwrap()
+        .with_tuning(tuning())
+        .spawn();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!rx.borrow().is_complete());
+    drop(world);
+}
+
+#[test]
+fn registration_reads_proxy_config() {
+    let mut svc = sidecar(vec![
+        Upstream {
+            datacenter: "dc2".into(),
+            local_bind_address: "127.0.0.5".into(),
+            config: json!({ "connect_timeout_ms": "2500", "protocol": "HTTP" })
+                .as_object()
+                .cloned()
+                .unwrap(),
+            ..upstream("db", 9191)
+        },
+        Upstream {
+            destination_type: "prepared_query".into(),
+            ..upstream("geo-db", 9292)
+        },
+        Upstream {
+            centrally_configured: true,
+            ..upstream("audit", 0)
+        },
+        Upstream {
+            local_bind_address: "127.0.0.5".into(),
+            ..upstream("dup", 9191)
+        },
+    ]);
+    svc.address = "10.1.1.1".into();
+    let proxy = svc.proxy.as_mut().unwrap();
+    proxy.config = json!({
+        "bind_port": 21500, "protocol": "http", "local_connect_timeout_ms": 250.0,
+        "handshake_timeout_ms": "3000"
+    })
+    .as_object()
+    .cloned()
+    .unwrap();
+    proxy.local_service_address = "::1".into();
+    let reg = registration(&svc).unwrap();
+    let inbound = reg.inbound.unwrap();
+    assert_eq!(inbound.bind, "10.1.1.1:21500".parse().unwrap());
+    assert_eq!(inbound.local_app, "[::1]:8080");
+    assert_eq!(inbound.protocol, Protocol::Http);
+    assert_eq!(inbound.local_connect_timeout, Duration::from_millis(250));
+    assert_eq!(inbound.handshake_timeout, Duration::from_millis(3000));
+    assert_eq!(reg.upstreams.len(), 1, "{:?}", reg.upstreams);
+    let db = &reg.upstreams[0];
+    assert_eq!(db.key.datacenter, "dc2");
+    assert_eq!(db.bind, "127.0.0.5:9191".parse().unwrap());
+    assert_eq!(db.protocol, Protocol::Http);
+    assert_eq!(db.connect_timeout, Duration::from_millis(2500));
+
+    let mut plain = sidecar(vec![]);
+    plain.kind = String::new();
+    assert!(
+        registration(&plain)
+            .unwrap_err()
+            .contains("not a connect-proxy")
+    );
+    let mut nameless = sidecar(vec![]);
+    nameless
+        .proxy
+        .as_mut()
+        .unwrap()
+        .destination_service_name
+        .clear();
+    assert!(registration(&nameless).is_err());
+    let mut portless = sidecar(vec![]);
+    portless.port = 0;
+    assert!(registration(&portless).unwrap().inbound.is_none());
+}
+
+#[test]
+fn endpoints_are_the_remote_sidecars_by_the_spec_rules() {
+    let entry: ServiceEntry = serde_json::from_value(json!({
+        "Node": { "Node": "box", "Address": "10.0.0.1", "Datacenter": "dc2",
+                  "TaggedAddresses": { "wan": "198.51.100.1" } },
+        "Service": { "Service": "db-sidecar-proxy", "Address": "", "Port": 21001,
+                     "TaggedAddresses": { "wan": { "Address": "203.0.113.9", "Port": 8443 } },
+                     "Proxy": { "DestinationServiceName": "db", "LocalServicePort": 5432 } }
+    }))
+    .unwrap();
+    let local = endpoint(&entry, "", "dc1", "td.consul").unwrap();
+    assert_eq!(
+        local.addr, "10.0.0.1:21001",
+        "never the app's LocalServicePort"
+    );
+    assert_eq!(
+        local.identity,
+        ServiceId::new("td.consul", "default", "dc2", "db")
+    );
+    let remote = endpoint(&entry, "dc2", "dc1", "td.consul").unwrap();
+    assert_eq!(remote.addr, "203.0.113.9:8443");
+
+    let mut no_svc_wan = entry.clone();
+    no_svc_wan.service.tagged_addresses.clear();
+    assert_eq!(
+        endpoint(&no_svc_wan, "dc2", "dc1", "td.consul")
+            .unwrap()
+            .addr,
+        "198.51.100.1:21001"
+    );
+
+    let native: ServiceEntry = serde_json::from_value(json!({
+        "Node": { "Address": "10.0.0.2", "Datacenter": "dc1" },
+        "Service": { "Service": "db", "Address": "fd00::2", "Port": 6000,
+                     "Connect": { "Native": true } }
+    }))
+    .unwrap();
+    let ep = endpoint(&native, "", "dc1", "td.consul").unwrap();
+    assert_eq!(ep.addr, "[fd00::2]:6000");
+    assert_eq!(ep.identity.service, "db");
+
+    let mut portless = native;
+    portless.service.port = 0;
+    assert!(endpoint(&portless, "", "dc1", "td.consul").is_none());
+}
+
+#[test]
+fn the_leaf_is_refreshed_at_ninety_percent_of_its_life() {
+    let now = time::OffsetDateTime::now_utc();
+    let cert = IssuedCert {
+        valid_after: (now - time::Duration::hours(1)).format(&Rfc3339).unwrap(),
+        valid_before: (now + time::Duration::hours(9)).format(&Rfc3339).unwrap(),
+        ..Default::default()
+    };
+    let at = refresh_deadline(&cert, 0).unwrap();
+    let ahead = at - Instant::now();
+    // 10 h of life: refresh 1 h before the end, i.e. 8 h from now.
+    assert!(
+        ahead > Duration::from_secs(8 * 3600 - 60) && ahead <= Duration::from_secs(8 * 3600),
+        "{ahead:?}"
+    );
+    let late = IssuedCert {
+        valid_after: (now - time::Duration::hours(10)).format(&Rfc3339).unwrap(),
+        valid_before: (now + time::Duration::minutes(1)).format(&Rfc3339).unwrap(),
+        ..Default::default()
+    };
+    assert!(refresh_deadline(&late, 0).unwrap() <= Instant::now());
+    assert!(refresh_deadline(&IssuedCert::default(), 0).is_none());
+}
