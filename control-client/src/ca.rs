@@ -435,6 +435,42 @@ impl DevCa {
         })
     }
 
+    /// Cross-signs `newer` (another root of this cluster) with this root's key, as
+    /// Consul's built-in CA does when its root is rotated: the result has `newer`'s
+    /// subject, public key and key ID, and this root as issuer. A leaf signed by `newer`
+    /// and presented with this certificate verifies against this (older) root, so peers
+    /// that have not yet learned the new root keep accepting it during the overlap.
+    /// PEM with a trailing newline, as `Roots[].IntermediateCerts` holds it.
+    pub fn cross_sign(&self, newer: &DevCa) -> Result<String, CaError> {
+        let bad = |reason: String| CaError::CaCert(format!("cross-signing: {reason}"));
+        let (_, x509) = x509_parser::parse_x509_certificate(newer.cert_der())
+            .map_err(|e| bad(format!("not X.509: {e}")))?;
+        let mut subject = DistinguishedName::new();
+        for cn in x509.subject().iter_common_name() {
+            let cn = cn.as_str().map_err(|e| bad(format!("subject CN: {e}")))?;
+            subject.push(DnType::CommonName, cn);
+        }
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(x509.public_key().raw)?;
+
+        let mut params = CertificateParams::default();
+        params.distinguished_name = subject;
+        params.subject_alt_names = vec![uri_san(&format!("spiffe://{}", newer.trust_domain()))?];
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.key_identifier_method = KeyIdMethod::PreSpecified(newer.key_id.clone());
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(SerialNumber::from(self.next_serial()?));
+        params.not_before = (OffsetDateTime::now_utc() - BACKDATE).truncate_to_second();
+        // Never outlive the root that vouches for it.
+        params.not_after = newer.not_after.min(self.not_after);
+        let cert = params.signed_by(&public_key, &self.issuer)?;
+        Ok(encode_pem(CERT_TAG, cert.der()))
+    }
+
     fn next_serial(&self) -> Result<u64, CaError> {
         let now = clock_serial();
         let next = |last: u64| last.checked_add(1).map(|n| n.max(now));
@@ -921,6 +957,48 @@ mod tests {
         assert_eq!(leaf.service_uri, first_leaf.service_uri);
         verify(&second, &leaf, UnixTime::now()).unwrap();
         assert!(verify(&first, &leaf, UnixTime::now()).is_err());
+    }
+
+    #[test]
+    fn a_cross_signed_root_chains_new_leaves_to_the_old_root() {
+        let old = DevCa::generate(None).unwrap();
+        let new = DevCa::generate(Some(old.cluster_id())).unwrap();
+        let cross_pem = old.cross_sign(&new).unwrap();
+        let cross = der_of(&cross_pem);
+        let parsed = parse(&cross);
+        assert_eq!(parsed.subject(), parse(new.cert_der()).subject());
+        assert_eq!(parsed.issuer(), parse(old.cert_der()).subject());
+        assert_eq!(ski(&parsed), ski(&parse(new.cert_der())));
+        assert_eq!(aki(&parsed), ski(&parse(old.cert_der())));
+        assert!(parsed.basic_constraints().unwrap().unwrap().value.ca);
+        assert_eq!(
+            uris(&parsed),
+            vec![format!("spiffe://{}", new.trust_domain())]
+        );
+
+        let leaf = new.issue(&LeafSpec::service("web")).unwrap();
+        let leaf_der = der_of(&leaf.cert_pem);
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let anchors = [anchor_from_trusted_cert(old.cert_der()).unwrap()];
+        let ee = EndEntityCert::try_from(&leaf_der).unwrap();
+        let verify_via = |intermediates: &[CertificateDer<'_>]| {
+            ee.verify_for_usage(
+                provider.signature_verification_algorithms.all,
+                &anchors,
+                intermediates,
+                UnixTime::now(),
+                KeyUsage::server_auth(),
+                None,
+                None,
+            )
+            .map(|_| ())
+        };
+        verify_via(std::slice::from_ref(&cross)).unwrap();
+        assert!(
+            verify_via(&[]).is_err(),
+            "not without the cross-signed certificate"
+        );
+        verify(&new, &leaf, UnixTime::now()).unwrap();
     }
 
     #[test]

@@ -9,6 +9,8 @@
 pub mod api;
 pub mod ca;
 pub mod consul;
+#[cfg(feature = "dev-agent")]
+pub mod dev;
 pub mod file;
 pub mod identity;
 pub mod intentions;

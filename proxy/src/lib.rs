@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod demo;
 pub mod inbound;
 pub mod listeners;
 pub mod metrics;

@@ -4,11 +4,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ferrule_control::consul::{
     AgentAddr, AgentClientConfig, ConsulConfig, ConsulSource, ProxySelector,
 };
+use ferrule_control::dev::DevAgentConfig;
 use ferrule_control::file::StaticConfig;
 use ferrule_control::intentions::Action;
 
@@ -29,6 +31,47 @@ struct Cli {
 enum Command {
     /// Run the sidecar proxy.
     Proxy(Box<ProxyArgs>),
+    /// Run an embedded development agent that speaks Consul's agent API (like
+    /// `consul agent -dev`): for trying ferrule and for tests, not for production.
+    Dev(DevArgs),
+    /// The whole mesh in one process: dev agent, two services, their sidecars.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct DevArgs {
+    #[arg(long, default_value = "127.0.0.1:8500")]
+    addr: SocketAddr,
+    #[arg(long, default_value = "dc1")]
+    datacenter: String,
+    /// Lifetime of service leaf certificates, in Go's duration syntax (72h, 90s).
+    #[arg(long, default_value = "72h", value_parser = parse_go_duration)]
+    leaf_ttl: Duration,
+    /// How often the sidecars' TCP health checks run.
+    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    check_interval: Duration,
+    /// The agent's default_intention_policy [default: unset, i.e. allow with ACLs off].
+    #[arg(long, value_enum)]
+    default_intention_policy: Option<DefaultActionArg>,
+    /// Keep the CA (ca.pem, ca-key.pem) here across restarts.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "FERRULE_LOG", default_value = "info")]
+    log_level: String,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Stop after this many seconds [default: run until Ctrl-C].
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u64>,
+    #[arg(long, env = "FERRULE_LOG", default_value = "warn")]
+    log_level: String,
+}
+
+fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    ferrule_control::dev::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration like 72h or 90s"))
 }
 
 #[derive(clap::Args)]
@@ -85,10 +128,84 @@ enum DefaultActionArg {
     Deny,
 }
 
+impl From<DefaultActionArg> for Action {
+    fn from(a: DefaultActionArg) -> Action {
+        match a {
+            DefaultActionArg::Allow => Action::Allow,
+            DefaultActionArg::Deny => Action::Deny,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Proxy(args) => proxy(*args),
+        Command::Dev(args) => dev(args),
+        Command::Demo(args) => demo(args),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("ferrule: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
+}
+
+fn dev(args: DevArgs) -> ExitCode {
+    if let Err(e) = init_logging(&args.log_level, LogFormat::Text) {
+        eprintln!("ferrule: --log-level: {e}");
+        return ExitCode::from(2);
+    }
+    let config = DevAgentConfig {
+        addr: args.addr,
+        datacenter: args.datacenter,
+        leaf_ttl: args.leaf_ttl,
+        check_interval: args.check_interval,
+        default_intention_policy: args.default_intention_policy.map(Action::from),
+        data_dir: args.data_dir,
+        ..DevAgentConfig::default()
+    };
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    tracing::info!(addr = %config.addr, "dev agent starting; production uses a real Consul cluster");
+    match runtime.block_on(ferrule_control::dev::run(
+        config,
+        ferrule::shutdown_signal(),
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrule: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn demo(args: DemoArgs) -> ExitCode {
+    if let Err(e) = init_logging(&args.log_level, LogFormat::Text) {
+        eprintln!("ferrule: --log-level: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let result = runtime.block_on(async {
+        let metrics = ferrule::metrics::install()?;
+        ferrule::demo::run(args.duration.map(Duration::from_secs), metrics).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrule demo: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -103,15 +220,9 @@ fn proxy(args: ProxyArgs) -> ExitCode {
         eprintln!("ferrule: --log-level: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ferrule: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(run_proxy(args)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -170,10 +281,7 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
     agent.token_file = args.token_file;
     agent.ca_file = args.ca_file;
     let mut config = ConsulConfig::new(agent, selector);
-    config.default_action = args.default_action.map(|a| match a {
-        DefaultActionArg::Allow => Action::Allow,
-        DefaultActionArg::Deny => Action::Deny,
-    });
+    config.default_action = args.default_action.map(Action::from);
     let source =
         ConsulSource::new(config, provider.clone()).map_err(|e| Fail::Usage(e.to_string()))?;
     let admin_addr = args

@@ -1,0 +1,459 @@
+//! The dev agent's Connect CA: the trust roots it publishes, the service leaves it signs
+//! with `crate::ca::DevCa`, their renewal, and root rotation (spec 3.1, 3.2, 4.2–4.5).
+//!
+//! Leaves are cached per service name. The agent renews a leaf at a random point between
+//! 60 % and 90 % of its lifetime (a background task calls [`State::ca_maintenance`]), so a
+//! reader blocked on the leaf's index receives the new one; a non-blocking read
+//! revalidates (a new leaf if the cached one expired or was signed by a rotated-out root).
+//!
+//! A rotation (`PUT /v1/connect/ca/configuration`) makes a new root for the same cluster,
+//! cross-signed by the old root's key. The cross-signed certificate is listed in the new
+//! root's `IntermediateCerts` and appended to every leaf's `CertPEM`, so peers that only
+//! trust the old root keep verifying new leaves. The old root stays published, inactive,
+//! for twice the leaf TTL (Consul's overlap), then is pruned. Every leaf is re-issued at
+//! once, waking blocked readers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::time::Instant;
+
+use crate::api::ca::{CARoot, IndexedCARoots, IssuedCert};
+use crate::ca::{CaError, DevCa, LeafSpec};
+
+use super::blocking::{self, DEFAULT_WAIT, LEAF_DEFAULT_WAIT};
+use super::http::{ApiError, Call, Reply, decode_strict};
+use super::state::{Shared, State};
+
+/// `"<Provider> CA Primary Cert"` for the built-in provider.
+const ROOT_NAME: &str = "Consul CA Primary Cert";
+/// Consul's leaves are backdated a minute for clock skew; short test TTLs get a tenth of
+/// their lifetime instead, or they would be born expired.
+const BACKDATE: Duration = Duration::from_secs(60);
+/// Consul's upper limit for `leaf_cert_ttl` (a year).
+pub(super) const MAX_LEAF_TTL: Duration = Duration::from_secs(8760 * 3600);
+
+struct RootEntry {
+    ca: Arc<DevCa>,
+    active: bool,
+    /// Cross-signed certificates (PEM) that chain this root to the one before it.
+    intermediates: Vec<String>,
+    create_index: u64,
+    modify_index: u64,
+    /// Set when rotated out: when it leaves the bundle.
+    prune_at: Option<Instant>,
+}
+
+struct LeafEntry {
+    cert: IssuedCert,
+    /// `Roots[].ID` of the root that signed it.
+    root_id: String,
+    expires_at: OffsetDateTime,
+    renew_at: Instant,
+}
+
+pub(super) struct CaState {
+    cluster_id: String,
+    datacenter: String,
+    /// Oldest first; exactly one is active.
+    roots: Vec<RootEntry>,
+    /// Index of the last change to the roots.
+    roots_index: u64,
+    leaves: HashMap<String, LeafEntry>,
+    leaf_ttl: Duration,
+    /// The provider config as last written, echoed by `GET /v1/connect/ca/configuration`.
+    provider_config: Map<String, Value>,
+    force_without_cross_signing: bool,
+    config_create_index: u64,
+    config_modify_index: u64,
+}
+
+impl CaState {
+    pub(super) fn new(ca: DevCa, datacenter: &str, leaf_ttl: Duration, index: u64) -> CaState {
+        let provider_config = match json!({
+            "LeafCertTTL": blocking::format_go_duration(leaf_ttl),
+            "IntermediateCertTTL": "8760h",
+            "RootCertTTL": "87600h",
+            "RotationPeriod": "2160h",
+            "PrivateKeyType": "ec",
+            "PrivateKeyBits": 256,
+        }) {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        CaState {
+            cluster_id: ca.cluster_id().to_owned(),
+            datacenter: datacenter.to_owned(),
+            roots: vec![RootEntry {
+                ca: Arc::new(ca),
+                active: true,
+                intermediates: Vec::new(),
+                create_index: index,
+                modify_index: index,
+                prune_at: None,
+            }],
+            roots_index: index,
+            leaves: HashMap::new(),
+            leaf_ttl,
+            provider_config,
+            force_without_cross_signing: false,
+            config_create_index: index,
+            config_modify_index: index,
+        }
+    }
+
+    pub(super) fn trust_domain(&self) -> String {
+        format!("{}.consul", self.cluster_id)
+    }
+
+    fn active(&self) -> Option<&RootEntry> {
+        self.roots.iter().find(|r| r.active)
+    }
+
+    fn active_id(&self) -> String {
+        self.active().map(|r| r.ca.id()).unwrap_or_default()
+    }
+
+    fn roots_body(&self) -> IndexedCARoots {
+        let roots = self
+            .roots
+            .iter()
+            .map(|r| CARoot {
+                id: r.ca.id(),
+                name: ROOT_NAME.to_owned(),
+                serial_number: r.ca.serial_number(),
+                signing_key_id: r.ca.signing_key_id(),
+                external_trust_domain: self.cluster_id.clone(),
+                not_before: rfc3339(r.ca.not_before()),
+                not_after: rfc3339(r.ca.not_after()),
+                root_cert: r.ca.cert_pem().to_owned(),
+                intermediate_certs: r.intermediates.clone(),
+                active: r.active,
+                private_key_type: "ec".to_owned(),
+                private_key_bits: 256,
+                create_index: r.create_index,
+                modify_index: r.modify_index,
+                ..CARoot::default()
+            })
+            .collect();
+        IndexedCARoots {
+            active_root_id: self.active_id(),
+            trust_domain: self.trust_domain(),
+            roots,
+        }
+    }
+
+    /// Signs a new leaf for `service` with the active root, at raft index `index`.
+    fn issue(&self, service: &str, index: u64) -> Result<LeafEntry, CaError> {
+        let active = self
+            .active()
+            .ok_or_else(|| CaError::CaCert("no active root".to_owned()))?;
+        let ttl = time::Duration::try_from(self.leaf_ttl)
+            .map_err(|_| CaError::CaCert(format!("leaf TTL {:?} too long", self.leaf_ttl)))?;
+        let backdate = time::Duration::try_from(BACKDATE.min(self.leaf_ttl / 10))
+            .unwrap_or(time::Duration::ZERO);
+        let mut spec = LeafSpec::service(service);
+        spec.datacenter = self.datacenter.clone();
+        spec.ttl = ttl;
+        spec.not_before = Some(OffsetDateTime::now_utc() - backdate);
+        let leaf = active.ca.issue(&spec)?;
+
+        let mut cert_pem = leaf.cert_pem.clone();
+        for intermediate in &active.intermediates {
+            cert_pem.push_str(intermediate);
+        }
+        let renew_at = renewal_point(leaf.valid_after, leaf.valid_before);
+        Ok(LeafEntry {
+            cert: IssuedCert {
+                serial_number: leaf.serial_hex.clone(),
+                cert_pem,
+                private_key_pem: leaf.key_pem.clone(),
+                service: service.to_owned(),
+                service_uri: leaf.service_uri.clone(),
+                valid_after: rfc3339(leaf.valid_after),
+                valid_before: rfc3339(leaf.valid_before),
+                create_index: index,
+                modify_index: index,
+                ..IssuedCert::default()
+            },
+            root_id: active.ca.id(),
+            expires_at: leaf.valid_before,
+            renew_at,
+        })
+    }
+}
+
+/// Consul's soft expiry (`agent/leafcert/util.go`): a random point between 60 % and 90 %
+/// of the lifetime, so that many agents do not renew at once.
+fn renewal_point(valid_after: OffsetDateTime, valid_before: OffsetDateTime) -> Instant {
+    let lifetime = (valid_before - valid_after).as_seconds_f64().max(0.0);
+    let at = valid_after + time::Duration::seconds_f64(lifetime * (0.6 + 0.3 * fastrand::f64()));
+    let from_now = (at - OffsetDateTime::now_utc()).as_seconds_f64().max(0.0);
+    blocking::instant_after(Duration::try_from_secs_f64(from_now).unwrap_or(Duration::MAX))
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_default()
+}
+
+impl State {
+    /// The leaf for `service`, issued when missing, past its renewal point, or (when
+    /// `revalidate`) expired or signed by a root that is no longer active.
+    fn leaf(&mut self, service: &str, revalidate: bool) -> Result<(IssuedCert, u64), CaError> {
+        let current = self.ca.leaves.get(service).is_some_and(|leaf| {
+            let stale = revalidate
+                && (leaf.expires_at <= OffsetDateTime::now_utc()
+                    || leaf.root_id != self.ca.active_id());
+            !stale && Instant::now() < leaf.renew_at
+        });
+        if !current {
+            let index = self.bump();
+            let leaf = self.ca.issue(service, index)?;
+            self.ca.leaves.insert(service.to_owned(), leaf);
+        }
+        let leaf = self
+            .ca
+            .leaves
+            .get(service)
+            .ok_or_else(|| CaError::CaCert("leaf vanished".to_owned()))?;
+        Ok((leaf.cert.clone(), leaf.cert.modify_index))
+    }
+
+    /// Makes `new` the active root; the old one stays, inactive, for twice the leaf TTL.
+    /// Every cached leaf is re-issued by the new root.
+    fn rotate(&mut self, new: DevCa, cross_sign: bool) -> Result<Arc<DevCa>, CaError> {
+        let cross_signed = match (cross_sign, self.ca.active()) {
+            (true, Some(old)) => Some(old.ca.cross_sign(&new)?),
+            _ => None,
+        };
+        let index = self.bump();
+        let prune_at = blocking::instant_after(self.ca.leaf_ttl.saturating_mul(2));
+        for root in self.ca.roots.iter_mut().filter(|r| r.active) {
+            root.active = false;
+            root.modify_index = index;
+            root.prune_at = Some(prune_at);
+        }
+        let new = Arc::new(new);
+        self.ca.roots.push(RootEntry {
+            ca: Arc::clone(&new),
+            active: true,
+            intermediates: cross_signed.into_iter().collect(),
+            create_index: index,
+            modify_index: index,
+            prune_at: None,
+        });
+        self.ca.roots_index = index;
+        self.ca.config_modify_index = index;
+        let services: Vec<String> = self.ca.leaves.keys().cloned().collect();
+        for service in services {
+            let leaf = self.ca.issue(&service, index)?;
+            self.ca.leaves.insert(service, leaf);
+        }
+        Ok(new)
+    }
+
+    /// Prunes rotated-out roots whose overlap ended and renews leaves past their renewal
+    /// point. Returns when it next has something to do.
+    pub(super) fn ca_maintenance(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        if self
+            .ca
+            .roots
+            .iter()
+            .any(|r| r.prune_at.is_some_and(|at| at <= now))
+        {
+            let index = self.bump();
+            self.ca
+                .roots
+                .retain(|r| r.prune_at.is_none_or(|at| at > now));
+            self.ca.roots_index = index;
+        }
+        let due: Vec<String> = self
+            .ca
+            .leaves
+            .iter()
+            .filter(|(_, leaf)| leaf.renew_at <= now)
+            .map(|(service, _)| service.clone())
+            .collect();
+        if !due.is_empty() {
+            let index = self.bump();
+            for service in due {
+                match self.ca.issue(&service, index) {
+                    Ok(leaf) => {
+                        self.ca.leaves.insert(service, leaf);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%service, error = %e, "dev agent: renewing a leaf failed");
+                        if let Some(leaf) = self.ca.leaves.get_mut(&service) {
+                            leaf.renew_at = now + Duration::from_secs(1);
+                        }
+                    }
+                }
+            }
+        }
+        let prunes = self.ca.roots.iter().filter_map(|r| r.prune_at);
+        let renewals = self.ca.leaves.values().map(|l| l.renew_at);
+        prunes.chain(renewals).min()
+    }
+}
+
+/// `GET /v1/agent/connect/ca/roots` and `GET /v1/connect/ca/roots` (`?pem=true` for the
+/// latter).
+pub(super) async fn roots(shared: &Shared, call: &Call, agent: bool) -> Result<Reply, ApiError> {
+    let opts = call.blocking()?;
+    let consistency = call.consistency()?;
+    let answer = blocking::by_index(shared, &opts, DEFAULT_WAIT, |state, _| {
+        Ok((state.ca.roots_body(), state.ca.roots_index))
+    })
+    .await?;
+    if !agent && call.query.flag("pem")? {
+        let pem: String = answer
+            .value
+            .roots
+            .iter()
+            .map(|r| r.root_cert.as_str())
+            .collect();
+        return Ok(Reply::text("application/pem-certificate-chain", pem)
+            .index(answer.index)
+            .leader_meta(consistency));
+    }
+    let reply = Reply::json(&answer.value)?
+        .index(answer.index)
+        .leader_meta(consistency);
+    Ok(if agent {
+        reply.cache(!answer.waited)
+    } else {
+        reply
+    })
+}
+
+/// `GET /v1/agent/connect/ca/leaf/:service`.
+pub(super) async fn leaf(shared: &Shared, call: &Call, service: &str) -> Result<Reply, ApiError> {
+    call.reject_enterprise()?;
+    if service.is_empty() {
+        return Err(ApiError::bad_request("Missing service name"));
+    }
+    let opts = call.blocking()?;
+    let answer = blocking::by_index(shared, &opts, LEAF_DEFAULT_WAIT, |state, blocking| {
+        state
+            .leaf(service, !blocking)
+            .map_err(|e| ApiError::internal(e.to_string()))
+    })
+    .await?;
+    Ok(Reply::json(&answer.value)?
+        .index(answer.index)
+        .cache(!answer.waited))
+}
+
+/// `PUT /v1/connect/ca/configuration` body and `GET` answer (`structs.CAConfiguration`).
+/// Only the dev agent reads or writes it, so it lives here rather than in `crate::api`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct CaConfiguration {
+    #[serde(rename = "ClusterID")]
+    cluster_id: String,
+    provider: String,
+    config: Map<String, Value>,
+    state: Option<Map<String, Value>>,
+    force_without_cross_signing: bool,
+    create_index: u64,
+    modify_index: u64,
+}
+
+/// `GET /v1/connect/ca/configuration`.
+pub(super) async fn configuration(shared: &Shared, call: &Call) -> Result<Reply, ApiError> {
+    let opts = call.blocking()?;
+    let consistency = call.consistency()?;
+    let answer = blocking::by_index(shared, &opts, DEFAULT_WAIT, |state, _| {
+        let ca = &state.ca;
+        let body = CaConfiguration {
+            cluster_id: ca.cluster_id.clone(),
+            provider: "consul".to_owned(),
+            config: ca.provider_config.clone(),
+            state: None,
+            force_without_cross_signing: ca.force_without_cross_signing,
+            create_index: ca.config_create_index,
+            modify_index: ca.config_modify_index,
+        };
+        Ok((body, ca.config_modify_index))
+    })
+    .await?;
+    Ok(Reply::json(&answer.value)?
+        .index(answer.index)
+        .leader_meta(consistency))
+}
+
+/// `PUT /v1/connect/ca/configuration`: any valid body rotates to a new root of the same
+/// cluster (a real agent rotates only when the key material changes; here a rotation is
+/// always one call away). `Config.LeafCertTTL` changes the TTL of later leaves;
+/// `Config.PrivateKey` + `Config.RootCert` rotate to that root instead of a generated one.
+pub(super) async fn set_configuration(shared: &Shared, call: &Call) -> Result<Reply, ApiError> {
+    let (body, _) = decode_strict::<CaConfiguration>(&call.body, "Request decode failed")?;
+    if !body.provider.is_empty() && body.provider != "consul" {
+        return Err(ApiError::bad_request(format!(
+            "the dev agent only has the built-in \"consul\" CA provider, not {:?}",
+            body.provider
+        )));
+    }
+    let str_key = |key: &str| body.config.get(key).and_then(Value::as_str);
+    let leaf_ttl = match str_key("LeafCertTTL").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => Some(
+            blocking::parse_go_duration(text)
+                .and_then(|n| u64::try_from(n).ok())
+                .map(Duration::from_nanos)
+                .filter(|ttl| (Duration::from_secs(1)..=MAX_LEAF_TTL).contains(ttl))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "invalid LeafCertTTL {text:?}: want a duration from 1s to 8760h"
+                    ))
+                })?,
+        ),
+    };
+    let cluster_id = shared.with(|state| state.ca.cluster_id.clone());
+    let new = match (str_key("PrivateKey"), str_key("RootCert")) {
+        (Some(key), Some(cert)) => {
+            let ca = DevCa::from_pem(cert, key)
+                .map_err(|e| ApiError::bad_request(format!("Config.RootCert/PrivateKey: {e}")))?;
+            if ca.cluster_id() != cluster_id {
+                return Err(ApiError::bad_request(format!(
+                    "Config.RootCert is for trust domain {}, not this cluster's {cluster_id}.consul",
+                    ca.trust_domain()
+                )));
+            }
+            ca
+        }
+        (None, None) => {
+            DevCa::generate(Some(&cluster_id)).map_err(|e| ApiError::internal(e.to_string()))?
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "Config.PrivateKey and Config.RootCert must be given together",
+            ));
+        }
+    };
+    let force = body.force_without_cross_signing;
+    let active = shared.with(|state| {
+        if let Some(ttl) = leaf_ttl {
+            state.ca.leaf_ttl = ttl;
+        }
+        let mut config = body.config.clone();
+        config.remove("PrivateKey");
+        config.remove("RootCert");
+        for (key, value) in config {
+            state.ca.provider_config.insert(key, value);
+        }
+        state.ca.force_without_cross_signing = force;
+        state.rotate(new, !force)
+    });
+    let active = active.map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Some(dir) = &shared.config.data_dir {
+        super::persist_ca(dir, &active).map_err(|e| ApiError::internal(e.to_string()))?;
+    }
+    Ok(Reply::empty())
+}

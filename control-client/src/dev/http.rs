@@ -1,0 +1,529 @@
+//! The dev agent's HTTP/1.1 front: routing, query and body parsing, and the answer's
+//! shape: Consul's headers (spec 1.2), plain-text errors with Consul's status codes
+//! (spec 1.4), the Community Edition refusals (spec 1.3) and JSON indented as a
+//! `consul agent -dev` indents it.
+//!
+//! Handlers live with the state they serve (`services`, `checks`, `ca`, `intentions`);
+//! this module only knows paths and bytes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::blocking::Blocking;
+use super::checks::{CRITICAL, WARNING};
+use super::state::Shared;
+use super::{ca, checks, intentions, services};
+use crate::api::agent_self::{AgentSelf, AgentSelfConfig};
+use crate::api::health::PASSING;
+
+/// Request bodies beyond this are refused: config entries and registrations are small.
+const MAX_BODY: usize = 4 * 1024 * 1024;
+/// The Consul version the dev agent answers as.
+pub(super) const VERSION: &str = "1.21.0";
+
+/// The query string, decoded as Go's `url.ParseQuery` does (`+` is a space).
+#[derive(Debug, Default)]
+pub(super) struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub(super) fn parse(raw: Option<&str>) -> Query {
+        Query(
+            raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The first value of `key` (`Values.Get`).
+    pub(super) fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(super) fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(super) fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+
+    /// A boolean parameter as Consul reads one: absent is false, present without a
+    /// value is true, otherwise Go's `strconv.ParseBool`.
+    pub(super) fn flag(&self, key: &str) -> Result<bool, ApiError> {
+        match self.get(key) {
+            None => Ok(false),
+            Some("" | "1" | "t" | "T" | "TRUE" | "true" | "True") => Ok(true),
+            Some("0" | "f" | "F" | "FALSE" | "false" | "False") => Ok(false),
+            Some(_) => Err(ApiError::bad_request(format!("Invalid value for ?{key}"))),
+        }
+    }
+}
+
+/// One request, read whole.
+pub(super) struct Call {
+    pub(super) method: Method,
+    pub(super) query: Query,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
+}
+
+impl Call {
+    pub(super) fn blocking(&self) -> Result<Blocking, ApiError> {
+        Blocking::parse(&self.query)
+    }
+
+    /// Community Edition refuses namespace and partition selectors, even `default`
+    /// (`agent/http_ce.go`).
+    pub(super) fn reject_enterprise(&self) -> Result<(), ApiError> {
+        let header = |name: &str| {
+            self.headers
+                .get(name)
+                .is_some_and(|v| !v.as_bytes().is_empty())
+        };
+        let param = |name: &str| self.query.get(name).is_some_and(|v| !v.is_empty());
+        if header("X-Consul-Namespace") {
+            return Err(ApiError::bad_request(
+                "Invalid header: \"X-Consul-Namespace\" - Namespaces are a Consul Enterprise feature",
+            ));
+        }
+        if param("ns") {
+            return Err(ApiError::bad_request(
+                "Invalid query parameter: \"ns\" - Namespaces are a Consul Enterprise feature",
+            ));
+        }
+        if header("X-Consul-Partition") {
+            return Err(ApiError::bad_request(
+                "Invalid header: \"X-Consul-Partition\" - Partitions are a Consul Enterprise feature",
+            ));
+        }
+        if param("partition") {
+            return Err(ApiError::bad_request(
+                "Invalid query parameter: \"partition\" - Partitions are a Consul Enterprise feature",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `?filter=` would need Consul's expression language; refusing it beats answering
+    /// unfiltered.
+    pub(super) fn reject_filter(&self) -> Result<(), ApiError> {
+        if self.query.get("filter").is_some_and(|f| !f.is_empty()) {
+            return Err(ApiError::bad_request(
+                "the dev agent does not evaluate ?filter expressions",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `?stale`, `?consistent` → the `X-Consul-Effective-Consistency` they ask for.
+    pub(super) fn consistency(&self) -> Result<&'static str, ApiError> {
+        match (self.query.has("stale"), self.query.has("consistent")) {
+            (true, true) => Err(ApiError::bad_request(
+                "Cannot specify ?stale with ?consistent, conflicting semantics.",
+            )),
+            (true, false) => Ok("stale"),
+            (false, true) => Ok("consistent"),
+            (false, false) => Ok("leader"),
+        }
+    }
+
+    /// Whether `?dc=` names a datacenter other than ours (the only one there is).
+    pub(super) fn foreign_datacenter(&self, ours: &str) -> bool {
+        self.query
+            .get("dc")
+            .is_some_and(|dc| !dc.is_empty() && dc != ours)
+    }
+}
+
+/// An answer.
+pub(super) struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    /// JSON indented with four spaces and a trailing newline: what a `-dev` agent sends.
+    pub(super) fn json<T: Serialize + ?Sized>(value: &T) -> Result<Reply, ApiError> {
+        let mut out = Vec::with_capacity(256);
+        let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+        value
+            .serialize(&mut ser)
+            .map_err(|e| ApiError::internal(format!("encoding the answer: {e}")))?;
+        out.push(b'\n');
+        Ok(Reply::text("application/json", out))
+    }
+
+    pub(super) fn text(content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        Reply {
+            status: StatusCode::OK,
+            headers,
+            body: body.into(),
+        }
+    }
+
+    /// 200 without a body, as Consul answers most writes.
+    pub(super) fn empty() -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    pub(super) fn header(mut self, name: &'static str, value: &str) -> Reply {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            self.headers.insert(name, value);
+        }
+        self
+    }
+
+    /// `X-Consul-Index`; never 0, as Consul rewrites 0 to 1.
+    pub(super) fn index(self, index: u64) -> Reply {
+        self.header("x-consul-index", &index.max(1).to_string())
+    }
+
+    /// The headers of an answer from the (only, always known) leader.
+    pub(super) fn leader_meta(self, consistency: &str) -> Reply {
+        self.header("x-consul-knownleader", "true")
+            .header("x-consul-lastcontact", "0")
+            .header("x-consul-effective-consistency", consistency)
+    }
+
+    /// `X-Cache` of agent-cached endpoints: a hit unless the answer waited for a change.
+    pub(super) fn cache(self, hit: bool) -> Reply {
+        if hit {
+            self.header("x-cache", "HIT").header("age", "0")
+        } else {
+            self.header("x-cache", "MISS")
+        }
+    }
+}
+
+/// A failed request: plain text, Consul's status.
+#[derive(Debug)]
+pub(super) struct ApiError {
+    status: StatusCode,
+    message: String,
+    allow: Option<&'static str>,
+    index: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            allow: None,
+            index: None,
+        }
+    }
+
+    pub(super) fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub(super) fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// Consul answers 500 for every error it did not classify.
+    pub(super) fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    fn method_not_allowed(method: &Method, allow: &'static str) -> ApiError {
+        ApiError {
+            allow: Some(allow),
+            ..ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method {method} not allowed"),
+            )
+        }
+    }
+
+    /// Consul sets the index before it finds that a config entry is missing.
+    pub(super) fn with_index(mut self, index: u64) -> ApiError {
+        self.index = Some(index);
+        self
+    }
+
+    fn into_reply(self) -> Reply {
+        let mut reply = Reply::text("text/plain; charset=utf-8", self.message);
+        reply.status = self.status;
+        if let Some(allow) = self.allow {
+            reply = reply.header("allow", allow);
+        }
+        if let Some(index) = self.index {
+            reply = reply.index(index);
+        }
+        reply
+    }
+}
+
+/// Decodes a JSON body into a shared wire type and refuses fields it does not have, as
+/// Consul's strict decoder does. The wire types themselves stay lenient for the client.
+/// Returns the raw value too, for checks on keys the wire type does know but CE lacks.
+pub(super) fn decode_strict<T: DeserializeOwned>(
+    body: &[u8],
+    prefix: &str,
+) -> Result<(T, Value), ApiError> {
+    let raw: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("{prefix}: {e}")))?;
+    let mut unknown = Vec::new();
+    let value: T = serde_ignored::deserialize(raw.clone(), |path| {
+        unknown.push(path.to_string());
+    })
+    .map_err(|e| ApiError::bad_request(format!("{prefix}: {e}")))?;
+    if let Some(path) = unknown.first() {
+        let field = path.rsplit('.').next().unwrap_or(path);
+        return Err(ApiError::bad_request(format!(
+            "{prefix}: json: unknown field {field:?}"
+        )));
+    }
+    Ok((value, raw))
+}
+
+/// Serves one request: reads it whole, routes it, and always answers.
+pub(super) async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = match read(request).await {
+        Ok((path, call)) => match route(&shared, &path, &call).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::debug!(method = %call.method, %path, status = %e.status, error = %e.message, "dev agent: request refused");
+                e.into_reply()
+            }
+        },
+        Err(e) => e.into_reply(),
+    };
+    let mut response = Response::new(Full::new(reply.body));
+    *response.status_mut() = reply.status;
+    *response.headers_mut() = reply.headers;
+    // Sent on every answer, ACLs or not (spec 1.2).
+    response.headers_mut().insert(
+        HeaderName::from_static("x-consul-default-acl-policy"),
+        HeaderValue::from_static("allow"),
+    );
+    Ok(response)
+}
+
+async fn read(request: Request<Incoming>) -> Result<(String, Call), ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?
+        .to_bytes();
+    let path = percent_encoding::percent_decode_str(parts.uri.path())
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("the path is not UTF-8"))?
+        .into_owned();
+    Ok((
+        path,
+        Call {
+            method: parts.method,
+            query: Query::parse(parts.uri.query()),
+            headers: parts.headers,
+            body,
+        },
+    ))
+}
+
+/// Method check: `allow` lists what the path accepts.
+fn only(call: &Call, methods: &[Method], allow: &'static str) -> Result<(), ApiError> {
+    if methods.contains(&call.method) {
+        Ok(())
+    } else {
+        Err(ApiError::method_not_allowed(&call.method, allow))
+    }
+}
+
+async fn route(shared: &Arc<Shared>, path: &str, call: &Call) -> Result<Reply, ApiError> {
+    const GET: &[Method] = &[Method::GET];
+    const PUT: &[Method] = &[Method::PUT];
+    let rest = |prefix: &str| path.strip_prefix(prefix).filter(|r| !r.is_empty());
+
+    if path == "/v1/agent/self" {
+        only(call, GET, "GET")?;
+        return agent_self(shared);
+    }
+    if path == "/v1/agent/services" {
+        only(call, GET, "GET")?;
+        return services::list(shared, call).await;
+    }
+    if path == "/v1/agent/checks" {
+        only(call, GET, "GET")?;
+        return services::checks(shared, call).await;
+    }
+    if path == "/v1/agent/service/register" {
+        only(call, PUT, "PUT")?;
+        return services::register(shared, call).await;
+    }
+    if let Some(id) = rest("/v1/agent/service/deregister/") {
+        only(call, PUT, "PUT")?;
+        return services::deregister(shared, call, id).await;
+    }
+    if let Some(id) = rest("/v1/agent/service/") {
+        only(call, GET, "GET")?;
+        return services::get(shared, call, id).await;
+    }
+    for (prefix, status) in [
+        ("/v1/agent/check/pass/", PASSING),
+        ("/v1/agent/check/warn/", WARNING),
+        ("/v1/agent/check/fail/", CRITICAL),
+    ] {
+        if let Some(id) = rest(prefix) {
+            only(call, PUT, "PUT")?;
+            return checks::update_ttl(shared, call, status, id).await;
+        }
+    }
+    if path == "/v1/agent/connect/ca/roots" {
+        only(call, GET, "GET")?;
+        return ca::roots(shared, call, true).await;
+    }
+    if let Some(service) = path.strip_prefix("/v1/agent/connect/ca/leaf/") {
+        only(call, GET, "GET")?;
+        return ca::leaf(shared, call, service).await;
+    }
+    if path == "/v1/agent/connect/authorize" {
+        only(call, &[Method::POST, Method::PUT], "POST, PUT")?;
+        return intentions::authorize(shared, call).await;
+    }
+    if path == "/v1/connect/ca/roots" {
+        only(call, GET, "GET")?;
+        return ca::roots(shared, call, false).await;
+    }
+    if path == "/v1/connect/ca/configuration" {
+        return match call.method {
+            Method::GET => ca::configuration(shared, call).await,
+            Method::PUT => ca::set_configuration(shared, call).await,
+            _ => Err(ApiError::method_not_allowed(&call.method, "GET, PUT")),
+        };
+    }
+    if let Some(name) = rest("/v1/health/connect/") {
+        only(call, GET, "GET")?;
+        return services::health(shared, call, name, true).await;
+    }
+    if let Some(name) = rest("/v1/health/service/") {
+        only(call, GET, "GET")?;
+        return services::health(shared, call, name, false).await;
+    }
+    if path == "/v1/config" {
+        only(call, &[Method::PUT, Method::POST], "POST, PUT")?;
+        return intentions::put_config(shared, call).await;
+    }
+    if let Some(kind_and_name) = rest("/v1/config/") {
+        return match (kind_and_name.split_once('/'), &call.method) {
+            (Some((kind, name)), &Method::GET) => {
+                intentions::get_config(shared, call, kind, name).await
+            }
+            (Some((kind, name)), &Method::DELETE) => {
+                intentions::delete_config(shared, call, kind, name).await
+            }
+            (None, &Method::GET) => intentions::list_config(shared, call, kind_and_name).await,
+            (None, &Method::DELETE) => Err(ApiError::not_found(
+                "Must provide both a kind and name to delete",
+            )),
+            _ => Err(ApiError::method_not_allowed(&call.method, "GET, DELETE")),
+        };
+    }
+    if path == "/v1/connect/intentions/match" {
+        only(call, GET, "GET")?;
+        return intentions::matches(shared, call).await;
+    }
+    if path == "/v1/connect/intentions/check" {
+        only(call, GET, "GET")?;
+        return intentions::check(shared, call).await;
+    }
+    if path == "/v1/connect/intentions/exact" {
+        return match call.method {
+            Method::GET => intentions::exact_get(shared, call).await,
+            Method::PUT => intentions::exact_put(shared, call).await,
+            Method::DELETE => intentions::exact_delete(shared, call).await,
+            _ => Err(ApiError::method_not_allowed(
+                &call.method,
+                "GET, PUT, DELETE",
+            )),
+        };
+    }
+    if path == "/v1/connect/intentions" {
+        only(call, GET, "GET")?;
+        return intentions::list(shared, call).await;
+    }
+    if path == "/v1/catalog/datacenters" {
+        only(call, GET, "GET")?;
+        return Reply::json(&[&shared.config.datacenter]);
+    }
+    if path == "/v1/status/leader" {
+        only(call, GET, "GET")?;
+        return Reply::json(SERVER_ADDR);
+    }
+    if path == "/v1/status/peers" {
+        only(call, GET, "GET")?;
+        return Reply::json(&[SERVER_ADDR]);
+    }
+    Err(ApiError::not_found("404 page not found"))
+}
+
+/// The server RPC address the dev agent reports as the leader's.
+const SERVER_ADDR: &str = "127.0.0.1:8300";
+
+/// `GET /v1/agent/self`.
+fn agent_self(shared: &Shared) -> Result<Reply, ApiError> {
+    let config = &shared.config;
+    let (node_id, node_name) =
+        shared.with(|state| (state.node.node.id.clone(), state.node.node.node.clone()));
+    let policy = config
+        .default_intention_policy
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let body = AgentSelf {
+        config: AgentSelfConfig {
+            datacenter: config.datacenter.clone(),
+            primary_datacenter: config.datacenter.clone(),
+            node_name: node_name.clone(),
+            node_id,
+            partition: String::new(),
+            revision: "ferrule-dev".to_owned(),
+            server: true,
+            version: VERSION.to_owned(),
+            build_date: "2025-05-15T00:00:00Z".to_owned(),
+        },
+        debug_config: AgentSelf::debug_config_for(&policy, false, "allow"),
+        coord: None,
+        member: Some(serde_json::json!({
+            "Name": node_name,
+            "Addr": "127.0.0.1",
+            "Port": 8301,
+            "Tags": { "dc": config.datacenter, "role": "consul", "build": VERSION },
+            "Status": 1,
+        })),
+        stats: Some(serde_json::json!({})),
+        meta: Some(serde_json::json!({})),
+        xds: None,
+    };
+    Reply::json(&body)
+}

@@ -1,0 +1,443 @@
+//! The embedded development agent (`ferrule dev`, like `consul agent -dev`): the part of
+//! the Consul agent HTTP API a mesh needs, served from memory with the same wire types
+//! the client parses (`crate::api`), so a proxy cannot tell it from a real agent.
+//!
+//! It is for trying ferrule and for tests; production uses a real Consul cluster. One
+//! node, one datacenter, ACLs off, Community Edition behaviour. Blocking queries have real
+//! index semantics: one raft-like index bumped by every write, each resource answering
+//! with its own index. With a data dir the CA survives a restart (same trust domain and
+//! root) while everything else starts over with low indexes, as a real agent restored
+//! from scratch would.
+//!
+//! Modules: `state` (the state and its lock), `blocking` (index and hash waits),
+//! `http` (routing and Consul's HTTP conventions), `services` (registration, agent and
+//! health views), `checks` (health checks that really run), `ca` (roots, leaves,
+//! rotation), `intentions` (config entries and the intentions API).
+
+mod blocking;
+mod ca;
+mod checks;
+mod http;
+mod intentions;
+mod services;
+mod state;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::health::{HealthCheck, Node, PASSING};
+use crate::ca::{CaError, DevCa};
+use crate::intentions::Action;
+
+use self::state::{NodeInfo, Shared, State};
+
+/// The file names `cargo xtask certs` uses, so a data dir and a certs dir are alike.
+const CA_CERT_FILE: &str = "ca.pem";
+const CA_KEY_FILE: &str = "ca-key.pem";
+
+/// How to run a dev agent.
+#[derive(Debug, Clone)]
+pub struct DevAgentConfig {
+    /// Where [`DevAgent::start`] and [`run`] listen (`--addr`).
+    pub addr: SocketAddr,
+    /// `--datacenter`.
+    pub datacenter: String,
+    pub node_name: String,
+    /// TTL of the service leaves (`--leaf-ttl`). Consul's minimum is an hour; shorter
+    /// ones are allowed for tests.
+    pub leaf_ttl: Duration,
+    /// Interval of the TCP check given to every sidecar (Consul: 10 s).
+    pub check_interval: Duration,
+    /// `--default-intention-policy`: unset answers as a `consul agent -dev` with ACLs
+    /// off does (allow).
+    pub default_intention_policy: Option<Action>,
+    /// `--data-dir`: keeps the CA (`ca.pem`, `ca-key.pem`) across restarts.
+    pub data_dir: Option<PathBuf>,
+    /// Where sidecar ports are allocated (Consul: 21000–21255).
+    pub sidecar_ports: RangeInclusive<u16>,
+}
+
+impl Default for DevAgentConfig {
+    fn default() -> Self {
+        DevAgentConfig {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 8500)),
+            datacenter: "dc1".to_owned(),
+            node_name: "ferrule-dev".to_owned(),
+            leaf_ttl: Duration::from_secs(72 * 3600),
+            check_interval: Duration::from_secs(10),
+            default_intention_policy: None,
+            data_dir: None,
+            sidecar_ports: 21000..=21255,
+        }
+    }
+}
+
+impl DevAgentConfig {
+    fn validate(&self) -> Result<(), DevError> {
+        let bad = |what: &str| Err(DevError::Config(what.to_owned()));
+        if self.datacenter.is_empty() || self.datacenter.contains('/') {
+            return bad("the datacenter must be a non-empty name");
+        }
+        if self.node_name.is_empty() {
+            return bad("the node name must not be empty");
+        }
+        if self.leaf_ttl < Duration::from_secs(1) || self.leaf_ttl > ca::MAX_LEAF_TTL {
+            return bad("the leaf TTL must be from 1s to 8760h");
+        }
+        if self.check_interval.is_zero() {
+            return bad("the check interval must be positive");
+        }
+        if self.sidecar_ports.is_empty() || *self.sidecar_ports.start() == 0 {
+            return bad("the sidecar port range must be a non-empty range of ports above 0");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("binding the dev agent to {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("the dev agent's listener: {0}")]
+    Listener(io::Error),
+    #[error("dev agent data dir {path}: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+    #[error("dev agent CA: {0}")]
+    Ca(#[from] CaError),
+    #[error("dev agent config: {0}")]
+    Config(String),
+    #[error("the dev agent stopped abnormally: {0}")]
+    Task(String),
+}
+
+/// A positive duration in Go's syntax (`72h`, `90s`, `1h30m`), as Consul spells TTLs:
+/// for `--leaf-ttl`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    blocking::parse_go_duration(text)
+        .and_then(|nanos| u64::try_from(nanos).ok())
+        .filter(|nanos| *nanos > 0)
+        .map(Duration::from_nanos)
+}
+
+/// Binds `config.addr` and serves until `shutdown` completes: what `ferrule dev` runs.
+pub async fn run(
+    config: DevAgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DevError> {
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| DevError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+    serve_until(listener, config, shutdown).await
+}
+
+/// Serves the agent API on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, config: DevAgentConfig) -> Result<(), DevError> {
+    serve_until(listener, config, std::future::pending()).await
+}
+
+/// Serves the agent API on `listener` until `shutdown` completes; then open connections
+/// are closed, blocked queries included.
+pub async fn serve_until(
+    listener: TcpListener,
+    config: DevAgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DevError> {
+    let shared = Arc::new(prepare(&listener, config)?);
+    accept_loop(listener, shared, shutdown).await;
+    Ok(())
+}
+
+/// A dev agent running in this process, for tests and `ferrule demo`. Dropping it stops
+/// the agent; [`DevAgent::shutdown`] also waits until the port is free again.
+pub struct DevAgent {
+    addr: SocketAddr,
+    trust_domain: String,
+    shared: Arc<Shared>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl DevAgent {
+    /// Binds `config.addr` (port 0 picks a free one) and starts serving.
+    pub async fn start(config: DevAgentConfig) -> Result<DevAgent, DevError> {
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| DevError::Bind {
+                addr: config.addr,
+                source,
+            })?;
+        DevAgent::start_on(listener, config)
+    }
+
+    /// Starts serving on an already bound listener. Must be called within a Tokio
+    /// runtime.
+    pub fn start_on(listener: TcpListener, config: DevAgentConfig) -> Result<DevAgent, DevError> {
+        let addr = listener.local_addr().map_err(DevError::Listener)?;
+        let shared = Arc::new(prepare(&listener, config)?);
+        let trust_domain = shared.with(|state| state.ca.trust_domain());
+        let task = tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&shared),
+            std::future::pending(),
+        ));
+        Ok(DevAgent {
+            addr,
+            trust_domain,
+            shared,
+            task: Some(task),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`, for `--consul-addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `<cluster-uuid>.consul`.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Stops the agent and waits until its listener is closed.
+    pub async fn shutdown(mut self) -> Result<(), DevError> {
+        self.shared.shutdown.cancel();
+        match self.task.take() {
+            Some(task) => task.await.map_err(|e| DevError::Task(e.to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for DevAgent {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+/// Everything that can fail before the first request: the config, the CA, the state.
+fn prepare(listener: &TcpListener, config: DevAgentConfig) -> Result<Shared, DevError> {
+    config.validate()?;
+    let local = listener.local_addr().map_err(DevError::Listener)?;
+    let ca = match &config.data_dir {
+        Some(dir) => load_or_create_ca(dir)?,
+        None => DevCa::generate(None)?,
+    };
+    // Sidecars registered without an address are dialed at the node's address: the one
+    // we listen on, unless that is a wildcard.
+    let node_address = match local.ip() {
+        ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip => ip,
+    }
+    .to_string();
+    // Index 1: the node joined; 2: the CA was initialised. A restarted agent starts
+    // here again, far below where the last run left off.
+    let node = node_info(&config, &node_address, 1);
+    let ca_state = ca::CaState::new(ca, &config.datacenter, config.leaf_ttl, 2);
+    let shutdown = CancellationToken::new();
+    let state = State::new(node, ca_state, 2, shutdown.clone());
+    tracing::info!(
+        addr = %local,
+        datacenter = %config.datacenter,
+        trust_domain = %state.ca.trust_domain(),
+        "dev agent: serving the Consul agent API (for trying ferrule and tests; production uses a real Consul cluster)"
+    );
+    Ok(Shared::new(config, state, shutdown))
+}
+
+fn node_info(config: &DevAgentConfig, address: &str, index: u64) -> NodeInfo {
+    let tagged: BTreeMap<String, String> = ["lan", "lan_ipv4", "wan", "wan_ipv4"]
+        .into_iter()
+        .map(|k| (k.to_owned(), address.to_owned()))
+        .collect();
+    let meta: BTreeMap<String, String> = [
+        ("consul-network-segment", ""),
+        ("consul-version", http::VERSION),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let node = Node {
+        id: random_uuid(),
+        node: config.node_name.clone(),
+        address: address.to_owned(),
+        datacenter: config.datacenter.clone(),
+        tagged_addresses: tagged,
+        meta,
+        create_index: index,
+        modify_index: index,
+        ..Node::default()
+    };
+    let serf_check = HealthCheck {
+        node: config.node_name.clone(),
+        check_id: "serfHealth".to_owned(),
+        name: "Serf Health Status".to_owned(),
+        status: PASSING.to_owned(),
+        output: "Agent alive and reachable".to_owned(),
+        create_index: index,
+        modify_index: index,
+        ..HealthCheck::default()
+    };
+    NodeInfo { node, serf_check }
+}
+
+/// A version-4 UUID for the node ID; it only needs to be unique, not secret.
+fn random_uuid() -> String {
+    let mut b: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex =
+        |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!(
+        "{}-{}-{}-{}-{}",
+        hex(0..4),
+        hex(4..6),
+        hex(6..8),
+        hex(8..10),
+        hex(10..16)
+    )
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let maintenance = tokio::spawn(maintain_ca(Arc::clone(&shared)));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = Arc::clone(&shared);
+                    connections.spawn(async move {
+                        let service = service_fn(move |request| {
+                            http::handle(Arc::clone(&shared), request)
+                        });
+                        // The timer enables hyper's header read timeout, so a client
+                        // that never finishes its request headers is let go.
+                        if let Err(e) = http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                        {
+                            tracing::debug!(error = %e, "dev agent: connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Per-connection failures and descriptor exhaustion pass; keep
+                    // serving the others.
+                    tracing::warn!(error = %e, "dev agent: accept failed");
+                    sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = &mut shutdown => break,
+            () = shared.shutdown.cancelled() => break,
+        }
+    }
+    shared.shutdown.cancel();
+    drop(listener);
+    connections.shutdown().await;
+    maintenance.abort();
+}
+
+/// Renews leaves and prunes rotated-out roots when they are due, and re-plans after
+/// every write (a new leaf or a rotation changes the schedule).
+async fn maintain_ca(shared: Arc<Shared>) {
+    let mut changes = shared.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let next = shared.with(|state| state.ca_maintenance());
+        let due = async {
+            match next {
+                Some(at) => sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = due => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Loads the CA kept in `dir`, or makes one and keeps it there.
+fn load_or_create_ca(dir: &Path) -> Result<DevCa, DevError> {
+    let fail = |reason: String| DevError::DataDir {
+        path: dir.to_owned(),
+        reason,
+    };
+    let cert_path = dir.join(CA_CERT_FILE);
+    let key_path = dir.join(CA_KEY_FILE);
+    match (cert_path.exists(), key_path.exists()) {
+        (true, true) => {
+            let read = |p: &Path| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| fail(format!("reading {}: {e}", p.display())))
+            };
+            Ok(DevCa::from_pem(&read(&cert_path)?, &read(&key_path)?)?)
+        }
+        (false, false) => {
+            let ca = DevCa::generate(None)?;
+            persist_ca(dir, &ca).map_err(|e| fail(e.to_string()))?;
+            Ok(ca)
+        }
+        (has_cert, _) => Err(fail(format!(
+            "{} exists but {} does not; restore it or remove both",
+            if has_cert { CA_CERT_FILE } else { CA_KEY_FILE },
+            if has_cert { CA_KEY_FILE } else { CA_CERT_FILE },
+        ))),
+    }
+}
+
+/// Writes the active CA to `dir` (the key readable by its owner only), each file
+/// replaced whole so a crash never leaves half a key.
+fn persist_ca(dir: &Path, ca: &DevCa) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    write_replace(&dir.join(CA_CERT_FILE), ca.cert_pem(), false)?;
+    write_replace(&dir.join(CA_KEY_FILE), ca.key_pem(), true)
+}
+
+fn write_replace(path: &Path, contents: &str, private: bool) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("pem.tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(&tmp)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

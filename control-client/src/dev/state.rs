@@ -1,0 +1,122 @@
+//! The dev agent's whole state, in memory, behind one lock: the raft-like index, the
+//! node, the locally registered services and their checks, the `service-intentions`
+//! config entries and the CA.
+//!
+//! Every write goes through [`Shared::with`], which bumps nothing by itself but publishes
+//! the index whenever a write bumped it, so blocked readers (`blocking`) wake up. The
+//! lock is a `parking_lot` mutex held only for in-memory work (a certificate signature
+//! at most), never across an `.await`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::health::{HealthCheck, Node};
+use crate::api::intentions::ServiceIntentionsEntry;
+
+use super::DevAgentConfig;
+use super::ca::CaState;
+use super::checks::LocalCheck;
+use super::services::LocalService;
+
+/// What every request handler and background task of one dev agent shares.
+pub(super) struct Shared {
+    pub(super) config: DevAgentConfig,
+    /// Cancelled when the agent stops: blocked readers answer, background tasks end.
+    pub(super) shutdown: CancellationToken,
+    state: Mutex<State>,
+    changes: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub(super) fn new(config: DevAgentConfig, state: State, shutdown: CancellationToken) -> Shared {
+        let (changes, _) = watch::channel(state.index);
+        Shared {
+            config,
+            shutdown,
+            state: Mutex::new(state),
+            changes,
+        }
+    }
+
+    /// Runs `f` on the state; if it wrote (bumped the index), wakes every blocked reader.
+    pub(super) fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut state = self.state.lock();
+        let before = state.index;
+        let out = f(&mut state);
+        let after = state.index;
+        drop(state);
+        if after != before {
+            self.changes.send_replace(after);
+        }
+        out
+    }
+
+    /// A receiver that sees every later write.
+    pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+/// The agent's node, as the catalog reports it.
+pub(super) struct NodeInfo {
+    pub(super) node: Node,
+    /// `serfHealth`, always passing: the dev agent is its own, healthy, cluster.
+    pub(super) serf_check: HealthCheck,
+}
+
+pub(super) struct State {
+    /// The raft index: bumped once per write, never reused.
+    index: u64,
+    pub(super) node: NodeInfo,
+    /// By service ID.
+    pub(super) services: BTreeMap<String, LocalService>,
+    /// By check ID.
+    pub(super) checks: BTreeMap<String, LocalCheck>,
+    /// For health queries: the index at which the last instance of a name went away,
+    /// keyed `service:<name>` and `connect:<name>`, so a reader blocked on a name whose
+    /// instances were all deregistered still sees its index move.
+    pub(super) tombstones: HashMap<String, u64>,
+    /// `service-intentions` config entries by destination name.
+    pub(super) intentions: BTreeMap<String, ServiceIntentionsEntry>,
+    /// Max index of the config-entries table (writes and deletes).
+    pub(super) intentions_index: u64,
+    pub(super) ca: CaState,
+    /// The agent's shutdown token; every check task runs under a child of it.
+    shutdown: CancellationToken,
+}
+
+impl State {
+    pub(super) fn new(
+        node: NodeInfo,
+        ca: CaState,
+        index: u64,
+        shutdown: CancellationToken,
+    ) -> State {
+        State {
+            index,
+            node,
+            services: BTreeMap::new(),
+            checks: BTreeMap::new(),
+            tombstones: HashMap::new(),
+            intentions: BTreeMap::new(),
+            // No config entry yet: Consul's empty table answers index 0 (sent as 1).
+            intentions_index: 0,
+            ca,
+            shutdown,
+        }
+    }
+
+    /// A token that stops one check task, and stops with the agent.
+    pub(super) fn shutdown_child(&self) -> CancellationToken {
+        self.shutdown.child_token()
+    }
+
+    /// Starts a write: the index every record changed by it carries.
+    pub(super) fn bump(&mut self) -> u64 {
+        self.index += 1;
+        self.index
+    }
+}
