@@ -1,0 +1,170 @@
+//! The local applications behind a sidecar: an HTTP echo server and a TCP echo server,
+//! both on 127.0.0.1:0, both counting what reached them. They run on the test's tokio
+//! runtime and stop when dropped.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// What the HTTP echo server answers to a GET.
+pub const GET_BODY: &str = "hello from the api backend\n";
+
+/// Answers POST with the request body and anything else with `GET_BODY`.
+pub struct HttpEcho {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl HttpEcho {
+    pub async fn start() -> HttpEcho {
+        let listener = bind_loopback().await;
+        let addr = listener.local_addr().expect("echo listener address");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        let task = tokio::spawn(accept_loop(listener, move |tcp| {
+            let counter = counter.clone();
+            async move {
+                let service = service_fn(move |req| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    echo(req)
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            }
+        }));
+        HttpEcho {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// HTTP requests served so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HttpEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let body = if req.method() == Method::POST {
+        match req.into_body().collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => Bytes::new(),
+        }
+    } else {
+        Bytes::from_static(GET_BODY.as_bytes())
+    };
+    Ok(Response::new(Full::new(body)))
+}
+
+/// Echoes every byte back and counts connections and bytes, so a test can prove that
+/// nothing reached the application.
+pub struct TcpEcho {
+    addr: SocketAddr,
+    stats: Arc<TcpStats>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct TcpStats {
+    accepted: AtomicUsize,
+    bytes_received: AtomicU64,
+}
+
+impl TcpEcho {
+    pub async fn start() -> TcpEcho {
+        let listener = bind_loopback().await;
+        let addr = listener.local_addr().expect("echo listener address");
+        let stats = Arc::new(TcpStats::default());
+        let shared = stats.clone();
+        let task = tokio::spawn(accept_loop(listener, move |mut tcp| {
+            let stats = shared.clone();
+            async move {
+                stats.accepted.fetch_add(1, Ordering::SeqCst);
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    stats.bytes_received.fetch_add(n as u64, Ordering::SeqCst);
+                    if tcp.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = tcp.shutdown().await;
+            }
+        }));
+        TcpEcho { addr, stats, task }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.stats.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Bytes received over all connections so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.stats.bytes_received.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn bind_loopback() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a backend on 127.0.0.1:0")
+}
+
+/// Accepts forever, one task per connection. The connection tasks live in a `JoinSet`
+/// owned by this future, so aborting it stops them all.
+async fn accept_loop<F, Fut>(listener: TcpListener, serve: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((tcp, _)) = accepted {
+                    connections.spawn(serve(tcp));
+                }
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}

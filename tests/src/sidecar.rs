@@ -1,0 +1,407 @@
+//! A running `ferrule proxy --config` process, its files, and its admin endpoints.
+//!
+//! Each sidecar lives in its own temporary directory: `ferrule.toml`, `cert.pem`,
+//! `key.pem`, `bundle.pem`, `intentions.json` and `stderr.log`. Every port it binds is
+//! on 127.0.0.1 and picked free just before it starts. The process is killed and reaped
+//! when the `Sidecar` is dropped, and its stderr is printed then: the test harness
+//! shows that output only for a test that failed.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferrule_control::ca::{DevCa, IssuedLeaf};
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::binary::ferrule_bin;
+use crate::metrics::{Metrics, Selector};
+use crate::wait::{eventually, free_port};
+
+/// How long a sidecar gets to answer `/ready` with 200.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The files of a sidecar's directory, by the name its config uses for them.
+pub const CERT_FILE: &str = "cert.pem";
+pub const KEY_FILE: &str = "key.pem";
+pub const BUNDLE_FILE: &str = "bundle.pem";
+pub const INTENTIONS_FILE: &str = "intentions.json";
+pub const CONFIG_FILE: &str = "ferrule.toml";
+const STDERR_FILE: &str = "stderr.log";
+
+/// How a watched file is replaced while the sidecar runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// Truncate and rewrite the same file (what an editor or `echo >` does).
+    InPlace,
+    /// Write a temporary file beside it, then rename it over the old one (what
+    /// Kubernetes secrets, `mv` and careful tools do).
+    AtomicRename,
+}
+
+/// What to put in a sidecar's directory and config file. Ports are not part of it: the
+/// sidecar picks them when it starts.
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    service: String,
+    cert_pem: String,
+    key_pem: Option<String>,
+    bundle_pem: String,
+    inbound: Option<Inbound>,
+    upstreams: Vec<Upstream>,
+}
+
+#[derive(Debug, Clone)]
+struct Inbound {
+    local_app: SocketAddr,
+    intentions_json: String,
+    handshake_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Upstream {
+    name: String,
+    endpoints: Vec<SocketAddr>,
+}
+
+impl SidecarConfig {
+    /// A sidecar presenting `leaf` and trusting `ca`, with no listeners yet.
+    pub fn new(ca: &DevCa, leaf: &IssuedLeaf) -> SidecarConfig {
+        SidecarConfig {
+            service: leaf.service.clone(),
+            cert_pem: leaf.cert_pem.clone(),
+            key_pem: Some(leaf.key_pem.clone()),
+            bundle_pem: ca.cert_pem().to_owned(),
+            inbound: None,
+            upstreams: Vec::new(),
+        }
+    }
+
+    /// An inbound mTLS listener in front of `local_app`, authorized by the given
+    /// `service-intentions` entry (JSON).
+    pub fn inbound(mut self, local_app: SocketAddr, intentions_json: String) -> SidecarConfig {
+        self.inbound = Some(Inbound {
+            local_app,
+            intentions_json,
+            handshake_timeout_ms: None,
+        });
+        self
+    }
+
+    /// `inbound.handshake_timeout_ms`; only meaningful with an inbound listener.
+    pub fn handshake_timeout_ms(mut self, ms: u64) -> SidecarConfig {
+        let inbound = self
+            .inbound
+            .as_mut()
+            .expect("handshake_timeout_ms needs an inbound listener: call .inbound() first");
+        inbound.handshake_timeout_ms = Some(ms);
+        self
+    }
+
+    /// A plaintext listener for the app that carries its calls to `name` at `endpoints`.
+    pub fn upstream(mut self, name: &str, endpoints: &[SocketAddr]) -> SidecarConfig {
+        self.upstreams.push(Upstream {
+            name: name.to_owned(),
+            endpoints: endpoints.to_vec(),
+        });
+        self
+    }
+
+    /// Leaves `key.pem` out of the directory, so the identity is incomplete at start.
+    pub fn without_key_file(mut self) -> SidecarConfig {
+        self.key_pem = None;
+        self
+    }
+
+    fn render_toml(&self, ports: &Ports) -> String {
+        let mut toml = String::new();
+        let _ = writeln!(toml, "[identity]");
+        let _ = writeln!(toml, "cert = {CERT_FILE:?}");
+        let _ = writeln!(toml, "key = {KEY_FILE:?}");
+        let _ = writeln!(toml, "bundle = {BUNDLE_FILE:?}");
+        if let (Some(inbound), Some(bind)) = (&self.inbound, ports.inbound) {
+            let _ = writeln!(toml, "\n[inbound]");
+            let _ = writeln!(toml, "bind = \"{bind}\"");
+            let _ = writeln!(toml, "local_app = \"{}\"", inbound.local_app);
+            let _ = writeln!(toml, "protocol = \"tcp\"");
+            let _ = writeln!(toml, "intentions = {INTENTIONS_FILE:?}");
+            if let Some(ms) = inbound.handshake_timeout_ms {
+                let _ = writeln!(toml, "handshake_timeout_ms = {ms}");
+            }
+        }
+        for (upstream, (_, bind)) in self.upstreams.iter().zip(&ports.upstreams) {
+            let endpoints: Vec<String> = upstream
+                .endpoints
+                .iter()
+                .map(|e| format!("\"{e}\""))
+                .collect();
+            let _ = writeln!(toml, "\n[[upstreams]]");
+            let _ = writeln!(toml, "name = {:?}", upstream.name);
+            let _ = writeln!(toml, "bind = \"{bind}\"");
+            let _ = writeln!(toml, "endpoints = [{}]", endpoints.join(", "));
+        }
+        toml
+    }
+}
+
+/// The addresses a sidecar was started with.
+struct Ports {
+    admin: SocketAddr,
+    inbound: Option<SocketAddr>,
+    upstreams: Vec<(String, SocketAddr)>,
+}
+
+impl Ports {
+    fn pick(config: &SidecarConfig) -> Ports {
+        Ports {
+            admin: free_port(),
+            inbound: config.inbound.as_ref().map(|_| free_port()),
+            upstreams: config
+                .upstreams
+                .iter()
+                .map(|u| (u.name.clone(), free_port()))
+                .collect(),
+        }
+    }
+}
+
+/// A running `ferrule proxy` process.
+pub struct Sidecar {
+    service: String,
+    child: Child,
+    ports: Ports,
+    // Declared last: dropped after the process is gone.
+    dir: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// Starts a sidecar and waits until `/ready` says 200. A port that another process
+    /// took between picking and binding gets the sidecar restarted on new ports.
+    pub async fn start(config: SidecarConfig) -> Sidecar {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let mut sidecar = Sidecar::spawn(config.clone());
+            match sidecar.wait_ready().await {
+                Ok(()) => return sidecar,
+                Err(e) if attempt < ATTEMPTS && sidecar.lost_a_port_race() => {
+                    eprintln!(
+                        "ferrule ({}) could not bind a port, retrying: {e:#}",
+                        config.service
+                    );
+                }
+                Err(e) => panic!("ferrule ({}) did not become ready: {e:#}", config.service),
+            }
+        }
+        unreachable!("the last attempt either returns or panics")
+    }
+
+    /// Writes the sidecar's files and starts the process without waiting for it.
+    pub fn spawn(config: SidecarConfig) -> Sidecar {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("ferrule-{}-", config.service))
+            .tempdir()
+            .expect("create a temporary directory for a sidecar");
+        let ports = Ports::pick(&config);
+        let write = |name: &str, contents: &str| {
+            std::fs::write(dir.path().join(name), contents)
+                .unwrap_or_else(|e| panic!("write {name} for a sidecar: {e}"));
+        };
+        write(CERT_FILE, &config.cert_pem);
+        if let Some(key) = &config.key_pem {
+            write(KEY_FILE, key);
+        }
+        write(BUNDLE_FILE, &config.bundle_pem);
+        if let Some(inbound) = &config.inbound {
+            write(INTENTIONS_FILE, &inbound.intentions_json);
+        }
+        write(CONFIG_FILE, &config.render_toml(&ports));
+
+        let child = ferrule_proxy_command(&dir.path().join(CONFIG_FILE), ports.admin)
+            .stdout(Stdio::null())
+            .stderr(stderr_file(dir.path()))
+            .spawn()
+            .expect("spawn the ferrule binary");
+        Sidecar {
+            service: config.service,
+            child,
+            ports,
+            dir,
+        }
+    }
+
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The public mTLS listener. Panics if the sidecar has none.
+    pub fn inbound_addr(&self) -> SocketAddr {
+        self.ports
+            .inbound
+            .unwrap_or_else(|| panic!("sidecar {} has no inbound listener", self.service))
+    }
+
+    /// The app-facing plaintext listener of upstream `name`.
+    pub fn upstream_addr(&self, name: &str) -> SocketAddr {
+        self.ports
+            .upstreams
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, addr)| *addr)
+            .unwrap_or_else(|| panic!("sidecar {} has no upstream {name:?}", self.service))
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.ports.admin
+    }
+
+    /// The sidecar's directory, where its config and watched files are.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Replaces one of the watched files (`CERT_FILE`, `KEY_FILE`, `INTENTIONS_FILE`...).
+    pub fn replace_file(&self, name: &str, contents: &str, how: Replace) {
+        let path = self.dir.path().join(name);
+        let result = match how {
+            Replace::InPlace => std::fs::write(&path, contents),
+            Replace::AtomicRename => {
+                let temp = self.dir.path().join(format!(".{name}.new"));
+                std::fs::write(&temp, contents).and_then(|()| std::fs::rename(&temp, &path))
+            }
+        };
+        result.unwrap_or_else(|e| panic!("replace {} ({how:?}): {e}", path.display()));
+    }
+
+    /// What the process wrote to stderr so far (its log).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(STDERR_FILE)).unwrap_or_default()
+    }
+
+    /// `GET /ready`: the status code and body.
+    pub async fn ready(&self) -> anyhow::Result<(u16, String)> {
+        admin_get(self.ports.admin, "/ready").await
+    }
+
+    /// Polls `/ready` until it is 200, for at most `READY_TIMEOUT`; fails early, with
+    /// the process's stderr, if the process exits.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!(
+                    "ferrule exited with {status} before it was ready; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            let last = match self.ready().await {
+                Ok((200, _)) => return Ok(()),
+                Ok((code, body)) => format!("{code} {}", body.trim()),
+                Err(e) => format!("{e:#}"),
+            };
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "/ready was not 200 within {READY_TIMEOUT:?} (last: {last}); stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// One scrape of `/metrics`.
+    pub async fn metrics(&self) -> anyhow::Result<Metrics> {
+        let (code, body) = admin_get(self.ports.admin, "/metrics").await?;
+        anyhow::ensure!(code == 200, "/metrics answered {code}: {body}");
+        Ok(Metrics::parse(&body))
+    }
+
+    /// The current value of one metric (see `Metrics::get`).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+        Ok(self.metrics().await?.get(name, labels))
+    }
+
+    /// Scrapes until the metric's value satisfies `expected`, for at most `within`;
+    /// returns that value. The error shows every sample of the metric.
+    pub async fn wait_for_metric(
+        &self,
+        metric: Selector<'_>,
+        expected: impl Fn(f64) -> bool,
+        within: Duration,
+    ) -> anyhow::Result<f64> {
+        eventually(&format!("{metric} on {}", self.service), within, || async {
+            let metrics = self.metrics().await?;
+            let value = metrics.get(metric.name, metric.labels);
+            anyhow::ensure!(
+                expected(value),
+                "{metric} is {value}; all samples:\n{}",
+                metrics.show(metric.name)
+            );
+            Ok(value)
+        })
+        .await
+    }
+
+    /// The process exited because one of its listener ports was taken meanwhile.
+    fn lost_a_port_race(&self) -> bool {
+        self.stderr().contains("Address already in use")
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Captured by the test harness and shown only if the test failed.
+        eprintln!(
+            "----- stderr of ferrule ({}, admin {}) -----\n{}----- end of stderr ({}) -----",
+            self.service,
+            self.ports.admin,
+            self.stderr(),
+            self.service
+        );
+    }
+}
+
+/// `ferrule proxy --config FILE --admin-addr ADDR` with debug logs for ferrule itself.
+pub fn ferrule_proxy_command(config: &Path, admin: SocketAddr) -> Command {
+    let mut command = Command::new(ferrule_bin());
+    command
+        .arg("proxy")
+        .arg("--config")
+        .arg(config)
+        .arg("--admin-addr")
+        .arg(admin.to_string())
+        .args(["--log-level", "info,ferrule=debug"])
+        .stdin(Stdio::null());
+    command
+}
+
+fn stderr_file(dir: &Path) -> std::fs::File {
+    let path: PathBuf = dir.join(STDERR_FILE);
+    std::fs::File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
+}
+
+/// A plain HTTP/1.1 GET to the admin listener, bounded in time.
+async fn admin_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    tokio::time::timeout(Duration::from_secs(5), admin_get_unbounded(addr, path))
+        .await
+        .map_err(|_| anyhow::anyhow!("GET {path} on {addr}: no answer within 5s"))?
+}
+
+async fn admin_get_unbounded(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let tcp = TcpStream::connect(addr).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(connection);
+    let request = Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}

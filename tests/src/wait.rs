@@ -1,0 +1,65 @@
+//! Deadlines instead of sleeps: poll a condition until it holds or time runs out, and
+//! wait for a peer to close a connection.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::time::Instant;
+
+/// How often a condition is re-checked.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Runs `attempt` until it returns `Ok`, every 50 ms, for at most `within`. The error
+/// names `what` and carries the last attempt's error.
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    within: Duration,
+    mut attempt: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let error = match tokio::time::timeout_at(deadline, attempt()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => e,
+            Err(_) => anyhow::anyhow!("the last attempt was still running"),
+        };
+        if Instant::now() + POLL > deadline {
+            return Err(error.context(format!("{what}: not within {within:?}")));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (bound, read, released).
+pub fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 for a free port");
+    listener
+        .local_addr()
+        .expect("local address of a just-bound listener")
+}
+
+/// Reads (and discards) until the peer closes the stream or resets it, for at most
+/// `within`. Fails if the stream is still open then.
+pub async fn closed_within<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, drain)
+        .await
+        .map_err(|_| anyhow::anyhow!("the connection was still open after {within:?}"))
+}
