@@ -53,7 +53,7 @@ struct DevArgs {
     /// The agent's default_intention_policy [default: unset, i.e. allow with ACLs off].
     #[arg(long, value_enum)]
     default_intention_policy: Option<DefaultActionArg>,
-    /// Keep the CA (ca.pem, ca-key.pem) here across restarts.
+    /// Keep the CA, registrations, intentions and check statuses here across restarts.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     #[arg(long, env = "FERRULE_LOG", default_value = "info")]

@@ -224,7 +224,7 @@ impl Reply {
 #[derive(Debug)]
 pub(super) struct ApiError {
     status: StatusCode,
-    message: String,
+    pub(super) message: String,
     allow: Option<&'static str>,
     index: Option<u64>,
 }

@@ -78,7 +78,7 @@ fn normalize(entry: &mut ServiceIntentionsEntry) {
 
 /// Validates, normalizes and stores `entry` at a new index, unless it equals what is
 /// stored. `cas`: `Some(0)` only creates, `Some(n)` only replaces ModifyIndex `n`.
-fn store(
+pub(super) fn store(
     state: &mut State,
     mut entry: ServiceIntentionsEntry,
     cas: Option<u64>,

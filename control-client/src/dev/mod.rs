@@ -5,20 +5,22 @@
 //! It is for trying ferrule and for tests; production uses a real Consul cluster. One
 //! node, one datacenter, ACLs off, Community Edition behaviour. Blocking queries have real
 //! index semantics: one raft-like index bumped by every write, each resource answering
-//! with its own index. With a data dir the CA survives a restart (same trust domain and
-//! root) while everything else starts over with low indexes, as a real agent restored
-//! from scratch would.
+//! with its own index. With a data dir a restart keeps the CA (same trust domain and
+//! root), the registrations, the intentions and the checks' last statuses, but starts
+//! the indexes low again: what a restarted Consul agent looks like to its proxies.
 //!
 //! Modules: `state` (the state and its lock), `blocking` (index and hash waits),
 //! `http` (routing and Consul's HTTP conventions), `services` (registration, agent and
 //! health views), `checks` (health checks that really run), `ca` (roots, leaves,
-//! rotation), `intentions` (config entries and the intentions API).
+//! rotation), `intentions` (config entries and the intentions API), `persist` (the
+//! data dir's state file).
 
 mod blocking;
 mod ca;
 mod checks;
 mod http;
 mod intentions;
+mod persist;
 mod services;
 mod state;
 
@@ -68,7 +70,8 @@ pub struct DevAgentConfig {
     /// `--default-intention-policy`: unset answers as a `consul agent -dev` with ACLs
     /// off does (allow).
     pub default_intention_policy: Option<Action>,
-    /// `--data-dir`: keeps the CA (`ca.pem`, `ca-key.pem`) across restarts.
+    /// `--data-dir`: keeps the CA (`ca.pem`, `ca-key.pem`) and the state (`state.json`:
+    /// registrations, intentions, check statuses) across restarts.
     pub data_dir: Option<PathBuf>,
     /// Where sidecar ports are allocated (Consul: 21000–21255).
     pub sidecar_ports: RangeInclusive<u16>,
@@ -325,6 +328,14 @@ async fn accept_loop(
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let saver = match shared.config.data_dir.clone() {
+        Some(dir) => {
+            // Before the first accept: no client ever sees a half-restored agent.
+            persist::restore(&shared, &dir).await;
+            Some(tokio::spawn(persist::keep_saved(Arc::clone(&shared), dir)))
+        }
+        None => None,
+    };
     let maintenance = tokio::spawn(maintain_ca(Arc::clone(&shared)));
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -364,6 +375,10 @@ async fn accept_loop(
     drop(listener);
     connections.shutdown().await;
     maintenance.abort();
+    // The last save is done before the agent counts as stopped.
+    if let Some(saver) = saver {
+        let _ = saver.await;
+    }
 }
 
 /// Renews leaves and prunes rotated-out roots when they are due, and re-plans after

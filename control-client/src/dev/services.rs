@@ -89,6 +89,7 @@ pub(super) async fn register(shared: &Arc<Shared>, call: &Call) -> Result<Reply,
         };
         let index = state.bump();
         let parent_id = service.id.clone();
+        state.registrations.insert(parent_id.clone(), raw.clone());
         let mut started = state.put_service(service, None, defs, index);
         if let Some((sidecar, defs)) = sidecar {
             started.extend(state.put_service(sidecar, Some(parent_id), defs, index));
@@ -118,6 +119,15 @@ pub(super) async fn deregister(shared: &Shared, call: &Call, id: &str) -> Result
             .filter(|(_, s)| s.sidecar_of.as_deref() == Some(id))
             .map(|(sid, _)| sid.clone())
             .collect();
+        // A sidecar deregistered on its own stays gone after a restart too.
+        let parent = state.services.get(id).and_then(|s| s.sidecar_of.clone());
+        if let Some(Value::Object(connect)) = parent
+            .and_then(|p| state.registrations.get_mut(&p))
+            .and_then(|r| r.get_mut("Connect"))
+        {
+            connect.remove("SidecarService");
+        }
+        state.registrations.remove(id);
         state.remove_service(id, index);
         for sidecar in sidecars {
             state.remove_service(&sidecar, index);

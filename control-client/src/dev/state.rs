@@ -79,6 +79,9 @@ pub(super) struct State {
     /// keyed `service:<name>` and `connect:<name>`, so a reader blocked on a name whose
     /// instances were all deregistered still sees its index move.
     pub(super) tombstones: HashMap<String, u64>,
+    /// The bodies of the registrations made through the API, by service ID, kept for
+    /// `--data-dir` (`persist`).
+    pub(super) registrations: BTreeMap<String, serde_json::Value>,
     /// `service-intentions` config entries by destination name.
     pub(super) intentions: BTreeMap<String, ServiceIntentionsEntry>,
     /// Max index of the config-entries table (writes and deletes).
@@ -101,6 +104,7 @@ impl State {
             services: BTreeMap::new(),
             checks: BTreeMap::new(),
             tombstones: HashMap::new(),
+            registrations: BTreeMap::new(),
             intentions: BTreeMap::new(),
             // No config entry yet: Consul's empty table answers index 0 (sent as 1).
             intentions_index: 0,

@@ -1024,7 +1024,7 @@ async fn agent_self_reports_the_configured_default_intention_policy() {
 }
 
 #[tokio::test]
-async fn a_restart_with_a_data_dir_keeps_the_ca_and_starts_low() {
+async fn a_restart_with_a_data_dir_keeps_the_state_and_starts_low() {
     let dir = tempfile::tempdir().unwrap();
     let config = DevAgentConfig {
         data_dir: Some(dir.path().to_owned()),
@@ -1039,9 +1039,35 @@ async fn a_restart_with_a_data_dir_keeps_the_ca_and_starts_low() {
             .register(json!({ "Name": format!("svc{i}"), "Port": 1000 + i }))
             .await;
     }
+    first
+        .register(json!({ "Name": "web", "Port": 8080,
+            "Connect": { "SidecarService": { "Port": 21555 } } }))
+        .await;
+    first
+        .register(json!({ "Name": "api", "Port": 8081,
+            "Connect": { "SidecarService": { "Port": 21556 } } }))
+        .await;
+    first
+        .put("/v1/agent/service/deregister/svc3", Value::Null)
+        .await;
+    first
+        .put(
+            "/v1/agent/service/deregister/api-sidecar-proxy",
+            Value::Null,
+        )
+        .await;
+    first
+        .put(
+            "/v1/config",
+            json!({ "Kind": "service-intentions", "Name": "web",
+                "Sources": [{ "Name": "api", "Action": "deny" }] }),
+        )
+        .await;
     let leaf = first.get("/v1/agent/connect/ca/leaf/web").await;
     let high = leaf.index();
     assert!(dir.path().join("ca.pem").exists() && dir.path().join("ca-key.pem").exists());
+    let before: std::collections::BTreeMap<String, Value> =
+        first.get("/v1/agent/services").await.json();
     first.agent.shutdown().await.unwrap();
 
     let second = Agent::with(DevAgentConfig { addr, ..config }).await;
@@ -1055,9 +1081,18 @@ async fn a_restart_with_a_data_dir_keeps_the_ca_and_starts_low() {
         "indexes start low again: {} < {high}",
         leaf.index()
     );
-    let services: std::collections::HashMap<String, Value> =
+    let after: std::collections::BTreeMap<String, Value> =
         second.get("/v1/agent/services").await.json();
-    assert!(services.is_empty(), "everything else starts fresh");
+    let ids = |m: &std::collections::BTreeMap<String, Value>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(ids(&after), ids(&before), "the same services come back");
+    assert!(!after.contains_key("svc3") && !after.contains_key("api-sidecar-proxy"));
+    assert_eq!(after["web-sidecar-proxy"]["Port"], json!(21555));
+    let entry = second
+        .get("/v1/config/service-intentions/web")
+        .await
+        .value();
+    assert_eq!(entry["Sources"][0]["Name"], json!("api"));
+    assert_eq!(entry["Sources"][0]["Action"], json!("deny"));
 }
 
 async fn wait_for(
