@@ -25,6 +25,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const GREETING: &str = "hello from api";
@@ -32,25 +33,8 @@ const GREETING: &str = "hello from api";
 /// Runs the demo until `duration` has passed (or forever) or Ctrl-C.
 pub async fn run(duration: Option<Duration>, metrics: PrometheusHandle) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
-    let deadline = async {
-        match duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    let result = tokio::select! {
-        result = demo(metrics, stop.clone()) => result,
-        () = deadline => Ok(()),
-        () = crate::shutdown_signal() => Ok(()),
-    };
-    stop.cancel();
-    println!("\nferrule demo: stopped.");
-    result
-}
-
-async fn demo(metrics: PrometheusHandle, stop: CancellationToken) -> anyhow::Result<()> {
-    println!("ferrule demo: a service mesh in one process\n");
-
+    let sidecars = TaskTracker::new();
+    let traffic = Traffic::default();
     let agent = DevAgent::start(DevAgentConfig {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         check_interval: Duration::from_secs(2),
@@ -58,6 +42,41 @@ async fn demo(metrics: PrometheusHandle, stop: CancellationToken) -> anyhow::Res
     })
     .await
     .context("starting the dev agent")?;
+    let deadline = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        result = demo(&agent, metrics, &sidecars, &traffic, stop.clone()) => result,
+        () = deadline => Ok(()),
+        () = crate::shutdown_signal() => Ok(()),
+    };
+    // In order: the callers, so no call is cut mid-way; the sidecars, so none of them
+    // sees its agent go away; then the agent.
+    traffic.stop.cancel();
+    traffic.tasks.close();
+    traffic.tasks.wait().await;
+    stop.cancel();
+    sidecars.close();
+    sidecars.wait().await;
+    if let Err(e) = agent.shutdown().await {
+        eprintln!("ferrule demo: stopping the dev agent: {e}");
+    }
+    println!("\nferrule demo: stopped.");
+    result
+}
+
+async fn demo(
+    agent: &DevAgent,
+    metrics: PrometheusHandle,
+    sidecars: &TaskTracker,
+    traffic: &Traffic,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    println!("ferrule demo: a service mesh in one process\n");
+
     let consul = AgentClient::new(
         &AgentClientConfig::new(agent.url().parse::<AgentAddr>()?),
         crate::tls::provider(),
@@ -68,8 +87,8 @@ async fn demo(metrics: PrometheusHandle, stop: CancellationToken) -> anyhow::Res
     register(&consul, api_app, upstream_port).await?;
     set_intention(&consul, "allow").await?;
 
-    let api_admin = start_sidecar(&agent, "api", &metrics, &stop).await?;
-    let web_admin = start_sidecar(&agent, "web", &metrics, &stop).await?;
+    let api_admin = start_sidecar(agent, "api", &metrics, sidecars, &stop).await?;
+    let web_admin = start_sidecar(agent, "web", &metrics, sidecars, &stop).await?;
     let client = Client::new(SocketAddr::from(([127, 0, 0, 1], upstream_port)));
     wait_ready(&client, &[api_admin, web_admin]).await?;
     // web's sidecar learns of api's only once the agent's health check has seen it.
@@ -120,7 +139,7 @@ async fn demo(metrics: PrometheusHandle, stop: CancellationToken) -> anyhow::Res
     );
 
     let before = leaf_serial(&client, api_admin).await;
-    let traffic = client.background(stop.child_token());
+    let counts = client.background(traffic);
     consul
         .put_json(
             "/v1/connect/ca/configuration",
@@ -138,7 +157,7 @@ async fn demo(metrics: PrometheusHandle, stop: CancellationToken) -> anyhow::Res
         after = leaf_serial(&client, api_admin).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (ok, failed) = traffic.counts();
+    let (ok, failed) = counts.counts();
     println!(
         "    api's sidecar leaf {} -> {} after {} ms",
         before.as_deref().unwrap_or("?"),
@@ -152,9 +171,16 @@ async fn demo(metrics: PrometheusHandle, stop: CancellationToken) -> anyhow::Res
     tick.tick().await;
     loop {
         tick.tick().await;
-        let (ok, failed) = traffic.counts();
+        let (ok, failed) = counts.counts();
         println!("    requests so far: {ok} ok, {failed} failed");
     }
+}
+
+/// The demo's background callers, stopped before anything else.
+#[derive(Default)]
+struct Traffic {
+    stop: CancellationToken,
+    tasks: TaskTracker,
 }
 
 /// The `api` application: plain HTTP on loopback, answering every request.
@@ -227,6 +253,7 @@ async fn start_sidecar(
     agent: &DevAgent,
     service: &str,
     metrics: &PrometheusHandle,
+    sidecars: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let provider = crate::tls::provider();
@@ -234,12 +261,12 @@ async fn start_sidecar(
         AgentClientConfig::new(agent.url().parse::<AgentAddr>()?),
         ProxySelector::SidecarFor(service.to_owned()),
     );
-    let snapshots = ConsulSource::new(config, provider.clone())?.spawn();
+    let snapshots = ConsulSource::new(config, provider.clone())?.spawn_until(stop.child_token());
     let admin = TcpListener::bind(("127.0.0.1", 0)).await?;
     let admin_addr = admin.local_addr()?;
     let metrics = metrics.clone();
     let stop = stop.clone();
-    tokio::spawn(async move {
+    sidecars.spawn(async move {
         let shutdown = async move { stop.cancelled().await };
         if let Err(e) = crate::serve(admin, snapshots, metrics, provider, shutdown).await {
             eprintln!("ferrule demo: a sidecar stopped: {e:#}");
@@ -313,12 +340,13 @@ impl Client {
         KeepAlive::open(self.upstream).await
     }
 
-    /// Calls in a loop until `stop`, counting outcomes.
-    fn background(&self, stop: CancellationToken) -> Counts {
+    /// Calls in a loop until `traffic.stop`, counting outcomes.
+    fn background(&self, traffic: &Traffic) -> Counts {
+        let stop = traffic.stop.clone();
         let counts = Counts::default();
         let (ok, failed) = (counts.ok.clone(), counts.failed.clone());
         let client = Client::new(self.upstream);
-        tokio::spawn(async move {
+        traffic.tasks.spawn(async move {
             while !stop.is_cancelled() {
                 let counter = if client.call().await { &ok } else { &failed };
                 counter.fetch_add(1, Ordering::Relaxed);

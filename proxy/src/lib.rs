@@ -26,6 +26,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use rustls::crypto::CryptoProvider;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::tls::TlsState;
 
@@ -37,18 +38,19 @@ pub struct State {
     pub tls: watch::Receiver<Arc<TlsState>>,
 }
 
-/// Rebuilds the TLS configs whenever the snapshot changes what they depend on.
+/// Rebuilds the TLS configs whenever the snapshot changes what they depend on, until
+/// the returned handle is dropped.
 fn spawn_tls(
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     provider: Arc<CryptoProvider>,
-) -> watch::Receiver<Arc<TlsState>> {
+) -> (watch::Receiver<Arc<TlsState>>, AbortOnDropHandle<()>) {
     let first = TlsState::for_snapshot(
         &snapshots.borrow_and_update(),
         &Arc::new(TlsState::default()),
         &provider,
     );
     let (tx, rx) = watch::channel(first);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while snapshots.changed().await.is_ok() {
             let snapshot = snapshots.borrow_and_update().clone();
             let prev = tx.borrow().clone();
@@ -58,7 +60,7 @@ fn spawn_tls(
             }
         }
     });
-    rx
+    (rx, AbortOnDropHandle::new(task))
 }
 
 /// Runs the data plane on whatever a source publishes, until `shutdown` resolves.
@@ -73,15 +75,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let listening = admin::Listening::default();
-    tokio::spawn(admin::serve(
+    // Everything spawned here stops when this returns, so nothing keeps following the
+    // source: a process running several sidecars (`ferrule demo`) can stop one cleanly.
+    let _admin = AbortOnDropHandle::new(tokio::spawn(admin::serve(
         admin_listener,
         admin::Admin {
             metrics,
             snapshots: snapshots.clone(),
             listening: listening.clone(),
         },
-    ));
-    let tls = spawn_tls(snapshots.clone(), provider);
+    )));
+    let (tls, _tls_task) = spawn_tls(snapshots.clone(), provider);
     let state = State { snapshots, tls };
     tokio::select! {
         result = listeners::run(state, listening) => result.map_err(anyhow::Error::from),

@@ -275,6 +275,10 @@ struct Inner {
     base: String,
     token: Option<HeaderValue>,
     addr: String,
+    /// Bumped whenever a request through this client fails to reach the agent (refused,
+    /// cut off, timed out). The agent may be restarting: its indexes may be lower than
+    /// the ones other watchers hold (see `watch`).
+    outages: tokio::sync::watch::Sender<u64>,
 }
 
 impl fmt::Debug for AgentClient {
@@ -350,6 +354,7 @@ impl AgentClient {
                 base,
                 token,
                 addr: config.addr.to_string(),
+                outages: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -357,6 +362,12 @@ impl AgentClient {
     /// The agent's address, for logs.
     pub fn addr(&self) -> &str {
         &self.inner.addr
+    }
+
+    /// Changes whenever a request through this client (or a clone) could not reach the
+    /// agent.
+    pub(crate) fn outages(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.outages.subscribe()
     }
 
     /// `GET path?query`. `path` must already be percent-encoded (see [`path_segment`]);
@@ -461,14 +472,21 @@ impl AgentClient {
                 },
             ))
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(AgentError::Timeout {
                 addr: inner.addr.clone(),
                 path: path.to_owned(),
                 after: timeout,
             }),
+        };
+        if matches!(
+            result,
+            Err(AgentError::Transport { .. } | AgentError::Timeout { .. })
+        ) {
+            inner.outages.send_modify(|n| *n = n.wrapping_add(1));
         }
+        result
     }
 }
 

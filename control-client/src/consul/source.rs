@@ -21,6 +21,7 @@ use rustls::crypto::CryptoProvider;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::http::{
@@ -128,6 +129,12 @@ impl ConsulSource {
     /// Returns at once with an empty snapshot (the proxy fails closed until it fills in)
     /// and follows the agent in the background for as long as anyone holds the receiver.
     pub fn spawn(self) -> watch::Receiver<Arc<Snapshot>> {
+        self.spawn_until(CancellationToken::new())
+    }
+
+    /// As [`ConsulSource::spawn`], and stops following the agent once `stop` is
+    /// cancelled (receivers keep the last snapshot).
+    pub fn spawn_until(self, stop: CancellationToken) -> watch::Receiver<Arc<Snapshot>> {
         let first = Snapshot {
             default_action: self.default_override.map(|action| DefaultAction {
                 action,
@@ -138,7 +145,12 @@ impl ConsulSource {
         let (tx, rx) = watch::channel(Arc::new(first));
         let (events, events_rx) = mpsc::channel(64);
         let run = Run::new(self, tx, events);
-        tokio::spawn(run.run(events_rx));
+        tokio::spawn(async move {
+            tokio::select! {
+                () = run.run(events_rx) => {}
+                () = stop.cancelled() => {}
+            }
+        });
         rx
     }
 }

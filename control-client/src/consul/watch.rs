@@ -4,7 +4,8 @@
 //! `X-Consul-Index` rules (missing reads as 0, going backwards resets to 0, a zero index is
 //! clamped to 1 so the next call blocks), a request timeout longer than the agent's
 //! longest hold, a reset to a fresh read after any error (a restarted agent has lower
-//! indexes and would otherwise hold an old one for the whole wait), capped exponential
+//! indexes and would otherwise hold an old one for the whole wait) — also when the error
+//! was another watcher's, since watchers sharing a client share the agent — capped exponential
 //! backoff with jitter between failures, and a token bucket so that a flapping resource
 //! cannot hammer the agent while a single change still goes through at once.
 //!
@@ -210,6 +211,11 @@ async fn run<T, U, F>(
     let mut bucket = TokenBucket::new(tuning.burst, tuning.refill);
     let mut force_at: Option<Instant> = None;
     let wait = go_duration(tuning.wait);
+    // Another watcher failing to reach the agent means it may have restarted: an index
+    // held from before would be held for the whole wait by a restarted agent, so any
+    // blocking call is abandoned for a fresh read (spec 2.5).
+    let mut outages = client.outages();
+    outages.borrow_and_update();
     if let Some(rx) = &mut force_rx {
         force_at = *rx.borrow_and_update();
     }
@@ -225,6 +231,10 @@ async fn run<T, U, F>(
             && rx.has_changed().unwrap_or(false)
         {
             force_at = *rx.borrow_and_update();
+        }
+        if outages.has_changed().unwrap_or(false) {
+            outages.borrow_and_update();
+            cursor.reset();
         }
         let blocking = cursor.is_blocking();
         if !blocking && force_at.is_some_and(|at| at <= Instant::now()) {
@@ -254,8 +264,14 @@ async fn run<T, U, F>(
         let result = loop {
             let deadline = force_at.filter(|_| blocking);
             tokio::select! {
-                result = &mut request => break Some(result),
-                () = sleep_until_some(deadline) => break None,
+                result = &mut request => break Ok(result),
+                () = sleep_until_some(deadline) => break Err(Abandoned::Forced),
+                changed = outages.changed(), if blocking => {
+                    if changed.is_ok() {
+                        outages.borrow_and_update();
+                        break Err(Abandoned::Outage);
+                    }
+                }
                 changed = changed_some(&mut force_rx) => {
                     if changed {
                         if let Some(rx) = &mut force_rx {
@@ -269,11 +285,19 @@ async fn run<T, U, F>(
                 () = tx.closed() => return,
             }
         };
-        let Some(result) = result else {
-            tracing::debug!(path = %spec.path, "forcing a fresh read");
-            cursor.reset();
-            force_at = Some(Instant::now() + tuning.force_retry);
-            continue;
+        let result = match result {
+            Ok(result) => result,
+            Err(Abandoned::Forced) => {
+                tracing::debug!(path = %spec.path, "forcing a fresh read");
+                cursor.reset();
+                force_at = Some(Instant::now() + tuning.force_retry);
+                continue;
+            }
+            Err(Abandoned::Outage) => {
+                tracing::debug!(path = %spec.path, "the agent was unreachable meanwhile; reading afresh");
+                cursor.reset();
+                continue;
+            }
         };
 
         let update = match result {
@@ -318,6 +342,14 @@ async fn run<T, U, F>(
             }
         }
     }
+}
+
+/// Why a blocking call was given up before the agent answered.
+enum Abandoned {
+    /// The caller's deadline (see [`Watcher::force_at`]) passed.
+    Forced,
+    /// A request of another watcher could not reach the agent.
+    Outage,
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {
@@ -626,6 +658,38 @@ mod tests {
             again.queries()[0],
             "passing=1",
             "first call to the new agent is fresh"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_blocking_call_is_abandoned_when_another_request_cannot_reach_the_agent() {
+        let agent = ScriptedAgent::start(vec![
+            Reply::json(5, r#"{"V":1}"#),
+            // The blocking call: a restarted agent holds an index from before.
+            Reply::json(5, r#"{"V":1}"#).after(Duration::from_secs(30)),
+            // Another request through the same client, which times out.
+            Reply::json(9, "{}").after(Duration::from_secs(30)),
+            Reply::json(2, r#"{"V":2}"#),
+        ])
+        .await;
+        let shared = client(agent.addr());
+        let (tx, mut rx) = mpsc::channel(16);
+        let _w = Watcher::spawn(shared.clone(), spec(Blocking::Index), fast(), tx, |u| u);
+        assert_eq!(changed(next(&mut rx).await), 1);
+        agent.wait_queries(2).await;
+        let probe = shared
+            .get("/v1/other", &[], Duration::from_millis(50))
+            .await;
+        assert!(
+            matches!(probe, Err(AgentError::Timeout { .. })),
+            "{probe:?}"
+        );
+        assert_eq!(changed(next(&mut rx).await), 2);
+        let queries = agent.queries();
+        assert_eq!(queries[1], "passing=1&index=5&wait=1s");
+        assert_eq!(
+            queries[3], "passing=1",
+            "a fresh read, without the old index"
         );
     }
 
