@@ -214,6 +214,16 @@ pub struct TlsCaller {
 
 impl TlsCaller {
     pub fn new(identity: Option<&IssuedLeaf>) -> TlsCaller {
+        TlsCaller::build(identity.map(|leaf| (leaf.cert_pem.as_str(), leaf.key_pem.as_str())))
+    }
+
+    /// Presents a certificate chain and key given as PEM (e.g. a leaf from the agent's
+    /// `/v1/agent/connect/ca/leaf/:service`).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> TlsCaller {
+        TlsCaller::build(Some((cert_pem, key_pem)))
+    }
+
+    fn build(identity: Option<(&str, &str)>) -> TlsCaller {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(rustls::ALL_VERSIONS)
@@ -221,12 +231,12 @@ impl TlsCaller {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider)));
         let config = match identity {
-            Some(leaf) => {
-                let chain = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+            Some((cert_pem, key_pem)) => {
+                let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
                     .collect::<Result<Vec<_>, _>>()
-                    .expect("the test CA's certificate PEM parses");
-                let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes())
-                    .expect("the test CA's key PEM parses");
+                    .expect("the test certificate PEM parses");
+                let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+                    .expect("the test key PEM parses");
                 builder
                     .with_client_auth_cert(chain, key)
                     .expect("rustls accepts the leaf and its key")
@@ -355,4 +365,57 @@ impl ServerCertVerifier for AcceptAnyServerCert {
 /// A path as an argument, for `curl`'s `@file` syntax.
 pub fn at_file(path: &Path) -> String {
     format!("@{}", path.display())
+}
+
+/// One HTTP/1.1 keep-alive connection, held open across a change, as an app's
+/// connection pool would hold it.
+pub struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl KeepAlive {
+    pub async fn open(addr: SocketAddr) -> anyhow::Result<KeepAlive> {
+        let tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .with_context(|| format!("connecting to {addr} took over {IO_TIMEOUT:?}"))??;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        let connection = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(KeepAlive { sender, connection })
+    }
+
+    /// `GET path` on this connection: the status and body, within 5 s.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+        use http_body_util::BodyExt as _;
+        let exchange = async {
+            self.sender.ready().await?;
+            let request = hyper::Request::get(path)
+                .header(hyper::header::HOST, "upstream")
+                .body(http_body_util::Empty::new())?;
+            let response = self.sender.send_request(request).await?;
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, body.to_vec()))
+        };
+        tokio::time::timeout(IO_TIMEOUT, exchange)
+            .await
+            .with_context(|| format!("no answer within {IO_TIMEOUT:?}"))?
+    }
+
+    /// Fails unless the far end closes the connection within `within`.
+    pub async fn closed_within(&mut self, within: Duration) -> anyhow::Result<()> {
+        tokio::time::timeout(within, &mut self.connection)
+            .await
+            .map(|_| ())
+            .map_err(|_| anyhow::anyhow!("the connection was still open after {within:?}"))
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
 }

@@ -1,24 +1,33 @@
 //! The harness of ferrule's end-to-end tests: they run the real `ferrule` binary and
 //! talk to it with real clients.
 //!
+//! - `admin`: a sidecar's `/ready`, `/metrics` and `/config`.
+//! - `agent`: a `ferrule dev` agent process and the API calls tests make to it.
 //! - `binary`: builds and finds the `ferrule` binary (once per test process).
 //! - `sidecar`: a running `ferrule proxy --config` with its own directory, its
 //!   watched files, and its admin endpoints (`/ready`, `/metrics`).
 //! - `backends`: the local applications (HTTP echo, counting TCP echo).
+//! - `consul`: a `ferrule proxy --sidecar-for` process fed by a dev agent.
 //! - `clients`: `curl`, `openssl s_client`, and a rustls caller presenting an SVID.
 //! - `mesh`: the common set-up, a CA plus the `api` sidecar, and intentions JSON.
 //! - `metrics`: reading Prometheus text.
+//! - `traffic`: curl in a loop, counting what got through.
 //! - `wait`: deadlines instead of sleeps, free ports.
 //!
 //! Everything binds 127.0.0.1 only, on ports picked free at start, in its own temporary
 //! directory, so tests run in parallel; everything a test starts stops when dropped.
 
+pub mod admin;
+pub mod agent;
 pub mod backends;
 pub mod binary;
 pub mod clients;
+pub mod consul;
+pub mod http;
 pub mod mesh;
 pub mod metrics;
 pub mod sidecar;
+pub mod traffic;
 pub mod wait;
 
 pub use ferrule_control::ca::{DevCa, IssuedLeaf, LeafSpec};

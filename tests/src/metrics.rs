@@ -48,6 +48,14 @@ impl Metrics {
         })
     }
 
+    /// The labels of every sample of `name` whose value is below `threshold`.
+    pub fn samples_below(&self, name: &str, threshold: f64) -> Vec<BTreeMap<String, String>> {
+        self.matching(name, &[])
+            .filter(|s| s.value < threshold)
+            .map(|s| s.labels.clone())
+            .collect()
+    }
+
     /// Every sample of one metric, one per line, for error messages.
     pub fn show(&self, name: &str) -> String {
         let lines: Vec<String> = self

@@ -12,16 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use bytes::Bytes;
 use ferrule_control::ca::{DevCa, IssuedLeaf};
-use http_body_util::{BodyExt, Empty};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
+use crate::admin::Admin;
 use crate::binary::ferrule_bin;
 use crate::metrics::{Metrics, Selector};
-use crate::wait::{eventually, free_port};
+use crate::wait::free_port;
 
 /// How long a sidecar gets to answer `/ready` with 200.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -282,9 +278,17 @@ impl Sidecar {
         std::fs::read_to_string(self.dir.path().join(STDERR_FILE)).unwrap_or_default()
     }
 
+    /// The admin endpoints.
+    pub fn admin(&self) -> Admin {
+        Admin {
+            addr: self.ports.admin,
+            name: self.service.clone(),
+        }
+    }
+
     /// `GET /ready`: the status code and body.
     pub async fn ready(&self) -> anyhow::Result<(u16, String)> {
-        admin_get(self.ports.admin, "/ready").await
+        self.admin().ready().await
     }
 
     /// Polls `/ready` until it is 200, for at most `READY_TIMEOUT`; fails early, with
@@ -315,35 +319,22 @@ impl Sidecar {
 
     /// One scrape of `/metrics`.
     pub async fn metrics(&self) -> anyhow::Result<Metrics> {
-        let (code, body) = admin_get(self.ports.admin, "/metrics").await?;
-        anyhow::ensure!(code == 200, "/metrics answered {code}: {body}");
-        Ok(Metrics::parse(&body))
+        self.admin().metrics().await
     }
 
     /// The current value of one metric (see `Metrics::get`).
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
-        Ok(self.metrics().await?.get(name, labels))
+        self.admin().metric(name, labels).await
     }
 
-    /// Scrapes until the metric's value satisfies `expected`, for at most `within`;
-    /// returns that value. The error shows every sample of the metric.
+    /// Scrapes until the metric's value satisfies `expected`, for at most `within`.
     pub async fn wait_for_metric(
         &self,
         metric: Selector<'_>,
         expected: impl Fn(f64) -> bool,
         within: Duration,
     ) -> anyhow::Result<f64> {
-        eventually(&format!("{metric} on {}", self.service), within, || async {
-            let metrics = self.metrics().await?;
-            let value = metrics.get(metric.name, metric.labels);
-            anyhow::ensure!(
-                expected(value),
-                "{metric} is {value}; all samples:\n{}",
-                metrics.show(metric.name)
-            );
-            Ok(value)
-        })
-        .await
+        self.admin().wait_for_metric(metric, expected, within).await
     }
 
     /// The process exited because one of its listener ports was taken meanwhile.
@@ -384,24 +375,4 @@ pub fn ferrule_proxy_command(config: &Path, admin: SocketAddr) -> Command {
 fn stderr_file(dir: &Path) -> std::fs::File {
     let path: PathBuf = dir.join(STDERR_FILE);
     std::fs::File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
-}
-
-/// A plain HTTP/1.1 GET to the admin listener, bounded in time.
-async fn admin_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    tokio::time::timeout(Duration::from_secs(5), admin_get_unbounded(addr, path))
-        .await
-        .map_err(|_| anyhow::anyhow!("GET {path} on {addr}: no answer within 5s"))?
-}
-
-async fn admin_get_unbounded(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let tcp = TcpStream::connect(addr).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(connection);
-    let request = Request::get(path)
-        .header(hyper::header::HOST, addr.to_string())
-        .body(Empty::<Bytes>::new())?;
-    let response = sender.send_request(request).await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -1,0 +1,131 @@
+//! A running `ferrule proxy --sidecar-for ID` process that takes everything from a
+//! (dev) agent: roots, leaf, registration, intentions and upstream endpoints.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::admin::Admin;
+use crate::agent::DevAgent;
+use crate::binary::ferrule_bin;
+use crate::wait::free_port;
+
+/// How long a sidecar gets to answer `/ready` with 200.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct ConsulSidecar {
+    service_id: String,
+    child: Child,
+    admin: Admin,
+    dir: tempfile::TempDir,
+}
+
+impl ConsulSidecar {
+    /// Starts `ferrule proxy --sidecar-for service_id` against `agent` and waits until
+    /// `/ready` says 200.
+    pub async fn start(agent: &DevAgent, service_id: &str) -> ConsulSidecar {
+        let mut sidecar = ConsulSidecar::spawn(agent, service_id);
+        if let Err(e) = sidecar.wait_ready().await {
+            panic!("the sidecar for {service_id} did not become ready: {e:#}");
+        }
+        sidecar
+    }
+
+    pub fn spawn(agent: &DevAgent, service_id: &str) -> ConsulSidecar {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("ferrule-sidecar-for-{service_id}-"))
+            .tempdir()
+            .expect("create a temporary directory for a sidecar");
+        let log_path = dir.path().join("stderr.log");
+        let log = std::fs::File::create(&log_path).expect("create the sidecar's log");
+        let admin = free_port();
+        let child = Command::new(ferrule_bin())
+            .arg("proxy")
+            .args(["--sidecar-for", service_id])
+            .args(["--consul-addr", &agent.url()])
+            .args(["--admin-addr", &admin.to_string()])
+            .args(["--log-level", "info,ferrule=debug,ferrule_control=debug"])
+            .env_remove("CONSUL_HTTP_TOKEN")
+            .env_remove("CONSUL_HTTP_TOKEN_FILE")
+            .env_remove("CONSUL_HTTP_ADDR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ferrule proxy --sidecar-for");
+        ConsulSidecar {
+            service_id: service_id.to_owned(),
+            child,
+            admin: Admin {
+                addr: admin,
+                name: format!("sidecar for {service_id}"),
+            },
+            dir,
+        }
+    }
+
+    pub fn admin(&self) -> &Admin {
+        &self.admin
+    }
+
+    /// What the process wrote to stderr so far (its log).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("stderr.log")
+    }
+
+    /// Polls `/ready` until 200; fails early, with the log, if the process exits.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!(
+                    "ferrule exited with {status} before it was ready; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            let last = match self.admin.ready().await {
+                Ok((200, _)) => return Ok(()),
+                Ok((code, body)) => format!("{code} {}", body.trim()),
+                Err(e) => format!("{e:#}"),
+            };
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "/ready was not 200 within {READY_TIMEOUT:?} (last: {last}); stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The serial of the leaf in force, from `/config`.
+    pub async fn leaf_serial(&self) -> anyhow::Result<String> {
+        let config = self.admin.config().await?;
+        config["leaf"]["serial"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no leaf.serial in /config: {config}"))
+    }
+}
+
+impl Drop for ConsulSidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!(
+            "----- stderr of ferrule (sidecar for {}, admin {}) -----\n{}----- end of stderr -----",
+            self.service_id,
+            self.admin.addr,
+            self.stderr()
+        );
+    }
+}

@@ -1,0 +1,496 @@
+//! Consul mode end to end: a `ferrule dev` agent, `ferrule proxy --sidecar-for` for
+//! `web` and `api`, curl calling `api` through web's upstream port. Every change is
+//! made at the agent through its HTTP API, as an operator would make it against Consul.
+
+use std::time::Duration;
+
+use ferrule_tests::agent::{AgentOptions, DevAgent, ServiceRegistration};
+use ferrule_tests::backends::{GET_BODY, HttpEcho};
+use ferrule_tests::clients::{KeepAlive, TlsCaller, curl};
+use ferrule_tests::consul::ConsulSidecar;
+use ferrule_tests::metrics::Selector;
+use ferrule_tests::names::{AUTHZ_DECISIONS, AUTHZ_TERMINATIONS};
+use ferrule_tests::traffic::CurlLoop;
+use ferrule_tests::wait::{eventually, free_port};
+use tokio::time::Instant;
+
+const API: &str = "api";
+const WEB: &str = "web";
+/// The contract: a change made at the agent applies within this long.
+const APPLIES_WITHIN: Duration = Duration::from_secs(2);
+/// Set-up steps (processes starting, first health check) get this long.
+const SETUP: Duration = Duration::from_secs(20);
+
+const LAST_UPDATE: &str = "ferrule_control_last_update_timestamp_seconds";
+
+/// The agent, api's app and the two sidecars.
+struct Mesh {
+    agent: DevAgent,
+    backend: HttpEcho,
+    api: ServiceRegistration,
+    web: ServiceRegistration,
+    api_proxy: ConsulSidecar,
+    web_proxy: ConsulSidecar,
+}
+
+impl Mesh {
+    /// Registers `api` (with its app) and `web` (with an upstream to `api`), allows
+    /// web → api, starts both sidecars and waits until a call gets through.
+    async fn start(options: AgentOptions) -> Mesh {
+        let agent = DevAgent::start(options).await;
+        let backend = HttpEcho::start().await;
+        let api = ServiceRegistration::new(API, backend.addr().port());
+        let web = ServiceRegistration::new(WEB, free_port().port()).with_upstream(API);
+        agent.register(&api).await;
+        agent.register(&web).await;
+        agent.set_intentions(API, &[(WEB, "allow")]).await;
+        let api_proxy = ConsulSidecar::start(&agent, &api.id).await;
+        let web_proxy = ConsulSidecar::start(&agent, &web.id).await;
+        let mesh = Mesh {
+            agent,
+            backend,
+            api,
+            web,
+            api_proxy,
+            web_proxy,
+        };
+        // web's sidecar learns of api's once the agent's health check has passed.
+        mesh.agent
+            .wait_passing(API, &[mesh.api.sidecar_port], SETUP)
+            .await;
+        eventually("a first call gets through the mesh", SETUP, || {
+            mesh.call_succeeds()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        mesh
+    }
+
+    /// web's upstream port for api, as a URL.
+    fn url(&self) -> String {
+        format!("http://{}/", self.web.upstream_addr(API))
+    }
+
+    async fn call_succeeds(&self) -> anyhow::Result<()> {
+        let response = curl(&self.url(), &["--max-time", "5"]).await?;
+        anyhow::ensure!(
+            response.is_ok() && response.body == GET_BODY.as_bytes(),
+            "curl exit {:?}, HTTP {}: {}",
+            response.exit_code,
+            response.http_code,
+            response.stderr.trim()
+        );
+        Ok(())
+    }
+
+    async fn call_fails(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.call_succeeds().await.is_err(),
+            "the call still succeeds"
+        );
+        Ok(())
+    }
+
+    /// A mesh caller presenting web's current leaf, fetched from the agent as a sidecar
+    /// would fetch it.
+    async fn caller_as_web(&self) -> TlsCaller {
+        let leaf = self
+            .agent
+            .leaf(WEB)
+            .await
+            .expect("web's leaf from the agent");
+        let cert = leaf["CertPEM"].as_str().expect("CertPEM");
+        let key = leaf["PrivateKeyPEM"].as_str().expect("PrivateKeyPEM");
+        TlsCaller::from_pem(cert, key)
+    }
+
+    /// Waits until a new handshake with api's sidecar presents the leaf the agent now
+    /// hands out for api; returns that serial.
+    async fn api_presents_the_agents_leaf(&self, within: Duration) -> anyhow::Result<String> {
+        let caller = self.caller_as_web().await;
+        eventually(
+            "api's sidecar presents the agent's current leaf",
+            within,
+            || async {
+                let expected = self.agent.leaf_serial(API).await?;
+                let conn = caller.connect(self.api.sidecar_addr()).await?;
+                let presented = conn.peer_serial()?;
+                anyhow::ensure!(
+                    presented == expected,
+                    "presented {presented}, the agent's is {expected}"
+                );
+                Ok(presented)
+            },
+        )
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denying_intention_closes_the_open_connection_and_refuses_new_ones() {
+    let mesh = Mesh::start(AgentOptions::default()).await;
+    let mut live = KeepAlive::open(mesh.web.upstream_addr(API))
+        .await
+        .expect("open a keep-alive connection through web's upstream");
+    let (status, body) = live.get("/").await.expect("a request on it");
+    assert_eq!((status, body.as_slice()), (200, GET_BODY.as_bytes()));
+
+    mesh.agent.set_intentions(API, &[(WEB, "deny")]).await;
+    let changed = Instant::now();
+    let deadline = changed + APPLIES_WITHIN;
+    live.closed_within(deadline.saturating_duration_since(Instant::now()))
+        .await
+        .expect("the open connection from web is closed within 2 s of the change");
+    eventually(
+        "new calls are refused",
+        deadline.saturating_duration_since(Instant::now()),
+        || mesh.call_fails(),
+    )
+    .await
+    .expect("new connections from web are refused within 2 s of the change");
+    let reached = mesh.backend.requests();
+    for _ in 0..5 {
+        mesh.call_fails().await.expect("every new call is refused");
+    }
+    assert_eq!(
+        mesh.backend.requests(),
+        reached,
+        "a denied call reached api's app"
+    );
+    let admin = mesh.api_proxy.admin();
+    let terminations = admin
+        .metric(AUTHZ_TERMINATIONS, &[])
+        .await
+        .expect("scrape api's sidecar");
+    assert!(
+        terminations >= 1.0,
+        "{AUTHZ_TERMINATIONS} is {terminations}"
+    );
+    let denials = admin
+        .metric(AUTHZ_DECISIONS, &[("layer", "l4"), ("decision", "deny")])
+        .await
+        .expect("scrape api's sidecar");
+    assert!(denials >= 5.0, "L4 denials counted: {denials}");
+
+    mesh.agent.set_intentions(API, &[(WEB, "allow")]).await;
+    eventually("calls flow again", APPLIES_WITHIN, || mesh.call_succeeds())
+        .await
+        .expect("allowed again within 2 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_rotation_under_steady_traffic_loses_no_request() {
+    // Renewed at 60–90 % of the lifetime: a new leaf every 5–8 s.
+    let mesh = Mesh::start(AgentOptions {
+        leaf_ttl: "8s".to_owned(),
+        ..AgentOptions::default()
+    })
+    .await;
+    let first = mesh
+        .api_presents_the_agents_leaf(APPLIES_WITHIN)
+        .await
+        .expect("api's sidecar serves the agent's leaf");
+    let traffic = CurlLoop::start(mesh.url(), GET_BODY);
+    traffic
+        .wait_for_more(5, SETUP)
+        .await
+        .expect("traffic flows before the rotation");
+
+    eventually(
+        "the agent renews api's leaf",
+        Duration::from_secs(15),
+        || async {
+            let now = mesh.agent.leaf_serial(API).await?;
+            anyhow::ensure!(now != first, "still {first}");
+            Ok(())
+        },
+    )
+    .await
+    .expect("the agent renews the leaf before it expires");
+    let renewed = mesh
+        .api_presents_the_agents_leaf(APPLIES_WITHIN)
+        .await
+        .expect("new handshakes present the renewed leaf within 2 s");
+    assert_ne!(renewed, first);
+    traffic
+        .wait_for_more(5, SETUP)
+        .await
+        .expect("traffic flows after the rotation");
+
+    let tally = traffic.stop().await;
+    assert!(
+        tally.failures.is_empty(),
+        "{} of {} requests failed across the rotation: {:#?}",
+        tally.failures.len(),
+        tally.ok + tally.failures.len() as u64,
+        tally.failures
+    );
+    let web_leaf = mesh.web_proxy.leaf_serial().await.expect("web's /config");
+    assert_eq!(
+        web_leaf,
+        mesh.agent.leaf_serial(WEB).await.expect("web's leaf"),
+        "web's sidecar follows its renewals too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_root_rotation_loses_no_request() {
+    let mesh = Mesh::start(AgentOptions::default()).await;
+    let old_root = mesh.agent.active_root_id().await.expect("the roots");
+    let old_leaf = mesh
+        .api_presents_the_agents_leaf(APPLIES_WITHIN)
+        .await
+        .expect("api's sidecar serves the agent's leaf");
+    let traffic = CurlLoop::start(mesh.url(), GET_BODY);
+    traffic
+        .wait_for_more(5, SETUP)
+        .await
+        .expect("traffic flows before the rotation");
+
+    mesh.agent.rotate_ca().await;
+    let new_root = mesh.agent.active_root_id().await.expect("the roots");
+    assert_ne!(new_root, old_root, "the agent has a new active root");
+    let new_leaf = mesh
+        .api_presents_the_agents_leaf(APPLIES_WITHIN)
+        .await
+        .expect("new handshakes present a leaf of the new root within 2 s");
+    assert_ne!(new_leaf, old_leaf);
+    eventually("web's sidecar has its new leaf", APPLIES_WITHIN, || async {
+        let presented = mesh.web_proxy.leaf_serial().await?;
+        let expected = mesh.agent.leaf_serial(WEB).await?;
+        anyhow::ensure!(presented == expected, "{presented} vs {expected}");
+        Ok(())
+    })
+    .await
+    .expect("web's sidecar follows the rotation");
+    traffic
+        .wait_for_more(10, SETUP)
+        .await
+        .expect("traffic flows after the rotation");
+
+    let tally = traffic.stop().await;
+    assert!(
+        tally.failures.is_empty(),
+        "{} of {} requests failed across the root rotation: {:#?}",
+        tally.failures.len(),
+        tally.ok + tally.failures.len() as u64,
+        tally.failures
+    );
+}
+
+/// The index of the intentions api's sidecar blocks on.
+async fn intentions_index(agent: &DevAgent) -> u64 {
+    agent
+        .get("/v1/connect/intentions/match?by=destination&name=api")
+        .await
+        .expect("match api's intentions")
+        .consul_index
+        .expect("X-Consul-Index")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_killed_and_restarted_changes_nothing_for_traffic() {
+    let mut mesh = Mesh::start(AgentOptions::default()).await;
+    // Writes (to another destination's entry, so traffic is unaffected) move the
+    // intentions index well past where a restarted agent begins: it replays only the
+    // last version of each entry.
+    for action in ["deny", "allow"].repeat(15) {
+        mesh.agent.set_intentions("billing", &[(WEB, action)]).await;
+    }
+    let index_before = intentions_index(&mesh.agent).await;
+    let traffic = CurlLoop::start(mesh.url(), GET_BODY);
+    traffic
+        .wait_for_more(5, SETUP)
+        .await
+        .expect("traffic flows before the agent dies");
+
+    mesh.agent.kill();
+    traffic
+        .wait_for_more(20, SETUP)
+        .await
+        .expect("traffic flows while the agent is gone");
+    for proxy in [&mesh.api_proxy, &mesh.web_proxy] {
+        let (status, body) = proxy.admin().ready().await.expect("/ready");
+        assert_eq!(status, 200, "/ready stays green without the agent: {body}");
+    }
+
+    let restarted = Instant::now();
+    let restarted_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs_f64();
+    mesh.agent.restart().await;
+    let index_after = intentions_index(&mesh.agent).await;
+    assert!(
+        index_after < index_before,
+        "the restarted agent's indexes are lower ({index_after} < {index_before})"
+    );
+
+    // In sync again: every resource of both sidecars answered after the restart, and
+    // the leaves the restarted agent issued are the ones in force.
+    for proxy in [&mesh.api_proxy, &mesh.web_proxy] {
+        proxy
+            .admin()
+            .wait_for_metric(
+                Selector {
+                    name: LAST_UPDATE,
+                    labels: &[],
+                },
+                |_| true,
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("the staleness metric is exported");
+        eventually(
+            "every watch has heard from the restarted agent",
+            Duration::from_secs(30),
+            || async {
+                let metrics = proxy.admin().metrics().await?;
+                let stale = metrics.samples_below(LAST_UPDATE, restarted_at);
+                anyhow::ensure!(stale.is_empty(), "not yet updated: {stale:?}");
+                Ok(())
+            },
+        )
+        .await
+        .expect("the sidecars resync within 30 s");
+    }
+    let resynced = restarted.elapsed();
+    mesh.api_presents_the_agents_leaf(APPLIES_WITHIN)
+        .await
+        .expect("api's sidecar uses the leaf of the restarted agent");
+    traffic
+        .wait_for_more(10, SETUP)
+        .await
+        .expect("traffic flows after the restart");
+    let tally = traffic.stop().await;
+    assert!(
+        tally.failures.is_empty(),
+        "{} of {} requests failed across the agent's death and restart: {:#?}",
+        tally.failures.len(),
+        tally.ok + tally.failures.len() as u64,
+        tally.failures
+    );
+    eprintln!("the sidecars resynced {resynced:?} after the agent restarted");
+
+    // And they follow the new agent: a change made there applies.
+    mesh.agent.set_intentions(API, &[(WEB, "deny")]).await;
+    eventually("the restarted agent's deny applies", APPLIES_WITHIN, || {
+        mesh.call_fails()
+    })
+    .await
+    .expect("an intention written to the restarted agent applies within 2 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_added_and_removed_at_the_agent_get_and_lose_their_listeners() {
+    let mesh = Mesh::start(AgentOptions::default()).await;
+    let mut web = mesh.web.clone();
+    let old = web.upstream_addr(API);
+
+    // Moved: the same upstream on another port (remove one listener, add another).
+    web.upstreams[0].local_bind_port = free_port().port();
+    let moved = web.upstream_addr(API);
+    let mut live = KeepAlive::open(old)
+        .await
+        .expect("a keep-alive connection through the old port");
+    let (status, _) = live.get("/").await.expect("a request on it");
+    assert_eq!(status, 200);
+    mesh.agent.register(&web).await;
+    let url = format!("http://{moved}/");
+    eventually("the new upstream port serves", APPLIES_WITHIN, || async {
+        let response = curl(&url, &["--max-time", "5"]).await?;
+        anyhow::ensure!(response.is_ok(), "{response:?}");
+        Ok(())
+    })
+    .await
+    .expect("the added listener carries calls within 2 s");
+    eventually(
+        "the old upstream port is closed",
+        APPLIES_WITHIN,
+        || async {
+            anyhow::ensure!(
+                tokio::net::TcpStream::connect(old).await.is_err(),
+                "{old} still accepts"
+            );
+            Ok(())
+        },
+    )
+    .await
+    .expect("the removed listener is closed within 2 s");
+    let (status, body) = live
+        .get("/")
+        .await
+        .expect("a connection through a removed upstream is not cut");
+    assert_eq!((status, body.as_slice()), (200, GET_BODY.as_bytes()));
+
+    // Removed for good: no upstreams at all.
+    web.upstreams.clear();
+    mesh.agent.register(&web).await;
+    eventually("the upstream port is closed", APPLIES_WITHIN, || async {
+        anyhow::ensure!(
+            tokio::net::TcpStream::connect(moved).await.is_err(),
+            "{moved} still accepts"
+        );
+        Ok(())
+    })
+    .await
+    .expect("the removed listener is closed within 2 s");
+    let (status, _) = live.get("/").await.expect("the old connection still works");
+    assert_eq!(status, 200);
+    let (ready, body) = mesh.web_proxy.admin().ready().await.expect("/ready");
+    assert_eq!(ready, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deregistered_instance_stops_receiving_new_connections() {
+    let mesh = Mesh::start(AgentOptions::default()).await;
+    // A second instance of api, with its own app and sidecar.
+    let backend2 = HttpEcho::start().await;
+    let api2 = ServiceRegistration::new(API, backend2.addr().port()).with_id("api-2");
+    mesh.agent.register(&api2).await;
+    let _api2_proxy = ConsulSidecar::start(&mesh.agent, &api2.id).await;
+    mesh.agent
+        .wait_passing(API, &[mesh.api.sidecar_port, api2.sidecar_port], SETUP)
+        .await;
+    eventually("calls reach both instances", SETUP, || async {
+        mesh.call_succeeds().await?;
+        anyhow::ensure!(
+            mesh.backend.requests() > 0 && backend2.requests() > 0,
+            "api: {}, api-2: {}",
+            mesh.backend.requests(),
+            backend2.requests()
+        );
+        Ok(())
+    })
+    .await
+    .expect("web's sidecar balances over both instances");
+
+    mesh.agent.deregister(&api2.id).await;
+    let deregistered = Instant::now();
+    mesh.agent
+        .wait_passing(API, &[mesh.api.sidecar_port], APPLIES_WITHIN)
+        .await;
+    // From when the agent answers without api-2: ten calls in a row all land on api.
+    eventually(
+        "new connections go to the remaining instance only",
+        APPLIES_WITHIN,
+        || async {
+            let before = backend2.requests();
+            for _ in 0..10 {
+                mesh.call_succeeds().await?;
+            }
+            anyhow::ensure!(
+                backend2.requests() == before,
+                "api-2 still got {} of 10",
+                backend2.requests() - before
+            );
+            Ok(())
+        },
+    )
+    .await
+    .expect("a deregistered instance gets no new connections within 2 s");
+    eprintln!(
+        "api-2 out of rotation {:?} after its deregistration",
+        deregistered.elapsed()
+    );
+}
