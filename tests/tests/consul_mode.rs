@@ -9,7 +9,7 @@ use ferrule_tests::backends::{GET_BODY, HttpEcho};
 use ferrule_tests::clients::{KeepAlive, TlsCaller, curl};
 use ferrule_tests::consul::ConsulSidecar;
 use ferrule_tests::metrics::Selector;
-use ferrule_tests::names::{AUTHZ_DECISIONS, AUTHZ_TERMINATIONS};
+use ferrule_tests::names::{AUTHZ_DECISIONS, AUTHZ_TERMINATIONS, INBOUND};
 use ferrule_tests::traffic::CurlLoop;
 use ferrule_tests::wait::{eventually, free_port};
 use tokio::time::Instant;
@@ -129,6 +129,34 @@ impl Mesh {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denying_intention_closes_the_open_connection_and_refuses_new_ones() {
     let mesh = Mesh::start(AgentOptions::default()).await;
+    // What applies when no intention matches is learned from the agent, and shown.
+    let config = mesh.api_proxy.admin().config().await.expect("/config");
+    assert_eq!(config["default_action"]["action"], "allow", "{config}");
+    assert!(
+        config["default_action"]["source"]
+            .as_str()
+            .is_some_and(|s| s.contains("agent")),
+        "{config}"
+    );
+    // The agent's TCP health check connects and closes without a byte: a probe, not a
+    // TLS error.
+    let admin = mesh.api_proxy.admin();
+    admin
+        .wait_for_metric(
+            Selector {
+                name: INBOUND,
+                labels: &[("result", "probe")],
+            },
+            |v| v >= 1.0,
+            SETUP,
+        )
+        .await
+        .expect("the agent's health checks are counted as probes");
+    let tls_errors = admin
+        .metric(INBOUND, &[("result", "tls_error")])
+        .await
+        .expect("scrape api's sidecar");
+    assert_eq!(tls_errors, 0.0, "health checks counted as TLS errors");
     let mut live = KeepAlive::open(mesh.web.upstream_addr(API))
         .await
         .expect("open a keep-alive connection through web's upstream");
@@ -157,7 +185,6 @@ async fn a_denying_intention_closes_the_open_connection_and_refuses_new_ones() {
         reached,
         "a denied call reached api's app"
     );
-    let admin = mesh.api_proxy.admin();
     let terminations = admin
         .metric(AUTHZ_TERMINATIONS, &[])
         .await
