@@ -245,6 +245,11 @@ async fn a_leaf_rotation_under_steady_traffic_loses_no_request() {
         .expect("traffic flows after the rotation");
 
     let tally = traffic.stop().await;
+    eprintln!(
+        "leaf rotation: {} requests ok, {} failed",
+        tally.ok,
+        tally.failures.len()
+    );
     assert!(
         tally.failures.is_empty(),
         "{} of {} requests failed across the rotation: {:#?}",
@@ -291,11 +296,16 @@ async fn a_ca_root_rotation_loses_no_request() {
     .await
     .expect("web's sidecar follows the rotation");
     traffic
-        .wait_for_more(10, SETUP)
+        .wait_for_more(30, SETUP)
         .await
         .expect("traffic flows after the rotation");
 
     let tally = traffic.stop().await;
+    eprintln!(
+        "CA root rotation: {} requests ok, {} failed",
+        tally.ok,
+        tally.failures.len()
+    );
     assert!(
         tally.failures.is_empty(),
         "{} of {} requests failed across the root rotation: {:#?}",
@@ -390,6 +400,11 @@ async fn the_agent_killed_and_restarted_changes_nothing_for_traffic() {
         .await
         .expect("traffic flows after the restart");
     let tally = traffic.stop().await;
+    eprintln!(
+        "agent kill and restart: {} requests ok, {} failed",
+        tally.ok,
+        tally.failures.len()
+    );
     assert!(
         tally.failures.is_empty(),
         "{} of {} requests failed across the agent's death and restart: {:#?}",
