@@ -59,6 +59,37 @@ impl Admin {
         .await
     }
 
+    /// Polls `/ready` until it is 200, for at most `within`; fails early if `child`
+    /// exits. Errors carry `log()`, the process's stderr.
+    pub async fn wait_ready(
+        &self,
+        child: &mut std::process::Child,
+        within: Duration,
+        log: impl Fn() -> String,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!(
+                    "ferrule exited with {status} before it was ready; stderr:\n{}",
+                    log()
+                );
+            }
+            let last = match self.ready().await {
+                Ok((200, _)) => return Ok(()),
+                Ok((code, body)) => format!("{code} {}", body.trim()),
+                Err(e) => format!("{e:#}"),
+            };
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "/ready was not 200 within {within:?} (last: {last}); stderr:\n{}",
+                    log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `GET /config`: the snapshot in force, as JSON.
     pub async fn config(&self) -> anyhow::Result<serde_json::Value> {
         http::get(self.addr, "/config").await?.json()

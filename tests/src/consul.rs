@@ -79,32 +79,11 @@ impl ConsulSidecar {
 
     /// Polls `/ready` until 200; fails early, with the log, if the process exits.
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                anyhow::bail!(
-                    "ferrule exited with {status} before it was ready; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            let last = match self.admin.ready().await {
-                Ok((200, _)) => return Ok(()),
-                Ok((code, body)) => format!("{code} {}", body.trim()),
-                Err(e) => format!("{e:#}"),
-            };
-            if tokio::time::Instant::now() > deadline {
-                anyhow::bail!(
-                    "/ready was not 200 within {READY_TIMEOUT:?} (last: {last}); stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        let log_path = self.log_path();
+        let log = move || std::fs::read_to_string(&log_path).unwrap_or_default();
+        self.admin
+            .wait_ready(&mut self.child, READY_TIMEOUT, log)
+            .await
     }
 
     /// The serial of the leaf in force, from `/config`.

@@ -294,27 +294,10 @@ impl Sidecar {
     /// Polls `/ready` until it is 200, for at most `READY_TIMEOUT`; fails early, with
     /// the process's stderr, if the process exits.
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                anyhow::bail!(
-                    "ferrule exited with {status} before it was ready; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            let last = match self.ready().await {
-                Ok((200, _)) => return Ok(()),
-                Ok((code, body)) => format!("{code} {}", body.trim()),
-                Err(e) => format!("{e:#}"),
-            };
-            if tokio::time::Instant::now() > deadline {
-                anyhow::bail!(
-                    "/ready was not 200 within {READY_TIMEOUT:?} (last: {last}); stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let admin = self.admin();
+        let dir = self.dir.path().to_owned();
+        let log = move || std::fs::read_to_string(dir.join(STDERR_FILE)).unwrap_or_default();
+        admin.wait_ready(&mut self.child, READY_TIMEOUT, log).await
     }
 
     /// One scrape of `/metrics`.

@@ -19,6 +19,25 @@ pub struct Tally {
     pub failures: Vec<String>,
 }
 
+impl Tally {
+    /// Prints the tally under `what` (shown with the test's output) and fails if any
+    /// request failed.
+    pub fn assert_none_failed(&self, what: &str) {
+        eprintln!(
+            "{what}: {} requests ok, {} failed",
+            self.ok,
+            self.failures.len()
+        );
+        assert!(
+            self.failures.is_empty(),
+            "{what}: {} of {} requests failed: {:#?}",
+            self.failures.len(),
+            self.ok + self.failures.len() as u64,
+            self.failures
+        );
+    }
+}
+
 pub struct CurlLoop {
     tally: Arc<Mutex<Tally>>,
     stop: CancellationToken,

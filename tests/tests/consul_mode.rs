@@ -244,19 +244,7 @@ async fn a_leaf_rotation_under_steady_traffic_loses_no_request() {
         .await
         .expect("traffic flows after the rotation");
 
-    let tally = traffic.stop().await;
-    eprintln!(
-        "leaf rotation: {} requests ok, {} failed",
-        tally.ok,
-        tally.failures.len()
-    );
-    assert!(
-        tally.failures.is_empty(),
-        "{} of {} requests failed across the rotation: {:#?}",
-        tally.failures.len(),
-        tally.ok + tally.failures.len() as u64,
-        tally.failures
-    );
+    traffic.stop().await.assert_none_failed("leaf rotation");
     let web_leaf = mesh.web_proxy.leaf_serial().await.expect("web's /config");
     assert_eq!(
         web_leaf,
@@ -300,19 +288,7 @@ async fn a_ca_root_rotation_loses_no_request() {
         .await
         .expect("traffic flows after the rotation");
 
-    let tally = traffic.stop().await;
-    eprintln!(
-        "CA root rotation: {} requests ok, {} failed",
-        tally.ok,
-        tally.failures.len()
-    );
-    assert!(
-        tally.failures.is_empty(),
-        "{} of {} requests failed across the root rotation: {:#?}",
-        tally.failures.len(),
-        tally.ok + tally.failures.len() as u64,
-        tally.failures
-    );
+    traffic.stop().await.assert_none_failed("CA root rotation");
 }
 
 /// The index of the intentions api's sidecar blocks on.
@@ -399,19 +375,10 @@ async fn the_agent_killed_and_restarted_changes_nothing_for_traffic() {
         .wait_for_more(10, SETUP)
         .await
         .expect("traffic flows after the restart");
-    let tally = traffic.stop().await;
-    eprintln!(
-        "agent kill and restart: {} requests ok, {} failed",
-        tally.ok,
-        tally.failures.len()
-    );
-    assert!(
-        tally.failures.is_empty(),
-        "{} of {} requests failed across the agent's death and restart: {:#?}",
-        tally.failures.len(),
-        tally.ok + tally.failures.len() as u64,
-        tally.failures
-    );
+    traffic
+        .stop()
+        .await
+        .assert_none_failed("agent kill and restart");
     eprintln!("the sidecars resynced {resynced:?} after the agent restarted");
 
     // And they follow the new agent: a change made there applies.
