@@ -24,7 +24,13 @@ impl ConsulSidecar {
     /// Starts `ferrule proxy --sidecar-for service_id` against `agent` and waits until
     /// `/ready` says 200.
     pub async fn start(agent: &DevAgent, service_id: &str) -> ConsulSidecar {
-        let mut sidecar = ConsulSidecar::spawn(agent, service_id);
+        ConsulSidecar::start_at(&agent.url(), service_id).await
+    }
+
+    /// As [`ConsulSidecar::start`], against the agent at `agent_url` (e.g. a fault
+    /// injector in front of one).
+    pub async fn start_at(agent_url: &str, service_id: &str) -> ConsulSidecar {
+        let mut sidecar = ConsulSidecar::spawn_at(agent_url, service_id);
         if let Err(e) = sidecar.wait_ready().await {
             panic!("the sidecar for {service_id} did not become ready: {e:#}");
         }
@@ -32,6 +38,10 @@ impl ConsulSidecar {
     }
 
     pub fn spawn(agent: &DevAgent, service_id: &str) -> ConsulSidecar {
+        ConsulSidecar::spawn_at(&agent.url(), service_id)
+    }
+
+    pub fn spawn_at(agent_url: &str, service_id: &str) -> ConsulSidecar {
         let dir = tempfile::Builder::new()
             .prefix(&format!("ferrule-sidecar-for-{service_id}-"))
             .tempdir()
@@ -42,7 +52,7 @@ impl ConsulSidecar {
         let child = Command::new(ferrule_bin())
             .arg("proxy")
             .args(["--sidecar-for", service_id])
-            .args(["--consul-addr", &agent.url()])
+            .args(["--consul-addr", agent_url])
             .args(["--admin-addr", &admin.to_string()])
             .args(["--log-level", "info,ferrule=debug,ferrule_control=debug"])
             .env_remove("CONSUL_HTTP_TOKEN")

@@ -8,6 +8,7 @@
 //!   watched files, and its admin endpoints (`/ready`, `/metrics`).
 //! - `backends`: the local applications (HTTP echo, counting TCP echo).
 //! - `consul`: a `ferrule proxy --sidecar-for` process fed by a dev agent.
+//! - `faulty_agent`: a fault injector between a sidecar and its agent.
 //! - `clients`: `curl`, `openssl s_client`, and a rustls caller presenting an SVID.
 //! - `mesh`: the common set-up, a CA plus the `api` sidecar, and intentions JSON.
 //! - `metrics`: reading Prometheus text.
@@ -23,6 +24,7 @@ pub mod backends;
 pub mod binary;
 pub mod clients;
 pub mod consul;
+pub mod faulty_agent;
 pub mod http;
 pub mod mesh;
 pub mod metrics;

@@ -48,6 +48,22 @@ impl Metrics {
         })
     }
 
+    /// The samples of `name` matching `labels`, summed per value of `label`.
+    pub fn by_label(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        label: &str,
+    ) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for sample in self.matching(name, labels) {
+            if let Some(key) = sample.labels.get(label) {
+                *out.entry(key.clone()).or_insert(0.0) += sample.value;
+            }
+        }
+        out
+    }
+
     /// The labels of every sample of `name` whose value is below `threshold`.
     pub fn samples_below(&self, name: &str, threshold: f64) -> Vec<BTreeMap<String, String>> {
         self.matching(name, &[])

@@ -8,6 +8,7 @@ use ferrule_tests::agent::{AgentOptions, DevAgent, ServiceRegistration};
 use ferrule_tests::backends::{GET_BODY, HttpEcho};
 use ferrule_tests::clients::{KeepAlive, TlsCaller, curl};
 use ferrule_tests::consul::ConsulSidecar;
+use ferrule_tests::faulty_agent::{Fault, FaultyAgent};
 use ferrule_tests::metrics::Selector;
 use ferrule_tests::names::{AUTHZ_DECISIONS, AUTHZ_TERMINATIONS, INBOUND};
 use ferrule_tests::traffic::CurlLoop;
@@ -31,21 +32,37 @@ struct Mesh {
     web: ServiceRegistration,
     api_proxy: ConsulSidecar,
     web_proxy: ConsulSidecar,
+    /// Between the sidecars and the agent, when the mesh was started with one.
+    faults: Option<FaultyAgent>,
 }
 
 impl Mesh {
     /// Registers `api` (with its app) and `web` (with an upstream to `api`), allows
     /// web → api, starts both sidecars and waits until a call gets through.
     async fn start(options: AgentOptions) -> Mesh {
+        Mesh::start_with(options, false).await
+    }
+
+    /// As [`Mesh::start`]; with `faulty`, the sidecars talk to the agent through a
+    /// fault injector.
+    async fn start_with(options: AgentOptions, faulty: bool) -> Mesh {
         let agent = DevAgent::start(options).await;
+        let faults = if faulty {
+            Some(FaultyAgent::start(agent.addr()).await)
+        } else {
+            None
+        };
+        let agent_url = faults
+            .as_ref()
+            .map_or_else(|| agent.url(), FaultyAgent::url);
         let backend = HttpEcho::start().await;
         let api = ServiceRegistration::new(API, backend.addr().port());
         let web = ServiceRegistration::new(WEB, free_port().port()).with_upstream(API);
         agent.register(&api).await;
         agent.register(&web).await;
         agent.set_intentions(API, &[(WEB, "allow")]).await;
-        let api_proxy = ConsulSidecar::start(&agent, &api.id).await;
-        let web_proxy = ConsulSidecar::start(&agent, &web.id).await;
+        let api_proxy = ConsulSidecar::start_at(&agent_url, &api.id).await;
+        let web_proxy = ConsulSidecar::start_at(&agent_url, &web.id).await;
         let mesh = Mesh {
             agent,
             backend,
@@ -53,6 +70,7 @@ impl Mesh {
             web,
             api_proxy,
             web_proxy,
+            faults,
         };
         // web's sidecar learns of api's once the agent's health check has passed.
         mesh.agent
@@ -502,4 +520,130 @@ async fn a_deregistered_instance_stops_receiving_new_connections() {
         "api-2 out of rotation {:?} after its deregistration",
         deregistered.elapsed()
     );
+}
+
+/// `ferrule_control_updates_total{result="error"}` per resource.
+async fn control_errors(proxy: &ConsulSidecar) -> std::collections::BTreeMap<String, f64> {
+    proxy
+        .admin()
+        .metrics()
+        .await
+        .expect("scrape a sidecar")
+        .by_label(
+            "ferrule_control_updates_total",
+            &[("result", "error")],
+            "resource",
+        )
+}
+
+/// Seconds since the Unix epoch, as the staleness gauge reports time.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_errors_and_truncated_answers_cost_no_request() {
+    let mesh = Mesh::start_with(AgentOptions::default(), true).await;
+    let faults = mesh.faults.as_ref().expect("started with a fault injector");
+    let traffic = CurlLoop::start(mesh.url(), GET_BODY);
+    traffic
+        .wait_for_more(5, SETUP)
+        .await
+        .expect("traffic flows before the faults");
+
+    for fault in [Fault::ServerError, Fault::TruncatedJson] {
+        let injected = faults.injected();
+        let errors_before = [
+            control_errors(&mesh.api_proxy).await,
+            control_errors(&mesh.web_proxy).await,
+        ];
+        faults.set(fault);
+        // Changes at the agent wake the blocked queries into the fault: intentions for
+        // api (a source that does not matter to web), and a CA root rotation for the
+        // roots and both leaves.
+        mesh.agent
+            .set_intentions(API, &[(WEB, "allow"), ("billing", "deny")])
+            .await;
+        mesh.agent.rotate_ca().await;
+        eventually(
+            "the sidecars' queries are answered with faults",
+            SETUP,
+            || async {
+                anyhow::ensure!(
+                    faults.injected() >= injected + 3,
+                    "{} injected",
+                    faults.injected()
+                );
+                Ok(())
+            },
+        )
+        .await
+        .expect("the fault reaches the sidecars");
+        traffic
+            .wait_for_more(20, SETUP)
+            .await
+            .expect("traffic flows while the agent answers badly");
+        for proxy in [&mesh.api_proxy, &mesh.web_proxy] {
+            let (status, body) = proxy.admin().ready().await.expect("/ready");
+            assert_eq!(status, 200, "{fault:?}: /ready stays green: {body}");
+        }
+
+        // Recovery: every watch has a good answer again.
+        let healed_at = unix_now();
+        let healed = Instant::now();
+        faults.set(Fault::None);
+        mesh.agent.set_intentions(API, &[(WEB, "allow")]).await;
+        let mut faulted = Vec::new();
+        for (proxy, before) in [&mesh.api_proxy, &mesh.web_proxy]
+            .into_iter()
+            .zip(&errors_before)
+        {
+            // The watches that got a fault (others may still hold a good blocking call).
+            let hit: Vec<String> = control_errors(proxy)
+                .await
+                .into_iter()
+                .filter(|(resource, n)| before.get(resource).is_none_or(|b| n > b))
+                .map(|(resource, _)| resource)
+                .collect();
+            eventually(
+                "every faulted watch answered since the fault ended",
+                Duration::from_secs(30),
+                || async {
+                    let metrics = proxy.admin().metrics().await?;
+                    let stale: Vec<_> = metrics
+                        .samples_below(LAST_UPDATE, healed_at)
+                        .into_iter()
+                        .filter(|labels| labels.get("resource").is_some_and(|r| hit.contains(r)))
+                        .collect();
+                    anyhow::ensure!(stale.is_empty(), "not yet updated: {stale:?}");
+                    Ok(())
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{fault:?}: the sidecars resync within 30 s: {e:#}"));
+            faulted.extend(hit);
+        }
+        assert!(
+            faulted.iter().any(|r| r == "intentions") && faulted.iter().any(|r| r == "leaf"),
+            "{fault:?}: the fault reached the intentions and leaf watches: {faulted:?}"
+        );
+        eprintln!(
+            "{fault:?}: every watch in sync {:?} after the fault ended",
+            healed.elapsed()
+        );
+        mesh.api_presents_the_agents_leaf(SETUP)
+            .await
+            .expect("the leaf issued during the fault is in force");
+    }
+    traffic.stop().await.assert_none_failed("agent faults");
+
+    mesh.agent.set_intentions(API, &[(WEB, "deny")]).await;
+    eventually("a deny applies after the faults", APPLIES_WITHIN, || {
+        mesh.call_fails()
+    })
+    .await
+    .expect("the sidecars follow the agent again");
 }
