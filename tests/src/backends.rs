@@ -97,7 +97,15 @@ struct TcpStats {
 
 impl TcpEcho {
     pub async fn start() -> TcpEcho {
-        let listener = bind_loopback().await;
+        TcpEcho::serve(bind_loopback().await)
+    }
+
+    /// On a given address (an app restarting on its port); fails if it is taken.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<TcpEcho> {
+        Ok(TcpEcho::serve(TcpListener::bind(addr).await?))
+    }
+
+    fn serve(listener: TcpListener) -> TcpEcho {
         let addr = listener.local_addr().expect("echo listener address");
         let stats = Arc::new(TcpStats::default());
         let shared = stats.clone();
