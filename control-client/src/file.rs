@@ -64,10 +64,11 @@ struct RawInbound {
     bind: SocketAddr,
     local_app: toml::Spanned<String>,
     #[serde(default = "tcp")]
-    protocol: toml::Spanned<Protocol>,
+    protocol: Protocol,
     intentions: Option<PathBuf>,
     handshake_timeout_ms: Option<u64>,
     local_connect_timeout_ms: Option<u64>,
+    local_request_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,14 +78,15 @@ struct RawUpstream {
     bind: SocketAddr,
     endpoints: Vec<toml::Spanned<String>>,
     #[serde(default = "tcp")]
-    protocol: toml::Spanned<Protocol>,
+    protocol: Protocol,
     datacenter: Option<String>,
     namespace: Option<String>,
     connect_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
 }
 
-fn tcp() -> toml::Spanned<Protocol> {
-    toml::Spanned::new(0..0, Protocol::Tcp)
+fn tcp() -> Protocol {
+    Protocol::Tcp
 }
 
 /// A config file error, spelled `file:line:column: key: message`.
@@ -132,6 +134,7 @@ struct UpstreamSpec {
     bind: SocketAddr,
     protocol: Protocol,
     connect_timeout: Duration,
+    request_timeout: Option<Duration>,
     endpoints: Vec<String>,
     datacenter: Option<String>,
     namespace: Option<String>,
@@ -187,15 +190,13 @@ impl StaticConfig {
         let dir = path.parent().unwrap_or(Path::new("."));
         let inbound = match raw.inbound {
             Some(ib) => {
-                check_l4(&ib.protocol, "inbound.protocol")
-                    .map_err(|m| err_at(Some(ib.protocol.span()), "inbound.protocol", m))?;
                 check_host_port(ib.local_app.get_ref())
                     .map_err(|m| err_at(Some(ib.local_app.span()), "inbound.local_app", m))?;
                 Some((
                     InboundConfig {
                         bind: ib.bind,
                         local_app: ib.local_app.into_inner(),
-                        protocol: *ib.protocol.get_ref(),
+                        protocol: ib.protocol,
                         handshake_timeout: Duration::from_millis(
                             ib.handshake_timeout_ms
                                 .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS),
@@ -203,6 +204,9 @@ impl StaticConfig {
                         local_connect_timeout: Duration::from_millis(
                             ib.local_connect_timeout_ms
                                 .unwrap_or(DEFAULT_LOCAL_CONNECT_TIMEOUT_MS),
+                        ),
+                        local_request_timeout: model::request_timeout_ms(
+                            ib.local_request_timeout_ms,
                         ),
                     },
                     ib.intentions.map(|p| dir.join(p)),
@@ -214,8 +218,6 @@ impl StaticConfig {
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
         for (i, up) in raw.upstreams.into_iter().enumerate() {
             let key = |k: &str| format!("upstreams[{i}].{k}");
-            check_l4(&up.protocol, &key("protocol"))
-                .map_err(|m| err_at(Some(up.protocol.span()), &key("protocol"), m))?;
             if up.name.get_ref().is_empty() {
                 return Err(err_at(
                     Some(up.name.span()),
@@ -237,10 +239,11 @@ impl StaticConfig {
             upstreams.push(UpstreamSpec {
                 name: up.name.into_inner(),
                 bind: up.bind,
-                protocol: *up.protocol.get_ref(),
+                protocol: up.protocol,
                 connect_timeout: Duration::from_millis(
                     up.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
                 ),
+                request_timeout: model::request_timeout_ms(up.request_timeout_ms),
                 endpoints: up.endpoints.into_iter().map(|e| e.into_inner()).collect(),
                 datacenter: up.datacenter,
                 namespace: up.namespace,
@@ -279,16 +282,6 @@ impl StaticConfig {
             inbound,
             upstreams,
         })
-    }
-}
-
-fn check_l4(protocol: &toml::Spanned<Protocol>, key: &str) -> Result<(), String> {
-    match protocol.get_ref() {
-        Protocol::Tcp => Ok(()),
-        other => Err(format!(
-            "{key} = {:?}: only \"tcp\" is supported by this version",
-            format!("{other:?}").to_lowercase()
-        )),
     }
 }
 
@@ -541,6 +534,7 @@ impl FileSource {
                     bind: up.bind,
                     protocol: up.protocol,
                     connect_timeout: up.connect_timeout,
+                    request_timeout: up.request_timeout,
                     endpoints: up
                         .endpoints
                         .iter()
@@ -629,6 +623,29 @@ endpoints = ["127.0.0.1:21001"]
         assert_eq!(ib.handshake_timeout, Duration::from_secs(10));
         assert_eq!(cfg.upstreams[0].connect_timeout, Duration::from_secs(5));
         assert_eq!(cfg.default_action.action, Action::Deny);
+        assert_eq!(ib.local_request_timeout, Some(Duration::from_secs(15)));
+    }
+
+    #[test]
+    fn http_listeners_take_request_timeouts_where_zero_is_none() {
+        let text = GOOD
+            .replace(
+                "protocol = \"tcp\"",
+                "protocol = \"grpc\"\nlocal_request_timeout_ms = 0",
+            )
+            .replace(
+                "endpoints = [",
+                "protocol = \"http\"\nrequest_timeout_ms = 2500\nendpoints = [",
+            );
+        let cfg = parse(&text).unwrap();
+        let ib = cfg.inbound.unwrap();
+        assert_eq!(ib.protocol, Protocol::Grpc);
+        assert_eq!(ib.local_request_timeout, None);
+        assert_eq!(cfg.upstreams[0].protocol, Protocol::Http);
+        assert_eq!(
+            cfg.upstreams[0].request_timeout,
+            Some(Duration::from_millis(2500))
+        );
     }
 
     #[test]
@@ -647,7 +664,7 @@ endpoints = ["127.0.0.1:21001"]
         assert!(e.message.contains("protocl"), "{e}");
         assert_eq!(e.line, 10, "{e}");
 
-        let e = parse(&GOOD.replace("protocol = \"tcp\"", "protocol = \"http\"")).unwrap_err();
+        let e = parse(&GOOD.replace("protocol = \"tcp\"", "protocol = \"thrift\"")).unwrap_err();
         assert_eq!((e.key.as_str(), e.line), ("inbound.protocol", 10), "{e}");
 
         let e = parse(&GOOD.replace("[\"127.0.0.1:21001\"]", "[\"nope\"]")).unwrap_err();

@@ -59,14 +59,41 @@ impl fmt::Debug for Leaf {
     }
 }
 
-/// The application protocol of a listener. Only `tcp` is proxied at L4.
+/// The application protocol of a listener: `tcp` is spliced byte for byte (L4), the
+/// others are served request by request (L7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
+    /// HTTP/1.1 or HTTP/2, whichever the client speaks.
     Http,
     Http2,
     Grpc,
+}
+
+impl Protocol {
+    /// Requests are understood, authorized one by one and measured.
+    pub fn is_http(self) -> bool {
+        self != Protocol::Tcp
+    }
+
+    /// Only HTTP/2 is spoken, on both sides of the proxy.
+    pub fn is_http2_only(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+/// How long an L7 request may wait for its response headers when nothing says
+/// otherwise: Envoy's route timeout, which Consul's `local_request_timeout_ms` inherits.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A request timeout in milliseconds where `0` means none, as Consul's keys have it.
+pub fn request_timeout_ms(ms: Option<u64>) -> Option<Duration> {
+    match ms {
+        None => Some(DEFAULT_REQUEST_TIMEOUT),
+        Some(0) => None,
+        Some(ms) => Some(Duration::from_millis(ms)),
+    }
 }
 
 /// The public mTLS listener and the application behind it.
@@ -80,6 +107,10 @@ pub struct InboundConfig {
     pub handshake_timeout: Duration,
     #[serde(serialize_with = "millis")]
     pub local_connect_timeout: Duration,
+    /// L7 only: how long the local app may take to send response headers; `None`: no
+    /// limit.
+    #[serde(serialize_with = "optional_millis")]
+    pub local_request_timeout: Option<Duration>,
 }
 
 /// One instance of an upstream service: where to dial and who must answer.
@@ -100,6 +131,10 @@ pub struct UpstreamConfig {
     pub protocol: Protocol,
     #[serde(serialize_with = "millis")]
     pub connect_timeout: Duration,
+    /// L7 only: how long the destination may take to send response headers; `None`: no
+    /// limit.
+    #[serde(serialize_with = "optional_millis")]
+    pub request_timeout: Option<Duration>,
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -248,6 +283,11 @@ fn intentions_as_text<S: serde::Serializer>(
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `0` for no limit, as in the config keys.
+fn optional_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    millis(&d.unwrap_or(Duration::ZERO), s)
 }
 
 #[cfg(test)]

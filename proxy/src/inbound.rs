@@ -4,6 +4,8 @@
 //! accept -> (handshake, bounded by the handshake timeout) -> the caller's SPIFFE ID ->
 //! L4 intention decision -> dial the local app -> splice. While the bytes flow, every
 //! intentions update re-decides the connection and closes it if it is now denied.
+//! An HTTP-family listener hands the authenticated connection to `http::inbound`
+//! instead, which decides request by request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,13 +21,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::State;
 use crate::authz;
-use crate::metrics::{self, ConnGuard, Direction, Metered};
+use crate::http::{self, inbound::LocalApp};
+use crate::metrics::{self, ConnGuard, Direction, Layer, Metered};
 use crate::splice::{Spliced, splice};
 use crate::tls::peer_identity;
 
 /// Accepts until cancelled. Established connections are not tied to the listener and
 /// outlive it.
 pub async fn serve(listener: TcpListener, state: State, cancel: CancellationToken) {
+    let app = Arc::new(LocalApp::default());
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
@@ -33,7 +37,7 @@ pub async fn serve(listener: TcpListener, state: State, cancel: CancellationToke
         };
         match accepted {
             Ok((tcp, peer)) => {
-                tokio::spawn(handle(tcp, peer, state.clone()));
+                tokio::spawn(handle(tcp, peer, state.clone(), app.clone()));
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning on the error.
@@ -44,7 +48,7 @@ pub async fn serve(listener: TcpListener, state: State, cancel: CancellationToke
     }
 }
 
-async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State) {
+async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, app: Arc<LocalApp>) {
     let mut guard = ConnGuard::new(Direction::Inbound, None, peer);
     let snapshot = state.snapshots.borrow_and_update().clone();
     let Some(inbound) = snapshot.inbound.clone() else {
@@ -80,19 +84,39 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State) {
     metrics::handshake_duration(Direction::Inbound, started);
 
     // The verifier already proved this; parse it again to know who it is.
-    let id = match tls.get_ref().1.peer_certificates().map(|c| c.first()) {
-        Some(Some(cert)) => peer_identity(cert),
-        _ => return guard.set_result("tls_error"),
+    let Some(cert) = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .cloned()
+    else {
+        return guard.set_result("tls_error");
     };
-    let Ok(id) = id else {
+    let Ok(id) = peer_identity(&cert) else {
         return guard.set_result("tls_error");
     };
     guard.set_identity(id.to_uri());
     let caller = Peer::from(&id);
 
+    if inbound.protocol.is_http() {
+        // Every request is decided on its own; the connection itself is let in.
+        guard.set_result("accepted");
+        let ours = snapshot
+            .leaf
+            .as_ref()
+            .map(|leaf| leaf.id.to_uri())
+            .unwrap_or_default();
+        let caller = http::inbound::Caller::new(caller, &id.to_uri(), &ours, &cert);
+        let tls = Metered::new(tls, guard.bytes());
+        let snapshots = state.snapshots.clone();
+        http::inbound::serve_connection(tls, inbound.protocol, caller, snapshots, app).await;
+        return;
+    }
+
     let intentions = snapshot.intentions.clone();
     let allowed = is_allowed(intentions.as_deref(), &caller);
-    metrics::authz_decision(allowed, &caller.service);
+    metrics::authz_decision(Layer::L4, allowed, &caller.service);
     if !allowed {
         tracing::debug!(%peer, caller = %id, "denied by intentions");
         guard.set_result("denied");

@@ -4,13 +4,15 @@
 //!
 //! Where things live: `tls` (SVID verification, rustls configs), `inbound` (the public
 //! mTLS listener: where a connection is authorized), `outbound` (upstream listeners),
-//! `authz` (the pure intentions decision), `listeners` (binding what the snapshot asks
+//! `authz` (the pure intentions decision), `http` (L7: request-by-request
+//! serving, both directions), `listeners` (binding what the snapshot asks
 //! for), `admin` (`/metrics`, `/ready`, `/config`), `metrics` (names and the
 //! per-connection guard), `splice` (moving bytes).
 
 pub mod admin;
 pub mod authz;
 pub mod demo;
+pub mod http;
 pub mod inbound;
 pub mod listeners;
 pub mod metrics;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrule_control::model::{Protocol, Snapshot};
+use ferrule_control::model::Snapshot;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -53,12 +53,7 @@ impl Listeners {
                 self.inbound = None;
                 match TcpListener::bind(ib.bind).await {
                     Ok(listener) => {
-                        tracing::info!(addr = %ib.bind, "inbound listener bound");
-                        if ib.protocol != Protocol::Tcp {
-                            // Per-request authorization is not built yet: connections are
-                            // decided at L4, where an intention with Permissions denies.
-                            tracing::warn!(protocol = ?ib.protocol, "HTTP protocols are proxied at L4 by this version");
-                        }
+                        tracing::info!(addr = %ib.bind, protocol = ?ib.protocol, "inbound listener bound");
                         let cancel = CancellationToken::new();
                         tokio::spawn(inbound::serve(listener, state.clone(), cancel.clone()));
                         self.inbound = Some(Bound {

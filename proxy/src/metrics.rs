@@ -18,6 +18,8 @@ pub const AUTHZ_DECISIONS: &str = "ferrule_authz_decisions_total";
 pub const AUTHZ_TERMINATIONS: &str = "ferrule_authz_terminations_total";
 pub const TLS_HANDSHAKE_DURATION: &str = "ferrule_tls_handshake_duration_seconds";
 pub const LEAF_EXPIRY: &str = "ferrule_leaf_cert_expiry_timestamp_seconds";
+pub const HTTP_REQUESTS: &str = "ferrule_http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "ferrule_http_request_duration_seconds";
 
 /// Installs the global recorder and returns the handle `/metrics` renders from.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
@@ -45,16 +47,48 @@ impl Direction {
     }
 }
 
-/// Records an L4 authorization decision at the moment it is made.
-pub fn authz_decision(allowed: bool, source: &str) {
+/// Which question an authorization decision answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    /// May this connection be forwarded at all.
+    L4,
+    /// May this HTTP request be forwarded.
+    L7,
+}
+
+/// Records an authorization decision at the moment it is made.
+pub fn authz_decision(layer: Layer, allowed: bool, source: &str) {
+    let layer = match layer {
+        Layer::L4 => "l4",
+        Layer::L7 => "l7",
+    };
     let decision = if allowed { "allow" } else { "deny" };
-    counter!(AUTHZ_DECISIONS, "layer" => "l4", "decision" => decision, "source" => source.to_owned())
+    counter!(AUTHZ_DECISIONS, "layer" => layer, "decision" => decision, "source" => source.to_owned())
         .increment(1);
+}
+
+/// Records one finished HTTP request: its status class (`0xx` when no response was
+/// sent) and how long it took.
+pub fn http_request(direction: Direction, status: u16, started: Instant) {
+    const CLASSES: [&str; 6] = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
+    let class = CLASSES
+        .get(usize::from(status / 100))
+        .copied()
+        .unwrap_or("0xx");
+    counter!(HTTP_REQUESTS, "direction" => direction.as_str(), "status" => class).increment(1);
+    histogram!(HTTP_REQUEST_DURATION, "direction" => direction.as_str())
+        .record(started.elapsed().as_secs_f64());
 }
 
 /// Records a live connection closed because intentions now deny it.
 pub fn authz_termination(source: &str) {
     counter!(AUTHZ_TERMINATIONS, "source" => source.to_owned()).increment(1);
+}
+
+/// Counts one outbound dial attempt (or a request that found no endpoint to dial).
+pub fn outbound_attempt(upstream: &str, result: &'static str) {
+    counter!(OUTBOUND_CONNECTIONS, "upstream" => upstream.to_owned(), "result" => result)
+        .increment(1);
 }
 
 pub fn handshake_duration(direction: Direction, started: Instant) {
@@ -101,8 +135,7 @@ impl ConnGuard {
     /// endpoint tried, and the last one is what its log line reports.
     pub fn attempt(&mut self, result: &'static str) {
         self.result = Some(result);
-        let upstream = self.upstream.clone().unwrap_or_default();
-        counter!(OUTBOUND_CONNECTIONS, "upstream" => upstream, "result" => result).increment(1);
+        outbound_attempt(self.upstream.as_deref().unwrap_or_default(), result);
     }
 
     pub fn set_identity(&mut self, identity: String) {

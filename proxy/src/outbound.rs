@@ -4,13 +4,14 @@
 //! accept -> pick endpoints round robin -> for each until one works: TCP connect and
 //! handshake within the connect timeout, server SVID must be exactly the endpoint's
 //! expected identity -> splice. No endpoint left: the app's connection is closed.
+//! An HTTP-family upstream hands each app connection to `http::outbound` instead.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ferrule_control::model::{Endpoint, UpstreamConfig};
+use ferrule_control::model::{Endpoint, Protocol, UpstreamConfig};
 use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
@@ -18,6 +19,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::State;
+use crate::http::{self, outbound::MeshPool};
 use crate::metrics::{self, ConnGuard, Direction, Metered};
 use crate::splice::splice;
 use crate::tls::{TlsState, is_identity_mismatch};
@@ -25,6 +27,7 @@ use crate::tls::{TlsState, is_identity_mismatch};
 /// Accepts for the upstream `name` until cancelled.
 pub async fn serve(listener: TcpListener, name: String, state: State, cancel: CancellationToken) {
     let next = Arc::new(AtomicUsize::new(0));
+    let pool = Arc::new(MeshPool::new(name.clone()));
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
@@ -32,7 +35,25 @@ pub async fn serve(listener: TcpListener, name: String, state: State, cancel: Ca
         };
         match accepted {
             Ok((app, peer)) => {
-                tokio::spawn(handle(app, peer, name.clone(), state.clone(), next.clone()));
+                let protocol = state
+                    .snapshots
+                    .borrow()
+                    .upstreams
+                    .iter()
+                    .find(|u| u.name == name)
+                    .map_or(Protocol::Tcp, |u| u.protocol);
+                if protocol.is_http() {
+                    let _ = app.set_nodelay(true);
+                    let served = http::outbound::serve_connection(
+                        app,
+                        protocol,
+                        pool.clone(),
+                        state.clone(),
+                    );
+                    tokio::spawn(served);
+                } else {
+                    tokio::spawn(handle(app, peer, name.clone(), state.clone(), next.clone()));
+                }
             }
             Err(e) => {
                 tracing::warn!(upstream = %name, error = %e, "upstream accept failed");
@@ -84,12 +105,12 @@ async fn handle(
 
 /// TCP connect and mTLS handshake, both within the upstream's connect timeout.
 /// Errors are the metric label.
-async fn dial(
+pub(crate) async fn dial(
     endpoint: &Endpoint,
     tls: &TlsState,
     upstream: &UpstreamConfig,
 ) -> Result<TlsStream<TcpStream>, &'static str> {
-    let Some(config) = tls.client_for(&endpoint.identity) else {
+    let Some(config) = tls.client_for(&endpoint.identity, upstream.protocol) else {
         // No leaf or bundle yet: fail closed.
         return Err("tls_error");
     };

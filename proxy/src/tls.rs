@@ -16,7 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use ferrule_control::identity::ServiceId;
-use ferrule_control::model::{Leaf, Snapshot, TrustBundle};
+use ferrule_control::model::{Leaf, Protocol, Snapshot, TrustBundle};
 use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -272,19 +272,48 @@ impl ResolvesClientCert for OurLeaf {
     }
 }
 
+/// The ALPN protocols a listener of this protocol speaks, most preferred first: none for
+/// TCP (the bytes are the app's business), both HTTP versions for `http`, and only
+/// HTTP/2 for `http2` and `grpc`.
+fn alpn(protocol: Protocol) -> Vec<Vec<u8>> {
+    match protocol {
+        Protocol::Tcp => Vec::new(),
+        Protocol::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        Protocol::Http2 | Protocol::Grpc => vec![b"h2".to_vec()],
+    }
+}
+
+/// A client config is per expected identity, and per layer: L7 upstreams carry their
+/// requests over HTTP/2 and say so in ALPN, L4 ones offer nothing.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    expected: ServiceId,
+    http2: bool,
+}
+
 /// The rustls configs for one (leaf, bundle) pair. Absent pieces mean no handshakes:
 /// we fail closed until identity and roots are loaded.
 #[derive(Default)]
 pub struct TlsState {
     inputs: Option<(Arc<Leaf>, Arc<TrustBundle>)>,
+    server_alpn: Vec<Vec<u8>>,
     pub server: Option<Arc<ServerConfig>>,
-    clients: HashMap<ServiceId, Arc<ClientConfig>>,
+    clients: HashMap<ClientKey, Arc<ClientConfig>>,
 }
 
 impl TlsState {
-    /// The client config that dials `expected`, if we have one.
-    pub fn client_for(&self, expected: &ServiceId) -> Option<Arc<ClientConfig>> {
-        self.clients.get(expected).cloned()
+    /// The client config that dials `expected` for an upstream of `protocol`, if we
+    /// have one.
+    pub fn client_for(
+        &self,
+        expected: &ServiceId,
+        protocol: Protocol,
+    ) -> Option<Arc<ClientConfig>> {
+        let key = ClientKey {
+            expected: expected.clone(),
+            http2: protocol.is_http(),
+        };
+        self.clients.get(&key).cloned()
     }
 
     /// Builds the configs for a snapshot, reusing `prev` when nothing TLS-relevant
@@ -301,41 +330,52 @@ impl TlsState {
             .inputs
             .as_ref()
             .is_some_and(|(l, b)| Arc::ptr_eq(l, leaf) && Arc::ptr_eq(b, bundle));
-        let wanted: Vec<&ServiceId> = snapshot
+        let server_alpn = snapshot
+            .inbound
+            .as_ref()
+            .map_or_else(Vec::new, |ib| alpn(ib.protocol));
+        let wanted: Vec<ClientKey> = snapshot
             .upstreams
             .iter()
-            .flat_map(|u| u.endpoints.iter().map(|e| &e.identity))
+            .flat_map(|u| {
+                u.endpoints.iter().map(|e| ClientKey {
+                    expected: e.identity.clone(),
+                    http2: u.protocol.is_http(),
+                })
+            })
             .collect();
         if same_inputs
+            && server_alpn == prev.server_alpn
             && wanted.len() == prev.clients.len()
-            && wanted.iter().all(|id| prev.clients.contains_key(id))
+            && wanted.iter().all(|key| prev.clients.contains_key(key))
         {
             return prev.clone();
         }
 
         let anchors = Arc::new(Anchors::new(bundle, provider));
         let resolver = Arc::new(OurLeaf(leaf.key.clone()));
-        let server = server_config(&anchors, resolver.clone(), provider);
+        let server = server_config(&anchors, resolver.clone(), provider, &server_alpn);
         let mut clients = HashMap::new();
-        for id in wanted {
-            if clients.contains_key(id) {
+        for key in wanted {
+            if clients.contains_key(&key) {
                 continue;
             }
             let reuse = if same_inputs {
-                prev.clients.get(id).cloned()
+                prev.clients.get(&key).cloned()
             } else {
                 None
             };
             let config = match reuse {
                 Some(c) => Some(c),
-                None => client_config(&anchors, id, resolver.clone(), provider),
+                None => client_config(&anchors, &key, resolver.clone(), provider),
             };
             if let Some(config) = config {
-                clients.insert(id.clone(), config);
+                clients.insert(key, config);
             }
         }
         Arc::new(TlsState {
             inputs: Some((leaf.clone(), bundle.clone())),
+            server_alpn,
             server,
             clients,
         })
@@ -346,16 +386,19 @@ fn server_config(
     anchors: &Arc<Anchors>,
     resolver: Arc<OurLeaf>,
     provider: &Arc<CryptoProvider>,
+    alpn: &[Vec<u8>],
 ) -> Option<Arc<ServerConfig>> {
     let verifier = Arc::new(ClientSvidVerifier(anchors.clone()));
     match ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(rustls::ALL_VERSIONS)
     {
-        Ok(builder) => Some(Arc::new(
-            builder
+        Ok(builder) => {
+            let mut config = builder
                 .with_client_cert_verifier(verifier)
-                .with_cert_resolver(resolver),
-        )),
+                .with_cert_resolver(resolver);
+            config.alpn_protocols = alpn.to_vec();
+            Some(Arc::new(config))
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot build the inbound TLS config");
             None
@@ -365,13 +408,13 @@ fn server_config(
 
 fn client_config(
     anchors: &Arc<Anchors>,
-    expected: &ServiceId,
+    key: &ClientKey,
     resolver: Arc<OurLeaf>,
     provider: &Arc<CryptoProvider>,
 ) -> Option<Arc<ClientConfig>> {
     let verifier = Arc::new(ServerSvidVerifier {
         anchors: anchors.clone(),
-        expected: expected.clone(),
+        expected: key.expected.clone(),
     });
     match ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(rustls::ALL_VERSIONS)
@@ -384,6 +427,9 @@ fn client_config(
             // Consul sidecars route on nothing but the certificate; SNI would only leak
             // the address we dialed.
             config.enable_sni = false;
+            if key.http2 {
+                config.alpn_protocols = vec![b"h2".to_vec()];
+            }
             Some(Arc::new(config))
         }
         Err(e) => {

@@ -192,6 +192,7 @@ struct UpstreamSpec {
     bind: SocketAddr,
     protocol: Protocol,
     connect_timeout: Duration,
+    request_timeout: Option<Duration>,
 }
 
 /// What the proxy's registration says, validated.
@@ -718,6 +719,7 @@ impl Run {
                     bind: up.bind,
                     protocol: up.protocol,
                     connect_timeout: up.connect_timeout,
+                    request_timeout: up.request_timeout,
                     endpoints,
                 }
             })
@@ -963,6 +965,10 @@ fn registration(svc: &AgentService) -> Result<Registration, String> {
                     "local_connect_timeout_ms",
                     DEFAULT_LOCAL_CONNECT_TIMEOUT_MS,
                 ),
+                local_request_timeout: model::request_timeout_ms(config_u64(
+                    config,
+                    "local_request_timeout_ms",
+                )),
             })
         }
     };
@@ -1027,6 +1033,10 @@ fn registration(svc: &AgentService) -> Result<Registration, String> {
             bind,
             protocol: protocol(&up.config, name),
             connect_timeout: millis(&up.config, "connect_timeout_ms", DEFAULT_CONNECT_TIMEOUT_MS),
+            request_timeout: model::request_timeout_ms(config_u64(
+                &up.config,
+                "request_timeout_ms",
+            )),
         });
     }
 

@@ -1,0 +1,232 @@
+//! The public listener's L7 side: after the mTLS handshake, each HTTP request from the
+//! caller is authorized on its own and forwarded to the local app.
+//!
+//! Per request: normalize the path -> set `X-Forwarded-Client-Cert` -> decide with the
+//! newest intentions (so an update applies to the next request on every open
+//! connection) -> 403 / gRPC PERMISSION_DENIED, or forward over the pooled client to
+//! the app. The connection stays up after a denial.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrule_control::intentions::Peer;
+use ferrule_control::model::{InboundConfig, Protocol, Snapshot};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use super::{
+    DENIED_BODY, RequestGuard, ResponseBody, XFCC, is_grpc, local_reply, rebuild_uri,
+    requested_authority, strip_hop_by_hop,
+};
+use crate::authz;
+use crate::metrics::{self, Direction, Layer};
+
+/// How long a client may take to send a request's headers on HTTP/1.1.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an idle pooled connection to the app is kept.
+const APP_POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// Who is calling on one mTLS connection, worked out once at the handshake.
+pub struct Caller {
+    pub peer: Peer,
+    /// `By=<our ID>;Hash=<SHA-256 of the caller's certificate>;URI=<the caller's ID>`.
+    pub xfcc: HeaderValue,
+}
+
+impl Caller {
+    pub fn new(peer: Peer, caller_uri: &str, our_uri: &str, caller_cert_der: &[u8]) -> Caller {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, caller_cert_der);
+        let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let value = format!("By={our_uri};Hash={hash};URI={caller_uri}");
+        // SPIFFE IDs are URIs and the hash is hex: the value is always a valid header.
+        let xfcc = HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""));
+        Caller { peer, xfcc }
+    }
+}
+
+type AppClient = Client<HttpConnector, Incoming>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct AppKey {
+    http2: bool,
+    connect_timeout: Duration,
+}
+
+/// The pooled client to the local app, shared by every connection of one listener.
+/// Rebuilt only when the protocol or the connect timeout changes; a new app address
+/// needs nothing, as each request names it.
+#[derive(Default)]
+pub struct LocalApp {
+    cached: Mutex<Option<(AppKey, AppClient)>>,
+}
+
+impl LocalApp {
+    fn client(&self, inbound: &InboundConfig) -> AppClient {
+        let key = AppKey {
+            http2: inbound.protocol.is_http2_only(),
+            connect_timeout: inbound.local_connect_timeout,
+        };
+        let mut cached = self.cached.lock();
+        match &*cached {
+            Some((k, client)) if *k == key => client.clone(),
+            _ => {
+                let client = app_client(key);
+                *cached = Some((key, client.clone()));
+                client
+            }
+        }
+    }
+}
+
+fn app_client(key: AppKey) -> AppClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(key.connect_timeout));
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(APP_POOL_IDLE)
+        .http2_only(key.http2);
+    builder.build(connector)
+}
+
+struct Connection {
+    caller: Caller,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    app: Arc<LocalApp>,
+}
+
+/// Serves HTTP on one authenticated connection until the caller closes it. For `http`
+/// the caller may speak HTTP/1.1 or HTTP/2 (told apart by the connection preface, as
+/// ALPN chose); `http2` and `grpc` speak only HTTP/2.
+pub async fn serve_connection<S>(
+    stream: S,
+    protocol: Protocol,
+    caller: Caller,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    app: Arc<LocalApp>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(Connection {
+        caller,
+        snapshots,
+        app,
+    });
+    let service = service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(req, &conn).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if protocol.is_http2_only() {
+        builder = builder.http2_only();
+    }
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().adaptive_window(true);
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "inbound HTTP connection ended with an error");
+    }
+}
+
+async fn handle(mut req: Request<Incoming>, conn: &Connection) -> Response<ResponseBody> {
+    let guard = RequestGuard::new(Direction::Inbound, &req);
+    let grpc = is_grpc(&req);
+    let snapshot = conn.snapshots.borrow().clone();
+    let Some(inbound) = snapshot.inbound.as_ref() else {
+        return guard.respond(local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no inbound configuration",
+            grpc,
+        ));
+    };
+    let uri = match rebuild_uri(req.uri(), "http", &inbound.local_app) {
+        Ok(uri) => uri,
+        Err(e) => {
+            tracing::debug!(error = %e, "inbound request refused");
+            return guard.respond(local_reply(
+                StatusCode::BAD_REQUEST,
+                "bad request path",
+                grpc,
+            ));
+        }
+    };
+
+    // What the rules see is what the app will get: our client certificate header, and
+    // the authority as `Host` whichever HTTP version carried it.
+    let authority = requested_authority(&req);
+    let headers = req.headers_mut();
+    headers.insert(XFCC, conn.caller.xfcc.clone());
+    if let Some(host) = authority
+        .as_deref()
+        .and_then(|a| HeaderValue::from_str(a).ok())
+    {
+        headers.insert(header::HOST, host);
+    }
+    let allowed = snapshot.intentions.as_deref().is_some_and(|ixns| {
+        let request = authz::Request {
+            method: req.method().as_str(),
+            path: uri.path(),
+            headers: req.headers(),
+        };
+        authz::decide(ixns, &conn.caller.peer, Some(&request)).allowed
+    });
+    metrics::authz_decision(Layer::L7, allowed, &conn.caller.peer.service);
+    if !allowed {
+        tracing::debug!(caller = %conn.caller.peer.service, path = uri.path(), "request denied by intentions");
+        return guard.respond(local_reply(StatusCode::FORBIDDEN, DENIED_BODY, grpc));
+    }
+
+    *req.uri_mut() = uri;
+    strip_hop_by_hop(req.headers_mut());
+    if inbound.protocol.is_http2_only() {
+        // `:authority` names the app; a `Host` that differed would break HTTP/2's rule.
+        req.headers_mut().remove(header::HOST);
+        *req.version_mut() = Version::HTTP_2;
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+    }
+    let sent = conn.app.client(inbound).request(req);
+    let answered = match inbound.local_request_timeout {
+        Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
+        None => Some(sent.await),
+    };
+    match answered {
+        Some(Ok(mut response)) => {
+            strip_hop_by_hop(response.headers_mut());
+            guard.respond(response.map(Either::Left))
+        }
+        Some(Err(e)) => {
+            tracing::warn!(app = %inbound.local_app, error = %e, "local app request failed");
+            guard.respond(local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error",
+                grpc,
+            ))
+        }
+        None => {
+            tracing::warn!(app = %inbound.local_app, "local app did not answer in time");
+            guard.respond(local_reply(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout",
+                grpc,
+            ))
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! An HTTP-family upstream listener: the app's requests, carried to the destination's
+//! sidecars over a pool of mTLS HTTP/2 connections.
+//!
+//! The app may speak HTTP/1.1 or HTTP/2 with prior knowledge (`http`), or only HTTP/2
+//! (`http2`, `grpc`). Each request gets a normalized path, loses the headers that only
+//! describe its hop and any client-certificate header the app made up, and goes to the
+//! next endpoint round robin, over that endpoint's one multiplexed connection: many app
+//! connections, even `Connection: close` ones, share few TLS handshakes. A dial that
+//! fails, or a pooled connection that closed before the request went out, moves the
+//! request on to the next endpoint; a request that was sent is never replayed.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ferrule_control::identity::ServiceId;
+use ferrule_control::model::{Endpoint, Protocol, UpstreamConfig};
+use http::header;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+
+use super::inbound::HEADER_READ_TIMEOUT;
+use super::{
+    RequestGuard, ResponseBody, XFCC, is_grpc, local_reply, rebuild_uri, requested_authority,
+    strip_hop_by_hop,
+};
+use crate::State;
+use crate::metrics::{self, ConnGuard, Direction, Metered};
+use crate::outbound::dial;
+use crate::tls::TlsState;
+
+/// A pooled connection that has been silent this long is pinged, and closed if the
+/// ping goes unanswered for `KEEPALIVE_TIMEOUT`: a black-holed endpoint is noticed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Sender = http2::SendRequest<Incoming>;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct SlotKey {
+    addr: String,
+    identity: ServiceId,
+}
+
+/// The connection to one endpoint, if open. The async lock makes concurrent requests
+/// wait for one dial instead of each dialing its own.
+type Slot = Arc<tokio::sync::Mutex<Option<Sender>>>;
+
+/// The mesh connections of one upstream listener, one per endpoint.
+pub struct MeshPool {
+    upstream: String,
+    next: AtomicUsize,
+    slots: Mutex<HashMap<SlotKey, Slot>>,
+}
+
+impl MeshPool {
+    pub fn new(upstream: String) -> MeshPool {
+        MeshPool {
+            upstream,
+            next: AtomicUsize::new(0),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, endpoint: &Endpoint) -> Slot {
+        let key = SlotKey {
+            addr: endpoint.addr.clone(),
+            identity: endpoint.identity.clone(),
+        };
+        self.slots.lock().entry(key).or_default().clone()
+    }
+
+    /// The open connection to `endpoint`, dialed now if there is none.
+    async fn sender(
+        &self,
+        endpoint: &Endpoint,
+        upstream: &UpstreamConfig,
+        tls: &TlsState,
+    ) -> Option<Sender> {
+        let slot = self.slot(endpoint);
+        let mut open = slot.lock().await;
+        if let Some(sender) = open.as_ref().filter(|s| !s.is_closed()) {
+            return Some(sender.clone());
+        }
+        *open = None;
+        // Endpoints that left the upstream lose their connections (they close once
+        // their last request is done).
+        self.slots.lock().retain(|key, _| {
+            upstream
+                .endpoints
+                .iter()
+                .any(|e| e.addr == key.addr && e.identity == key.identity)
+        });
+        let peer = endpoint
+            .addr
+            .parse()
+            .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+        let mut guard = ConnGuard::new(Direction::Outbound, Some(self.upstream.clone()), peer);
+        let started = Instant::now();
+        let stream = match dial(endpoint, tls, upstream).await {
+            Ok(stream) => stream,
+            Err(result) => {
+                tracing::debug!(upstream = %self.upstream, endpoint = %endpoint.addr, result, "dial failed");
+                guard.attempt(result);
+                return None;
+            }
+        };
+        metrics::handshake_duration(Direction::Outbound, started);
+        let io = TokioIo::new(Metered::new(stream, guard.bytes()));
+        let handshake = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .handshake(io)
+            .await;
+        let (sender, connection) = match handshake {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(upstream = %self.upstream, endpoint = %endpoint.addr, error = %e, "HTTP/2 handshake failed");
+                guard.attempt("connect_error");
+                return None;
+            }
+        };
+        guard.attempt("ok");
+        guard.set_identity(endpoint.identity.to_uri());
+        tokio::spawn(async move {
+            // The guard lives as long as the connection: its gauge, bytes and log line.
+            let _guard = guard;
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "mesh HTTP/2 connection ended with an error");
+            }
+        });
+        *open = Some(sender.clone());
+        Some(sender)
+    }
+
+    /// Drops a connection that turned out to be closed.
+    async fn forget(&self, endpoint: &Endpoint) {
+        let slot = self.slot(endpoint);
+        let mut open = slot.lock().await;
+        if open.as_ref().is_some_and(|s| s.is_closed()) {
+            *open = None;
+        }
+    }
+}
+
+/// Serves one app connection until the app closes it.
+pub async fn serve_connection(
+    app: TcpStream,
+    protocol: Protocol,
+    pool: Arc<MeshPool>,
+    state: State,
+) {
+    let service = service_fn(move |req| {
+        let pool = pool.clone();
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(req, &pool, &state).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if protocol.is_http2_only() {
+        builder = builder.http2_only();
+    }
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().adaptive_window(true);
+    if let Err(e) = builder.serve_connection(TokioIo::new(app), service).await {
+        tracing::debug!(error = %e, "upstream HTTP connection ended with an error");
+    }
+}
+
+async fn handle(
+    mut req: Request<Incoming>,
+    pool: &MeshPool,
+    state: &State,
+) -> Response<ResponseBody> {
+    let guard = RequestGuard::new(Direction::Outbound, &req);
+    let grpc = is_grpc(&req);
+    let snapshot = state.snapshots.borrow().clone();
+    let tls = state.tls.borrow().clone();
+    let unavailable = |message| local_reply(StatusCode::SERVICE_UNAVAILABLE, message, grpc);
+    let Some(upstream) = snapshot.upstreams.iter().find(|u| u.name == pool.upstream) else {
+        return guard.respond(unavailable("no healthy upstream"));
+    };
+    let endpoints = &upstream.endpoints;
+    if endpoints.is_empty() {
+        metrics::outbound_attempt(&upstream.name, "no_endpoints");
+        return guard.respond(unavailable("no healthy upstream"));
+    }
+
+    let authority = requested_authority(&req).unwrap_or_else(|| upstream.name.clone());
+    match rebuild_uri(req.uri(), "https", &authority) {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(e) => {
+            tracing::debug!(upstream = %upstream.name, error = %e, "request from the app refused");
+            return guard.respond(local_reply(
+                StatusCode::BAD_REQUEST,
+                "bad request path",
+                grpc,
+            ));
+        }
+    }
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    // The authority travels as `:authority`; who the app is, the destination learns
+    // from our certificate, never from a header the app wrote.
+    headers.remove(header::HOST);
+    headers.remove(XFCC);
+    *req.version_mut() = Version::HTTP_2;
+
+    let first = pool.next.fetch_add(1, Ordering::Relaxed);
+    for i in 0..endpoints.len() {
+        let endpoint = &endpoints[(first + i) % endpoints.len()];
+        let Some(mut sender) = pool.sender(endpoint, upstream, &tls).await else {
+            continue;
+        };
+        let sent = sender.try_send_request(req);
+        let answered = match upstream.request_timeout {
+            Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
+            None => Some(sent.await),
+        };
+        match answered {
+            Some(Ok(mut response)) => {
+                strip_hop_by_hop(response.headers_mut());
+                return guard.respond(response.map(Either::Left));
+            }
+            Some(Err(mut e)) => match e.take_message() {
+                // Never sent: the pooled connection had just closed. Try the next one.
+                Some(unsent) => {
+                    req = unsent;
+                    pool.forget(endpoint).await;
+                }
+                None => {
+                    tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.addr, error = %e.error(), "request failed");
+                    return guard.respond(unavailable("upstream reset before response"));
+                }
+            },
+            None => {
+                return guard.respond(local_reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    grpc,
+                ));
+            }
+        }
+    }
+    tracing::warn!(upstream = %upstream.name, "no endpoint could be reached");
+    guard.respond(unavailable("no healthy upstream"))
+}
