@@ -1,5 +1,6 @@
-//! The local applications behind a sidecar: an HTTP echo server and a TCP echo server,
-//! both on 127.0.0.1:0, both counting what reached them. They run on the test's tokio
+//! The local applications behind a sidecar: an HTTP echo server, an HTTP recorder
+//! (HTTP/1.1 and h2c) and a TCP echo server, all on 127.0.0.1:0, all counting what
+//! reached them. They run on the test's tokio
 //! runtime and stop when dropped.
 
 use std::convert::Infallible;
@@ -79,6 +80,78 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
         Bytes::from_static(GET_BODY.as_bytes())
     };
     Ok(Response::new(Full::new(body)))
+}
+
+/// One request as the application received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query, exactly as they arrived.
+    pub path: String,
+    pub version: hyper::Version,
+    pub headers: hyper::HeaderMap,
+}
+
+/// Records every request and answers it 200 with its path and query as the body.
+/// Speaks HTTP/1.1 and HTTP/2 with prior knowledge, as an app behind an `http`,
+/// `http2` or `grpc` sidecar may.
+pub struct HttpRecorder {
+    addr: SocketAddr,
+    seen: Arc<parking_lot::Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl HttpRecorder {
+    pub async fn start() -> HttpRecorder {
+        let listener = bind_loopback().await;
+        let addr = listener.local_addr().expect("recorder listener address");
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(accept_loop(listener, move |tcp| {
+            let log = log.clone();
+            async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let path = req
+                        .uri()
+                        .path_and_query()
+                        .map_or_else(String::new, |p| p.to_string());
+                    log.lock().push(Seen {
+                        method: req.method().to_string(),
+                        path: path.clone(),
+                        version: req.version(),
+                        headers: req.headers().clone(),
+                    });
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(path)))) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+            }
+        }));
+        HttpRecorder { addr, seen, task }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every request received so far, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().clone()
+    }
+
+    /// How many requests were received so far.
+    pub fn count(&self) -> usize {
+        self.seen.lock().len()
+    }
+}
+
+impl Drop for HttpRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Echoes every byte back and counts connections and bytes, so a test can prove that

@@ -95,6 +95,8 @@ async fn run(mut command: Command, stdin: &[u8]) -> anyhow::Result<ProcessOutput
 pub struct CurlResponse {
     pub exit_code: Option<i32>,
     pub http_code: u16,
+    /// The HTTP version of the response as curl names it (`1.1`, `2`), or `0`.
+    pub http_version: String,
     pub body: Vec<u8>,
     pub stderr: String,
 }
@@ -114,14 +116,23 @@ pub async fn curl(url: &str, extra_args: &[&str]) -> anyhow::Result<CurlResponse
     let body_path = out_dir.path().join("body");
     let mut command = Command::new("curl");
     command
-        .args(["-sS", "--max-time", "20", "-w", "%{http_code}", "-o"])
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "%{http_code} %{http_version}",
+            "-o",
+        ])
         .arg(&body_path)
         .args(extra_args)
         .arg(url);
     let output = run(command, b"").await?;
+    let mut written = output.stdout.split_whitespace();
     Ok(CurlResponse {
         exit_code: output.exit_code,
-        http_code: output.stdout.trim().parse().unwrap_or(0),
+        http_code: written.next().and_then(|c| c.parse().ok()).unwrap_or(0),
+        http_version: written.next().unwrap_or_default().to_owned(),
         body: std::fs::read(&body_path).unwrap_or_default(),
         stderr: output.stderr,
     })

@@ -116,3 +116,50 @@ impl Mesh {
         Sidecar::start(config).await
     }
 }
+
+/// `web` calling `api` at L7: `api`'s sidecar serves `protocol` in front of
+/// `local_app` under the given `service-intentions` entry, and `web`'s sidecar has an
+/// upstream `api` of the same protocol.
+pub struct L7Pair {
+    pub ca: DevCa,
+    pub web_leaf: IssuedLeaf,
+    pub api_leaf: IssuedLeaf,
+    pub api: Sidecar,
+    pub web: Sidecar,
+}
+
+impl L7Pair {
+    pub async fn start(
+        protocol: &'static str,
+        local_app: SocketAddr,
+        intentions: &serde_json::Value,
+    ) -> L7Pair {
+        let ca = DevCa::generate(None).expect("generate a development CA");
+        let api_leaf = svid(&ca, API);
+        let web_leaf = svid(&ca, WEB);
+        let api = Sidecar::start(
+            SidecarConfig::new(&ca, &api_leaf)
+                .inbound(local_app, intentions.to_string())
+                .inbound_protocol(protocol),
+        )
+        .await;
+        let web = Sidecar::start(SidecarConfig::new(&ca, &web_leaf).upstream_of(
+            API,
+            protocol,
+            &[api.inbound_addr()],
+        ))
+        .await;
+        L7Pair {
+            ca,
+            web_leaf,
+            api_leaf,
+            api,
+            web,
+        }
+    }
+
+    /// `http://<web's upstream api><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.web.upstream_addr(API))
+    }
+}

@@ -56,6 +56,7 @@ pub struct SidecarConfig {
 struct Inbound {
     local_app: SocketAddr,
     intentions_json: String,
+    protocol: &'static str,
     handshake_timeout_ms: Option<u64>,
 }
 
@@ -63,6 +64,7 @@ struct Inbound {
 struct Upstream {
     name: String,
     endpoints: Vec<SocketAddr>,
+    protocol: &'static str,
 }
 
 impl SidecarConfig {
@@ -84,8 +86,19 @@ impl SidecarConfig {
         self.inbound = Some(Inbound {
             local_app,
             intentions_json,
+            protocol: "tcp",
             handshake_timeout_ms: None,
         });
+        self
+    }
+
+    /// `inbound.protocol` (`tcp` unless set): `http`, `http2` or `grpc` for L7.
+    pub fn inbound_protocol(mut self, protocol: &'static str) -> SidecarConfig {
+        let inbound = self
+            .inbound
+            .as_mut()
+            .expect("inbound_protocol needs an inbound listener: call .inbound() first");
+        inbound.protocol = protocol;
         self
     }
 
@@ -100,10 +113,21 @@ impl SidecarConfig {
     }
 
     /// A plaintext listener for the app that carries its calls to `name` at `endpoints`.
-    pub fn upstream(mut self, name: &str, endpoints: &[SocketAddr]) -> SidecarConfig {
+    pub fn upstream(self, name: &str, endpoints: &[SocketAddr]) -> SidecarConfig {
+        self.upstream_of(name, "tcp", endpoints)
+    }
+
+    /// An upstream of the given protocol (`tcp`, `http`, `http2`, `grpc`).
+    pub fn upstream_of(
+        mut self,
+        name: &str,
+        protocol: &'static str,
+        endpoints: &[SocketAddr],
+    ) -> SidecarConfig {
         self.upstreams.push(Upstream {
             name: name.to_owned(),
             endpoints: endpoints.to_vec(),
+            protocol,
         });
         self
     }
@@ -124,7 +148,7 @@ impl SidecarConfig {
             let _ = writeln!(toml, "\n[inbound]");
             let _ = writeln!(toml, "bind = \"{bind}\"");
             let _ = writeln!(toml, "local_app = \"{}\"", inbound.local_app);
-            let _ = writeln!(toml, "protocol = \"tcp\"");
+            let _ = writeln!(toml, "protocol = {:?}", inbound.protocol);
             let _ = writeln!(toml, "intentions = {INTENTIONS_FILE:?}");
             if let Some(ms) = inbound.handshake_timeout_ms {
                 let _ = writeln!(toml, "handshake_timeout_ms = {ms}");
@@ -139,6 +163,7 @@ impl SidecarConfig {
             let _ = writeln!(toml, "\n[[upstreams]]");
             let _ = writeln!(toml, "name = {:?}", upstream.name);
             let _ = writeln!(toml, "bind = \"{bind}\"");
+            let _ = writeln!(toml, "protocol = {:?}", upstream.protocol);
             let _ = writeln!(toml, "endpoints = [{}]", endpoints.join(", "));
         }
         toml
