@@ -6,9 +6,10 @@
 //! - `binary`: builds and finds the `ferrule` binary (once per test process).
 //! - `sidecar`: a running `ferrule proxy --config` with its own directory, its
 //!   watched files, and its admin endpoints (`/ready`, `/metrics`).
-//! - `backends`: the local applications (HTTP echo, counting TCP echo).
+//! - `backends`: the local applications (HTTP echo, HTTP recorder, counting TCP echo).
 //! - `consul`: a `ferrule proxy --sidecar-for` process fed by a dev agent.
 //! - `faulty_agent`: a fault injector between a sidecar and its agent.
+//! - `grpc`: a tonic gRPC service (unary and streaming calls) and its client.
 //! - `clients`: `curl`, `openssl s_client`, and a rustls caller presenting an SVID.
 //! - `mesh`: the common set-up, a CA plus the `api` sidecar, and intentions JSON.
 //! - `metrics`: reading Prometheus text.
@@ -25,6 +26,7 @@ pub mod binary;
 pub mod clients;
 pub mod consul;
 pub mod faulty_agent;
+pub mod grpc;
 pub mod http;
 pub mod mesh;
 pub mod metrics;
