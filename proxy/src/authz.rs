@@ -450,6 +450,28 @@ mod tests {
     }
 
     #[test]
+    fn permissions_below_a_higher_precedence_l4_deny_never_apply_to_its_source() {
+        // `web -> api` deny (9) outranks `* -> api` with permissions (8).
+        let ixns = api_entry(
+            ALLOW,
+            json!([{ "Name": "web", "Action": "deny" },
+                   { "Name": "*", "Permissions": [{ "Action": "allow", "HTTP": { "PathPrefix": "/public" } }] }]),
+        );
+        let d = l7(&ixns, &web(), "GET", "/public/x", &[]);
+        assert_eq!(
+            (d.allowed, d.reason),
+            (false, Reason::MatchedL4 { allow: false })
+        );
+        assert_eq!(matched_precedence(&ixns, &d), Some(9));
+        let d = l7(&ixns, &local("default", "billing"), "GET", "/public/x", &[]);
+        assert_eq!(
+            (d.allowed, d.reason),
+            (true, Reason::MatchedPermission { index: 0 })
+        );
+        assert_eq!(matched_precedence(&ixns, &d), Some(8));
+    }
+
+    #[test]
     fn an_l4_intention_decides_every_request() {
         let ixns = api_entry(DENY, json!([{ "Name": "web", "Action": "allow" }]));
         let d = l7(&ixns, &web(), "DELETE", "/anything", &[("x", "y")]);
