@@ -92,7 +92,8 @@ pub struct Seen {
     pub headers: hyper::HeaderMap,
 }
 
-/// Records every request and answers it 200 with its path and query as the body.
+/// Records every request and answers it 200 with its path and query as the body
+/// (`/sleep/<ms>` after that many milliseconds).
 /// Speaks HTTP/1.1 and HTTP/2 with prior knowledge, as an app behind an `http`,
 /// `http2` or `grpc` sidecar may.
 pub struct HttpRecorder {
@@ -121,7 +122,17 @@ impl HttpRecorder {
                         version: req.version(),
                         headers: req.headers().clone(),
                     });
-                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(path)))) }
+                    // `/sleep/<ms>` answers that late: an app that is slow to respond.
+                    let delay = path
+                        .strip_prefix("/sleep/")
+                        .and_then(|ms| ms.parse().ok())
+                        .map(std::time::Duration::from_millis);
+                    async move {
+                        if let Some(delay) = delay {
+                            tokio::time::sleep(delay).await;
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(path))))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),

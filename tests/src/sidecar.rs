@@ -58,6 +58,7 @@ struct Inbound {
     intentions_json: String,
     protocol: &'static str,
     handshake_timeout_ms: Option<u64>,
+    local_request_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +66,7 @@ struct Upstream {
     name: String,
     endpoints: Vec<SocketAddr>,
     protocol: &'static str,
+    request_timeout_ms: Option<u64>,
 }
 
 impl SidecarConfig {
@@ -88,6 +90,7 @@ impl SidecarConfig {
             intentions_json,
             protocol: "tcp",
             handshake_timeout_ms: None,
+            local_request_timeout_ms: None,
         });
         self
     }
@@ -128,7 +131,28 @@ impl SidecarConfig {
             name: name.to_owned(),
             endpoints: endpoints.to_vec(),
             protocol,
+            request_timeout_ms: None,
         });
+        self
+    }
+
+    /// `inbound.local_request_timeout_ms` (L7).
+    pub fn local_request_timeout_ms(mut self, ms: u64) -> SidecarConfig {
+        let inbound = self
+            .inbound
+            .as_mut()
+            .expect("local_request_timeout_ms needs an inbound listener: call .inbound() first");
+        inbound.local_request_timeout_ms = Some(ms);
+        self
+    }
+
+    /// `request_timeout_ms` of the upstream added last (L7).
+    pub fn request_timeout_ms(mut self, ms: u64) -> SidecarConfig {
+        let upstream = self
+            .upstreams
+            .last_mut()
+            .expect("request_timeout_ms needs an upstream: call .upstream_of() first");
+        upstream.request_timeout_ms = Some(ms);
         self
     }
 
@@ -153,6 +177,9 @@ impl SidecarConfig {
             if let Some(ms) = inbound.handshake_timeout_ms {
                 let _ = writeln!(toml, "handshake_timeout_ms = {ms}");
             }
+            if let Some(ms) = inbound.local_request_timeout_ms {
+                let _ = writeln!(toml, "local_request_timeout_ms = {ms}");
+            }
         }
         for (upstream, (_, bind)) in self.upstreams.iter().zip(&ports.upstreams) {
             let endpoints: Vec<String> = upstream
@@ -164,6 +191,9 @@ impl SidecarConfig {
             let _ = writeln!(toml, "name = {:?}", upstream.name);
             let _ = writeln!(toml, "bind = \"{bind}\"");
             let _ = writeln!(toml, "protocol = {:?}", upstream.protocol);
+            if let Some(ms) = upstream.request_timeout_ms {
+                let _ = writeln!(toml, "request_timeout_ms = {ms}");
+            }
             let _ = writeln!(toml, "endpoints = [{}]", endpoints.join(", "));
         }
         toml

@@ -437,3 +437,77 @@ async fn an_unreachable_app_is_a_503_for_that_request_and_the_next_one_still_wor
     let (status, _) = api.ready().await.expect("api still answers /ready");
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_is_a_504_from_whichever_side_times_out_first() {
+    let backend = HttpRecorder::start().await;
+    let ca = ferrule_tests::DevCa::generate(None).expect("a CA");
+    let sleepy = json!({ "Kind": "service-intentions", "Name": API,
+        "Sources": [ { "Name": WEB, "Action": "allow" } ] });
+    let api = Sidecar::start(
+        SidecarConfig::new(&ca, &svid(&ca, API))
+            .inbound(backend.addr(), sleepy.to_string())
+            .inbound_protocol("http")
+            .local_request_timeout_ms(300),
+    )
+    .await;
+    let web = Sidecar::start(
+        SidecarConfig::new(&ca, &svid(&ca, WEB))
+            .upstream_of(API, "http", &[api.inbound_addr()])
+            .request_timeout_ms(1500),
+    )
+    .await;
+    let url = |path: &str| format!("http://{}{path}", web.upstream_addr(API));
+    assert_eq!(
+        curl(&url("/sleep/50"), &[]).await.expect("curl").http_code,
+        200
+    );
+    // api waits 300 ms for its app, then answers 504 itself.
+    let got = curl(&url("/sleep/1000"), &[]).await.expect("curl");
+    assert_eq!(got.http_code, 504, "{got:?}");
+    assert_eq!(
+        api.metric(
+            HTTP_REQUESTS,
+            &[("direction", "inbound"), ("status", "5xx")]
+        )
+        .await
+        .expect("scrape"),
+        1.0
+    );
+    // With the app's limit lifted, web's own 1.5 s limit is the one that fires.
+    let api_unlimited = Sidecar::start(
+        SidecarConfig::new(&ca, &svid(&ca, API))
+            .inbound(backend.addr(), sleepy.to_string())
+            .inbound_protocol("http")
+            .local_request_timeout_ms(0),
+    )
+    .await;
+    let web2 = Sidecar::start(
+        SidecarConfig::new(&ca, &svid(&ca, WEB))
+            .upstream_of(API, "http", &[api_unlimited.inbound_addr()])
+            .request_timeout_ms(1500),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let got = curl(
+        &format!("http://{}/sleep/4000", web2.upstream_addr(API)),
+        &[],
+    )
+    .await
+    .expect("curl");
+    assert_eq!(got.http_code, 504, "{got:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(3500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        web2.metric(
+            HTTP_REQUESTS,
+            &[("direction", "outbound"), ("status", "5xx")]
+        )
+        .await
+        .expect("scrape"),
+        1.0
+    );
+}
