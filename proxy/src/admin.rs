@@ -22,15 +22,30 @@ use tokio::sync::watch;
 /// The last snapshot the listeners were reconciled to, and whether every listener it
 /// asks for is bound. Readiness is judged on this, not on the newest snapshot, so it
 /// never runs ahead of the listeners (and never flaps while they catch up).
+/// Once draining, it stays not ready for good.
 #[derive(Clone, Default)]
-pub struct Listening(Arc<Mutex<(Arc<Snapshot>, bool)>>);
+pub struct Listening(Arc<Mutex<ListeningState>>);
+
+#[derive(Clone, Default)]
+struct ListeningState {
+    snapshot: Arc<Snapshot>,
+    all_bound: bool,
+    draining: bool,
+}
 
 impl Listening {
     pub fn set(&self, snapshot: Arc<Snapshot>, all_bound: bool) {
-        *self.0.lock() = (snapshot, all_bound);
+        let mut state = self.0.lock();
+        state.snapshot = snapshot;
+        state.all_bound = all_bound;
     }
 
-    fn get(&self) -> (Arc<Snapshot>, bool) {
+    /// The process is shutting down: load balancers and health checks must look away.
+    pub fn drain(&self) {
+        self.0.lock().draining = true;
+    }
+
+    fn get(&self) -> ListeningState {
         self.0.lock().clone()
     }
 }
@@ -83,9 +98,11 @@ fn route(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             resp
         }
         "/ready" => {
-            let (snapshot, all_bound) = admin.listening.get();
-            let missing = missing(&snapshot, all_bound);
-            if missing.is_empty() {
+            let state = admin.listening.get();
+            let missing = missing(&state.snapshot, state.all_bound);
+            if state.draining {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+            } else if missing.is_empty() {
                 text(StatusCode::OK, "ready\n".into())
             } else {
                 let body = format!("not ready: waiting for {}\n", missing.join(", "));

@@ -29,6 +29,8 @@ use tokio_util::task::TaskTracker;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const GREETING: &str = "hello from api";
+/// The demo stops its callers before its sidecars: nothing is left to drain for long.
+const DEMO_DRAIN: Duration = Duration::from_secs(2);
 
 /// Runs the demo until `duration` has passed (or forever) or Ctrl-C.
 pub async fn run(duration: Option<Duration>, metrics: PrometheusHandle) -> anyhow::Result<()> {
@@ -268,7 +270,9 @@ async fn start_sidecar(
     let stop = stop.clone();
     sidecars.spawn(async move {
         let shutdown = async move { stop.cancelled().await };
-        if let Err(e) = crate::serve(admin, snapshots, metrics, provider, shutdown).await {
+        if let Err(e) =
+            crate::serve(admin, snapshots, metrics, provider, shutdown, DEMO_DRAIN).await
+        {
             eprintln!("ferrule demo: a sidecar stopped: {e:#}");
         }
     });

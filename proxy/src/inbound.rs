@@ -37,7 +37,9 @@ pub async fn serve(listener: TcpListener, state: State, cancel: CancellationToke
         };
         match accepted {
             Ok((tcp, peer)) => {
-                tokio::spawn(handle(tcp, peer, state.clone(), app.clone()));
+                state
+                    .connections
+                    .spawn(handle(tcp, peer, state.clone(), app.clone()));
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning on the error.
@@ -110,7 +112,9 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, app: Arc<Loc
         let caller = http::inbound::Caller::new(caller, &id.to_uri(), &ours, &cert);
         let tls = Metered::new(tls, guard.bytes());
         let snapshots = state.snapshots.clone();
-        http::inbound::serve_connection(tls, inbound.protocol, caller, snapshots, app).await;
+        let draining = state.draining.clone();
+        http::inbound::serve_connection(tls, inbound.protocol, caller, snapshots, app, draining)
+            .await;
         return;
     }
 

@@ -22,22 +22,27 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferrule_control::model::Snapshot;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rustls::crypto::CryptoProvider;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_util::task::AbortOnDropHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::tls::TlsState;
 
 /// What every connection task reads: the newest snapshot and the TLS configs built
-/// from it. Both are `Arc`s behind watch channels; nobody holds a lock.
+/// from it (both `Arc`s behind watch channels; nobody holds a lock), and what a drain
+/// needs: every connection task is tracked, and told when draining starts.
 #[derive(Clone)]
 pub struct State {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub tls: watch::Receiver<Arc<TlsState>>,
+    pub connections: TaskTracker,
+    pub draining: CancellationToken,
 }
 
 /// Rebuilds the TLS configs whenever the snapshot changes what they depend on, until
@@ -65,7 +70,10 @@ fn spawn_tls(
     (rx, AbortOnDropHandle::new(task))
 }
 
-/// Runs the data plane on whatever a source publishes, until `shutdown` resolves.
+/// Runs the data plane on whatever a source publishes, until `shutdown` resolves; then
+/// drains: `/ready` turns 503, the listeners close, HTTP connections finish their
+/// requests and close, and every connection gets up to `drain_timeout` to end before
+/// this returns.
 ///
 /// The admin listener is bound by the caller before the source starts, so `/ready`
 /// answers 503 from the first moment.
@@ -75,6 +83,7 @@ pub async fn serve(
     metrics: PrometheusHandle,
     provider: Arc<CryptoProvider>,
     shutdown: impl Future<Output = ()>,
+    drain_timeout: Duration,
 ) -> anyhow::Result<()> {
     let listening = admin::Listening::default();
     // Everything spawned here stops when this returns, so nothing keeps following the
@@ -88,14 +97,34 @@ pub async fn serve(
         },
     )));
     let (tls, _tls_task) = spawn_tls(snapshots.clone(), provider);
-    let state = State { snapshots, tls };
+    let state = State {
+        snapshots,
+        tls,
+        connections: TaskTracker::new(),
+        draining: CancellationToken::new(),
+    };
     tokio::select! {
-        result = listeners::run(state, listening) => result.map_err(anyhow::Error::from),
-        () = shutdown => {
-            tracing::info!("shutting down");
-            Ok(())
+        result = listeners::run(state.clone(), listening.clone()) => {
+            return result.map_err(anyhow::Error::from);
         }
+        () = shutdown => {}
     }
+    // The listeners went with `listeners::run`: nothing new is accepted from here on.
+    listening.drain();
+    let open = state.connections.len();
+    tracing::info!(open, timeout = ?drain_timeout, "draining");
+    state.draining.cancel();
+    state.connections.close();
+    if tokio::time::timeout(drain_timeout, state.connections.wait())
+        .await
+        .is_err()
+    {
+        let left = state.connections.len();
+        tracing::warn!(left, "drain timeout: closing the connections still open");
+    } else {
+        tracing::info!(open, "drained");
+    }
+    Ok(())
 }
 
 /// Binds the admin address; failing here is fatal, before anything else starts.

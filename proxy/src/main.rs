@@ -109,6 +109,10 @@ struct ProxyArgs {
     /// from the config file, else 127.0.0.1:19100].
     #[arg(long, value_name = "ADDR")]
     admin_addr: Option<SocketAddr>,
+    /// On SIGTERM or SIGINT, how long connections and requests in flight get to finish
+    /// once the listeners are closed, in Go's duration syntax.
+    #[arg(long, default_value = "15s", value_parser = parse_go_duration)]
+    drain_timeout: Duration,
     /// Log filter, in tracing's filter syntax (e.g. `info`, `ferrule=debug`).
     #[arg(long, env = "FERRULE_LOG", default_value = "info")]
     log_level: String,
@@ -258,6 +262,7 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
             metrics,
             provider,
             ferrule::shutdown_signal(),
+            args.drain_timeout,
         )
         .await
         .map_err(Fail::Runtime);
@@ -298,6 +303,7 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
         metrics,
         provider,
         ferrule::shutdown_signal(),
+        args.drain_timeout,
     )
     .await
     .map_err(Fail::Runtime)

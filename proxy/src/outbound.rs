@@ -50,9 +50,15 @@ pub async fn serve(listener: TcpListener, name: String, state: State, cancel: Ca
                         pool.clone(),
                         state.clone(),
                     );
-                    tokio::spawn(served);
+                    state.connections.spawn(served);
                 } else {
-                    tokio::spawn(handle(app, peer, name.clone(), state.clone(), next.clone()));
+                    state.connections.spawn(handle(
+                        app,
+                        peer,
+                        name.clone(),
+                        state.clone(),
+                        next.clone(),
+                    ));
                 }
             }
             Err(e) => {

@@ -48,6 +48,7 @@ pub struct MeshBuilder {
     local_app: SocketAddr,
     sources: Vec<(String, &'static str)>,
     handshake_timeout_ms: Option<u64>,
+    drain_timeout: Option<&'static str>,
 }
 
 impl MeshBuilder {
@@ -69,6 +70,12 @@ impl MeshBuilder {
         self
     }
 
+    /// `--drain-timeout` of the `api` sidecar.
+    pub fn drain_timeout(mut self, timeout: &'static str) -> MeshBuilder {
+        self.drain_timeout = Some(timeout);
+        self
+    }
+
     pub async fn start(self) -> Mesh {
         let ca = DevCa::generate(None).expect("generate a development CA");
         let sources: Vec<(&str, &str)> = self
@@ -81,6 +88,9 @@ impl MeshBuilder {
             .inbound(self.local_app, intentions_json(API, &sources));
         if let Some(ms) = self.handshake_timeout_ms {
             config = config.handshake_timeout_ms(ms);
+        }
+        if let Some(timeout) = self.drain_timeout {
+            config = config.drain_timeout(timeout);
         }
         let api = Sidecar::start(config).await;
         Mesh { ca, api_leaf, api }
@@ -95,6 +105,7 @@ impl Mesh {
             local_app,
             sources: Vec::new(),
             handshake_timeout_ms: None,
+            drain_timeout: None,
         }
     }
 

@@ -50,6 +50,7 @@ pub struct SidecarConfig {
     bundle_pem: String,
     inbound: Option<Inbound>,
     upstreams: Vec<Upstream>,
+    drain_timeout: Option<&'static str>,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +80,7 @@ impl SidecarConfig {
             bundle_pem: ca.cert_pem().to_owned(),
             inbound: None,
             upstreams: Vec::new(),
+            drain_timeout: None,
         }
     }
 
@@ -153,6 +155,12 @@ impl SidecarConfig {
             .last_mut()
             .expect("request_timeout_ms needs an upstream: call .upstream_of() first");
         upstream.request_timeout_ms = Some(ms);
+        self
+    }
+
+    /// `--drain-timeout` (Go duration syntax, e.g. `"2s"`).
+    pub fn drain_timeout(mut self, timeout: &'static str) -> SidecarConfig {
+        self.drain_timeout = Some(timeout);
         self
     }
 
@@ -272,7 +280,11 @@ impl Sidecar {
         }
         write(CONFIG_FILE, &config.render_toml(&ports));
 
-        let child = ferrule_proxy_command(&dir.path().join(CONFIG_FILE), ports.admin)
+        let mut command = ferrule_proxy_command(&dir.path().join(CONFIG_FILE), ports.admin);
+        if let Some(timeout) = config.drain_timeout {
+            command.args(["--drain-timeout", timeout]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(stderr_file(dir.path()))
             .spawn()
@@ -373,6 +385,29 @@ impl Sidecar {
         within: Duration,
     ) -> anyhow::Result<f64> {
         self.admin().wait_for_metric(metric, expected, within).await
+    }
+
+    /// Sends SIGTERM, as an orchestrator stopping the sidecar would.
+    pub fn terminate(&self) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .unwrap_or_else(|e| panic!("SIGTERM to ferrule ({}): {e}", self.service));
+    }
+
+    /// Waits for the process to exit, for at most `within`: its exit code (`None` if
+    /// killed by a signal), or an error if it is still running.
+    pub async fn wait_exit(&mut self, within: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "still running {within:?} later"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The process exited because one of its listener ports was taken meanwhile.

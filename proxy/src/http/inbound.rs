@@ -20,10 +20,10 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::{
     DENIED_BODY, RequestGuard, ResponseBody, XFCC, is_grpc, local_reply, rebuild_uri,
@@ -32,8 +32,6 @@ use super::{
 use crate::authz;
 use crate::metrics::{self, Direction, Layer};
 
-/// How long a client may take to send a request's headers on HTTP/1.1.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an idle pooled connection to the app is kept.
 const APP_POOL_IDLE: Duration = Duration::from_secs(60);
 
@@ -107,15 +105,16 @@ struct Connection {
     app: Arc<LocalApp>,
 }
 
-/// Serves HTTP on one authenticated connection until the caller closes it. For `http`
-/// the caller may speak HTTP/1.1 or HTTP/2 (told apart by the connection preface, as
-/// ALPN chose); `http2` and `grpc` speak only HTTP/2.
+/// Serves HTTP on one authenticated connection until the caller closes it, or until
+/// a drain has let its requests in flight finish. For `http` the caller may speak
+/// HTTP/1.1 or HTTP/2 (as ALPN chose); `http2` and `grpc` speak only HTTP/2.
 pub async fn serve_connection<S>(
     stream: S,
     protocol: Protocol,
     caller: Caller,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     app: Arc<LocalApp>,
+    draining: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -128,19 +127,17 @@ pub async fn serve_connection<S>(
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(req, &conn).await) }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    if protocol.is_http2_only() {
-        builder = builder.http2_only();
-    }
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().adaptive_window(true);
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
+    let builder = super::server(protocol);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = draining.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
         tracing::debug!(error = %e, "inbound HTTP connection ended with an error");
     }
 }

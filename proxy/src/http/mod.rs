@@ -24,6 +24,9 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::metrics::{self, Direction};
+use ferrule_control::model::Protocol;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
 
 /// What a proxied response carries: the peer's body, or one of ours.
 pub type ResponseBody = Measured<Either<Incoming, Full<Bytes>>>;
@@ -40,6 +43,26 @@ pub fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// How long a client may take to send a request's headers on HTTP/1.1.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The server side of an HTTP-family listener, in either direction: HTTP/1.1 or
+/// HTTP/2 told apart by the connection preface for `http`, HTTP/2 only otherwise.
+/// Served with `serve_connection`, and on drain told to `graceful_shutdown`: HTTP/1.1
+/// closes after the response in flight, HTTP/2 sends GOAWAY and finishes its streams.
+pub fn server(protocol: Protocol) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if protocol.is_http2_only() {
+        builder = builder.http2_only();
+    }
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().adaptive_window(true);
+    builder
 }
 
 /// Envoy's mapping of an HTTP status it generates to the gRPC status it sends instead.

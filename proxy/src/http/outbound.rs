@@ -25,11 +25,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
-use super::inbound::HEADER_READ_TIMEOUT;
 use super::{
     RequestGuard, ResponseBody, XFCC, is_grpc, local_reply, rebuild_uri, requested_authority,
     strip_hop_by_hop,
@@ -155,28 +153,31 @@ impl MeshPool {
     }
 }
 
-/// Serves one app connection until the app closes it.
+/// Serves one app connection until the app closes it, or until a drain has let its
+/// requests in flight finish.
 pub async fn serve_connection(
     app: TcpStream,
     protocol: Protocol,
     pool: Arc<MeshPool>,
     state: State,
 ) {
+    let draining = state.draining.clone();
     let service = service_fn(move |req| {
         let pool = pool.clone();
         let state = state.clone();
         async move { Ok::<_, Infallible>(handle(req, &pool, &state).await) }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    if protocol.is_http2_only() {
-        builder = builder.http2_only();
-    }
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().adaptive_window(true);
-    if let Err(e) = builder.serve_connection(TokioIo::new(app), service).await {
+    let builder = super::server(protocol);
+    let connection = builder.serve_connection(TokioIo::new(app), service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = draining.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
         tracing::debug!(error = %e, "upstream HTTP connection ended with an error");
     }
 }
