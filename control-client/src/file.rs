@@ -69,6 +69,8 @@ struct RawInbound {
     handshake_timeout_ms: Option<u64>,
     local_connect_timeout_ms: Option<u64>,
     local_request_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_connections: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +85,8 @@ struct RawUpstream {
     namespace: Option<String>,
     connect_timeout_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_connections: Option<u64>,
 }
 
 fn tcp() -> Protocol {
@@ -135,6 +139,8 @@ struct UpstreamSpec {
     protocol: Protocol,
     connect_timeout: Duration,
     request_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    max_connections: usize,
     endpoints: Vec<String>,
     datacenter: Option<String>,
     namespace: Option<String>,
@@ -208,6 +214,8 @@ impl StaticConfig {
                         local_request_timeout: model::request_timeout_ms(
                             ib.local_request_timeout_ms,
                         ),
+                        idle_timeout: model::idle_timeout_ms(ib.idle_timeout_ms),
+                        max_connections: model::max_connections(ib.max_connections),
                     },
                     ib.intentions.map(|p| dir.join(p)),
                 ))
@@ -244,6 +252,8 @@ impl StaticConfig {
                     up.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
                 ),
                 request_timeout: model::request_timeout_ms(up.request_timeout_ms),
+                idle_timeout: model::idle_timeout_ms(up.idle_timeout_ms),
+                max_connections: model::max_connections(up.max_connections),
                 endpoints: up.endpoints.into_iter().map(|e| e.into_inner()).collect(),
                 datacenter: up.datacenter,
                 namespace: up.namespace,
@@ -535,6 +545,8 @@ impl FileSource {
                     protocol: up.protocol,
                     connect_timeout: up.connect_timeout,
                     request_timeout: up.request_timeout,
+                    idle_timeout: up.idle_timeout,
+                    max_connections: up.max_connections,
                     endpoints: up
                         .endpoints
                         .iter()

@@ -22,24 +22,37 @@ use tokio_util::sync::CancellationToken;
 use crate::State;
 use crate::authz;
 use crate::http::{self, inbound::LocalApp};
+use crate::limits::{self, ConnectionLimit, Watched};
 use crate::metrics::{self, ConnGuard, Direction, Layer, Metered};
 use crate::splice::{Spliced, splice};
 use crate::tls::peer_identity;
 
-/// Accepts until cancelled. Established connections are not tied to the listener and
-/// outlive it.
-pub async fn serve(listener: TcpListener, state: State, cancel: CancellationToken) {
+/// Accepts until cancelled, at most `limit` connections at a time. Established
+/// connections are not tied to the listener and outlive it.
+pub async fn serve(
+    listener: TcpListener,
+    state: State,
+    limit: ConnectionLimit,
+    cancel: CancellationToken,
+) {
     let app = Arc::new(LocalApp::default());
     loop {
+        let room = tokio::select! {
+            () = cancel.cancelled() => return,
+            room = limit.acquire() => room,
+        };
+        let Some(room) = room else { return };
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((tcp, peer)) => {
-                state
-                    .connections
-                    .spawn(handle(tcp, peer, state.clone(), app.clone()));
+                let connection = handle(tcp, peer, state.clone(), app.clone());
+                state.connections.spawn(async move {
+                    let _room = room;
+                    connection.await;
+                });
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning on the error.
@@ -57,13 +70,15 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, app: Arc<Loc
         return;
     };
     let _ = tcp.set_nodelay(true);
+    let tcp = Watched::new(tcp);
+    let activity = tcp.activity();
 
     let started = Instant::now();
     let server_config = state.tls.borrow().server.clone();
     let handshake = async {
         // A peer that closes without sending a byte is a probe (a TCP health check).
         let mut first = [0u8; 1];
-        if tcp.peek(&mut first).await? == 0 {
+        if tcp.get_ref().peek(&mut first).await? == 0 {
             return Ok(None);
         }
         let Some(config) = server_config else {
@@ -113,8 +128,17 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, app: Arc<Loc
         let tls = Metered::new(tls, guard.bytes());
         let snapshots = state.snapshots.clone();
         let draining = state.draining.clone();
-        http::inbound::serve_connection(tls, inbound.protocol, caller, snapshots, app, draining)
-            .await;
+        let idle = limits::idle(activity, inbound.idle_timeout);
+        http::inbound::serve_connection(
+            tls,
+            inbound.protocol,
+            caller,
+            snapshots,
+            app,
+            draining,
+            idle,
+        )
+        .await;
         return;
     }
 
@@ -150,9 +174,20 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, app: Arc<Loc
 
     let mut tls = Metered::new(tls, guard.bytes());
     let revoked = revoked(state.snapshots.clone(), caller, intentions);
-    if splice(&mut tls, &mut app, revoked).await == Spliced::Revoked {
-        tracing::info!(%peer, caller = %id, "closing connection: intentions now deny it");
-        metrics::authz_termination(&id.service);
+    let idle = limits::idle(activity, inbound.idle_timeout);
+    let stop = async {
+        tokio::select! {
+            () = revoked => Spliced::Revoked,
+            () = idle => Spliced::Idle,
+        }
+    };
+    match splice(&mut tls, &mut app, stop).await {
+        Spliced::Revoked => {
+            tracing::info!(%peer, caller = %id, "closing connection: intentions now deny it");
+            metrics::authz_termination(&id.service);
+        }
+        Spliced::Idle => tracing::debug!(%peer, caller = %id, "closing idle connection"),
+        Spliced::Done => {}
     }
 }
 

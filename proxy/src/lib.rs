@@ -6,7 +6,7 @@
 //! mTLS listener: where a connection is authorized), `outbound` (upstream listeners),
 //! `authz` (the pure intentions decision), `http` (L7: request-by-request
 //! serving, both directions), `listeners` (binding what the snapshot asks
-//! for), `admin` (`/metrics`, `/ready`, `/config`), `metrics` (names and the
+//! for), `limits` (connection limits, idle timeouts), `admin` (`/metrics`, `/ready`, `/config`), `metrics` (names and the
 //! per-connection guard), `splice` (moving bytes).
 
 pub mod admin;
@@ -14,6 +14,7 @@ pub mod authz;
 pub mod demo;
 pub mod http;
 pub mod inbound;
+pub mod limits;
 pub mod listeners;
 pub mod metrics;
 pub mod outbound;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::State;
 use crate::admin::Listening;
+use crate::limits::ConnectionLimit;
 use crate::{inbound, metrics, outbound};
 
 const RETRY_BIND: Duration = Duration::from_secs(2);
@@ -55,7 +56,13 @@ impl Listeners {
                     Ok(listener) => {
                         tracing::info!(addr = %ib.bind, protocol = ?ib.protocol, "inbound listener bound");
                         let cancel = CancellationToken::new();
-                        tokio::spawn(inbound::serve(listener, state.clone(), cancel.clone()));
+                        let limit = ConnectionLimit::new("inbound".into(), ib.max_connections);
+                        tokio::spawn(inbound::serve(
+                            listener,
+                            state.clone(),
+                            limit,
+                            cancel.clone(),
+                        ));
                         self.inbound = Some(Bound {
                             addr: ib.bind,
                             cancel,
@@ -86,10 +93,13 @@ impl Listeners {
                 Ok(listener) => {
                     tracing::info!(upstream = %up.name, addr = %up.bind, "upstream listener bound");
                     let cancel = CancellationToken::new();
+                    let limit =
+                        ConnectionLimit::new(format!("upstream {}", up.name), up.max_connections);
                     tokio::spawn(outbound::serve(
                         listener,
                         up.name.clone(),
                         state.clone(),
+                        limit,
                         cancel.clone(),
                     ));
                     self.upstreams.insert(

@@ -18,6 +18,7 @@ pub const AUTHZ_DECISIONS: &str = "ferrule_authz_decisions_total";
 pub const AUTHZ_TERMINATIONS: &str = "ferrule_authz_terminations_total";
 pub const TLS_HANDSHAKE_DURATION: &str = "ferrule_tls_handshake_duration_seconds";
 pub const LEAF_EXPIRY: &str = "ferrule_leaf_cert_expiry_timestamp_seconds";
+pub const CONNECTIONS_LIMITED: &str = "ferrule_connections_limited_total";
 pub const HTTP_REQUESTS: &str = "ferrule_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "ferrule_http_request_duration_seconds";
 
@@ -85,6 +86,11 @@ pub fn authz_termination(source: &str) {
     counter!(AUTHZ_TERMINATIONS, "source" => source.to_owned()).increment(1);
 }
 
+/// Counts a listener reaching its connection limit (the next connection waits).
+pub fn connections_limited(listener: &str) {
+    counter!(CONNECTIONS_LIMITED, "listener" => listener.to_owned()).increment(1);
+}
+
 /// Counts one outbound dial attempt (or a request that found no endpoint to dial).
 pub fn outbound_attempt(upstream: &str, result: &'static str) {
     counter!(OUTBOUND_CONNECTIONS, "upstream" => upstream.to_owned(), "result" => result)
@@ -129,6 +135,11 @@ impl ConnGuard {
         }
         self.result = Some(result);
         counter!(INBOUND_CONNECTIONS, "result" => result).increment(1);
+    }
+
+    /// Counts a listener reaching its connection limit (the next connection waits).
+    pub fn connections_limited(listener: &str) {
+        counter!(CONNECTIONS_LIMITED, "listener" => listener.to_owned()).increment(1);
     }
 
     /// Counts one outbound dial attempt; an app connection may take several, one per

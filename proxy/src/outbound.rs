@@ -20,45 +20,62 @@ use tokio_util::sync::CancellationToken;
 
 use crate::State;
 use crate::http::{self, outbound::MeshPool};
+use crate::limits::{self, ConnectionLimit, Watched};
 use crate::metrics::{self, ConnGuard, Direction, Metered};
-use crate::splice::splice;
+use crate::splice::{Spliced, splice};
 use crate::tls::{TlsState, is_identity_mismatch};
 
-/// Accepts for the upstream `name` until cancelled.
-pub async fn serve(listener: TcpListener, name: String, state: State, cancel: CancellationToken) {
+/// Accepts for the upstream `name` until cancelled, at most `limit` connections at a
+/// time.
+pub async fn serve(
+    listener: TcpListener,
+    name: String,
+    state: State,
+    limit: ConnectionLimit,
+    cancel: CancellationToken,
+) {
     let next = Arc::new(AtomicUsize::new(0));
     let pool = Arc::new(MeshPool::new(name.clone()));
     loop {
+        let room = tokio::select! {
+            () = cancel.cancelled() => return,
+            room = limit.acquire() => room,
+        };
+        let Some(room) = room else { return };
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((app, peer)) => {
-                let protocol = state
+                let _ = app.set_nodelay(true);
+                let app = Watched::new(app);
+                let (protocol, idle_timeout) = state
                     .snapshots
                     .borrow()
                     .upstreams
                     .iter()
                     .find(|u| u.name == name)
-                    .map_or(Protocol::Tcp, |u| u.protocol);
+                    .map_or((Protocol::Tcp, None), |u| (u.protocol, u.idle_timeout));
+                let idle = limits::idle(app.activity(), idle_timeout);
                 if protocol.is_http() {
-                    let _ = app.set_nodelay(true);
                     let served = http::outbound::serve_connection(
                         app,
                         protocol,
                         pool.clone(),
                         state.clone(),
+                        idle,
                     );
-                    state.connections.spawn(served);
+                    state.connections.spawn(async move {
+                        let _room = room;
+                        served.await;
+                    });
                 } else {
-                    state.connections.spawn(handle(
-                        app,
-                        peer,
-                        name.clone(),
-                        state.clone(),
-                        next.clone(),
-                    ));
+                    let served = handle(app, peer, name.clone(), state.clone(), next.clone(), idle);
+                    state.connections.spawn(async move {
+                        let _room = room;
+                        served.await;
+                    });
                 }
             }
             Err(e) => {
@@ -70,14 +87,14 @@ pub async fn serve(listener: TcpListener, name: String, state: State, cancel: Ca
 }
 
 async fn handle(
-    mut app: TcpStream,
+    mut app: Watched<TcpStream>,
     peer: SocketAddr,
     name: String,
     state: State,
     next: Arc<AtomicUsize>,
+    idle: impl Future<Output = ()>,
 ) {
     let mut guard = ConnGuard::new(Direction::Outbound, Some(name.clone()), peer);
-    let _ = app.set_nodelay(true);
     let snapshot = state.snapshots.borrow().clone();
     let tls = state.tls.borrow().clone();
     let Some(upstream) = snapshot.upstreams.iter().find(|u| u.name == name) else {
@@ -97,7 +114,13 @@ async fn handle(
                 guard.attempt("ok");
                 guard.set_identity(endpoint.identity.to_uri());
                 let mut mesh = Metered::new(stream, guard.bytes());
-                splice(&mut app, &mut mesh, std::future::pending()).await;
+                let stop = async {
+                    idle.await;
+                    Spliced::Idle
+                };
+                if splice(&mut app, &mut mesh, stop).await == Spliced::Idle {
+                    tracing::debug!(upstream = %name, "closing idle connection");
+                }
                 return;
             }
             Err(result) => {

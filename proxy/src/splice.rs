@@ -9,17 +9,21 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub enum Spliced {
     /// Both directions reached end of stream, or one side failed.
     Done,
-    /// `revoked` fired first; the caller drops both streams, which closes them.
+    /// Intentions now deny the connection; the caller drops both streams, which closes
+    /// them.
     Revoked,
+    /// Nothing moved either way for the idle timeout.
+    Idle,
 }
 
 /// Copies both ways, passing each half-close on as a shutdown of the other side's
-/// write half, so protocols that signal "done" with a half-close keep working.
-pub async fn splice<A, B, R>(a: &mut A, b: &mut B, revoked: R) -> Spliced
+/// write half, so protocols that signal "done" with a half-close keep working. If
+/// `stop` resolves first, the copy ends with its answer.
+pub async fn splice<A, B, R>(a: &mut A, b: &mut B, stop: R) -> Spliced
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
-    R: Future<Output = ()>,
+    R: Future<Output = Spliced>,
 {
     tokio::select! {
         result = tokio::io::copy_bidirectional(a, b) => {
@@ -28,7 +32,7 @@ where
             }
             Spliced::Done
         }
-        () = revoked => Spliced::Revoked,
+        stopped = stop => stopped,
     }
 }
 
@@ -58,10 +62,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn revocation_stops_the_copy() {
+    async fn a_stop_ends_the_copy_with_its_reason() {
         let (_client, mut proxy_a) = tokio::io::duplex(64);
         let (mut proxy_b, _server) = tokio::io::duplex(64);
-        let outcome = splice(&mut proxy_a, &mut proxy_b, async {}).await;
+        let outcome = splice(&mut proxy_a, &mut proxy_b, async { Spliced::Revoked }).await;
         assert_eq!(outcome, Spliced::Revoked);
     }
 }

@@ -60,6 +60,8 @@ struct Inbound {
     protocol: &'static str,
     handshake_timeout_ms: Option<u64>,
     local_request_timeout_ms: Option<u64>,
+    /// Further `key = value` lines of the `[inbound]` table.
+    extra: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +70,7 @@ struct Upstream {
     endpoints: Vec<SocketAddr>,
     protocol: &'static str,
     request_timeout_ms: Option<u64>,
+    extra: Vec<String>,
 }
 
 impl SidecarConfig {
@@ -93,6 +96,7 @@ impl SidecarConfig {
             protocol: "tcp",
             handshake_timeout_ms: None,
             local_request_timeout_ms: None,
+            extra: Vec::new(),
         });
         self
     }
@@ -134,6 +138,7 @@ impl SidecarConfig {
             endpoints: endpoints.to_vec(),
             protocol,
             request_timeout_ms: None,
+            extra: Vec::new(),
         });
         self
     }
@@ -145,6 +150,26 @@ impl SidecarConfig {
             .as_mut()
             .expect("local_request_timeout_ms needs an inbound listener: call .inbound() first");
         inbound.local_request_timeout_ms = Some(ms);
+        self
+    }
+
+    /// Any other key of the `[inbound]` table, e.g. `("idle_timeout_ms", "500")`.
+    pub fn inbound_key(mut self, key: &str, value: &str) -> SidecarConfig {
+        let inbound = self
+            .inbound
+            .as_mut()
+            .expect("inbound_key needs an inbound listener: call .inbound() first");
+        inbound.extra.push(format!("{key} = {value}"));
+        self
+    }
+
+    /// Any other key of the upstream added last, e.g. `("max_connections", "2")`.
+    pub fn upstream_key(mut self, key: &str, value: &str) -> SidecarConfig {
+        let upstream = self
+            .upstreams
+            .last_mut()
+            .expect("upstream_key needs an upstream: call .upstream_of() first");
+        upstream.extra.push(format!("{key} = {value}"));
         self
     }
 
@@ -188,6 +213,9 @@ impl SidecarConfig {
             if let Some(ms) = inbound.local_request_timeout_ms {
                 let _ = writeln!(toml, "local_request_timeout_ms = {ms}");
             }
+            for line in &inbound.extra {
+                let _ = writeln!(toml, "{line}");
+            }
         }
         for (upstream, (_, bind)) in self.upstreams.iter().zip(&ports.upstreams) {
             let endpoints: Vec<String> = upstream
@@ -201,6 +229,9 @@ impl SidecarConfig {
             let _ = writeln!(toml, "protocol = {:?}", upstream.protocol);
             if let Some(ms) = upstream.request_timeout_ms {
                 let _ = writeln!(toml, "request_timeout_ms = {ms}");
+            }
+            for line in &upstream.extra {
+                let _ = writeln!(toml, "{line}");
             }
             let _ = writeln!(toml, "endpoints = [{}]", endpoints.join(", "));
         }

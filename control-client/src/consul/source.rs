@@ -193,6 +193,8 @@ struct UpstreamSpec {
     protocol: Protocol,
     connect_timeout: Duration,
     request_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    max_connections: usize,
 }
 
 /// What the proxy's registration says, validated.
@@ -720,6 +722,8 @@ impl Run {
                     protocol: up.protocol,
                     connect_timeout: up.connect_timeout,
                     request_timeout: up.request_timeout,
+                    idle_timeout: up.idle_timeout,
+                    max_connections: up.max_connections,
                     endpoints,
                 }
             })
@@ -969,6 +973,12 @@ fn registration(svc: &AgentService) -> Result<Registration, String> {
                     config,
                     "local_request_timeout_ms",
                 )),
+                idle_timeout: model::idle_timeout_ms(config_u64(config, "idle_timeout_ms")),
+                // Envoy's key for the public listener's connection limit.
+                max_connections: model::max_connections(config_u64(
+                    config,
+                    "max_inbound_connections",
+                )),
             })
         }
     };
@@ -1037,6 +1047,8 @@ fn registration(svc: &AgentService) -> Result<Registration, String> {
                 &up.config,
                 "request_timeout_ms",
             )),
+            idle_timeout: model::idle_timeout_ms(config_u64(&up.config, "idle_timeout_ms")),
+            max_connections: model::max_connections(config_u64(&up.config, "max_connections")),
         });
     }
 

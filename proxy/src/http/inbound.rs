@@ -106,7 +106,7 @@ struct Connection {
 }
 
 /// Serves HTTP on one authenticated connection until the caller closes it, or until
-/// a drain has let its requests in flight finish. For `http` the caller may speak
+/// a drain or `idle` has let its requests in flight finish. For `http` the caller may speak
 /// HTTP/1.1 or HTTP/2 (as ALPN chose); `http2` and `grpc` speak only HTTP/2.
 pub async fn serve_connection<S>(
     stream: S,
@@ -115,6 +115,7 @@ pub async fn serve_connection<S>(
     snapshots: watch::Receiver<Arc<Snapshot>>,
     app: Arc<LocalApp>,
     draining: CancellationToken,
+    idle: impl Future<Output = ()>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -133,6 +134,11 @@ pub async fn serve_connection<S>(
     let served = tokio::select! {
         served = connection.as_mut() => served,
         () = draining.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = idle => {
+            tracing::debug!("closing idle HTTP connection");
             connection.as_mut().graceful_shutdown();
             connection.await
         }

@@ -33,6 +33,7 @@ use super::{
     strip_hop_by_hop,
 };
 use crate::State;
+use crate::limits::Watched;
 use crate::metrics::{self, ConnGuard, Direction, Metered};
 use crate::outbound::dial;
 use crate::tls::TlsState;
@@ -153,13 +154,14 @@ impl MeshPool {
     }
 }
 
-/// Serves one app connection until the app closes it, or until a drain has let its
-/// requests in flight finish.
+/// Serves one app connection until the app closes it, or until a drain or `idle` has
+/// let its requests in flight finish.
 pub async fn serve_connection(
-    app: TcpStream,
+    app: Watched<TcpStream>,
     protocol: Protocol,
     pool: Arc<MeshPool>,
     state: State,
+    idle: impl Future<Output = ()>,
 ) {
     let draining = state.draining.clone();
     let service = service_fn(move |req| {
@@ -173,6 +175,11 @@ pub async fn serve_connection(
     let served = tokio::select! {
         served = connection.as_mut() => served,
         () = draining.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = idle => {
+            tracing::debug!("closing idle HTTP connection");
             connection.as_mut().graceful_shutdown();
             connection.await
         }

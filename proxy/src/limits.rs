@@ -1,0 +1,191 @@
+//! What one peer can hold on to: a listener serves a bounded number of connections at
+//! once, and a connection that carries nothing for its idle timeout is closed.
+//!
+//! Past its limit a listener stops accepting, so new connections wait in the kernel's
+//! backlog (and are refused by the kernel once that is full) instead of costing
+//! memory; every time that happens it is counted. Idleness is seen through a flag each
+//! read or write sets, checked four times per timeout: a connection is closed between
+//! one and one and a quarter timeouts after its last byte, and the data path pays one
+//! relaxed store per I/O call for it.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics;
+
+/// At most `max` connections of one listener at a time.
+#[derive(Clone)]
+pub struct ConnectionLimit {
+    listener: String,
+    permits: Arc<Semaphore>,
+    warned: Arc<AtomicBool>,
+}
+
+impl ConnectionLimit {
+    pub fn new(listener: String, max: usize) -> ConnectionLimit {
+        ConnectionLimit {
+            listener,
+            permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            warned: Arc::default(),
+        }
+    }
+
+    /// Room for one more connection, waiting (and counting the wait) when the
+    /// listener is full. The permit goes back when the connection's task drops it.
+    pub async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        metrics::connections_limited(&self.listener);
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(listener = %self.listener, "connection limit reached; new connections wait in the backlog (logged once)");
+        }
+        // The semaphore is never closed, so this only fails if it were.
+        self.permits.clone().acquire_owned().await.ok()
+    }
+}
+
+/// Whether a connection carried a byte since the watchdog last looked.
+#[derive(Clone, Default)]
+pub struct Activity(Arc<AtomicBool>);
+
+impl Activity {
+    fn touch(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Resolves once `activity` has seen nothing for `timeout` (never for `None`).
+pub async fn idle(activity: Activity, timeout: Option<Duration>) {
+    let Some(timeout) = timeout else {
+        return std::future::pending().await;
+    };
+    let tick = (timeout / 4).max(Duration::from_millis(1));
+    let mut quiet = 0;
+    loop {
+        tokio::time::sleep(tick).await;
+        if activity.0.swap(false, Ordering::Relaxed) {
+            quiet = 0;
+        } else {
+            quiet += 1;
+            if quiet >= 4 {
+                return;
+            }
+        }
+    }
+}
+
+/// A stream that marks its `Activity` on every read and write that moves bytes.
+pub struct Watched<S> {
+    inner: S,
+    activity: Activity,
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S) -> Watched<S> {
+        Watched {
+            inner,
+            activity: Activity::default(),
+        }
+    }
+
+    pub fn activity(&self) -> Activity {
+        self.activity.clone()
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if poll.is_ready() {
+            self.activity.touch();
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+        if poll.is_ready() {
+            self.activity.touch();
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_fires_after_the_timeout_of_silence_and_not_before() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut watched = Watched::new(a);
+        let timeout = Duration::from_secs(8);
+        let watchdog = tokio::spawn(idle(watched.activity(), Some(timeout)));
+        // Traffic every 3 s keeps it alive for a minute.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            watched.write_all(b"x").await.unwrap();
+            assert!(!watchdog.is_finished());
+        }
+        let quiet_from = tokio::time::Instant::now();
+        watchdog.await.unwrap();
+        let quiet = quiet_from.elapsed();
+        assert!(
+            quiet >= timeout && quiet <= timeout * 5 / 4 + timeout / 4,
+            "{quiet:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_timeout_never_fires() {
+        let watchdog = tokio::spawn(idle(Activity::default(), None));
+        tokio::time::sleep(Duration::from_secs(86_400)).await;
+        assert!(!watchdog.is_finished());
+    }
+
+    #[tokio::test]
+    async fn a_full_listener_makes_the_next_connection_wait_for_a_permit() {
+        let limit = ConnectionLimit::new("test".into(), 2);
+        let first = limit.acquire().await.unwrap();
+        let _second = limit.acquire().await.unwrap();
+        let waiting = tokio::spawn({
+            let limit = limit.clone();
+            async move { limit.acquire().await.is_some() }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(first);
+        assert!(waiting.await.unwrap());
+    }
+}
