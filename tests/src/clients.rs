@@ -280,6 +280,11 @@ pub struct CallerConn {
 }
 
 impl CallerConn {
+    /// The TLS stream itself, to speak any protocol over it.
+    pub fn into_stream(self) -> TlsStream<TcpStream> {
+        self.stream
+    }
+
     /// The serial of the certificate the server presented, colon-hex like
     /// `IssuedLeaf::serial_hex`.
     pub fn peer_serial(&self) -> anyhow::Result<String> {

@@ -45,6 +45,12 @@ pub fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// The most a request's headers may take, and how many there may be: Envoy's defaults
+/// (60 KiB, 100). Beyond them HTTP/1.1 gets 431 and the connection closes; HTTP/2
+/// refuses the stream.
+pub const MAX_HEADER_BYTES: usize = 60 * 1024;
+pub const MAX_HEADERS: usize = 100;
+
 /// How long a client may take to send a request's headers on HTTP/1.1.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -60,8 +66,13 @@ pub fn server(protocol: Protocol) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().adaptive_window(true);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .adaptive_window(true)
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
     builder
 }
 
