@@ -608,6 +608,50 @@ mod tests {
         assert!(!is_identity_mismatch(&io));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Flipped bytes anywhere in a good SVID, or bytes of no certificate at all:
+        /// never a panic, and nothing but the original's identity ever comes out.
+        #[test]
+        fn svid_verification_on_arbitrary_der_never_panics_or_admits_a_forgery(
+            flips in proptest::collection::vec((0usize..4096, 1u8..=255), 1..4),
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        ) {
+            let f = fixture_once();
+            let mut der = f.leaf[0].to_vec();
+            for (at, xor) in &flips {
+                let at = at % der.len();
+                der[at] ^= xor;
+            }
+            let mutated = CertificateDer::from(der);
+            if let Ok(id) = verify(&f.anchors, &[mutated.clone()]) {
+                proptest::prop_assert_eq!(id.service.as_str(), "web");
+            }
+            let _ = peer_identity(&mutated);
+            let junk = CertificateDer::from(noise);
+            proptest::prop_assert!(verify(&f.anchors, &[junk.clone()]).is_err());
+            let _ = peer_identity(&junk);
+        }
+    }
+
+    struct Once {
+        anchors: Anchors,
+        leaf: Vec<CertificateDer<'static>>,
+    }
+
+    fn fixture_once() -> &'static Once {
+        static ONCE: std::sync::OnceLock<Once> = std::sync::OnceLock::new();
+        ONCE.get_or_init(|| {
+            let f = fixture();
+            let leaf = chain(&f.ca, &LeafSpec::service("web"));
+            Once {
+                anchors: f.anchors,
+                leaf,
+            }
+        })
+    }
+
     #[test]
     fn a_key_that_does_not_match_its_certificate_is_refused() {
         let ca = DevCa::generate(None).unwrap();
