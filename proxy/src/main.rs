@@ -20,7 +20,9 @@ const DEFAULT_ADMIN_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 19100);
 #[command(
     name = "ferrule",
     version,
-    about = "A sidecar data plane for a Consul service mesh"
+    about = "A sidecar data plane for a Consul service mesh",
+    // A flag given twice takes its last value, so wrappers can append overrides.
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]

@@ -42,6 +42,12 @@ impl ConsulSidecar {
     }
 
     pub fn spawn_at(agent_url: &str, service_id: &str) -> ConsulSidecar {
+        ConsulSidecar::spawn_with(agent_url, service_id, &[])
+    }
+
+    /// As [`ConsulSidecar::spawn_at`], with more arguments for `ferrule proxy` (later
+    /// ones win over the defaults, e.g. `--log-level trace`).
+    pub fn spawn_with(agent_url: &str, service_id: &str, extra: &[&str]) -> ConsulSidecar {
         let dir = tempfile::Builder::new()
             .prefix(&format!("ferrule-sidecar-for-{service_id}-"))
             .tempdir()
@@ -55,6 +61,7 @@ impl ConsulSidecar {
             .args(["--consul-addr", agent_url])
             .args(["--admin-addr", &admin.to_string()])
             .args(["--log-level", "info,ferrule=debug,ferrule_control=debug"])
+            .args(extra)
             .env_remove("CONSUL_HTTP_TOKEN")
             .env_remove("CONSUL_HTTP_TOKEN_FILE")
             .env_remove("CONSUL_HTTP_ADDR")
