@@ -3,7 +3,8 @@
 //! intentions.
 //!
 //! Where things live: `tls` (SVID verification, rustls configs), `inbound` (the public
-//! mTLS listener: where a connection is authorized), `outbound` (upstream listeners),
+//! mTLS listener: where a connection is authorized), `outbound` (upstream listeners), `balance`
+//! (which endpoint to dial),
 //! `authz` (the pure intentions decision), `http` (L7: request-by-request
 //! serving, both directions), `listeners` (binding what the snapshot asks
 //! for), `limits` (connection limits, idle timeouts), `admin` (`/metrics`, `/ready`, `/config`), `metrics` (names and the
@@ -11,6 +12,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod balance;
 pub mod demo;
 pub mod http;
 pub mod inbound;

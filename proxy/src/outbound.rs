@@ -1,14 +1,14 @@
 //! Upstream listeners: the application's plaintext calls, carried over mTLS to an
 //! instance of the destination that proves it is that destination.
 //!
-//! accept -> pick endpoints round robin -> for each until one works: TCP connect and
+//! accept -> pick endpoints round robin (recently failed ones last, see `balance`) ->
+//! for each until one works: TCP connect and
 //! handshake within the connect timeout, server SVID must be exactly the endpoint's
 //! expected identity -> splice. No endpoint left: the app's connection is closed.
 //! An HTTP-family upstream hands each app connection to `http::outbound` instead.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ferrule_control::model::{Endpoint, Protocol, UpstreamConfig};
@@ -19,6 +19,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::State;
+use crate::balance::Balancer;
 use crate::http::{self, outbound::MeshPool};
 use crate::limits::{self, ConnectionLimit, Watched};
 use crate::metrics::{self, ConnGuard, Direction, Metered};
@@ -34,8 +35,8 @@ pub async fn serve(
     limit: ConnectionLimit,
     cancel: CancellationToken,
 ) {
-    let next = Arc::new(AtomicUsize::new(0));
-    let pool = Arc::new(MeshPool::new(name.clone()));
+    let balancer = Arc::new(Balancer::default());
+    let pool = Arc::new(MeshPool::new(name.clone(), balancer.clone()));
     loop {
         let room = tokio::select! {
             () = cancel.cancelled() => return,
@@ -71,7 +72,14 @@ pub async fn serve(
                         served.await;
                     });
                 } else {
-                    let served = handle(app, peer, name.clone(), state.clone(), next.clone(), idle);
+                    let served = handle(
+                        app,
+                        peer,
+                        name.clone(),
+                        state.clone(),
+                        balancer.clone(),
+                        idle,
+                    );
                     state.connections.spawn(async move {
                         let _room = room;
                         served.await;
@@ -91,7 +99,7 @@ async fn handle(
     peer: SocketAddr,
     name: String,
     state: State,
-    next: Arc<AtomicUsize>,
+    balancer: Arc<Balancer>,
     idle: impl Future<Output = ()>,
 ) {
     let mut guard = ConnGuard::new(Direction::Outbound, Some(name.clone()), peer);
@@ -104,12 +112,12 @@ async fn handle(
     if endpoints.is_empty() {
         return guard.attempt("no_endpoints");
     }
-    let first = next.fetch_add(1, Ordering::Relaxed);
-    for i in 0..endpoints.len() {
-        let endpoint = &endpoints[(first + i) % endpoints.len()];
+    for i in balancer.order(endpoints) {
+        let endpoint = &endpoints[i];
         let started = Instant::now();
         match dial(endpoint, &tls, upstream).await {
             Ok(stream) => {
+                balancer.succeeded(&endpoint.addr);
                 metrics::handshake_duration(Direction::Outbound, started);
                 guard.attempt("ok");
                 guard.set_identity(endpoint.identity.to_uri());
@@ -126,6 +134,7 @@ async fn handle(
             Err(result) => {
                 tracing::debug!(upstream = %name, endpoint = %endpoint.addr, result, "dial failed");
                 guard.attempt(result);
+                balancer.failed(&endpoint.addr);
             }
         }
     }

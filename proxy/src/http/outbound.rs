@@ -4,7 +4,8 @@
 //! The app may speak HTTP/1.1 or HTTP/2 with prior knowledge (`http`), or only HTTP/2
 //! (`http2`, `grpc`). Each request gets a normalized path, loses the headers that only
 //! describe its hop and any client-certificate header the app made up, and goes to the
-//! next endpoint round robin, over that endpoint's one multiplexed connection: many app
+//! next endpoint round robin (recently failed ones last), over that endpoint's one
+//! multiplexed connection: many app
 //! connections, even `Connection: close` ones, share few TLS handshakes. A dial that
 //! fails, or a pooled connection that closed before the request went out, moves the
 //! request on to the next endpoint; a request that was sent is never replayed.
@@ -13,7 +14,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ferrule_control::identity::ServiceId;
@@ -33,6 +33,7 @@ use super::{
     strip_hop_by_hop,
 };
 use crate::State;
+use crate::balance::Balancer;
 use crate::limits::Watched;
 use crate::metrics::{self, ConnGuard, Direction, Metered};
 use crate::outbound::dial;
@@ -58,15 +59,15 @@ type Slot = Arc<tokio::sync::Mutex<Option<Sender>>>;
 /// The mesh connections of one upstream listener, one per endpoint.
 pub struct MeshPool {
     upstream: String,
-    next: AtomicUsize,
+    balancer: Arc<Balancer>,
     slots: Mutex<HashMap<SlotKey, Slot>>,
 }
 
 impl MeshPool {
-    pub fn new(upstream: String) -> MeshPool {
+    pub fn new(upstream: String, balancer: Arc<Balancer>) -> MeshPool {
         MeshPool {
             upstream,
-            next: AtomicUsize::new(0),
+            balancer,
             slots: Mutex::new(HashMap::new()),
         }
     }
@@ -111,9 +112,11 @@ impl MeshPool {
             Err(result) => {
                 tracing::debug!(upstream = %self.upstream, endpoint = %endpoint.addr, result, "dial failed");
                 guard.attempt(result);
+                self.balancer.failed(&endpoint.addr);
                 return None;
             }
         };
+        self.balancer.succeeded(&endpoint.addr);
         metrics::handshake_duration(Direction::Outbound, started);
         let io = TokioIo::new(Metered::new(stream, guard.bytes()));
         let handshake = http2::Builder::new(TokioExecutor::new())
@@ -228,9 +231,8 @@ async fn handle(
     headers.remove(XFCC);
     *req.version_mut() = Version::HTTP_2;
 
-    let first = pool.next.fetch_add(1, Ordering::Relaxed);
-    for i in 0..endpoints.len() {
-        let endpoint = &endpoints[(first + i) % endpoints.len()];
+    for i in pool.balancer.order(endpoints) {
+        let endpoint = &endpoints[i];
         let Some(mut sender) = pool.sender(endpoint, upstream, &tls).await else {
             continue;
         };
