@@ -112,3 +112,90 @@ impl Drop for CurlLoop {
         self.stop.cancel();
     }
 }
+
+/// Steady load from inside the test process, for rates curl cannot reach: `workers`
+/// loops, each opening a connection, sending `per_connection` keep-alive GETs on it
+/// (every answer checked: 200 and the expected body), then opening the next, so new
+/// mesh handshakes keep happening too.
+pub struct Load {
+    tally: Arc<Mutex<Tally>>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    started: tokio::time::Instant,
+}
+
+impl Load {
+    pub fn start(
+        addr: std::net::SocketAddr,
+        workers: usize,
+        per_connection: usize,
+        expected_body: &'static [u8],
+    ) -> Load {
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let stop = CancellationToken::new();
+        let tasks = (0..workers)
+            .map(|_| {
+                let (tally, stop) = (tally.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.is_cancelled() {
+                        let mut conn = match crate::clients::KeepAlive::open(addr).await {
+                            Ok(conn) => conn,
+                            Err(e) => {
+                                tally.lock().failures.push(format!("connect: {e:#}"));
+                                continue;
+                            }
+                        };
+                        for _ in 0..per_connection {
+                            if stop.is_cancelled() {
+                                break;
+                            }
+                            let outcome = conn.get("/").await;
+                            let mut tally = tally.lock();
+                            match outcome {
+                                Ok((200, body)) if body == expected_body => tally.ok += 1,
+                                Ok((status, body)) => {
+                                    tally
+                                        .failures
+                                        .push(format!("HTTP {status}, {} body bytes", body.len()));
+                                    break;
+                                }
+                                Err(e) => {
+                                    tally.failures.push(format!("{e:#}"));
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            tally,
+            stop,
+            tasks,
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The tally so far.
+    pub fn tally(&self) -> Tally {
+        self.tally.lock().clone()
+    }
+
+    /// Stops after the requests in flight; the final tally and requests per second.
+    pub async fn stop(mut self) -> (Tally, f64) {
+        self.stop.cancel();
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        let tally = self.tally();
+        let rate = tally.ok as f64 / self.started.elapsed().as_secs_f64();
+        (tally, rate)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
