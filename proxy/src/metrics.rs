@@ -242,3 +242,53 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn active_inbound(handle: &PrometheusHandle) -> f64 {
+        handle
+            .render()
+            .lines()
+            .find(|l| l.starts_with("ferrule_active_connections{direction=\"inbound\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// A bug that panics in one connection's task stays in that task (tokio catches
+    /// it; the release profile keeps `panic = "unwind"`), and the guard's drop during
+    /// the unwind gives the connection count back.
+    #[test]
+    fn a_panicking_connection_task_leaks_no_connection_count() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        metrics::with_local_recorder(&recorder, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+                let healthy = tokio::spawn(async move {
+                    let _guard = ConnGuard::new(Direction::Inbound, None, peer);
+                    let _ = ready_tx.send(());
+                    std::future::pending::<()>().await;
+                });
+                ready_rx.await.unwrap();
+                let buggy = tokio::spawn(async move {
+                    let _guard = ConnGuard::new(Direction::Inbound, None, peer);
+                    panic!("a bug in one connection");
+                });
+                assert!(buggy.await.unwrap_err().is_panic());
+                assert_eq!(active_inbound(&handle), 1.0, "{}", handle.render());
+                assert!(!healthy.is_finished(), "the other connection lives on");
+                healthy.abort();
+                let _ = healthy.await;
+            });
+        });
+        assert_eq!(active_inbound(&handle), 0.0, "{}", handle.render());
+    }
+}
