@@ -88,7 +88,11 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State) {
         return guard.set_result("tls_error");
     };
     guard.set_identity(id.to_uri());
-    let caller = Peer::from(&id);
+    let local_td = snapshot
+        .bundle
+        .as_ref()
+        .map_or("", |b| b.trust_domain.as_str());
+    let caller = Peer::of_caller(&id, local_td);
 
     let intentions = snapshot.intentions.clone();
     let allowed = is_allowed(intentions.as_deref(), &caller);
