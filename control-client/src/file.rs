@@ -936,3 +936,121 @@ endpoints = ["127.0.0.1:21001"]
         assert_eq!(pins.mismatch(&api), None);
     }
 }
+
+#[cfg(test)]
+mod workload_tests {
+    use super::*;
+    use crate::ca::{DevCa, LeafSpec};
+
+    const NO_FILES: &str = r#"
+[identity]
+service = "api"
+[inbound]
+bind = "127.0.0.1:21000"
+local_app = "127.0.0.1:8080"
+[[upstreams]]
+name = "db"
+bind = "127.0.0.1:9191"
+endpoints = ["127.0.0.1:21001"]
+"#;
+
+    fn parse(text: &str, workload_api: bool) -> Result<StaticConfig, ConfigError> {
+        StaticConfig::parse_with(Path::new("/etc/ferrule/ferrule.toml"), text, workload_api)
+    }
+
+    #[test]
+    fn identity_files_are_optional_only_with_the_workload_api() {
+        let cfg = parse(NO_FILES, true).unwrap();
+        assert!(cfg.files.is_none());
+        assert!(parse("", true).unwrap().files.is_none());
+
+        let e = parse(NO_FILES, false).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("identity.cert", 2), "{e}");
+        assert!(e.message.contains("--workload-api"), "{e}");
+        let e = parse("", false).unwrap_err();
+        assert_eq!(e.key, "identity.cert", "{e}");
+
+        // Half the files is a mistake either way.
+        let half = NO_FILES.replace("service = \"api\"", "cert = \"a.pem\"\nbundle = \"ca.pem\"");
+        for workload_api in [true, false] {
+            let e = parse(&half, workload_api).unwrap_err();
+            assert_eq!((e.key.as_str(), e.line), ("identity.key", 2), "{e}");
+        }
+    }
+
+    fn identity(ca: &DevCa, service: &str, federated: &[&DevCa]) -> Arc<Identity> {
+        let leaf = ca.issue(&LeafSpec::service(service)).unwrap();
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let leaf = model::parse_leaf(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes(), &provider)
+            .unwrap();
+        let mut bundle = model::parse_bundle(ca.cert_pem().as_bytes(), &ca.trust_domain()).unwrap();
+        for fed in federated {
+            let b = model::parse_bundle(fed.cert_pem().as_bytes(), &fed.trust_domain()).unwrap();
+            bundle.federated.insert(fed.trust_domain(), Arc::new(b));
+        }
+        Arc::new(Identity {
+            leaf: Arc::new(leaf),
+            bundle: Arc::new(bundle),
+        })
+    }
+
+    async fn next(rx: &mut watch::Receiver<Arc<Snapshot>>) -> Arc<Snapshot> {
+        tokio::time::timeout(Duration::from_secs(3), rx.changed())
+            .await
+            .expect("a new snapshot within 3 s")
+            .unwrap();
+        rx.borrow_and_update().clone()
+    }
+
+    #[tokio::test]
+    async fn the_workload_identity_fills_the_snapshot_and_follows_rotations() {
+        let ca = DevCa::generate(None).unwrap();
+        let other = DevCa::generate(None).unwrap();
+        let (tx, feed) = watch::channel(None);
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let source = FileSource::new(parse(NO_FILES, true).unwrap(), provider);
+        let mut rx = source.with_identity(feed).spawn();
+
+        // Nothing yet: fail closed, no upstream identities to pin.
+        let first = rx.borrow_and_update().clone();
+        assert!(!first.is_complete());
+        assert!(first.upstreams.is_empty());
+
+        let id = identity(&ca, "api", &[&other]);
+        tx.send_replace(Some(id.clone()));
+        let snap = next(&mut rx).await;
+        assert!(snap.is_complete());
+        assert!(Arc::ptr_eq(snap.leaf.as_ref().unwrap(), &id.leaf));
+        assert!(Arc::ptr_eq(snap.bundle.as_ref().unwrap(), &id.bundle));
+        let db = &snap.upstreams[0].endpoints[0].identity;
+        assert_eq!(
+            (db.service.as_str(), db.trust_domain.as_str()),
+            ("db", ca.trust_domain().as_str())
+        );
+
+        // A rotation: new leaf, same bundle and intentions.
+        let rotated = Arc::new(Identity {
+            leaf: identity(&ca, "api", &[]).leaf.clone(),
+            bundle: id.bundle.clone(),
+        });
+        tx.send_replace(Some(rotated.clone()));
+        let snap2 = next(&mut rx).await;
+        assert!(Arc::ptr_eq(snap2.leaf.as_ref().unwrap(), &rotated.leaf));
+        assert!(Arc::ptr_eq(snap2.bundle.as_ref().unwrap(), &id.bundle));
+        assert!(Arc::ptr_eq(
+            snap.intentions.as_ref().unwrap(),
+            snap2.intentions.as_ref().unwrap()
+        ));
+
+        // An SVID for another service than the pinned one is refused.
+        tx.send_replace(Some(identity(&ca, "web", &[])));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(Arc::ptr_eq(&rx.borrow(), &snap2));
+
+        // Expired without a successor: no leaf, fail closed.
+        tx.send_replace(None);
+        let snap3 = next(&mut rx).await;
+        assert!(snap3.leaf.is_none() && snap3.bundle.is_none());
+        assert!(!snap3.is_complete());
+    }
+}
