@@ -50,6 +50,8 @@ pub struct SidecarConfig {
     bundle_pem: String,
     inbound: Option<Inbound>,
     upstreams: Vec<Upstream>,
+    /// `--workload-api`: identity from there, no identity files.
+    workload_api: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +77,21 @@ impl SidecarConfig {
             bundle_pem: ca.cert_pem().to_owned(),
             inbound: None,
             upstreams: Vec::new(),
+            workload_api: None,
+        }
+    }
+
+    /// A sidecar of `service` that takes its identity from the Workload API at `addr`
+    /// (`--workload-api`); its config pins the service and names no identity files.
+    pub fn from_workload_api(service: &str, addr: &str) -> SidecarConfig {
+        SidecarConfig {
+            service: service.to_owned(),
+            cert_pem: String::new(),
+            key_pem: None,
+            bundle_pem: String::new(),
+            inbound: None,
+            upstreams: Vec::new(),
+            workload_api: Some(addr.to_owned()),
         }
     }
 
@@ -117,9 +134,13 @@ impl SidecarConfig {
     fn render_toml(&self, ports: &Ports) -> String {
         let mut toml = String::new();
         let _ = writeln!(toml, "[identity]");
-        let _ = writeln!(toml, "cert = {CERT_FILE:?}");
-        let _ = writeln!(toml, "key = {KEY_FILE:?}");
-        let _ = writeln!(toml, "bundle = {BUNDLE_FILE:?}");
+        if self.workload_api.is_some() {
+            let _ = writeln!(toml, "service = {:?}", self.service);
+        } else {
+            let _ = writeln!(toml, "cert = {CERT_FILE:?}");
+            let _ = writeln!(toml, "key = {KEY_FILE:?}");
+            let _ = writeln!(toml, "bundle = {BUNDLE_FILE:?}");
+        }
         if let (Some(inbound), Some(bind)) = (&self.inbound, ports.inbound) {
             let _ = writeln!(toml, "\n[inbound]");
             let _ = writeln!(toml, "bind = \"{bind}\"");
@@ -207,17 +228,24 @@ impl Sidecar {
             std::fs::write(dir.path().join(name), contents)
                 .unwrap_or_else(|e| panic!("write {name} for a sidecar: {e}"));
         };
-        write(CERT_FILE, &config.cert_pem);
-        if let Some(key) = &config.key_pem {
-            write(KEY_FILE, key);
+        if config.workload_api.is_none() {
+            write(CERT_FILE, &config.cert_pem);
+            if let Some(key) = &config.key_pem {
+                write(KEY_FILE, key);
+            }
+            write(BUNDLE_FILE, &config.bundle_pem);
         }
-        write(BUNDLE_FILE, &config.bundle_pem);
         if let Some(inbound) = &config.inbound {
             write(INTENTIONS_FILE, &inbound.intentions_json);
         }
         write(CONFIG_FILE, &config.render_toml(&ports));
 
-        let child = ferrule_proxy_command(&dir.path().join(CONFIG_FILE), ports.admin)
+        let mut command = ferrule_proxy_command(&dir.path().join(CONFIG_FILE), ports.admin);
+        match &config.workload_api {
+            Some(addr) => command.args(["--workload-api", addr]),
+            None => command.env_remove("SPIFFE_ENDPOINT_SOCKET"),
+        };
+        let child = command
             .stdout(Stdio::null())
             .stderr(stderr_file(dir.path()))
             .spawn()
