@@ -258,7 +258,11 @@ impl WorkloadSource {
                 }
             }
         }
-        WorkloadApiError::EmptyResponse
+        // A clean end of stream is the server going away (a SPIRE agent restarting).
+        WorkloadApiError::Transport(TransportError::status(
+            GrpcStatusCode::Unavailable,
+            "the Workload API closed the stream",
+        ))
     }
 
     fn fatal(&self, error: &WorkloadApiError) -> Option<WorkloadError> {
