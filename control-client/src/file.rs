@@ -5,6 +5,10 @@
 //! points at are polled: a change is picked up within a poll interval however it was
 //! written (in place, atomic rename, symlink swap), and a change that does not parse is
 //! logged once and ignored, so the last good state stays in force.
+//!
+//! With `--workload-api` the leaf and bundles come from the SPIFFE Workload API instead
+//! (`FileSource::with_identity`); `identity.cert`, `key` and `bundle` may then be left
+//! out, and are ignored if given.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +28,7 @@ use crate::model::{
     UpstreamConfig,
 };
 use crate::telemetry::record_update;
+use crate::workload::{Identity, IdentityFeed};
 
 /// How often the watched files are read. Reading four small files twice a second
 /// costs nothing and, unlike inotify, sees every way a file can be replaced.
@@ -39,18 +44,19 @@ struct RawConfig {
     admin_addr: Option<SocketAddr>,
     #[serde(default)]
     default_action: Option<Action>,
-    identity: RawIdentity,
+    #[serde(default)]
+    identity: Option<toml::Spanned<RawIdentity>>,
     inbound: Option<RawInbound>,
     #[serde(default)]
     upstreams: Vec<RawUpstream>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawIdentity {
-    cert: PathBuf,
-    key: PathBuf,
-    bundle: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    bundle: Option<PathBuf>,
     trust_domain: Option<String>,
     partition: Option<String>,
     namespace: Option<String>,
@@ -146,14 +152,21 @@ struct UpstreamSpec {
     namespace: Option<String>,
 }
 
+/// The certificate, key and bundle files of `[identity]`.
+#[derive(Debug, Clone)]
+struct IdentityFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    bundle: PathBuf,
+}
+
 /// A parsed, validated static config with every path made absolute.
 #[derive(Debug, Clone)]
 pub struct StaticConfig {
     pub path: PathBuf,
     pub admin_addr: Option<SocketAddr>,
-    cert: PathBuf,
-    key: PathBuf,
-    bundle: PathBuf,
+    /// `None` only when the Workload API gives the identity.
+    files: Option<IdentityFiles>,
     intentions: Option<PathBuf>,
     pins: IdentityPins,
     default_action: DefaultAction,
@@ -164,6 +177,15 @@ pub struct StaticConfig {
 impl StaticConfig {
     /// Reads and validates the config file. Every error names file, line and key.
     pub fn load(path: &Path) -> Result<StaticConfig, ConfigError> {
+        Self::read(path, false)
+    }
+
+    /// As [`StaticConfig::load`], for `--workload-api`: the identity files may be left out.
+    pub fn load_for_workload_api(path: &Path) -> Result<StaticConfig, ConfigError> {
+        Self::read(path, true)
+    }
+
+    fn read(path: &Path, workload_api: bool) -> Result<StaticConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_owned(),
             line: 0,
@@ -171,10 +193,19 @@ impl StaticConfig {
             key: "-".into(),
             message: format!("cannot read: {e}"),
         })?;
-        Self::parse(path, &text)
+        Self::parse_with(path, &text, workload_api)
     }
 
+    #[cfg(test)]
     fn parse(path: &Path, text: &str) -> Result<StaticConfig, ConfigError> {
+        Self::parse_with(path, text, false)
+    }
+
+    fn parse_with(
+        path: &Path,
+        text: &str,
+        workload_api: bool,
+    ) -> Result<StaticConfig, ConfigError> {
         let err_at = |span: Option<std::ops::Range<usize>>, key: &str, message: String| {
             let (line, column) = span.map_or((0, 0), |s| line_col(text, s.start));
             ConfigError {
@@ -194,6 +225,37 @@ impl StaticConfig {
         })?;
 
         let dir = path.parent().unwrap_or(Path::new("."));
+        let (identity_span, identity) = match raw.identity {
+            Some(spanned) => (Some(spanned.span()), spanned.into_inner()),
+            None => (None, RawIdentity::default()),
+        };
+        let files = match (identity.cert, identity.key, identity.bundle) {
+            (Some(cert), Some(key), Some(bundle)) => Some(IdentityFiles {
+                cert: dir.join(cert),
+                key: dir.join(key),
+                bundle: dir.join(bundle),
+            }),
+            (None, None, None) if workload_api => None,
+            (cert, key, _) => {
+                let missing = if cert.is_none() {
+                    "cert"
+                } else if key.is_none() {
+                    "key"
+                } else {
+                    "bundle"
+                };
+                let why = if workload_api {
+                    "give all of cert, key and bundle, or none of them (--workload-api gives the identity)"
+                } else {
+                    "required: the leaf certificate, its key and the trust bundle (or take them from SPIFFE with --workload-api)"
+                };
+                return Err(err_at(
+                    identity_span.clone(),
+                    &format!("identity.{missing}"),
+                    why.to_owned(),
+                ));
+            }
+        };
         let inbound = match raw.inbound {
             Some(ib) => {
                 check_host_port(ib.local_app.get_ref())
@@ -277,16 +339,14 @@ impl StaticConfig {
         Ok(StaticConfig {
             path: path.to_owned(),
             admin_addr: raw.admin_addr,
-            cert: dir.join(raw.identity.cert),
-            key: dir.join(raw.identity.key),
-            bundle: dir.join(raw.identity.bundle),
+            files,
             intentions,
             pins: IdentityPins {
-                trust_domain: raw.identity.trust_domain,
-                partition: raw.identity.partition,
-                namespace: raw.identity.namespace,
-                datacenter: raw.identity.datacenter,
-                service: raw.identity.service,
+                trust_domain: identity.trust_domain,
+                partition: identity.partition,
+                namespace: identity.namespace,
+                datacenter: identity.datacenter,
+                service: identity.service,
             },
             default_action,
             inbound,
@@ -318,6 +378,9 @@ pub struct FileSource {
     leaf: Option<Arc<Leaf>>,
     bundle_pem: Option<Vec<u8>>,
     entries: Option<Vec<ServiceIntentionsEntry>>,
+    /// `--workload-api`: leaf and bundles come from here, not from files.
+    identity: Option<IdentityFeed>,
+    workload_bundle: Option<Arc<TrustBundle>>,
 }
 
 impl FileSource {
@@ -329,24 +392,41 @@ impl FileSource {
             leaf: None,
             bundle_pem: None,
             entries: None,
+            identity: None,
+            workload_bundle: None,
         }
+    }
+
+    /// Takes the leaf and bundles from the Workload API; the identity files, if the
+    /// config names any, are not read.
+    pub fn with_identity(mut self, feed: IdentityFeed) -> FileSource {
+        if self.config.files.take().is_some() {
+            tracing::warn!(config = %self.config.path.display(), "identity.cert, key and bundle are ignored: the Workload API gives the identity");
+        }
+        self.identity = Some(feed);
+        self
     }
 
     /// Loads what it can now, then polls in the background for as long as anyone
     /// holds the receiver.
     pub fn spawn(mut self) -> watch::Receiver<Arc<Snapshot>> {
         record_update("config", true);
-        let first = self.refresh();
+        let mut first = self.refresh();
+        let mut feed = self.identity.take();
+        if let Some(feed) = feed.as_mut() {
+            let current = feed.borrow_and_update().clone();
+            first = first.and(self.apply_identity(current));
+        }
         let (tx, rx) = watch::channel(Arc::new(self.snapshot(None, first)));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLL_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
+                let changes = tokio::select! {
                     _ = tx.closed() => return,
-                    _ = tick.tick() => {}
-                }
-                let changes = self.refresh();
+                    _ = tick.tick() => self.refresh(),
+                    identity = next_identity(&mut feed) => self.apply_identity(identity),
+                };
                 if changes.any() {
                     let prev = tx.borrow().clone();
                     let _ = tx.send(Arc::new(self.snapshot(Some(&prev), changes)));
@@ -358,20 +438,22 @@ impl FileSource {
 
     /// Reads every watched file; says which good state changed.
     fn refresh(&mut self) -> Changes {
-        let cert = self.read_changed(&self.config.cert.clone());
-        let key = self.read_changed(&self.config.key.clone());
-        let bundle = self.read_changed(&self.config.bundle.clone());
+        let mut changes = Changes::default();
+        if let Some(files) = self.config.files.clone() {
+            let cert = self.read_changed(&files.cert);
+            let key = self.read_changed(&files.key);
+            let bundle = self.read_changed(&files.bundle);
+            if cert.is_yes() || key.is_yes() {
+                changes.leaf = self.reload_leaf(&files);
+            }
+            if let Changed::Yes(Some(bytes)) = bundle {
+                changes.bundle = self.reload_bundle(&files, bytes);
+            }
+        }
         let intentions = match self.config.intentions.clone() {
             Some(p) => self.read_changed(&p),
             None => Changed::No,
         };
-        let mut changes = Changes::default();
-        if cert.is_yes() || key.is_yes() {
-            changes.leaf = self.reload_leaf();
-        }
-        if let Changed::Yes(Some(bytes)) = bundle {
-            changes.bundle = self.reload_bundle(bytes);
-        }
         if let Changed::Yes(Some(bytes)) = intentions {
             changes.intentions = self.reload_intentions(&bytes);
         }
@@ -392,24 +474,54 @@ impl FileSource {
         }
     }
 
-    fn reload_leaf(&mut self) -> bool {
-        let (Some(Some(cert)), Some(Some(key))) = (
-            self.seen.get(&self.config.cert),
-            self.seen.get(&self.config.key),
-        ) else {
+    /// The identity checks every new leaf passes: the config's pins, and the identity of
+    /// the leaf before it.
+    fn check_leaf(&self, leaf: &Leaf) -> Result<(), model::PemError> {
+        let pinned = self.leaf.as_ref().map(|l| &l.id);
+        match (self.config.pins.mismatch(&leaf.id), pinned) {
+            (Some(m), _) => Err(model::PemError::Identity(m)),
+            (None, Some(old)) if *old != leaf.id => Err(model::PemError::Identity(format!(
+                "new leaf is {}, but this proxy is {old}",
+                leaf.id
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// A new identity from the Workload API (`None`: the last one expired).
+    fn apply_identity(&mut self, identity: Option<Arc<Identity>>) -> Changes {
+        let Some(identity) = identity else {
+            let had = self.leaf.is_some() || self.workload_bundle.is_some();
+            self.leaf = None;
+            self.workload_bundle = None;
+            return Changes {
+                leaf: had,
+                bundle: had,
+                intentions: false,
+            };
+        };
+        if let Err(e) = self.check_leaf(&identity.leaf) {
+            tracing::warn!(error = %e, "SVID from the Workload API refused; keeping the last good one");
+            return Changes::default();
+        }
+        let changes = Changes {
+            leaf: !same_arc(&self.leaf, &identity.leaf),
+            bundle: !same_arc(&self.workload_bundle, &identity.bundle),
+            intentions: false,
+        };
+        self.leaf = Some(identity.leaf.clone());
+        self.workload_bundle = Some(identity.bundle.clone());
+        changes
+    }
+
+    fn reload_leaf(&mut self, files: &IdentityFiles) -> bool {
+        let (Some(Some(cert)), Some(Some(key))) =
+            (self.seen.get(&files.cert), self.seen.get(&files.key))
+        else {
             return false;
         };
-        let result = model::parse_leaf(cert, key, &self.provider).and_then(|leaf| {
-            let pinned = self.leaf.as_ref().map(|l| &l.id);
-            match (self.config.pins.mismatch(&leaf.id), pinned) {
-                (Some(m), _) => Err(model::PemError::Identity(m)),
-                (None, Some(old)) if *old != leaf.id => Err(model::PemError::Identity(format!(
-                    "new leaf is {}, but this proxy is {old}",
-                    leaf.id
-                ))),
-                _ => Ok(leaf),
-            }
-        });
+        let result = model::parse_leaf(cert, key, &self.provider)
+            .and_then(|leaf| self.check_leaf(&leaf).map(|()| leaf));
         match result {
             Ok(leaf) => {
                 tracing::info!(id = %leaf.id, serial = %leaf.serial, "leaf certificate loaded");
@@ -418,23 +530,23 @@ impl FileSource {
                 true
             }
             Err(e) => {
-                tracing::warn!(cert = %self.config.cert.display(), key = %self.config.key.display(), error = %e, "leaf not loaded; keeping the last good one");
+                tracing::warn!(cert = %files.cert.display(), key = %files.key.display(), error = %e, "leaf not loaded; keeping the last good one");
                 record_update("leaf", false);
                 false
             }
         }
     }
 
-    fn reload_bundle(&mut self, bytes: Vec<u8>) -> bool {
+    fn reload_bundle(&mut self, files: &IdentityFiles, bytes: Vec<u8>) -> bool {
         match model::parse_certificates(&bytes) {
             Ok(roots) => {
-                tracing::info!(file = %self.config.bundle.display(), roots = roots.len(), "trust bundle loaded");
+                tracing::info!(file = %files.bundle.display(), roots = roots.len(), "trust bundle loaded");
                 self.bundle_pem = Some(bytes);
                 record_update("roots", true);
                 true
             }
             Err(e) => {
-                tracing::warn!(file = %self.config.bundle.display(), error = %e, "trust bundle not loaded; keeping the last good one");
+                tracing::warn!(file = %files.bundle.display(), error = %e, "trust bundle not loaded; keeping the last good one");
                 record_update("roots", false);
                 false
             }
@@ -475,6 +587,7 @@ impl FileSource {
             .clone()
             .or_else(|| me.as_ref().map(|id| id.trust_domain.clone()));
         let bundle = match prev {
+            _ if self.workload_bundle.is_some() => self.workload_bundle.clone(),
             Some(prev) if !changes.bundle && prev.bundle.is_some() => prev.bundle.clone(),
             _ => match (&self.bundle_pem, &trust_domain) {
                 (Some(pem), Some(td)) => model::parse_bundle(pem, td).ok().map(Arc::new),
@@ -573,6 +686,29 @@ impl Changes {
     fn any(self) -> bool {
         self.leaf || self.bundle || self.intentions
     }
+
+    fn and(self, other: Changes) -> Changes {
+        Changes {
+            leaf: self.leaf || other.leaf,
+            bundle: self.bundle || other.bundle,
+            intentions: self.intentions || other.intentions,
+        }
+    }
+}
+
+/// The next identity from the Workload API; never resolves without a feed, or once the
+/// feed's source is gone (the last identity then stays).
+async fn next_identity(feed: &mut Option<IdentityFeed>) -> Option<Arc<Identity>> {
+    if let Some(rx) = feed
+        && rx.changed().await.is_ok()
+    {
+        return rx.borrow_and_update().clone();
+    }
+    std::future::pending().await
+}
+
+fn same_arc<T>(held: &Option<Arc<T>>, new: &Arc<T>) -> bool {
+    held.as_ref().is_some_and(|held| Arc::ptr_eq(held, new))
 }
 
 enum Changed {
@@ -626,7 +762,8 @@ endpoints = ["127.0.0.1:21001"]
     #[test]
     fn the_documented_example_parses_with_defaults() {
         let cfg = parse(GOOD).unwrap();
-        assert_eq!(cfg.cert, Path::new("/etc/ferrule/api.pem"));
+        let files = cfg.files.as_ref().unwrap();
+        assert_eq!(files.cert, Path::new("/etc/ferrule/api.pem"));
         assert_eq!(
             cfg.intentions.as_deref(),
             Some(Path::new("/etc/ferrule/intentions.json"))
@@ -826,5 +963,123 @@ endpoints = ["127.0.0.1:21001"]
         assert!(pins.mismatch(&web).unwrap().contains("identity.service"));
         let api = ServiceId::new("td.consul", "default", "dc1", "api");
         assert_eq!(pins.mismatch(&api), None);
+    }
+}
+
+#[cfg(test)]
+mod workload_tests {
+    use super::*;
+    use crate::ca::{DevCa, LeafSpec};
+
+    const NO_FILES: &str = r#"
+[identity]
+service = "api"
+[inbound]
+bind = "127.0.0.1:21000"
+local_app = "127.0.0.1:8080"
+[[upstreams]]
+name = "db"
+bind = "127.0.0.1:9191"
+endpoints = ["127.0.0.1:21001"]
+"#;
+
+    fn parse(text: &str, workload_api: bool) -> Result<StaticConfig, ConfigError> {
+        StaticConfig::parse_with(Path::new("/etc/ferrule/ferrule.toml"), text, workload_api)
+    }
+
+    #[test]
+    fn identity_files_are_optional_only_with_the_workload_api() {
+        let cfg = parse(NO_FILES, true).unwrap();
+        assert!(cfg.files.is_none());
+        assert!(parse("", true).unwrap().files.is_none());
+
+        let e = parse(NO_FILES, false).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("identity.cert", 2), "{e}");
+        assert!(e.message.contains("--workload-api"), "{e}");
+        let e = parse("", false).unwrap_err();
+        assert_eq!(e.key, "identity.cert", "{e}");
+
+        // Half the files is a mistake either way.
+        let half = NO_FILES.replace("service = \"api\"", "cert = \"a.pem\"\nbundle = \"ca.pem\"");
+        for workload_api in [true, false] {
+            let e = parse(&half, workload_api).unwrap_err();
+            assert_eq!((e.key.as_str(), e.line), ("identity.key", 2), "{e}");
+        }
+    }
+
+    fn identity(ca: &DevCa, service: &str, federated: &[&DevCa]) -> Arc<Identity> {
+        let leaf = ca.issue(&LeafSpec::service(service)).unwrap();
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let leaf = model::parse_leaf(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes(), &provider)
+            .unwrap();
+        let mut bundle = model::parse_bundle(ca.cert_pem().as_bytes(), &ca.trust_domain()).unwrap();
+        for fed in federated {
+            let b = model::parse_bundle(fed.cert_pem().as_bytes(), &fed.trust_domain()).unwrap();
+            bundle.federated.insert(fed.trust_domain(), Arc::new(b));
+        }
+        Arc::new(Identity {
+            leaf: Arc::new(leaf),
+            bundle: Arc::new(bundle),
+        })
+    }
+
+    async fn next(rx: &mut watch::Receiver<Arc<Snapshot>>) -> Arc<Snapshot> {
+        tokio::time::timeout(Duration::from_secs(3), rx.changed())
+            .await
+            .expect("a new snapshot within 3 s")
+            .unwrap();
+        rx.borrow_and_update().clone()
+    }
+
+    #[tokio::test]
+    async fn the_workload_identity_fills_the_snapshot_and_follows_rotations() {
+        let ca = DevCa::generate(None).unwrap();
+        let other = DevCa::generate(None).unwrap();
+        let (tx, feed) = watch::channel(None);
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let source = FileSource::new(parse(NO_FILES, true).unwrap(), provider);
+        let mut rx = source.with_identity(feed).spawn();
+
+        // Nothing yet: fail closed, no upstream identities to pin.
+        let first = rx.borrow_and_update().clone();
+        assert!(!first.is_complete());
+        assert!(first.upstreams.is_empty());
+
+        let id = identity(&ca, "api", &[&other]);
+        tx.send_replace(Some(id.clone()));
+        let snap = next(&mut rx).await;
+        assert!(snap.is_complete());
+        assert!(Arc::ptr_eq(snap.leaf.as_ref().unwrap(), &id.leaf));
+        assert!(Arc::ptr_eq(snap.bundle.as_ref().unwrap(), &id.bundle));
+        let db = &snap.upstreams[0].endpoints[0].identity;
+        assert_eq!(
+            (db.service.as_str(), db.trust_domain.as_str()),
+            ("db", ca.trust_domain().as_str())
+        );
+
+        // A rotation: new leaf, same bundle and intentions.
+        let rotated = Arc::new(Identity {
+            leaf: identity(&ca, "api", &[]).leaf.clone(),
+            bundle: id.bundle.clone(),
+        });
+        tx.send_replace(Some(rotated.clone()));
+        let snap2 = next(&mut rx).await;
+        assert!(Arc::ptr_eq(snap2.leaf.as_ref().unwrap(), &rotated.leaf));
+        assert!(Arc::ptr_eq(snap2.bundle.as_ref().unwrap(), &id.bundle));
+        assert!(Arc::ptr_eq(
+            snap.intentions.as_ref().unwrap(),
+            snap2.intentions.as_ref().unwrap()
+        ));
+
+        // An SVID for another service than the pinned one is refused.
+        tx.send_replace(Some(identity(&ca, "web", &[])));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(Arc::ptr_eq(&rx.borrow(), &snap2));
+
+        // Expired without a successor: no leaf, fail closed.
+        tx.send_replace(None);
+        let snap3 = next(&mut rx).await;
+        assert!(snap3.leaf.is_none() && snap3.bundle.is_none());
+        assert!(!snap3.is_complete());
     }
 }

@@ -110,6 +110,21 @@ impl From<&ServiceId> for Peer {
     }
 }
 
+impl Peer {
+    /// The caller as intentions see it. A caller from another trust domain (federated
+    /// through the Workload API) is a cluster peer whose peer name is its trust domain,
+    /// so only sources with `Peer` set to that trust domain match it, never local ones.
+    pub fn of_caller(id: &ServiceId, local_trust_domain: &str) -> Peer {
+        let mut peer = Peer::from(id);
+        if id.trust_domain != local_trust_domain {
+            peer.peer = id.trust_domain.clone();
+            // Peered sources carry no partition: the peering implies it.
+            peer.partition = String::new();
+        }
+        peer
+    }
+}
+
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.peer.is_empty() {
@@ -1131,6 +1146,15 @@ mod tests {
             }
         );
         assert_eq!(peer.to_string(), "retail/shop/web");
+
+        // Local callers are local; a federated trust domain is a peer named after it.
+        assert_eq!(Peer::of_caller(&id, &id.trust_domain), peer);
+        let federated = Peer::of_caller(&id, "other.consul");
+        assert_eq!(federated.peer, id.trust_domain);
+        assert_eq!(
+            federated.to_string(),
+            format!("peer({})/shop/web", id.trust_domain)
+        );
         assert_eq!(
             Destination::from(&id),
             Destination::new("retail", "shop", "web")

@@ -2,7 +2,8 @@
 //!
 //! The model (`model`, `intentions`, `identity`) is plain data the proxy reads from a
 //! `tokio::sync::watch` channel of `Arc<Snapshot>`. Sources fill that channel: files
-//! (`file`) and the Consul agent (`consul`). `api` holds Consul's wire types, shared by the
+//! (`file`) and the Consul agent (`consul`); either can take its identity (leaf and
+//! bundles) from the SPIFFE Workload API instead (`workload`). `api` holds Consul's wire types, shared by the
 //! client and the development agent so the two sides cannot drift apart. `ca` is the
 //! development certificate authority used by `cargo xtask certs`, tests and the dev agent.
 
@@ -16,3 +17,4 @@ pub mod identity;
 pub mod intentions;
 pub mod model;
 mod telemetry;
+pub mod workload;

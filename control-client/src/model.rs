@@ -4,6 +4,7 @@
 //! `Arc` on a `tokio::sync::watch` channel. Readers clone the `Arc` and never hold a
 //! lock; a snapshot is never mutated once published.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,11 @@ pub struct TrustBundle {
     pub roots: Vec<CertificateDer<'static>>,
     /// Colon-hex serial numbers of the roots, for `/config` and logs.
     pub root_serials: Vec<String>,
+    /// The bundles of other trust domains this proxy federates with (from the Workload
+    /// API), by trust domain name. A peer is verified against the bundle of the trust
+    /// domain its own SPIFFE ID names, never against another's.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub federated: BTreeMap<String, Arc<TrustBundle>>,
 }
 
 impl fmt::Debug for TrustBundle {
@@ -33,6 +39,7 @@ impl fmt::Debug for TrustBundle {
         f.debug_struct("TrustBundle")
             .field("trust_domain", &self.trust_domain)
             .field("root_serials", &self.root_serials)
+            .field("federated", &self.federated.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -228,7 +235,18 @@ pub fn parse_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Pe
 /// A trust bundle from PEM roots. The trust domain is the caller's: roots from some
 /// providers carry no SPIFFE URI.
 pub fn parse_bundle(pem: &[u8], trust_domain: &str) -> Result<TrustBundle, PemError> {
-    let roots = parse_certificates(pem)?;
+    bundle_from_der(parse_certificates(pem)?, trust_domain)
+}
+
+/// A trust bundle from DER roots, as the Workload API sends them; without federated
+/// bundles.
+pub fn bundle_from_der(
+    roots: Vec<CertificateDer<'static>>,
+    trust_domain: &str,
+) -> Result<TrustBundle, PemError> {
+    if roots.is_empty() {
+        return Err(PemError::NoCertificate);
+    }
     let root_serials = roots
         .iter()
         .map(|c| cert_facts(c).map(|f| f.serial))
@@ -237,6 +255,7 @@ pub fn parse_bundle(pem: &[u8], trust_domain: &str) -> Result<TrustBundle, PemEr
         trust_domain: trust_domain.to_owned(),
         roots,
         root_serials,
+        federated: BTreeMap::new(),
     })
 }
 
@@ -253,6 +272,19 @@ pub fn parse_leaf(
         rustls_pki_types::pem::Error::NoItemsFound => PemError::NoKey,
         other => PemError::Pem(other.to_string()),
     })?;
+    leaf_from_der(chain, key, provider)
+}
+
+/// A leaf from DER, as the Workload API sends it: the chain (leaf first) and its key.
+/// The same checks as [`parse_leaf`].
+pub fn leaf_from_der(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    provider: &CryptoProvider,
+) -> Result<Leaf, PemError> {
+    if chain.is_empty() {
+        return Err(PemError::NoCertificate);
+    }
     let facts = cert_facts(&chain[0])?;
     let spiffe = spiffe::cert::spiffe_id_from_der(&chain[0])
         .map_err(|e| PemError::Identity(e.to_string()))?;

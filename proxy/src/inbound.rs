@@ -114,7 +114,11 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, app: Arc<Loc
         return guard.set_result("tls_error");
     };
     guard.set_identity(id.to_uri());
-    let caller = Peer::from(&id);
+    let local_td = snapshot
+        .bundle
+        .as_ref()
+        .map_or("", |b| b.trust_domain.as_str());
+    let caller = Peer::of_caller(&id, local_td);
 
     if inbound.protocol.is_http() {
         // Every request is decided on its own; the connection itself is let in.

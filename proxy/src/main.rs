@@ -11,8 +11,12 @@ use ferrule_control::consul::{
     AgentAddr, AgentClientConfig, ConsulConfig, ConsulSource, ProxySelector,
 };
 use ferrule_control::dev::DevAgentConfig;
-use ferrule_control::file::StaticConfig;
+use ferrule_control::dev::workload::{Federation, WorkloadSocket};
+use ferrule_control::file::{FileSource, StaticConfig};
 use ferrule_control::intentions::Action;
+use ferrule_control::model::Snapshot;
+use ferrule_control::workload::{Fatal, WorkloadSource};
+use tokio::sync::watch;
 
 const DEFAULT_ADMIN_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 19100);
 
@@ -58,6 +62,15 @@ struct DevArgs {
     /// Keep the CA, registrations, intentions and check statuses here across restarts.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Serve the SPIFFE Workload API on this unix socket, with the SVID of SERVICE
+    /// (default: the socket's file name without extension, web.sock → web). Repeatable:
+    /// one socket per workload.
+    #[arg(long, value_name = "[SERVICE=]PATH")]
+    workload_api_socket: Vec<WorkloadSocket>,
+    /// Send this trust domain's bundle (PEM file, re-read when it changes) as a federated
+    /// bundle on the Workload API. Repeatable.
+    #[arg(long, value_name = "TRUST_DOMAIN=FILE")]
+    federate_with: Vec<Federation>,
     #[arg(long, env = "FERRULE_LOG", default_value = "info")]
     log_level: String,
 }
@@ -104,6 +117,11 @@ struct ProxyArgs {
     /// CA certificates to verify an https agent with.
     #[arg(long, env = "CONSUL_CACERT", value_name = "PATH")]
     ca_file: Option<PathBuf>,
+    /// Take leaf, key and trust bundles from this SPIFFE Workload API (a SPIRE agent):
+    /// unix:///path/to/agent.sock or tcp://IP:PORT. Intentions, listeners and upstreams
+    /// still come from --config or the Consul agent.
+    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", value_name = "ADDR")]
+    workload_api: Option<String>,
     /// What applies when no intention matches [default: learned from the agent].
     #[arg(long, value_enum)]
     default_action: Option<DefaultActionArg>,
@@ -174,6 +192,8 @@ fn dev(args: DevArgs) -> ExitCode {
         check_interval: args.check_interval,
         default_intention_policy: args.default_intention_policy.map(Action::from),
         data_dir: args.data_dir,
+        workload_api: args.workload_api_socket,
+        federate_with: args.federate_with,
         ..DevAgentConfig::default()
     };
     let runtime = match runtime() {
@@ -188,7 +208,8 @@ fn dev(args: DevArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferrule: {e}");
-            ExitCode::from(1)
+            let bad_flags = matches!(e, ferrule_control::dev::DevError::Config(_));
+            ExitCode::from(if bad_flags { 2 } else { 1 })
         }
     }
 }
@@ -246,9 +267,18 @@ fn proxy(args: ProxyArgs) -> ExitCode {
 
 async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
     let provider = ferrule::tls::provider();
+    let workload = match args.workload_api.as_deref() {
+        Some(addr) => Some(
+            WorkloadSource::new(addr, provider.clone()).map_err(|e| Fail::Usage(e.to_string()))?,
+        ),
+        None => None,
+    };
     if let Some(path) = &args.config {
-        let config =
-            StaticConfig::load(path).map_err(|e| Fail::Usage(format!("bad config: {e}")))?;
+        let config = match workload {
+            Some(_) => StaticConfig::load_for_workload_api(path),
+            None => StaticConfig::load(path),
+        }
+        .map_err(|e| Fail::Usage(format!("bad config: {e}")))?;
         let admin_addr = args
             .admin_addr
             .or(config.admin_addr)
@@ -257,17 +287,23 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
         let admin = ferrule::bind_admin(admin_addr)
             .await
             .map_err(Fail::Runtime)?;
-        let snapshots = ferrule_control::file::FileSource::new(config, provider.clone()).spawn();
-        return ferrule::serve(
+        let source = FileSource::new(config, provider.clone());
+        let (snapshots, fatal) = match workload {
+            Some(workload) => {
+                let (feed, fatal) = workload.spawn();
+                (source.with_identity(feed).spawn(), Some(fatal))
+            }
+            None => (source.spawn(), None),
+        };
+        return serve(
             admin,
             snapshots,
             metrics,
             provider,
-            ferrule::shutdown_signal(),
+            fatal,
             args.drain_timeout,
         )
-        .await
-        .map_err(Fail::Runtime);
+        .await;
     }
 
     let selector = match (args.sidecar_for, args.proxy_id) {
@@ -289,7 +325,7 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
     agent.ca_file = args.ca_file;
     let mut config = ConsulConfig::new(agent, selector);
     config.default_action = args.default_action.map(Action::from);
-    let source =
+    let mut source =
         ConsulSource::new(config, provider.clone()).map_err(|e| Fail::Usage(e.to_string()))?;
     let admin_addr = args
         .admin_addr
@@ -298,17 +334,47 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
     let admin = ferrule::bind_admin(admin_addr)
         .await
         .map_err(Fail::Runtime)?;
+    let fatal = match workload {
+        Some(workload) => {
+            let (feed, fatal) = workload.spawn();
+            source = source.with_identity(feed);
+            Some(fatal)
+        }
+        None => None,
+    };
     let snapshots = source.spawn();
-    ferrule::serve(
+    serve(
         admin,
         snapshots,
         metrics,
         provider,
-        ferrule::shutdown_signal(),
+        fatal,
         args.drain_timeout,
     )
     .await
-    .map_err(Fail::Runtime)
+}
+
+/// The data plane until a signal, or until the Workload API fails for good (exit 1).
+async fn serve(
+    admin: tokio::net::TcpListener,
+    snapshots: watch::Receiver<std::sync::Arc<Snapshot>>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+    fatal: Option<Fatal>,
+    drain_timeout: Duration,
+) -> Result<(), Fail> {
+    let fatal = async {
+        match fatal {
+            Some(fatal) => fatal.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = ferrule::serve(admin, snapshots, metrics, provider, ferrule::shutdown_signal(), drain_timeout) => {
+            result.map_err(Fail::Runtime)
+        }
+        error = fatal => Err(Fail::Runtime(anyhow::Error::from(error))),
+    }
 }
 
 fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {

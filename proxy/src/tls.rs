@@ -1,11 +1,13 @@
 //! mTLS for both directions: SVID verification and the rustls configs built from a
 //! snapshot.
 //!
-//! A peer is accepted when its chain verifies against our bundle (rustls-webpki: valid
-//! now, end-entity not CA, right extended key usage), its leaf carries exactly one URI
-//! SAN, that SAN is a Consul service SPIFFE ID, and the ID is in our trust domain. When
-//! we dial, the server must also be exactly the identity we expect. Host names are never
-//! checked: Consul leaves carry none.
+//! A peer is accepted when its leaf carries exactly one URI SAN, that SAN is a Consul
+//! service SPIFFE ID, and its chain verifies (rustls-webpki: valid now, end-entity not
+//! CA, right extended key usage) against the bundle of the trust domain that ID names:
+//! ours, or one we federate with (from the Workload API). The ID is read first only to
+//! pick those anchors; a peer is never checked against another domain's roots, so a
+//! domain's CA cannot vouch for names of another. When we dial, the server must also be
+//! exactly the identity we expect. Host names are never checked: Consul leaves carry none.
 //!
 //! Configs are rebuilt only when the leaf, the bundle or the set of upstream identities
 //! changes, and published as one `Arc<TlsState>`; a handshake clones the `Arc` it
@@ -36,7 +38,7 @@ pub enum SvidError {
     Chain(webpki::Error),
     #[error("not an X.509-SVID: {0}")]
     NotSvid(String),
-    #[error("SPIFFE ID {got} is outside trust domain {want}")]
+    #[error("SPIFFE ID {got} is neither of trust domain {want} nor of one we federate with")]
     ForeignTrustDomain { want: String, got: String },
 }
 
@@ -48,30 +50,49 @@ pub struct PeerIdentityMismatch {
     pub got: String,
 }
 
-/// What the verifiers need: the anchors of one bundle and the crypto to check with.
+/// What the verifiers need: the anchors of our bundle and of the federated ones, and
+/// the crypto to check with.
 struct Anchors {
     trust_domain: String,
     anchors: Vec<TrustAnchor<'static>>,
+    /// By trust domain name.
+    federated: HashMap<String, Vec<TrustAnchor<'static>>>,
     algorithms: WebPkiSupportedAlgorithms,
+}
+
+fn trust_anchors(roots: &[CertificateDer<'static>]) -> Vec<TrustAnchor<'static>> {
+    roots
+        .iter()
+        .filter_map(|der| match webpki::anchor_from_trusted_cert(der) {
+            Ok(anchor) => Some(anchor.to_owned()),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a root that is not a usable trust anchor");
+                None
+            }
+        })
+        .collect()
 }
 
 impl Anchors {
     fn new(bundle: &TrustBundle, provider: &CryptoProvider) -> Anchors {
-        let anchors = bundle
-            .roots
-            .iter()
-            .filter_map(|der| match webpki::anchor_from_trusted_cert(der) {
-                Ok(anchor) => Some(anchor.to_owned()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "ignoring a root that is not a usable trust anchor");
-                    None
-                }
-            })
-            .collect();
         Anchors {
             trust_domain: bundle.trust_domain.clone(),
-            anchors,
+            anchors: trust_anchors(&bundle.roots),
+            federated: bundle
+                .federated
+                .iter()
+                .map(|(td, b)| (td.clone(), trust_anchors(&b.roots)))
+                .collect(),
             algorithms: provider.signature_verification_algorithms,
+        }
+    }
+
+    /// The anchors of `trust_domain`, if we trust it at all.
+    fn of(&self, trust_domain: &str) -> Option<&[TrustAnchor<'static>]> {
+        if trust_domain == self.trust_domain {
+            Some(&self.anchors)
+        } else {
+            self.federated.get(trust_domain).map(Vec::as_slice)
         }
     }
 
@@ -84,9 +105,17 @@ impl Anchors {
         usage: webpki::KeyUsage,
     ) -> Result<ServiceId, SvidError> {
         let cert = webpki::EndEntityCert::try_from(end_entity).map_err(SvidError::Chain)?;
+        // Unverified until the chain is: only used to choose whose roots must vouch.
+        let id = peer_identity(end_entity)?;
+        let anchors = self
+            .of(&id.trust_domain)
+            .ok_or_else(|| SvidError::ForeignTrustDomain {
+                want: self.trust_domain.clone(),
+                got: id.to_uri(),
+            })?;
         cert.verify_for_usage(
             self.algorithms.all,
-            &self.anchors,
+            anchors,
             intermediates,
             now,
             usage,
@@ -94,16 +123,7 @@ impl Anchors {
             None,
         )
         .map_err(SvidError::Chain)?;
-        peer_identity(end_entity).and_then(|id| {
-            if id.trust_domain == self.trust_domain {
-                Ok(id)
-            } else {
-                Err(SvidError::ForeignTrustDomain {
-                    want: self.trust_domain.clone(),
-                    got: id.to_uri(),
-                })
-            }
-        })
+        Ok(id)
     }
 }
 
@@ -566,6 +586,83 @@ mod tests {
         };
         let err = verify(&f.anchors, &chain(&f.ca, &foreign)).unwrap_err();
         assert!(matches!(err, SvidError::ForeignTrustDomain { .. }), "{err}");
+    }
+
+    /// Our anchors with `federated` CAs' bundles beside our own.
+    fn federated_anchors(ours: &DevCa, federated: &[&DevCa]) -> Anchors {
+        let mut bundle = parse_bundle(ours.cert_pem().as_bytes(), &ours.trust_domain()).unwrap();
+        for ca in federated {
+            let fed = parse_bundle(ca.cert_pem().as_bytes(), &ca.trust_domain()).unwrap();
+            bundle.federated.insert(ca.trust_domain(), Arc::new(fed));
+        }
+        Anchors::new(&bundle, &provider())
+    }
+
+    fn claiming(ca_of_uri: &DevCa, service: &str) -> LeafSpec {
+        LeafSpec {
+            uri_override: Some(format!(
+                "spiffe://{}/ns/default/dc/dc1/svc/{service}",
+                ca_of_uri.trust_domain()
+            )),
+            ..LeafSpec::service(service)
+        }
+    }
+
+    #[test]
+    fn a_federated_peer_is_verified_against_its_own_domains_bundle_only() {
+        let ours = DevCa::generate(None).unwrap();
+        let theirs = DevCa::generate(None).unwrap();
+        let stranger = DevCa::generate(None).unwrap();
+        let anchors = federated_anchors(&ours, &[&theirs]);
+
+        let id = verify(&anchors, &chain(&theirs, &LeafSpec::service("web"))).unwrap();
+        assert_eq!(id.trust_domain, theirs.trust_domain());
+        assert_eq!(id.service, "web");
+        verify(&anchors, &chain(&ours, &LeafSpec::service("web"))).unwrap();
+
+        // A name of our domain signed by theirs, and theirs signed by ours: both refused,
+        // though each CA is trusted for its own domain.
+        let err = verify(&anchors, &chain(&theirs, &claiming(&ours, "web"))).unwrap_err();
+        assert!(
+            matches!(err, SvidError::Chain(webpki::Error::UnknownIssuer)),
+            "{err}"
+        );
+        let err = verify(&anchors, &chain(&ours, &claiming(&theirs, "web"))).unwrap_err();
+        assert!(
+            matches!(err, SvidError::Chain(webpki::Error::UnknownIssuer)),
+            "{err}"
+        );
+
+        // A domain we do not federate with, even one signed by a CA we trust.
+        let err = verify(&anchors, &chain(&stranger, &LeafSpec::service("web"))).unwrap_err();
+        assert!(matches!(err, SvidError::ForeignTrustDomain { .. }), "{err}");
+        let err = verify(&anchors, &chain(&theirs, &claiming(&stranger, "web"))).unwrap_err();
+        assert!(matches!(err, SvidError::ForeignTrustDomain { .. }), "{err}");
+
+        // Without their bundle, their peers are foreign.
+        let alone = federated_anchors(&ours, &[]);
+        let err = verify(&alone, &chain(&theirs, &LeafSpec::service("web"))).unwrap_err();
+        assert!(matches!(err, SvidError::ForeignTrustDomain { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_upstream_in_a_federated_domain_is_dialed_by_its_exact_identity() {
+        let ours = DevCa::generate(None).unwrap();
+        let theirs = DevCa::generate(None).unwrap();
+        let expected = ServiceId::new(&theirs.trust_domain(), "default", "dc1", "api");
+        let verifier = ServerSvidVerifier {
+            anchors: Arc::new(federated_anchors(&ours, &[&theirs])),
+            expected,
+        };
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let check = |ca: &DevCa, spec: &LeafSpec| {
+            let c = chain(ca, spec);
+            verifier.verify_server_cert(&c[0], &c[1..], &name, &[], UnixTime::now())
+        };
+        assert!(check(&theirs, &LeafSpec::service("api")).is_ok());
+        assert!(check(&theirs, &LeafSpec::service("db")).is_err());
+        assert!(check(&ours, &claiming(&theirs, "api")).is_err());
+        assert!(check(&ours, &LeafSpec::service("api")).is_err());
     }
 
     #[test]

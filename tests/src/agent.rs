@@ -30,6 +30,8 @@ pub struct AgentOptions {
     pub leaf_ttl: String,
     /// `--check-interval` of the sidecars' TCP health checks.
     pub check_interval: String,
+    /// More flags for `ferrule dev` (e.g. `--workload-api-socket`).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for AgentOptions {
@@ -37,6 +39,7 @@ impl Default for AgentOptions {
         AgentOptions {
             leaf_ttl: "72h".to_owned(),
             check_interval: "500ms".to_owned(),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -104,6 +107,7 @@ impl DevAgent {
             .arg(self.dir.path())
             .args(["--leaf-ttl", &self.options.leaf_ttl])
             .args(["--check-interval", &self.options.check_interval])
+            .args(&self.options.extra_args)
             .args(["--log-level", "info"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -134,6 +138,16 @@ impl DevAgent {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The data dir: `ca.pem` and `ca-key.pem` there are the agent's active CA.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// What the agent logged so far in this run.
+    pub fn log(&self) -> String {
+        self.current_log()
     }
 
     fn log_path(&self) -> PathBuf {

@@ -41,13 +41,30 @@ impl ConsulSidecar {
         ConsulSidecar::spawn_at(&agent.url(), service_id)
     }
 
+    /// As [`ConsulSidecar::start`], with more `ferrule proxy` flags (e.g. `--workload-api`).
+    pub async fn start_with_args(
+        agent: &DevAgent,
+        service_id: &str,
+        extra_args: &[&str],
+    ) -> ConsulSidecar {
+        let mut sidecar = ConsulSidecar::spawn_with_args(&agent.url(), service_id, extra_args);
+        if let Err(e) = sidecar.wait_ready().await {
+            panic!("the sidecar for {service_id} did not become ready: {e:#}");
+        }
+        sidecar
+    }
+
     pub fn spawn_at(agent_url: &str, service_id: &str) -> ConsulSidecar {
-        ConsulSidecar::spawn_with(agent_url, service_id, &[])
+        ConsulSidecar::spawn_with_args(agent_url, service_id, &[])
     }
 
     /// As [`ConsulSidecar::spawn_at`], with more arguments for `ferrule proxy` (later
     /// ones win over the defaults, e.g. `--log-level trace`).
-    pub fn spawn_with(agent_url: &str, service_id: &str, extra: &[&str]) -> ConsulSidecar {
+    pub fn spawn_with_args(
+        agent_url: &str,
+        service_id: &str,
+        extra_args: &[&str],
+    ) -> ConsulSidecar {
         let dir = tempfile::Builder::new()
             .prefix(&format!("ferrule-sidecar-for-{service_id}-"))
             .tempdir()
@@ -61,10 +78,11 @@ impl ConsulSidecar {
             .args(["--consul-addr", agent_url])
             .args(["--admin-addr", &admin.to_string()])
             .args(["--log-level", "info,ferrule=debug,ferrule_control=debug"])
-            .args(extra)
+            .args(extra_args)
             .env_remove("CONSUL_HTTP_TOKEN")
             .env_remove("CONSUL_HTTP_TOKEN_FILE")
             .env_remove("CONSUL_HTTP_ADDR")
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

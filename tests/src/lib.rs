@@ -15,6 +15,8 @@
 //! - `metrics`: reading Prometheus text.
 //! - `traffic`: curl in a loop, counting what got through.
 //! - `wait`: deadlines instead of sleeps, free ports.
+//! - `workload`: a `ferrule dev` serving the SPIFFE Workload API, one socket per
+//!   service, its CA, and a raw gRPC client of its sockets.
 //!
 //! Everything binds 127.0.0.1 only, on ports picked free at start, in its own temporary
 //! directory, so tests run in parallel; everything a test starts stops when dropped.
@@ -33,6 +35,7 @@ pub mod metrics;
 pub mod sidecar;
 pub mod traffic;
 pub mod wait;
+pub mod workload;
 
 pub use ferrule_control::ca::{DevCa, IssuedLeaf, LeafSpec};
 

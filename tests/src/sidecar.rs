@@ -51,6 +51,8 @@ pub struct SidecarConfig {
     inbound: Option<Inbound>,
     upstreams: Vec<Upstream>,
     drain_timeout: Option<&'static str>,
+    /// `--workload-api`: identity from there, no identity files.
+    workload_api: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +85,22 @@ impl SidecarConfig {
             bundle_pem: ca.cert_pem().to_owned(),
             inbound: None,
             upstreams: Vec::new(),
+            drain_timeout: None,
+            workload_api: None,
+        }
+    }
+
+    /// A sidecar of `service` that takes its identity from the Workload API at `addr`
+    /// (`--workload-api`); its config pins the service and names no identity files.
+    pub fn from_workload_api(service: &str, addr: &str) -> SidecarConfig {
+        SidecarConfig {
+            service: service.to_owned(),
+            cert_pem: String::new(),
+            key_pem: None,
+            bundle_pem: String::new(),
+            inbound: None,
+            upstreams: Vec::new(),
+            workload_api: Some(addr.to_owned()),
             drain_timeout: None,
         }
     }
@@ -198,9 +216,13 @@ impl SidecarConfig {
     fn render_toml(&self, ports: &Ports) -> String {
         let mut toml = String::new();
         let _ = writeln!(toml, "[identity]");
-        let _ = writeln!(toml, "cert = {CERT_FILE:?}");
-        let _ = writeln!(toml, "key = {KEY_FILE:?}");
-        let _ = writeln!(toml, "bundle = {BUNDLE_FILE:?}");
+        if self.workload_api.is_some() {
+            let _ = writeln!(toml, "service = {:?}", self.service);
+        } else {
+            let _ = writeln!(toml, "cert = {CERT_FILE:?}");
+            let _ = writeln!(toml, "key = {KEY_FILE:?}");
+            let _ = writeln!(toml, "bundle = {BUNDLE_FILE:?}");
+        }
         if let (Some(inbound), Some(bind)) = (&self.inbound, ports.inbound) {
             let _ = writeln!(toml, "\n[inbound]");
             let _ = writeln!(toml, "bind = \"{bind}\"");
@@ -301,11 +323,13 @@ impl Sidecar {
             std::fs::write(dir.path().join(name), contents)
                 .unwrap_or_else(|e| panic!("write {name} for a sidecar: {e}"));
         };
-        write(CERT_FILE, &config.cert_pem);
-        if let Some(key) = &config.key_pem {
-            write(KEY_FILE, key);
+        if config.workload_api.is_none() {
+            write(CERT_FILE, &config.cert_pem);
+            if let Some(key) = &config.key_pem {
+                write(KEY_FILE, key);
+            }
+            write(BUNDLE_FILE, &config.bundle_pem);
         }
-        write(BUNDLE_FILE, &config.bundle_pem);
         if let Some(inbound) = &config.inbound {
             write(INTENTIONS_FILE, &inbound.intentions_json);
         }
@@ -315,6 +339,10 @@ impl Sidecar {
         if let Some(timeout) = config.drain_timeout {
             command.args(["--drain-timeout", timeout]);
         }
+        match &config.workload_api {
+            Some(addr) => command.args(["--workload-api", addr]),
+            None => command.env_remove("SPIFFE_ENDPOINT_SOCKET"),
+        };
         let child = command
             .stdout(Stdio::null())
             .stderr(stderr_file(dir.path()))

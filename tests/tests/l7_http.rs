@@ -277,6 +277,10 @@ async fn an_intentions_change_applies_to_the_next_request_on_open_connections() 
             .header("host", upstream.to_string())
             .body(Empty::<bytes::Bytes>::new())
             .expect("a request");
+        // The previous exchange must be wound up before the next request goes out.
+        app.ready()
+            .await
+            .expect("the open connection is still usable");
         let response = app
             .send_request(req)
             .await

@@ -24,7 +24,7 @@ async fn the_token_and_the_key_appear_nowhere_even_at_trace_level() {
     let api = ServiceRegistration::new(API, backend.addr().port());
     agent.register(&api).await;
     agent.set_intentions(API, &[(WEB, "allow")]).await;
-    let mut sidecar = ConsulSidecar::spawn_with(
+    let mut sidecar = ConsulSidecar::spawn_with_args(
         &agent.url(),
         &api.id,
         &["--token", TOKEN, "--log-level", "trace"],

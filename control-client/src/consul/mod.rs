@@ -9,6 +9,9 @@ pub mod http;
 pub mod source;
 mod watch;
 
+/// The one retry backoff of the control client, for the Workload API stream too.
+pub(crate) use watch::backoff;
+
 #[cfg(test)]
 mod testing;
 

@@ -11,6 +11,11 @@
 //! `Arc<Intentions>` re-checks live connections, a new leaf or bundle rebuilds TLS).
 //!
 //! No request carries `ns` or `partition`: Community Edition agents reject them.
+//!
+//! With `--workload-api` ([`ConsulSource::with_identity`]) the leaf and the bundles come
+//! from the SPIFFE Workload API instead: the agent's roots and leaf are not watched, the
+//! SVID must be for the registration's destination service, and upstream identities are
+//! pinned in the SVID's trust domain.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -43,6 +48,7 @@ use crate::model::{
     UpstreamConfig,
 };
 use crate::telemetry::{CONFIG, ENDPOINTS, INTENTIONS, LEAF, ROOTS, record_update};
+use crate::workload::{Identity, IdentityFeed};
 
 /// Consul's default blocking wait (`default_query_time`).
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
@@ -99,6 +105,7 @@ pub struct ConsulSource {
     default_override: Option<Action>,
     provider: Arc<CryptoProvider>,
     tuning: Tuning,
+    identity: Option<IdentityFeed>,
 }
 
 impl ConsulSource {
@@ -117,7 +124,14 @@ impl ConsulSource {
                 wait: config.wait,
                 ..Tuning::default()
             },
+            identity: None,
         })
+    }
+
+    /// Takes the leaf and bundles from the Workload API instead of the agent.
+    pub fn with_identity(mut self, feed: IdentityFeed) -> Self {
+        self.identity = Some(feed);
+        self
     }
 
     #[cfg(test)]
@@ -170,6 +184,7 @@ enum Event {
     Leaf(String, Update<Box<IssuedCert>>),
     Intentions(String, Update<IntentionMatchResponse>),
     Endpoints(UpstreamKey, Update<Vec<ServiceEntry>>),
+    Identity(Option<Arc<Identity>>),
 }
 
 enum SelfAnswer {
@@ -216,6 +231,10 @@ struct Run {
     default_override: Option<Action>,
     tx: watch::Sender<Arc<Snapshot>>,
     events: mpsc::Sender<Event>,
+    /// `--workload-api`: the feed, until `run` starts forwarding it.
+    identity_feed: Option<IdentityFeed>,
+    /// The Workload API's latest identity; `Some(None)` before its first SVID.
+    external: Option<Option<Arc<Identity>>>,
 
     tasks: Vec<AbortOnDropHandle<()>>,
     roots_watch: Option<Watcher>,
@@ -247,7 +266,10 @@ impl Run {
         events: mpsc::Sender<Event>,
     ) -> Run {
         let default_action = tx.borrow().default_action.clone();
+        let external = source.identity.as_ref().map(|_| None);
         Run {
+            identity_feed: source.identity,
+            external,
             client: source.client,
             provider: source.provider,
             tuning: source.tuning,
@@ -280,14 +302,22 @@ impl Run {
 
     async fn run(mut self, mut events_rx: mpsc::Receiver<Event>) {
         tracing::info!(agent = %self.client.addr(), selector = ?self.selector, "following the Consul agent");
-        self.roots_watch = Some(self.watch(
-            WatchSpec {
-                path: "/v1/agent/connect/ca/roots".into(),
-                query: Vec::new(),
-                blocking: Blocking::Index,
-            },
-            Event::Roots,
-        ));
+        match self.identity_feed.take() {
+            Some(feed) => {
+                let task = tokio::spawn(forward_identity(feed, self.events.clone()));
+                self.tasks.push(AbortOnDropHandle::new(task));
+            }
+            None => {
+                self.roots_watch = Some(self.watch(
+                    WatchSpec {
+                        path: "/v1/agent/connect/ca/roots".into(),
+                        query: Vec::new(),
+                        blocking: Blocking::Index,
+                    },
+                    Event::Roots,
+                ));
+            }
+        }
         if self.default_override.is_none() {
             let task = tokio::spawn(self_loop(
                 self.client.clone(),
@@ -401,7 +431,35 @@ impl Run {
                     record_update(ENDPOINTS, true);
                 }
             }
+            Event::Identity(identity) => {
+                self.external = Some(identity);
+                self.apply_identity();
+            }
         }
+    }
+
+    /// Puts the Workload API's identity in force: its bundle at once, its leaf only when
+    /// it is for the service this proxy represents.
+    fn apply_identity(&mut self) {
+        let Some(external) = &self.external else {
+            return;
+        };
+        let Some(identity) = external.clone() else {
+            self.leaf = None;
+            self.bundle = None;
+            return;
+        };
+        self.bundle = Some(identity.bundle.clone());
+        self.leaf = match self.destination() {
+            Some(dest) if identity.leaf.id.service.eq_ignore_ascii_case(dest) => {
+                Some(identity.leaf.clone())
+            }
+            Some(dest) => {
+                tracing::warn!(got = %identity.leaf.id, want = %dest, "the Workload API's SVID is for another service than the registration's destination; not serving with it");
+                None
+            }
+            None => None,
+        };
     }
 
     /// Counts and logs a watch update; returns the new value if there is one. A failure
@@ -552,18 +610,20 @@ impl Run {
             self.leaf_deadline.send_replace(None);
             let dest = reg.destination.clone();
             let (d1, d2) = (dest.clone(), dest.clone());
-            self.leaf_watch = Some(Watcher::spawn_forced(
-                self.client.clone(),
-                WatchSpec {
-                    path: format!("/v1/agent/connect/ca/leaf/{}", path_segment(&dest)),
-                    query: Vec::new(),
-                    blocking: Blocking::Index,
-                },
-                self.tuning.clone(),
-                Some(self.leaf_deadline.subscribe()),
-                self.events.clone(),
-                move |u| Event::Leaf(d1.clone(), u),
-            ));
+            if self.external.is_none() {
+                self.leaf_watch = Some(Watcher::spawn_forced(
+                    self.client.clone(),
+                    WatchSpec {
+                        path: format!("/v1/agent/connect/ca/leaf/{}", path_segment(&dest)),
+                        query: Vec::new(),
+                        blocking: Blocking::Index,
+                    },
+                    self.tuning.clone(),
+                    Some(self.leaf_deadline.subscribe()),
+                    self.events.clone(),
+                    move |u| Event::Leaf(d1.clone(), u),
+                ));
+            }
             self.intentions_watch = Some(self.watch(
                 WatchSpec {
                     path: "/v1/connect/intentions/match".into(),
@@ -606,6 +666,7 @@ impl Run {
             "proxy configuration"
         );
         self.registration = Some(reg);
+        self.apply_identity();
     }
 
     fn on_leaf(&mut self, dest: &str, cert: &IssuedCert) -> bool {
@@ -847,6 +908,16 @@ async fn self_loop(client: AgentClient, tuning: Tuning, events: mpsc::Sender<Eve
             return;
         }
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// Hands every identity the Workload API source publishes to the run loop.
+async fn forward_identity(mut feed: IdentityFeed, events: mpsc::Sender<Event>) {
+    loop {
+        let current = feed.borrow_and_update().clone();
+        if events.send(Event::Identity(current)).await.is_err() || feed.changed().await.is_err() {
+            return;
+        }
     }
 }
 

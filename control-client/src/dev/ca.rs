@@ -51,6 +51,8 @@ struct RootEntry {
 
 struct LeafEntry {
     cert: IssuedCert,
+    /// The same key as PKCS#8, which the Workload API sends (Consul's API sends SEC1).
+    key_pkcs8_pem: String,
     /// `Roots[].ID` of the root that signed it.
     root_id: String,
     expires_at: OffsetDateTime,
@@ -181,6 +183,7 @@ impl CaState {
                 modify_index: index,
                 ..IssuedCert::default()
             },
+            key_pkcs8_pem: leaf.key_pkcs8_pem().to_owned(),
             root_id: active.ca.id(),
             expires_at: leaf.valid_before,
             renew_at,
@@ -201,7 +204,57 @@ fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_default()
 }
 
+/// What the Workload API hands a workload of one service: the same leaf the agent API
+/// serves, in DER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct WorkloadSvid {
+    pub(super) spiffe_id: String,
+    /// The leaf, then the intermediates (cross-signed roots during a rotation).
+    pub(super) chain: Vec<Vec<u8>>,
+    pub(super) key_pkcs8: Vec<u8>,
+    /// Every published root, the rotated-out ones during their overlap included.
+    pub(super) roots: Vec<Vec<u8>>,
+    pub(super) trust_domain: String,
+}
+
+fn pem_ders(text: &str) -> Result<Vec<Vec<u8>>, CaError> {
+    pem::parse_many(text)
+        .map(|blocks| blocks.into_iter().map(pem::Pem::into_contents).collect())
+        .map_err(|e| CaError::Pem {
+            what: "cached leaf",
+            reason: e.to_string(),
+        })
+}
+
 impl State {
+    /// The SVID of `service` for the Workload API: the cached leaf, (re)issued as the
+    /// leaf endpoint would.
+    pub(super) fn workload_svid(&mut self, service: &str) -> Result<WorkloadSvid, CaError> {
+        let (cert, _) = self.leaf(service, true)?;
+        let key_pem = self
+            .ca
+            .leaves
+            .get(service)
+            .map(|l| l.key_pkcs8_pem.clone())
+            .ok_or_else(|| CaError::CaCert("leaf vanished".to_owned()))?;
+        let key = pem_ders(&key_pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| CaError::CaCert("cached leaf has no key".to_owned()))?;
+        Ok(WorkloadSvid {
+            spiffe_id: cert.service_uri.clone(),
+            chain: pem_ders(&cert.cert_pem)?,
+            key_pkcs8: key,
+            roots: self
+                .ca
+                .roots
+                .iter()
+                .map(|r| r.ca.cert_der().to_vec())
+                .collect(),
+            trust_domain: self.ca.trust_domain(),
+        })
+    }
+
     /// The leaf for `service`, issued when missing, past its renewal point, or (when
     /// `revalidate`) expired or signed by a root that is no longer active.
     fn leaf(&mut self, service: &str, revalidate: bool) -> Result<(IssuedCert, u64), CaError> {

@@ -13,7 +13,8 @@
 //! `http` (routing and Consul's HTTP conventions), `services` (registration, agent and
 //! health views), `checks` (health checks that really run), `ca` (roots, leaves,
 //! rotation), `intentions` (config entries and the intentions API), `persist` (the
-//! data dir's state file).
+//! data dir's state file), `workload` (the SPIFFE Workload API on unix sockets, for
+//! proxies that take their identity from SPIFFE).
 
 mod blocking;
 mod ca;
@@ -23,6 +24,7 @@ mod intentions;
 mod persist;
 mod services;
 mod state;
+pub mod workload;
 
 #[cfg(test)]
 mod tests;
@@ -49,6 +51,7 @@ use crate::ca::{CaError, DevCa};
 use crate::intentions::Action;
 
 use self::state::{NodeInfo, Shared, State};
+use self::workload::{Federation, WorkloadApi, WorkloadSocket};
 
 /// The file names `cargo xtask certs` uses, so a data dir and a certs dir are alike.
 const CA_CERT_FILE: &str = "ca.pem";
@@ -75,6 +78,10 @@ pub struct DevAgentConfig {
     pub data_dir: Option<PathBuf>,
     /// Where sidecar ports are allocated (Consul: 21000–21255).
     pub sidecar_ports: RangeInclusive<u16>,
+    /// `--workload-api-socket`: the SPIFFE Workload API, one unix socket per workload.
+    pub workload_api: Vec<WorkloadSocket>,
+    /// `--federate-with`: other trust domains' bundles, sent on the Workload API.
+    pub federate_with: Vec<Federation>,
 }
 
 impl Default for DevAgentConfig {
@@ -88,6 +95,8 @@ impl Default for DevAgentConfig {
             default_intention_policy: None,
             data_dir: None,
             sidecar_ports: 21000..=21255,
+            workload_api: Vec::new(),
+            federate_with: Vec::new(),
         }
     }
 }
@@ -110,6 +119,18 @@ impl DevAgentConfig {
         if self.sidecar_ports.is_empty() || *self.sidecar_ports.start() == 0 {
             return bad("the sidecar port range must be a non-empty range of ports above 0");
         }
+        let mut paths = std::collections::HashSet::new();
+        for socket in &self.workload_api {
+            if !paths.insert(&socket.path) {
+                return bad(&format!(
+                    "--workload-api-socket {} is given twice",
+                    socket.path.display()
+                ));
+            }
+        }
+        if !self.federate_with.is_empty() && self.workload_api.is_empty() {
+            return bad("--federate-with needs a --workload-api-socket to send the bundles on");
+        }
         Ok(())
     }
 }
@@ -126,6 +147,8 @@ pub enum DevError {
     Ca(#[from] CaError),
     #[error("dev agent config: {0}")]
     Config(String),
+    #[error("dev agent Workload API socket {path}: {source}")]
+    WorkloadApi { path: PathBuf, source: io::Error },
     #[error("the dev agent stopped abnormally: {0}")]
     Task(String),
 }
@@ -166,7 +189,8 @@ pub async fn serve_until(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DevError> {
     let shared = Arc::new(prepare(&listener, config)?);
-    accept_loop(listener, shared, shutdown).await;
+    let workload = WorkloadApi::bind(&shared.config.workload_api, &shared.config.federate_with)?;
+    accept_loop(listener, shared, workload, shutdown).await;
     Ok(())
 }
 
@@ -196,10 +220,13 @@ impl DevAgent {
     pub fn start_on(listener: TcpListener, config: DevAgentConfig) -> Result<DevAgent, DevError> {
         let addr = listener.local_addr().map_err(DevError::Listener)?;
         let shared = Arc::new(prepare(&listener, config)?);
+        let workload =
+            WorkloadApi::bind(&shared.config.workload_api, &shared.config.federate_with)?;
         let trust_domain = shared.with(|state| state.ca.trust_domain());
         let task = tokio::spawn(accept_loop(
             listener,
             Arc::clone(&shared),
+            workload,
             std::future::pending(),
         ));
         Ok(DevAgent {
@@ -326,6 +353,7 @@ fn random_uuid() -> String {
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
+    workload: WorkloadApi,
     shutdown: impl Future<Output = ()>,
 ) {
     let saver = match shared.config.data_dir.clone() {
@@ -337,6 +365,8 @@ async fn accept_loop(
         None => None,
     };
     let maintenance = tokio::spawn(maintain_ca(Arc::clone(&shared)));
+    // Stops by itself once `shared.shutdown` is cancelled, and removes its sockets.
+    let workload = tokio::spawn(workload.serve(Arc::clone(&shared)));
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -375,6 +405,13 @@ async fn accept_loop(
     drop(listener);
     connections.shutdown().await;
     maintenance.abort();
+    // Graceful, but a client that keeps its connection open must not hold the agent up.
+    if tokio::time::timeout(Duration::from_secs(2), workload)
+        .await
+        .is_err()
+    {
+        tracing::debug!("dev agent: Workload API connections still open at shutdown");
+    }
     // The last save is done before the agent counts as stopped.
     if let Some(saver) = saver {
         let _ = saver.await;

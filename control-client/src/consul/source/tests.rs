@@ -697,3 +697,69 @@ fn the_leaf_is_refreshed_at_ninety_percent_of_its_life() {
     assert!(refresh_deadline(&late, 0).unwrap() <= Instant::now());
     assert!(refresh_deadline(&IssuedCert::default(), 0).is_none());
 }
+
+/// The Workload API's identity for `service`, from `ca`.
+fn workload_identity(ca: &DevCa, service: &str) -> Arc<crate::workload::Identity> {
+    let leaf = ca.issue(&LeafSpec::service(service)).unwrap();
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let leaf =
+        model::parse_leaf(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes(), &provider).unwrap();
+    let bundle = model::parse_bundle(ca.cert_pem().as_bytes(), &ca.trust_domain()).unwrap();
+    Arc::new(crate::workload::Identity {
+        leaf: Arc::new(leaf),
+        bundle: Arc::new(bundle),
+    })
+}
+
+#[tokio::test]
+async fn with_the_workload_api_identity_comes_from_it_and_the_rest_from_the_agent() {
+    let world = World::new().await;
+    let spire = DevCa::generate(None).unwrap();
+    let (tx, feed) = watch::channel(None);
+    let addr: AgentAddr = world.agent.addr().to_string().parse().unwrap();
+    let config = ConsulConfig::new(
+        AgentClientConfig::new(addr),
+        ProxySelector::SidecarFor("web".into()),
+    );
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut rx = ConsulSource::new(config, provider)
+        .unwrap()
+        .with_tuning(tuning())
+        .with_identity(feed)
+        .spawn();
+
+    // Registration, intentions and endpoints arrive; without an SVID nothing is served.
+    let snap = until(&mut rx, "intentions and endpoints", |s| {
+        s.intentions.is_some() && s.upstreams.len() == 2
+    })
+    .await;
+    assert!(snap.leaf.is_none() && snap.bundle.is_none());
+    assert!(snap.upstreams.iter().all(|u| u.endpoints.is_empty()));
+
+    let id = workload_identity(&spire, "web");
+    tx.send_replace(Some(id.clone()));
+    let snap = until(&mut rx, "the workload identity", ready).await;
+    assert!(Arc::ptr_eq(snap.leaf.as_ref().unwrap(), &id.leaf));
+    assert!(Arc::ptr_eq(snap.bundle.as_ref().unwrap(), &id.bundle));
+    // Upstreams are pinned in the SVID's trust domain, not the agent's.
+    let db = &snap.upstreams[0].endpoints[0].identity;
+    assert_eq!(db.trust_domain, spire.trust_domain());
+    let requests = world.agent.requests();
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.contains(LEAF_PATH) || r.contains(ROOTS_PATH)),
+        "the agent's leaf and roots are not used: {requests:?}"
+    );
+
+    // An SVID of another service than the registration's destination is not served.
+    tx.send_replace(Some(workload_identity(&spire, "api")));
+    let snap = until(&mut rx, "no leaf", |s| s.leaf.is_none()).await;
+    assert!(snap.bundle.is_some());
+
+    tx.send_replace(Some(id.clone()));
+    until(&mut rx, "the web leaf again", |s| {
+        s.leaf.as_ref().is_some_and(|l| Arc::ptr_eq(l, &id.leaf))
+    })
+    .await;
+}
