@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::api::intentions::ServiceIntentionsEntry;
 use crate::identity::ServiceId;
@@ -381,6 +381,8 @@ pub struct FileSource {
     /// `--workload-api`: leaf and bundles come from here, not from files.
     identity: Option<IdentityFeed>,
     workload_bundle: Option<Arc<TrustBundle>>,
+    /// New versions of the config file, read on SIGHUP.
+    reloads: Option<mpsc::Receiver<StaticConfig>>,
 }
 
 impl FileSource {
@@ -394,7 +396,16 @@ impl FileSource {
             entries: None,
             identity: None,
             workload_bundle: None,
+            reloads: None,
         }
+    }
+
+    /// Each config sent here replaces the one in force (the binary reads the file again
+    /// on SIGHUP): listeners, upstreams, the default action and the files to watch. The
+    /// identity cannot change this way, and `admin_addr` only with a restart.
+    pub fn with_reloads(mut self, reloads: mpsc::Receiver<StaticConfig>) -> FileSource {
+        self.reloads = Some(reloads);
+        self
     }
 
     /// Takes the leaf and bundles from the Workload API; the identity files, if the
@@ -418,6 +429,7 @@ impl FileSource {
             first = first.and(self.apply_identity(current));
         }
         let (tx, rx) = watch::channel(Arc::new(self.snapshot(None, first)));
+        let mut reloads = self.reloads.take();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLL_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -426,6 +438,7 @@ impl FileSource {
                     _ = tx.closed() => return,
                     _ = tick.tick() => self.refresh(),
                     identity = next_identity(&mut feed) => self.apply_identity(identity),
+                    config = next_reload(&mut reloads) => self.reload_config(config, feed.is_some()),
                 };
                 if changes.any() {
                     let prev = tx.borrow().clone();
@@ -434,6 +447,33 @@ impl FileSource {
             }
         });
         rx
+    }
+
+    /// Puts a reloaded config in force, unless it names another identity than the
+    /// leaf in force; then every watched file is read again, as its path may have
+    /// changed.
+    fn reload_config(&mut self, mut config: StaticConfig, workload_api: bool) -> Changes {
+        if let Some(mismatch) = self.leaf.as_ref().and_then(|l| config.pins.mismatch(&l.id)) {
+            tracing::error!(config = %config.path.display(), "config not reloaded: {mismatch}");
+            record_update("config", false);
+            return Changes::default();
+        }
+        if config.admin_addr != self.config.admin_addr {
+            tracing::warn!(config = %config.path.display(), "admin_addr changes only with a restart");
+        }
+        if workload_api {
+            config.files = None;
+        }
+        tracing::info!(config = %config.path.display(), "config reloaded");
+        record_update("config", true);
+        self.config = config;
+        self.seen.clear();
+        let changes = self.refresh();
+        // Listeners, upstreams and the default action are in the snapshot as well.
+        Changes {
+            intentions: true,
+            ..changes
+        }
     }
 
     /// Reads every watched file; says which good state changed.
@@ -704,6 +744,17 @@ async fn next_identity(feed: &mut Option<IdentityFeed>) -> Option<Arc<Identity>>
     {
         return rx.borrow_and_update().clone();
     }
+    std::future::pending().await
+}
+
+/// The next reloaded config; never resolves without a sender, or once it is gone.
+async fn next_reload(reloads: &mut Option<mpsc::Receiver<StaticConfig>>) -> StaticConfig {
+    if let Some(rx) = reloads
+        && let Some(config) = rx.recv().await
+    {
+        return config;
+    }
+    *reloads = None;
     std::future::pending().await
 }
 

@@ -287,7 +287,8 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
         let admin = ferrule::bind_admin(admin_addr)
             .await
             .map_err(Fail::Runtime)?;
-        let source = FileSource::new(config, provider.clone());
+        let reloads = reload_on_sighup(path.clone(), workload.is_some());
+        let source = FileSource::new(config, provider.clone()).with_reloads(reloads);
         let (snapshots, fatal) = match workload {
             Some(workload) => {
                 let (feed, fatal) = workload.spawn();
@@ -352,6 +353,48 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
         args.drain_timeout,
     )
     .await
+}
+
+/// The config file read again on each SIGHUP; one that does not parse is logged and
+/// the one in force stays.
+fn reload_on_sighup(
+    path: PathBuf,
+    workload_api: bool,
+) -> tokio::sync::mpsc::Receiver<StaticConfig> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut hangups = match signal(SignalKind::hangup()) {
+                Ok(hangups) => hangups,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; the config will not be reloaded");
+                    return;
+                }
+            };
+            while hangups.recv().await.is_some() {
+                let read = if workload_api {
+                    StaticConfig::load_for_workload_api(&path)
+                } else {
+                    StaticConfig::load(&path)
+                };
+                match read {
+                    Ok(config) => {
+                        if tx.send(config).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("SIGHUP: config not reloaded, the one in force stays: {e}")
+                    }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (path, workload_api, tx);
+    });
+    rx
 }
 
 /// The data plane until a signal, or until the Workload API fails for good (exit 1).

@@ -448,9 +448,23 @@ impl Sidecar {
 
     /// Sends SIGTERM, as an orchestrator stopping the sidecar would.
     pub fn terminate(&self) {
+        self.signal(rustix::process::Signal::TERM);
+    }
+
+    /// Sends SIGHUP: read the config file again.
+    pub fn hangup(&self) {
+        self.signal(rustix::process::Signal::HUP);
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
-            .unwrap_or_else(|e| panic!("SIGTERM to ferrule ({}): {e}", self.service));
+        rustix::process::kill_process(pid, signal)
+            .unwrap_or_else(|e| panic!("{signal:?} to ferrule ({}): {e}", self.service));
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits for the process to exit, for at most `within`: its exit code (`None` if
