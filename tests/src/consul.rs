@@ -99,6 +99,11 @@ impl ConsulSidecar {
         }
     }
 
+    /// The process ID, to read its resource use from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn admin(&self) -> &Admin {
         &self.admin
     }

@@ -462,6 +462,11 @@ impl Sidecar {
             .unwrap_or_else(|e| panic!("{signal:?} to ferrule ({}): {e}", self.service));
     }
 
+    /// The process ID, to read its resource use from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
