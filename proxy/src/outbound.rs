@@ -16,6 +16,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::State;
@@ -59,32 +60,28 @@ pub async fn serve(
                     .find(|u| u.name == name)
                     .map_or((Protocol::Tcp, None), |u| (u.protocol, u.idle_timeout));
                 let idle = limits::idle(app.activity(), idle_timeout);
-                if protocol.is_http() {
-                    let served = http::outbound::serve_connection(
+                let served = if protocol.is_http() {
+                    Either::Left(http::outbound::serve_connection(
                         app,
                         protocol,
                         pool.clone(),
                         state.clone(),
                         idle,
-                    );
-                    state.connections.spawn(async move {
-                        let _room = room;
-                        served.await;
-                    });
+                    ))
                 } else {
-                    let served = handle(
+                    Either::Right(handle(
                         app,
                         peer,
                         name.clone(),
                         state.clone(),
                         balancer.clone(),
                         idle,
-                    );
-                    state.connections.spawn(async move {
-                        let _room = room;
-                        served.await;
-                    });
-                }
+                    ))
+                };
+                state.connections.spawn(async move {
+                    let _room = room;
+                    served.await;
+                });
             }
             Err(e) => {
                 tracing::warn!(upstream = %name, error = %e, "upstream accept failed");

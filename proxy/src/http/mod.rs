@@ -25,8 +25,10 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::metrics::{self, Direction};
 use ferrule_control::model::Protocol;
+use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio_util::sync::CancellationToken;
 
 /// What a proxied response carries: the peer's body, or one of ours.
 pub type ResponseBody = Measured<Either<Incoming, Full<Bytes>>>;
@@ -74,6 +76,40 @@ pub fn server(protocol: Protocol) -> auto::Builder<TokioExecutor> {
         .adaptive_window(true)
         .max_header_list_size(MAX_HEADER_BYTES as u32);
     builder
+}
+
+/// Drives one server connection to its end. Once draining, or once `idle` fires, it
+/// is told to shut down gracefully: requests in flight finish, then it closes.
+pub async fn serve_to_end<I, S, B>(
+    connection: auto::Connection<'_, I, S, TokioExecutor>,
+    draining: &CancellationToken,
+    idle: impl Future<Output = ()>,
+    direction: Direction,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: auto::HttpServerConnExec<S::Future, B>,
+{
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = draining.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = idle => {
+            tracing::debug!(direction = direction.as_str(), "closing idle HTTP connection");
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(direction = direction.as_str(), error = %e, "HTTP connection ended with an error");
+    }
 }
 
 /// Envoy's mapping of an HTTP status it generates to the gRPC status it sends instead.

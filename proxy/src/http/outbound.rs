@@ -174,22 +174,7 @@ pub async fn serve_connection(
     });
     let builder = super::server(protocol);
     let connection = builder.serve_connection(TokioIo::new(app), service);
-    tokio::pin!(connection);
-    let served = tokio::select! {
-        served = connection.as_mut() => served,
-        () = draining.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-        () = idle => {
-            tracing::debug!("closing idle HTTP connection");
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(e) = served {
-        tracing::debug!(error = %e, "upstream HTTP connection ended with an error");
-    }
+    super::serve_to_end(connection, &draining, idle, Direction::Outbound).await;
 }
 
 async fn handle(
