@@ -299,9 +299,6 @@ pub struct ServiceRegistration {
     /// The sidecar's public (mTLS) port.
     pub sidecar_port: u16,
     pub upstreams: Vec<Upstream>,
-    /// `Proxy.Config.protocol` of the sidecar and `Config.protocol` of each upstream,
-    /// as Consul merges them in from service-defaults (`tcp` when unset).
-    pub protocol: Option<&'static str>,
 }
 
 impl ServiceRegistration {
@@ -314,14 +311,7 @@ impl ServiceRegistration {
             port: app_port,
             sidecar_port: free_port().port(),
             upstreams: Vec::new(),
-            protocol: None,
         }
-    }
-
-    /// Makes the sidecar and its upstreams speak `protocol` (`http`, `http2`, `grpc`).
-    pub fn with_protocol(mut self, protocol: &'static str) -> ServiceRegistration {
-        self.protocol = Some(protocol);
-        self
     }
 
     pub fn with_id(mut self, id: &str) -> ServiceRegistration {
@@ -362,21 +352,13 @@ impl ServiceRegistration {
             .upstreams
             .iter()
             .map(|u| {
-                let mut upstream = json!({
+                json!({
                     "DestinationName": u.destination,
                     "LocalBindAddress": "127.0.0.1",
                     "LocalBindPort": u.local_bind_port,
-                });
-                if let Some(protocol) = self.protocol {
-                    upstream["Config"] = json!({ "protocol": protocol });
-                }
-                upstream
+                })
             })
             .collect();
-        let mut config = json!({"bind_address": "127.0.0.1"});
-        if let Some(protocol) = self.protocol {
-            config["protocol"] = json!(protocol);
-        }
         json!({
             "ID": self.id,
             "Name": self.name,
@@ -386,7 +368,7 @@ impl ServiceRegistration {
                 "Address": "127.0.0.1",
                 "Port": self.sidecar_port,
                 "Proxy": {
-                    "Config": config,
+                    "Config": {"bind_address": "127.0.0.1"},
                     "Upstreams": upstreams,
                 },
             }},

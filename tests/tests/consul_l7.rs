@@ -1,7 +1,7 @@
-//! L7 in Consul mode: the protocol comes from the registrations' `Proxy.Config` and
-//! upstream `Config`, the L7 intentions from a `service-intentions` config entry
-//! written to the agent, and a change to that entry applies to the next request on
-//! connections that are already open.
+//! L7 in Consul mode, set up as with Consul: a `service-defaults` entry makes `api`
+//! speak HTTP (the agent merges its protocol into api's sidecar and into web's
+//! upstream), a `service-intentions` entry with `Permissions` decides each request, and
+//! a change to that entry applies to the next request on connections already open.
 
 use std::time::Duration;
 
@@ -32,12 +32,20 @@ fn entry(denied_prefix: &str) -> serde_json::Value {
 async fn per_request_intentions_from_the_agent_apply_to_open_connections() {
     let agent = DevAgent::start(AgentOptions::default()).await;
     let backend = HttpRecorder::start().await;
-    let api = ServiceRegistration::new(API, backend.addr().port()).with_protocol("http");
-    let web = ServiceRegistration::new(WEB, free_port().port())
-        .with_upstream(API)
-        .with_protocol("http");
+    let api = ServiceRegistration::new(API, backend.addr().port());
+    let web = ServiceRegistration::new(WEB, free_port().port()).with_upstream(API);
     agent.register(&api).await;
     agent.register(&web).await;
+    // Consul refuses L7 intentions for a service that is not HTTP-like.
+    let refused = agent.put("/v1/config", &entry("/admin")).await;
+    assert!(refused.is_err(), "Permissions accepted for a tcp service");
+    agent
+        .put(
+            "/v1/config",
+            &json!({ "Kind": "service-defaults", "Name": API, "Protocol": "http" }),
+        )
+        .await
+        .expect("make api an http service");
     agent
         .put("/v1/config", &entry("/admin"))
         .await
@@ -56,6 +64,8 @@ async fn per_request_intentions_from_the_agent_apply_to_open_connections() {
 
     let config = api_proxy.admin().config().await.expect("api's /config");
     assert_eq!(config["inbound"]["protocol"], "http", "{config}");
+    let config = web_proxy.admin().config().await.expect("web's /config");
+    assert_eq!(config["upstreams"][0]["protocol"], "http", "{config}");
 
     let before = backend.count();
     let got = curl(&format!("{base}/admin/x"), &[]).await.expect("curl");

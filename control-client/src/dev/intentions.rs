@@ -21,6 +21,7 @@ use crate::identity::{DEFAULT, IdError, ServiceId};
 use crate::intentions::{Action, Destination, Intentions, Rule, validate_config_entries};
 
 use super::blocking::{self, DEFAULT_WAIT};
+use super::defaults;
 use super::http::{ApiError, Call, Reply, decode_strict};
 use super::state::{Shared, State};
 
@@ -95,6 +96,9 @@ pub(super) fn store(
                 "Sources[{i}]: Legacy fields (LegacyID, LegacyMeta, LegacyCreateTime, LegacyUpdateTime) must be omitted"
             )));
         }
+    }
+    if entry.sources.iter().any(|s| !s.permissions.is_empty()) {
+        defaults::check_l7_allowed(state, &entry.name)?;
     }
     normalize(&mut entry);
     let existing = state.intentions.get(&entry.name);
@@ -281,7 +285,7 @@ fn check_kind(kind: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(
-            "the dev agent stores {KIND} config entries only, not {kind:?}"
+            "the dev agent stores {KIND}, service-defaults and proxy-defaults config entries only, not {kind:?}"
         )))
     }
 }
@@ -303,6 +307,10 @@ pub(super) async fn put_config(shared: &Shared, call: &Call) -> Result<Reply, Ap
                 "Request decoding failed: Payload does not contain a kind/Kind key at the top level",
             )
         })?;
+    if defaults::is_defaults_kind(kind) {
+        let kind = kind.to_owned();
+        return defaults::put(shared, call, raw, &kind);
+    }
     check_kind(kind)?;
     call.reject_enterprise()?;
     let mut unknown = Vec::new();
@@ -376,6 +384,9 @@ pub(super) async fn get_config(
     kind: &str,
     name: &str,
 ) -> Result<Reply, ApiError> {
+    if defaults::is_defaults_kind(kind) {
+        return defaults::get(shared, call, kind, Some(name)).await;
+    }
     check_kind(kind)?;
     call.reject_enterprise()?;
     let consistency = call.consistency()?;
@@ -401,6 +412,9 @@ pub(super) async fn list_config(
     call: &Call,
     kind: &str,
 ) -> Result<Reply, ApiError> {
+    if defaults::is_defaults_kind(kind) {
+        return defaults::get(shared, call, kind, None).await;
+    }
     check_kind(kind)?;
     call.reject_enterprise()?;
     let consistency = call.consistency()?;
@@ -422,6 +436,9 @@ pub(super) async fn delete_config(
     kind: &str,
     name: &str,
 ) -> Result<Reply, ApiError> {
+    if defaults::is_defaults_kind(kind) {
+        return defaults::delete(shared, call, kind, name);
+    }
     check_kind(kind)?;
     call.reject_enterprise()?;
     let cas = match call.query.get("cas").filter(|c| !c.is_empty()) {

@@ -19,6 +19,7 @@
 mod blocking;
 mod ca;
 mod checks;
+mod defaults;
 mod http;
 mod intentions;
 mod persist;

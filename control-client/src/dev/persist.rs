@@ -1,5 +1,5 @@
 //! What a restarted agent gets back from `--data-dir`: the registrations made through
-//! its API, the `service-intentions` config entries and the last status of every check.
+//! its API, the config entries and the last status of every check.
 //!
 //! A real Consul agent restores its local services from its data dir, and the servers
 //! keep the catalog, the intentions and the CA; so a restart changes the indexes (they
@@ -14,6 +14,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::api::defaults::{ProxyDefaultsEntry, ServiceDefaultsEntry};
 use crate::api::intentions::ServiceIntentionsEntry;
 
 use super::http::{Call, Query};
@@ -29,6 +30,8 @@ pub(super) struct Persisted {
     /// order they are replayed.
     registrations: BTreeMap<String, Value>,
     intentions: Vec<ServiceIntentionsEntry>,
+    service_defaults: Vec<ServiceDefaultsEntry>,
+    proxy_defaults: Option<ProxyDefaultsEntry>,
     /// Check ID → status.
     check_status: BTreeMap<String, String>,
 }
@@ -38,6 +41,8 @@ impl State {
         Persisted {
             registrations: self.registrations.clone(),
             intentions: self.intentions.values().cloned().collect(),
+            service_defaults: self.service_defaults.values().cloned().collect(),
+            proxy_defaults: self.proxy_defaults.clone(),
             check_status: self
                 .checks
                 .iter()
@@ -51,7 +56,8 @@ fn state_path(dir: &Path) -> PathBuf {
     dir.join(STATE_FILE)
 }
 
-/// Replays what `dir` holds: registrations first, then intentions, then check statuses
+/// Replays what `dir` holds: registrations first, then the defaults entries and the
+/// intentions, then check statuses
 /// (a check that was passing does not flap to critical just because the agent
 /// restarted). A piece that no longer applies is logged and skipped.
 pub(super) async fn restore(shared: &Arc<Shared>, dir: &Path) {
@@ -82,6 +88,19 @@ pub(super) async fn restore(shared: &Arc<Shared>, dir: &Path) {
             tracing::warn!(service = %id, error = %e.message, "dev agent: a saved registration no longer applies");
         }
     }
+    // The defaults before the intentions: L7 intentions need an HTTP-like protocol.
+    shared.with(|state| {
+        let index = state.bump();
+        for mut entry in saved.service_defaults {
+            (entry.create_index, entry.modify_index) = (index, index);
+            state.service_defaults.insert(entry.name.clone(), entry);
+        }
+        state.proxy_defaults = saved.proxy_defaults.map(|mut entry| {
+            (entry.create_index, entry.modify_index) = (index, index);
+            entry
+        });
+        state.intentions_index = index;
+    });
     for entry in saved.intentions {
         let name = entry.name.clone();
         if let Err(e) = shared.with(|state| super::intentions::store(state, entry, None)) {

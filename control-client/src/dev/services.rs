@@ -28,6 +28,7 @@ use crate::api::health::{HealthCheck, NodeService, PASSING, ServiceEntry};
 use super::DevAgentConfig;
 use super::blocking::{self, DEFAULT_WAIT};
 use super::checks::{self, CheckDef, CheckKind, LocalCheck};
+use super::defaults;
 use super::http::{ApiError, Call, Reply, decode_strict};
 use super::state::{Shared, State};
 
@@ -147,7 +148,11 @@ pub(super) async fn list(shared: &Shared, call: &Call) -> Result<Reply, ApiError
         state
             .services
             .iter()
-            .map(|(id, s)| (id.clone(), agent_view(s, datacenter)))
+            .map(|(id, s)| {
+                let mut view = agent_view(s, datacenter);
+                defaults::merge(state, &mut view);
+                (id.clone(), view)
+            })
             .collect()
     });
     Reply::json(&services)
@@ -164,6 +169,7 @@ pub(super) async fn get(shared: &Shared, call: &Call, id: &str) -> Result<Reply,
             .get(id)
             .ok_or_else(|| ApiError::not_found(format!("unknown service ID: {id}")))?;
         let mut view = agent_view(local, datacenter);
+        defaults::merge(state, &mut view);
         let hash = content_hash(&view);
         view.content_hash = hash.clone();
         Ok((view, hash))

@@ -1,6 +1,6 @@
 //! The dev agent's whole state, in memory, behind one lock: the raft-like index, the
-//! node, the locally registered services and their checks, the `service-intentions`
-//! config entries and the CA.
+//! node, the locally registered services and their checks, the config entries
+//! (`service-intentions`, `service-defaults`, `proxy-defaults`) and the CA.
 //!
 //! Every write goes through [`Shared::with`], which bumps nothing by itself but publishes
 //! the index whenever a write bumped it, so blocked readers (`blocking`) wake up. The
@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::defaults::{ProxyDefaultsEntry, ServiceDefaultsEntry};
 use crate::api::health::{HealthCheck, Node};
 use crate::api::intentions::ServiceIntentionsEntry;
 
@@ -84,7 +85,10 @@ pub(super) struct State {
     pub(super) registrations: BTreeMap<String, serde_json::Value>,
     /// `service-intentions` config entries by destination name.
     pub(super) intentions: BTreeMap<String, ServiceIntentionsEntry>,
-    /// Max index of the config-entries table (writes and deletes).
+    /// `service-defaults` entries by service name, and the `proxy-defaults` entry.
+    pub(super) service_defaults: BTreeMap<String, ServiceDefaultsEntry>,
+    pub(super) proxy_defaults: Option<ProxyDefaultsEntry>,
+    /// Max index of the config-entries table (writes and deletes, every kind).
     pub(super) intentions_index: u64,
     pub(super) ca: CaState,
     /// The agent's shutdown token; every check task runs under a child of it.
@@ -106,6 +110,8 @@ impl State {
             tombstones: HashMap::new(),
             registrations: BTreeMap::new(),
             intentions: BTreeMap::new(),
+            service_defaults: BTreeMap::new(),
+            proxy_defaults: None,
             // No config entry yet: Consul's empty table answers index 0 (sent as 1).
             intentions_index: 0,
             ca,

@@ -558,6 +558,8 @@ async fn a_rotated_out_root_is_pruned_after_twice_the_leaf_ttl() {
 #[tokio::test]
 async fn config_entries_are_normalized_like_consul() {
     let agent = Agent::start().await;
+    let http = json!({ "Kind": "service-defaults", "Name": "api", "Protocol": "http" });
+    assert_eq!(agent.put("/v1/config", http).await.status, StatusCode::OK);
     let written = agent
         .put(
             "/v1/config",
@@ -1063,6 +1065,15 @@ async fn a_restart_with_a_data_dir_keeps_the_state_and_starts_low() {
                 "Sources": [{ "Name": "api", "Action": "deny" }] }),
         )
         .await;
+    // An L7 intention that only stands because of its service-defaults: both come back.
+    for entry in [
+        json!({ "Kind": "service-defaults", "Name": "db", "Protocol": "http" }),
+        json!({ "Kind": "service-intentions", "Name": "db", "Sources": [ { "Name": "web",
+            "Permissions": [ { "Action": "allow", "HTTP": { "PathPrefix": "/" } } ] } ] }),
+    ] {
+        let written = first.put("/v1/config", entry).await;
+        assert_eq!(written.status, StatusCode::OK, "{}", written.text());
+    }
     let leaf = first.get("/v1/agent/connect/ca/leaf/web").await;
     let high = leaf.index();
     assert!(dir.path().join("ca.pem").exists() && dir.path().join("ca-key.pem").exists());
@@ -1093,6 +1104,10 @@ async fn a_restart_with_a_data_dir_keeps_the_state_and_starts_low() {
         .value();
     assert_eq!(entry["Sources"][0]["Name"], json!("api"));
     assert_eq!(entry["Sources"][0]["Action"], json!("deny"));
+    let defaults = second.get("/v1/config/service-defaults/db").await.value();
+    assert_eq!(defaults["Protocol"], "http");
+    let l7 = second.get("/v1/config/service-intentions/db").await;
+    assert_eq!(l7.status, StatusCode::OK, "{}", l7.text());
 }
 
 async fn wait_for(
@@ -1177,4 +1192,128 @@ async fn the_consul_source_follows_the_dev_agent() {
     })
     .await;
     drop(db_listener);
+}
+
+#[tokio::test]
+async fn l7_intentions_need_an_http_like_protocol_as_consuls_servers_require() {
+    let agent = Agent::start().await;
+    let l7 = json!({ "Kind": "service-intentions", "Name": "api", "Sources": [
+        { "Name": "web", "Permissions": [ { "Action": "allow", "HTTP": { "PathPrefix": "/" } } ] } ] });
+    let refused = agent.put("/v1/config", l7.clone()).await;
+    assert_eq!(refused.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        refused
+            .text()
+            .contains(r#"service "api" has protocol "tcp", which is incompatible with L7 intentions permissions"#),
+        "{}",
+        refused.text()
+    );
+    // proxy-defaults can make every service HTTP; then the entry is accepted.
+    let global =
+        json!({ "Kind": "proxy-defaults", "Name": "global", "Config": { "protocol": "http" } });
+    assert_eq!(agent.put("/v1/config", global).await.status, StatusCode::OK);
+    assert_eq!(agent.put("/v1/config", l7).await.status, StatusCode::OK);
+    // A downgrade that would strand the L7 intention is refused, and changes nothing.
+    let tcp = json!({ "Kind": "service-defaults", "Name": "api", "Protocol": "tcp" });
+    let downgrade = agent.put("/v1/config", tcp).await;
+    assert_eq!(
+        downgrade.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        downgrade.text()
+    );
+    assert_eq!(
+        agent.get("/v1/config/service-defaults/api").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let grpc = json!({ "Kind": "service-defaults", "Name": "api", "Protocol": "GRPC" });
+    assert_eq!(agent.put("/v1/config", grpc).await.status, StatusCode::OK);
+    let stored = agent.get("/v1/config/service-defaults/api").await.value();
+    assert_eq!(stored["Protocol"], "grpc", "lower-cased: {stored}");
+    assert!(stored["ModifyIndex"].as_u64().unwrap_or(0) > 0, "{stored}");
+    // What the dev agent does not model is refused by name, not silently dropped.
+    let extra = json!({ "Kind": "service-defaults", "Name": "db", "Protocol": "tcp",
+        "MeshGateway": { "Mode": "local" } });
+    let refused = agent.put("/v1/config", extra).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.text().contains("MeshGateway"), "{}", refused.text());
+    let bad_name = json!({ "Kind": "proxy-defaults", "Name": "mine" });
+    assert_eq!(
+        agent.put("/v1/config", bad_name).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+}
+
+#[tokio::test]
+async fn defaults_are_merged_into_sidecar_registrations_and_wake_their_watchers() {
+    let agent = Agent::start().await;
+    agent
+        .register(json!({ "Name": "web", "Port": 8080, "Connect": { "SidecarService": {
+            "Proxy": { "Upstreams": [
+                { "DestinationName": "api", "LocalBindPort": 9191 },
+                { "DestinationName": "db", "LocalBindPort": 9192 },
+                { "DestinationName": "cache", "LocalBindPort": 9193, "Config": { "protocol": "tcp" } } ] }
+        } } }))
+        .await;
+    let first = agent.get("/v1/agent/service/web-sidecar-proxy").await;
+    let hash = first.header("x-consul-contenthash").unwrap().to_owned();
+    assert!(
+        first.value()["Proxy"].get("Config").is_none(),
+        "nothing central yet"
+    );
+
+    let path = format!("/v1/agent/service/web-sidecar-proxy?hash={hash}&wait=10s");
+    let blocked = agent.get(&path);
+    let write = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let api = json!({ "Kind": "service-defaults", "Name": "api", "Protocol": "http" });
+        assert_eq!(agent.put("/v1/config", api).await.status, StatusCode::OK);
+    };
+    let started = Instant::now();
+    let (changed, ()) = tokio::join!(blocked, write);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the write woke the watcher"
+    );
+    let proxy = changed.value()["Proxy"].clone();
+    assert_eq!(
+        proxy["Upstreams"][0]["Config"],
+        json!({ "protocol": "http" })
+    );
+    assert!(proxy["Upstreams"][1].get("Config").is_none(), "{proxy}");
+
+    for entry in [
+        json!({ "Kind": "service-defaults", "Name": "web", "Protocol": "grpc" }),
+        json!({ "Kind": "proxy-defaults", "Name": "global",
+                "Config": { "protocol": "http2", "local_connect_timeout_ms": 250 } }),
+    ] {
+        assert_eq!(agent.put("/v1/config", entry).await.status, StatusCode::OK);
+    }
+    let proxy = agent
+        .get("/v1/agent/service/web-sidecar-proxy")
+        .await
+        .value()["Proxy"]
+        .clone();
+    // The destination's service-defaults beat proxy-defaults; proxy-defaults fill in
+    // the rest; an upstream's own setting wins.
+    assert_eq!(
+        proxy["Config"],
+        json!({ "protocol": "grpc", "local_connect_timeout_ms": 250 })
+    );
+    assert_eq!(proxy["Upstreams"][0]["Config"]["protocol"], "http");
+    assert_eq!(proxy["Upstreams"][1]["Config"]["protocol"], "http2");
+    assert_eq!(proxy["Upstreams"][2]["Config"]["protocol"], "tcp");
+
+    let deleted = agent
+        .call(Method::DELETE, "/v1/config/service-defaults/web", None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    let proxy = agent
+        .get("/v1/agent/service/web-sidecar-proxy")
+        .await
+        .value()["Proxy"]
+        .clone();
+    assert_eq!(proxy["Config"]["protocol"], "http2");
+    let listed = agent.get("/v1/config/service-defaults").await.value();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
 }
