@@ -74,6 +74,9 @@ pub(crate) struct Usage {
     pub(crate) peak_kib: u64,
     /// VmRSS now.
     pub(crate) rss_kib: u64,
+    /// RssAnon now: heap and stacks, without the mapped pages of the program and its
+    /// libraries that VmRSS also counts.
+    pub(crate) anon_kib: u64,
 }
 
 pub(crate) fn usage(pid: u32) -> Usage {
@@ -101,6 +104,7 @@ pub(crate) fn usage(pid: u32) -> Usage {
         cpu_secs,
         peak_kib: kib("VmHWM:"),
         rss_kib: kib("VmRSS:"),
+        anon_kib: kib("RssAnon:"),
     }
 }
 
@@ -125,6 +129,7 @@ impl Running {
                 cpu_secs: a.cpu_secs + b.cpu_secs,
                 peak_kib: a.peak_kib + b.peak_kib,
                 rss_kib: a.rss_kib + b.rss_kib,
+                anon_kib: a.anon_kib + b.anon_kib,
             })
     }
 

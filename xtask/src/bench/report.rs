@@ -116,7 +116,13 @@ pub(crate) fn render(records: &[Record]) -> String {
         let hap = t.value(s, Peer::Haproxy);
         let direct = t.value(s, Peer::Direct);
         let cpu = |p| fmt(t.med(s, p, |x| x.cpu_secs), 2);
-        let rss = |p| fmt(t.med(s, p, |x| x.peak_kib as f64 / 1024.0), 1);
+        let rss = |p| {
+            format!(
+                "{} ({})",
+                fmt(t.med(s, p, |x| x.peak_kib as f64 / 1024.0), 1),
+                fmt(t.med(s, p, |x| x.anon_kib as f64 / 1024.0), 1)
+            )
+        };
         let errors = |p| t.samples(s, p).map(|x| x.errors).sum::<u64>();
         match s {
             Scenario::KeepAlive
@@ -131,7 +137,7 @@ pub(crate) fn render(records: &[Record]) -> String {
                 };
                 let _ = writeln!(
                     out,
-                    "| peer | {unit} | × HAProxy pair | × direct | pair CPU s | pair peak RSS MiB | errors |\n|---|---|---|---|---|---|---|"
+                    "| peer | {unit} | × HAProxy pair | × direct | pair CPU s | pair peak RSS MiB (anon at end) | errors |\n|---|---|---|---|---|---|---|"
                 );
                 for &p in &peers {
                     let v = t.value(s, p);
@@ -170,7 +176,7 @@ pub(crate) fn render(records: &[Record]) -> String {
                 let hap_added = t.added_p99(Peer::Haproxy);
                 let _ = writeln!(
                     out,
-                    "| peer | p50 µs | p99 µs | p99 added over direct µs | × HAProxy pair's added | pair CPU s | pair peak RSS MiB | errors |\n|---|---|---|---|---|---|---|---|"
+                    "| peer | p50 µs | p99 µs | p99 added over direct µs | × HAProxy pair's added | pair CPU s | pair peak RSS MiB (anon at end) | errors |\n|---|---|---|---|---|---|---|---|"
                 );
                 for &p in &peers {
                     let added = if p == Peer::Direct {
@@ -203,7 +209,7 @@ pub(crate) fn render(records: &[Record]) -> String {
             Scenario::Idle => {
                 let _ = writeln!(
                     out,
-                    "| peer | KiB per connection per proxy | × HAProxy | pair RSS growth MiB | pair peak RSS MiB | failed to open |\n|---|---|---|---|---|---|"
+                    "| peer | KiB per connection per proxy | × HAProxy | pair RSS growth MiB | pair peak RSS MiB (anon at end) | failed to open |\n|---|---|---|---|---|---|"
                 );
                 for &p in &peers {
                     let v = t.value(s, p);

@@ -12,7 +12,7 @@ use super::peers::{self, Mode, Peer, Running};
 /// Keep-alive connections of the closed-loop runs.
 const KEEPALIVE_CONNS: usize = 50;
 /// Workers of the connection-per-request runs, each with one connection at a time.
-const CLOSE_CONNS: usize = 16;
+const CLOSE_CONNS: usize = 64;
 /// The paced run's rate and the connections it spreads over.
 pub(crate) const PACED_RATE: u32 = 2_000;
 const PACED_CONNS: usize = 32;
@@ -136,6 +136,8 @@ pub(crate) struct Sample {
     pub(crate) cpu_secs: f64,
     /// The pair's peak RSS (VmHWM of both processes, summed), KiB.
     pub(crate) peak_kib: u64,
+    /// The pair's anonymous RSS at the end of the run, KiB.
+    pub(crate) anon_kib: u64,
     /// Share of one core the load generator and backend used over the run.
     pub(crate) generator_busy: f64,
 }
@@ -193,6 +195,7 @@ pub(crate) async fn run(scenario: Scenario, pair: &mut Running, sizes: Sizes) ->
     let (gen1, pair1, elapsed) = (peers::usage(me), pair.usage(), t0.elapsed());
     sample.cpu_secs = pair1.cpu_secs - pair0.cpu_secs;
     sample.peak_kib = pair1.peak_kib;
+    sample.anon_kib = pair1.anon_kib;
     sample.generator_busy = (gen1.cpu_secs - gen0.cpu_secs) / elapsed.as_secs_f64().max(1e-9);
     Ok(sample)
 }
