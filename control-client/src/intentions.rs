@@ -15,7 +15,7 @@
 //! display string says so, for the logs.
 
 use std::cmp::Ordering;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -388,6 +388,12 @@ pub struct Intentions {
     destination: Destination,
     default_action: Action,
     rules: Vec<Intention>,
+    /// Indices into `rules`, ascending, of the rules whose source names exactly this
+    /// service: a caller can only be governed by those and by `any_name`, so a decision
+    /// looks at a handful of rules however many intentions the destination has.
+    by_name: HashMap<String, Vec<usize>>,
+    /// Indices into `rules`, ascending, of the rules whose source name is `*`.
+    any_name: Vec<usize>,
 }
 
 impl Intentions {
@@ -449,13 +455,61 @@ impl Intentions {
         &self.rules
     }
 
+    /// In evaluation order, the indices into `rules()` of the only rules that can match
+    /// a caller named `service`: those for exactly that name and those for `*`. Every
+    /// other rule names another service.
+    pub fn candidates(&self, service: &str) -> Candidates<'_> {
+        Candidates {
+            exact: self.by_name.get(service).map_or(&[], Vec::as_slice),
+            any: &self.any_name,
+        }
+    }
+
     fn sorted(destination: Destination, default_action: Action, mut rules: Vec<Intention>) -> Self {
         rules.sort_by(evaluation_order);
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut any_name = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            match &rule.source.name {
+                NamePattern::Exact(name) => by_name.entry(name.clone()).or_default().push(i),
+                NamePattern::Any => any_name.push(i),
+            }
+        }
         Intentions {
             destination,
             default_action,
             rules,
+            by_name,
+            any_name,
         }
+    }
+}
+
+/// Two ascending index lists, merged: see [`Intentions::candidates`].
+#[derive(Debug, Clone)]
+pub struct Candidates<'a> {
+    exact: &'a [usize],
+    any: &'a [usize],
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let take_exact = match (self.exact.first(), self.any.first()) {
+            (Some(e), Some(a)) => e < a,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return None,
+        };
+        let list = if take_exact {
+            &mut self.exact
+        } else {
+            &mut self.any
+        };
+        let (&first, rest) = list.split_first()?;
+        *list = rest;
+        Some(first)
     }
 }
 
@@ -1113,6 +1167,31 @@ mod tests {
 
     fn displays(ixns: &Intentions) -> Vec<String> {
         ixns.rules().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn candidates_are_every_rule_that_can_name_the_caller_in_evaluation_order() {
+        let ixns = build_entries(
+            json!([{ "Kind": "service-intentions", "Name": "api", "Sources": [
+                { "Name": "web", "Action": "allow" },
+                { "Name": "*", "Namespace": "ops", "Action": "deny" },
+                { "Name": "web", "Namespace": "ops", "Action": "deny" },
+                { "Name": "db", "Action": "allow" },
+                { "Name": "*", "Action": "deny" }
+            ]}]),
+        )
+        .unwrap();
+        for service in ["web", "db", "stranger"] {
+            let scanned: Vec<usize> = ixns
+                .rules()
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.source().name.matches(service))
+                .map(|(i, _)| i)
+                .collect();
+            let indexed: Vec<usize> = ixns.candidates(service).collect();
+            assert_eq!(indexed, scanned, "{service}");
+        }
     }
 
     #[test]

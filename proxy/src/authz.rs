@@ -64,9 +64,15 @@ impl Reason {
 /// Decides for `peer`: per connection with `request: None`, per HTTP request with `Some`.
 pub fn decide(ixns: &Intentions, peer: &Peer, request: Option<&Request<'_>>) -> Decision {
     let default = ixns.default_action().is_allow();
-    let governing = ixns.rules().iter().enumerate().find(|(_, ixn)| {
-        ixn.target().covers(ixns.destination()) && source_matches(ixn.source(), peer)
-    });
+    // Only rules naming this caller's service, or `*`, can match: the model indexes
+    // them, so this is not a scan of every intention.
+    let rules = ixns.rules();
+    let governing = ixns
+        .candidates(&peer.service)
+        .filter_map(|i| rules.get(i).map(|ixn| (i, ixn)))
+        .find(|(_, ixn)| {
+            ixn.target().covers(ixns.destination()) && source_matches(ixn.source(), peer)
+        });
     let Some((index, ixn)) = governing else {
         return Decision {
             allowed: default,

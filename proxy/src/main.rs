@@ -138,6 +138,20 @@ struct ProxyArgs {
     log_level: String,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Runtime worker threads [default: one per CPU]. One is enough for a sidecar
+    /// beside a small service, and is how `cargo xtask bench` runs every peer.
+    #[arg(long, env = "FERRULE_WORKER_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
+    /// TLS session resumption between sidecars (tickets on the inbound side, a session
+    /// cache per upstream identity on the outbound side).
+    #[arg(long, env = "FERRULE_TLS_RESUMPTION", value_enum, default_value_t = Switch::On)]
+    tls_resumption: Switch,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -171,13 +185,18 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("ferrule: cannot start the runtime: {e}");
-            ExitCode::from(1)
-        })
+    runtime_with(None)
+}
+
+fn runtime_with(worker_threads: Option<u16>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(usize::from(n));
+    }
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("ferrule: cannot start the runtime: {e}");
+        ExitCode::from(1)
+    })
 }
 
 fn dev(args: DevArgs) -> ExitCode {
@@ -247,7 +266,8 @@ fn proxy(args: ProxyArgs) -> ExitCode {
         eprintln!("ferrule: --log-level: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match runtime() {
+    ferrule::tls::set_session_resumption(args.tls_resumption == Switch::On);
+    let runtime = match runtime_with(args.worker_threads) {
         Ok(rt) => rt,
         Err(code) => return code,
     };

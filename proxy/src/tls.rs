@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferrule_control::identity::ServiceId;
 use ferrule_control::model::{Leaf, Protocol, Snapshot, TrustBundle};
@@ -402,6 +403,17 @@ impl TlsState {
     }
 }
 
+/// Whether configs built from now on resume TLS sessions. A process-wide switch set
+/// once at start-up (`ferrule proxy --tls-resumption`), so that measuring with and
+/// without it needs no change to how configs are threaded through.
+static SESSION_RESUMPTION: AtomicBool = AtomicBool::new(true);
+
+/// Turns TLS session resumption between sidecars on (rustls' default: an in-memory
+/// session cache on both sides, TLS 1.3 tickets from the server) or off.
+pub fn set_session_resumption(enabled: bool) {
+    SESSION_RESUMPTION.store(enabled, Ordering::Relaxed);
+}
+
 fn server_config(
     anchors: &Arc<Anchors>,
     resolver: Arc<OurLeaf>,
@@ -417,6 +429,10 @@ fn server_config(
                 .with_client_cert_verifier(verifier)
                 .with_cert_resolver(resolver);
             config.alpn_protocols = alpn.to_vec();
+            if !SESSION_RESUMPTION.load(Ordering::Relaxed) {
+                config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+                config.send_tls13_tickets = 0;
+            }
             Some(Arc::new(config))
         }
         Err(e) => {
@@ -450,12 +466,38 @@ fn client_config(
             if key.http2 {
                 config.alpn_protocols = vec![b"h2".to_vec()];
             }
+            if !SESSION_RESUMPTION.load(Ordering::Relaxed) {
+                config.resumption = rustls::client::Resumption::disabled();
+            }
             Some(Arc::new(config))
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot build the outbound TLS config");
             None
         }
+    }
+}
+
+/// The inbound listener's SVID check, outside a handshake: what the microbenchmarks
+/// (`cargo bench -p ferrule`) time, and what a tool can use to check a certificate.
+pub struct SvidVerifier(Anchors);
+
+impl SvidVerifier {
+    pub fn new(bundle: &TrustBundle, provider: &CryptoProvider) -> SvidVerifier {
+        SvidVerifier(Anchors::new(bundle, provider))
+    }
+
+    /// Verifies a caller's chain (leaf first) now, as a client certificate.
+    pub fn verify_client(&self, chain: &[CertificateDer<'_>]) -> Result<ServiceId, SvidError> {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(SvidError::NotSvid("empty certificate chain".into()));
+        };
+        self.0.verify(
+            leaf,
+            intermediates,
+            UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+        )
     }
 }
 

@@ -1,5 +1,8 @@
-//! Project chores, run as `cargo xtask <command>`: for now `certs`, which writes a
-//! development CA and service leaves for the examples and for manual testing.
+//! Project chores, run as `cargo xtask <command>`: `certs`, which writes a development
+//! CA and service leaves for the examples and for manual testing, and `bench`, the
+//! benchmark against HAProxy and nginx (see `bench`).
+
+mod bench;
 
 use std::fs;
 use std::io::Write;
@@ -42,6 +45,11 @@ enum Command {
         #[arg(long)]
         cluster_id: Option<String>,
     },
+    /// Benchmark ferrule against HAProxy and nginx pairs: ratios from one run.
+    ///
+    /// Needs two cores, root (apt-get for missing peers) and the ports 18001, 18002,
+    /// 18080, 19201, 19202 on 127.0.0.1. Writes target/bench/report.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +61,7 @@ fn main() -> ExitCode {
             ttl,
             cluster_id,
         } => certs(&dir, &services, ttl, cluster_id.as_deref()),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,414 @@
+//! `cargo xtask bench`: ferrule against HAProxy and nginx pairs in one topology, on one
+//! machine, in one run, reported as ratios.
+//!
+//! The run builds ferrule in release, writes a dev CA and SVIDs, installs HAProxy and
+//! nginx from Debian when missing (and says so), pins the proxies to one core and this
+//! process — load generator and backend — to the other, then runs every scenario for
+//! every peer, interleaved, round after round, so that drift on a shared machine spreads
+//! over all peers instead of landing on one. Each pair is started fresh for each run, so
+//! its peak RSS belongs to that run.
+
+mod backend;
+mod load;
+mod peers;
+mod report;
+mod scenarios;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ferrule_control::ca::{DevCa, LeafSpec};
+
+use peers::Env;
+use report::Record;
+use scenarios::{Scenario, Sizes};
+
+/// The core the proxies share, and the one the load generator and backend share.
+const PROXY_CPU: usize = 0;
+const GENERATOR_CPU: usize = 1;
+const BACKEND: &str = "127.0.0.1:18080";
+/// Descriptors for 10,000 idle connections (each is two sockets in each proxy, and two
+/// here: client and backend) with room to spare; where the hard limit is lower and
+/// cannot be raised, the idle scenario opens fewer connections and says so.
+const WANT_NOFILE: u64 = 100_000;
+/// What one process needs besides two descriptors per idle connection.
+const SPARE_FDS: u64 = 500;
+
+#[derive(clap::Args)]
+pub(crate) struct BenchArgs {
+    /// One round, 2-second runs, 256 MiB bulk, 2,000 idle connections.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds of every scenario for every peer [default: 3, or 1 with --quick].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Only these scenarios (comma-separated): keepalive, latency, close, close-l7, bulk,
+    /// l7, idle, intentions, intentions-l7.
+    #[arg(long, value_delimiter = ',')]
+    scenario: Vec<String>,
+    /// Seconds per timed run [default: 5, or 2 with --quick].
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Idle connections for scenario idle [default: 10000, or 2000 with --quick].
+    #[arg(long)]
+    idle_conns: Option<usize>,
+    /// MiB for scenario bulk [default: 1024, or 256 with --quick].
+    #[arg(long)]
+    bulk_mib: Option<u64>,
+    /// Also run the criterion microbenches (`cargo bench -p ferrule`) at the end.
+    #[arg(long)]
+    micro: bool,
+    /// Where the report is written, besides stdout [default: target/bench/report.md].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub(crate) fn run(args: BenchArgs) -> Result<()> {
+    let root = workspace_root();
+    // `cargo xtask` builds in debug, where the load generator would be the bottleneck:
+    // build both binaries in release and hand over to the release xtask.
+    if cfg!(debug_assertions) {
+        build_release(&root)?;
+        let release = target_dir(&root).join("release").join("xtask");
+        let status = Command::new(&release)
+            .args(std::env::args_os().skip(1))
+            .status()
+            .with_context(|| format!("running {}", release.display()))?;
+        if !status.success() {
+            bail!("the release bench failed");
+        }
+        return Ok(());
+    }
+    let scenarios = select(&args.scenario)?;
+    let sizes = Sizes {
+        duration: Duration::from_secs(args.duration.unwrap_or(if args.quick { 2 } else { 5 })),
+        bulk_bytes: args.bulk_mib.unwrap_or(if args.quick { 256 } else { 1024 }) << 20,
+        idle_conns: args
+            .idle_conns
+            .unwrap_or(if args.quick { 2_000 } else { 10_000 }),
+    };
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+
+    pin_self()?;
+    let nofile = raise_nofile();
+    let mut sizes = sizes;
+    let fit = usize::try_from(nofile.saturating_sub(SPARE_FDS) / 2).unwrap_or(usize::MAX);
+    if sizes.idle_conns > fit {
+        println!(
+            "note: the open-files limit is {nofile} and cannot be raised here, so the idle \
+             scenario opens {fit} connections instead of {} (each proxy holds two sockets \
+             per connection)",
+            sizes.idle_conns
+        );
+        sizes.idle_conns = fit;
+    }
+    ensure_packages()?;
+    let ferrule = target_dir(&root).join("release").join("ferrule");
+    if !ferrule.exists() {
+        build_release(&root)?;
+    }
+    let dir = target_dir(&root).join("bench");
+    let _ = fs::remove_dir_all(&dir);
+    write_certs(&dir.join("certs"))?;
+    let env = Env {
+        dir: dir.clone(),
+        ferrule,
+        backend: BACKEND.parse()?,
+        proxy_cpu: PROXY_CPU,
+    };
+
+    // One thread: the generator and the backend share one core by design.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let records = runtime.block_on(run_all(&env, &scenarios, rounds, sizes))?;
+
+    let mut text = String::new();
+    text.push_str(&machine());
+    text.push_str(&format!(
+        "\nConditions: {rounds} round(s), {}s per timed run, {} MiB bulk, {} idle connections; \
+         proxies pinned to CPU {PROXY_CPU}, load generator and backend to CPU {GENERATOR_CPU}.\n",
+        sizes.duration.as_secs(),
+        sizes.bulk_bytes >> 20,
+        sizes.idle_conns
+    ));
+    text.push_str(&report::render(&records));
+    println!("{text}");
+    let out = args.out.unwrap_or_else(|| dir.join("report.md"));
+    fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
+    println!("report written to {}", out.display());
+
+    if args.micro {
+        let status = Command::new(cargo())
+            .args(["bench", "-p", "ferrule"])
+            .current_dir(&root)
+            .status()
+            .context("running cargo bench")?;
+        if !status.success() {
+            bail!("cargo bench -p ferrule failed");
+        }
+    }
+    Ok(())
+}
+
+async fn run_all(
+    env: &Env,
+    scenarios: &[Scenario],
+    rounds: usize,
+    sizes: Sizes,
+) -> Result<Vec<Record>> {
+    let listener = tokio::net::TcpListener::bind(env.backend)
+        .await
+        .with_context(|| format!("binding the backend on {}", env.backend))?;
+    let _backend = tokio_util_abort(tokio::spawn(backend::serve(listener)));
+    let started = Instant::now();
+    let mut records = Vec::new();
+    for round in 0..rounds {
+        for &scenario in scenarios {
+            let mut peers = scenario.peers();
+            // Rotate the order each round so no peer always runs first (on a cold cache)
+            // or last.
+            let len = peers.len();
+            peers.rotate_left(round % len.max(1));
+            for peer in peers {
+                eprint!(
+                    "[{:>4}s] round {}/{rounds} {:<13} {:<16} ",
+                    started.elapsed().as_secs(),
+                    round + 1,
+                    scenario.name(),
+                    peer.name()
+                );
+                let mut pair = peers::start(env, peer, scenario.mode()).await?;
+                let sample = scenarios::run(scenario, &mut pair, sizes).await;
+                let alive = pair.alive();
+                drop(pair);
+                let sample =
+                    sample.with_context(|| format!("{} with {}", scenario.name(), peer.name()))?;
+                eprintln!(
+                    "{:>10.1}  (errors {}, pair CPU {:.2}s, peak RSS {:.1} MiB, generator {:.0}%){}",
+                    sample.value,
+                    sample.errors,
+                    sample.cpu_secs,
+                    sample.peak_kib as f64 / 1024.0,
+                    sample.generator_busy * 100.0,
+                    if alive { "" } else { "  PAIR DIED" }
+                );
+                records.push(Record {
+                    scenario,
+                    peer,
+                    round,
+                    sample,
+                });
+                // Let sockets of the last run leave TIME_WAIT-heavy states settle.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// Aborts the backend task when the run ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn tokio_util_abort(handle: tokio::task::JoinHandle<()>) -> AbortOnDrop {
+    AbortOnDrop(handle)
+}
+
+fn select(names: &[String]) -> Result<Vec<Scenario>> {
+    if names.is_empty() {
+        return Ok(Scenario::ALL.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            Scenario::ALL
+                .into_iter()
+                .find(|s| s.name() == n)
+                .ok_or_else(|| {
+                    let all: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                    anyhow::anyhow!("--scenario {n}: one of {}", all.join(", "))
+                })
+        })
+        .collect()
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+/// This thread, and every thread started after it, runs on the generator's core.
+fn pin_self() -> Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if cpus < 2 {
+        bail!(
+            "the bench needs two cores (proxies on one, load generator on the other); this machine has {cpus}"
+        );
+    }
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(GENERATOR_CPU);
+    rustix::thread::sched_setaffinity(None, &set).context("pinning the load generator")?;
+    Ok(())
+}
+
+/// Raises RLIMIT_NOFILE for this process and the proxies it starts; what it is now.
+fn raise_nofile() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    if now.current.is_some_and(|c| c >= WANT_NOFILE) {
+        return WANT_NOFILE;
+    }
+    // Root may raise the hard limit too; anyone else gets what the hard limit allows.
+    let want = Rlimit {
+        current: Some(WANT_NOFILE),
+        maximum: Some(WANT_NOFILE.max(now.maximum.unwrap_or(WANT_NOFILE))),
+    };
+    if setrlimit(Resource::Nofile, want).is_err() {
+        let capped = Rlimit {
+            current: now.maximum,
+            maximum: now.maximum,
+        };
+        let _ = setrlimit(Resource::Nofile, capped);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// HAProxy and nginx (with its stream module) from Debian, installed when missing.
+fn ensure_packages() -> Result<()> {
+    let mut missing = Vec::new();
+    if !have("haproxy") {
+        missing.push("haproxy");
+    }
+    if !have("nginx") {
+        missing.push("nginx-light");
+    }
+    if !Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists() {
+        missing.push("libnginx-mod-stream");
+    }
+    if !have("taskset") {
+        missing.push("util-linux");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "installing {} with apt-get (the bench compares against Debian's builds)",
+        missing.join(" ")
+    );
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+    };
+    if !install().is_ok_and(|s| s.success()) {
+        let _ = Command::new("apt-get").args(["update", "-q"]).status();
+        if !install().is_ok_and(|s| s.success()) {
+            bail!("apt-get install {} failed", missing.join(" "));
+        }
+    }
+    Ok(())
+}
+
+fn build_release(root: &Path) -> Result<()> {
+    println!("building ferrule and the bench (release)");
+    let status = Command::new(cargo())
+        .args(["build", "--release", "-p", "ferrule", "-p", "xtask"])
+        .current_dir(root)
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release -p ferrule -p xtask failed");
+    }
+    Ok(())
+}
+
+/// The dev CA and the two SVIDs, as `cargo xtask certs` writes them, plus a `localhost`
+/// DNS SAN (nginx checks a name when it verifies) and the cert+key bundles HAProxy reads.
+fn write_certs(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    let ca = DevCa::generate(None).context("generating the CA")?;
+    fs::write(dir.join("ca.pem"), ca.cert_pem())?;
+    for svc in ["web", "api"] {
+        let mut spec = LeafSpec::service(svc);
+        spec.dns_sans = vec!["localhost".to_owned()];
+        let leaf = ca.issue(&spec).with_context(|| format!("issuing {svc}"))?;
+        fs::write(dir.join(format!("{svc}.pem")), &leaf.cert_pem)?;
+        fs::write(dir.join(format!("{svc}-key.pem")), &leaf.key_pem)?;
+        fs::write(
+            dir.join(format!("{svc}-bundle.pem")),
+            format!("{}{}", leaf.cert_pem, leaf.key_pem),
+        )?;
+    }
+    Ok(())
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+/// The machine facts BENCHMARKS.md records next to the figures.
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    format!(
+        "#### Machine\n\n- date: {}\n- nproc: {}; CPU: {cpu}\n- kernel: {}\n- {}\n- {}\n- {}\n- load average at the end: {}\n",
+        command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        command_line("nproc", &["--all"]),
+        command_line("uname", &["-r"]),
+        command_line("haproxy", &["-v"]),
+        command_line("nginx", &["-v"]),
+        command_line("rustc", &["--version"]),
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim(),
+    )
+}

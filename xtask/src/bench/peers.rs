@@ -1,0 +1,455 @@
+//! The proxies under test, each run as a pair in one topology:
+//!
+//! ```text
+//! load generator -> A (plain, 127.0.0.1:18001) -> mTLS -> B (127.0.0.1:18002) -> backend
+//! ```
+//!
+//! A presents `web`'s SVID and B `api`'s, both from the same dev CA; each side verifies
+//! the other's chain against it. Every peer gets one worker (ferrule
+//! `--worker-threads 1`, HAProxy `nbthread 1`, nginx one process with
+//! `master_process off`), and both processes of a pair are pinned to the proxies' core.
+//! The peers are configured without TLS session resumption between the pair, as in the
+//! issue's reference run; ferrule runs with it on and, as `ferrule-noresume`, off.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::load;
+
+pub(crate) const ENTRY: &str = "127.0.0.1:18001";
+const MESH: &str = "127.0.0.1:18002";
+const ADMIN_A: &str = "127.0.0.1:19201";
+const ADMIN_B: &str = "127.0.0.1:19202";
+/// The L7 scenario's intention: this many permissions, the request matching the last.
+pub(crate) const PERMISSIONS: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Peer {
+    /// No proxies: the load generator talks to the backend.
+    Direct,
+    Ferrule {
+        resumption: bool,
+    },
+    Haproxy,
+    Nginx,
+}
+
+impl Peer {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Peer::Direct => "direct",
+            Peer::Ferrule { resumption: true } => "ferrule",
+            Peer::Ferrule { resumption: false } => "ferrule-noresume",
+            Peer::Haproxy => "haproxy",
+            Peer::Nginx => "nginx",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    L4,
+    L7,
+}
+
+/// Where the pair's files live and what it forwards to.
+pub(crate) struct Env {
+    pub(crate) dir: PathBuf,
+    pub(crate) ferrule: PathBuf,
+    pub(crate) backend: SocketAddr,
+    pub(crate) proxy_cpu: usize,
+}
+
+/// CPU time and memory of one process, from /proc.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Usage {
+    pub(crate) cpu_secs: f64,
+    /// VmHWM: the peak resident set since the process started.
+    pub(crate) peak_kib: u64,
+    /// VmRSS now.
+    pub(crate) rss_kib: u64,
+    /// RssAnon now: heap and stacks, without the mapped pages of the program and its
+    /// libraries that VmRSS also counts.
+    pub(crate) anon_kib: u64,
+}
+
+pub(crate) fn usage(pid: u32) -> Usage {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesized command name: state is field 3, utime 14, stime 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Linux reports these in USER_HZ, which is 100 on every architecture it runs on.
+    let cpu_secs = (ticks(11) + ticks(12)) as f64 / 100.0;
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Usage {
+        cpu_secs,
+        peak_kib: kib("VmHWM:"),
+        rss_kib: kib("VmRSS:"),
+        anon_kib: kib("RssAnon:"),
+    }
+}
+
+/// A started pair (or nothing, for `direct`), killed on drop.
+pub(crate) struct Running {
+    children: Vec<Child>,
+    pub(crate) entry: SocketAddr,
+    pub(crate) intentions: Option<PathBuf>,
+}
+
+impl Running {
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// The pair's usage summed over both processes (CPU, peak, current RSS).
+    pub(crate) fn usage(&self) -> Usage {
+        self.pids()
+            .into_iter()
+            .map(usage)
+            .fold(Usage::default(), |a, b| Usage {
+                cpu_secs: a.cpu_secs + b.cpu_secs,
+                peak_kib: a.peak_kib + b.peak_kib,
+                rss_kib: a.rss_kib + b.rss_kib,
+                anon_kib: a.anon_kib + b.anon_kib,
+            })
+    }
+
+    /// Whether every process of the pair is still running.
+    pub(crate) fn alive(&mut self) -> bool {
+        self.children
+            .iter_mut()
+            .all(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Writes the pair's configs, starts it pinned, and waits until a request goes through.
+pub(crate) async fn start(env: &Env, peer: Peer, mode: Mode) -> Result<Running> {
+    if peer == Peer::Direct {
+        return Ok(Running {
+            children: Vec::new(),
+            entry: env.backend,
+            intentions: None,
+        });
+    }
+    let dir = env.dir.join(format!(
+        "{}-{}",
+        peer.name(),
+        if mode == Mode::L4 { "l4" } else { "l7" }
+    ));
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut intentions = None;
+    let commands: Vec<(String, Command)> = match peer {
+        Peer::Direct => Vec::new(),
+        Peer::Ferrule { resumption } => {
+            let path = dir.join("intentions.json");
+            write(&path, &intentions_json(mode, true))?;
+            intentions = Some(path);
+            let (a, b) = ferrule_configs(env, mode);
+            write(&dir.join("a.toml"), &a)?;
+            write(&dir.join("b.toml"), &b)?;
+            ["a", "b"]
+                .into_iter()
+                .map(|side| {
+                    let mut cmd = pinned(env, &env.ferrule);
+                    cmd.args(["proxy", "--config"])
+                        .arg(dir.join(format!("{side}.toml")))
+                        .env("FERRULE_LOG", "warn")
+                        .env("FERRULE_WORKER_THREADS", "1")
+                        .env(
+                            "FERRULE_TLS_RESUMPTION",
+                            if resumption { "on" } else { "off" },
+                        );
+                    (side.to_owned(), cmd)
+                })
+                .collect()
+        }
+        Peer::Haproxy => {
+            let (a, b) = haproxy_configs(env, mode);
+            write(&dir.join("a.cfg"), &a)?;
+            write(&dir.join("b.cfg"), &b)?;
+            ["a", "b"]
+                .into_iter()
+                .map(|side| {
+                    let mut cmd = pinned(env, Path::new("haproxy"));
+                    // -db: stay in the foreground, one process, so its /proc is the proxy's.
+                    cmd.arg("-db")
+                        .arg("-f")
+                        .arg(dir.join(format!("{side}.cfg")));
+                    (side.to_owned(), cmd)
+                })
+                .collect()
+        }
+        Peer::Nginx => {
+            let (a, b) = nginx_configs(env, mode, &dir);
+            write(&dir.join("a.conf"), &a)?;
+            write(&dir.join("b.conf"), &b)?;
+            ["a", "b"]
+                .into_iter()
+                .map(|side| {
+                    let mut cmd = pinned(env, Path::new("nginx"));
+                    cmd.arg("-p")
+                        .arg(&dir)
+                        .arg("-c")
+                        .arg(dir.join(format!("{side}.conf")));
+                    (side.to_owned(), cmd)
+                })
+                .collect()
+        }
+    };
+    let mut children = Vec::new();
+    for (side, mut cmd) in commands {
+        let log = fs::File::create(dir.join(format!("{side}.log")))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} side {side}", peer.name()))?;
+        children.push(child);
+    }
+    let mut running = Running {
+        children,
+        entry: ENTRY.parse()?,
+        intentions,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if !running.alive() {
+            bail!(
+                "{} exited at start-up; see the logs in {}",
+                peer.name(),
+                dir.display()
+            );
+        }
+        if matches!(load::probe(running.entry).await, Ok(true)) {
+            return Ok(running);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not pass a request within 20s; see {}",
+                peer.name(),
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn pinned(env: &Env, program: &Path) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg(env.proxy_cpu.to_string()).arg(program);
+    cmd
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The service-intentions entry for `api`: `web` allowed (L4) or allowed through 20
+/// path-prefix permissions (L7), everyone else denied by default.
+pub(crate) fn intentions_json(mode: Mode, allow: bool) -> String {
+    let action = if allow { "allow" } else { "deny" };
+    let web = match mode {
+        Mode::L4 => format!(r#"{{ "Name": "web", "Action": "{action}" }}"#),
+        Mode::L7 if !allow => r#"{ "Name": "web", "Action": "deny" }"#.to_owned(),
+        Mode::L7 => {
+            let permissions: Vec<String> = (0..PERMISSIONS)
+                .map(|i| {
+                    format!(r#"{{ "Action": "allow", "HTTP": {{ "PathPrefix": "/api/p{i}/" }} }}"#)
+                })
+                .collect();
+            format!(
+                r#"{{ "Name": "web", "Permissions": [{}] }}"#,
+                permissions.join(", ")
+            )
+        }
+    };
+    format!(r#"{{ "Kind": "service-intentions", "Name": "api", "Sources": [{web}] }}"#)
+}
+
+fn ferrule_configs(env: &Env, mode: Mode) -> (String, String) {
+    let protocol = if mode == Mode::L4 { "tcp" } else { "http" };
+    let certs = env.dir.join("certs");
+    let identity = |svc: &str| {
+        format!(
+            "[identity]\ncert = {:?}\nkey = {:?}\nbundle = {:?}\n",
+            certs.join(format!("{svc}.pem")),
+            certs.join(format!("{svc}-key.pem")),
+            certs.join("ca.pem"),
+        )
+    };
+    let a = format!(
+        "admin_addr = \"{ADMIN_A}\"\n\n{}\n[[upstreams]]\nname = \"api\"\nbind = \"{ENTRY}\"\n\
+         endpoints = [\"{MESH}\"]\nprotocol = \"{protocol}\"\n",
+        identity("web")
+    );
+    let b = format!(
+        "admin_addr = \"{ADMIN_B}\"\ndefault_action = \"deny\"\n\n{}\n[inbound]\nbind = \"{MESH}\"\n\
+         local_app = \"{}\"\nprotocol = \"{protocol}\"\nintentions = \"intentions.json\"\n",
+        identity("api"),
+        env.backend
+    );
+    (a, b)
+}
+
+fn haproxy_configs(env: &Env, mode: Mode) -> (String, String) {
+    let certs = env.dir.join("certs");
+    let crt = |svc: &str| {
+        certs
+            .join(format!("{svc}-bundle.pem"))
+            .display()
+            .to_string()
+    };
+    let ca = certs.join("ca.pem").display().to_string();
+    let mode_line = if mode == Mode::L4 { "tcp" } else { "http" };
+    // No session cache, no tickets: the reference run's peers did a full handshake on
+    // every new mesh connection.
+    let head = format!(
+        "global\n  nbthread 1\n  maxconn 9900\n  tune.ssl.cachesize 0\n\n\
+         defaults\n  mode {mode_line}\n  timeout connect 5s\n  timeout client 120s\n\
+         \x20 timeout server 120s\n  timeout http-keep-alive 120s\n\n"
+    );
+    let mut a = head.clone();
+    let _ = write!(
+        a,
+        "frontend app\n  bind {ENTRY}\n  default_backend mesh\n\nbackend mesh\n{}  server b {MESH} \
+         ssl crt {} ca-file {ca} verify required no-ssl-reuse\n",
+        if mode == Mode::L7 {
+            "  http-reuse always\n"
+        } else {
+            ""
+        },
+        crt("web")
+    );
+    let mut b = head;
+    let _ = write!(
+        b,
+        "frontend mesh\n  bind {MESH} ssl crt {} ca-file {ca} verify required no-tls-tickets\n",
+        crt("api")
+    );
+    if mode == Mode::L7 {
+        // The 20 permissions as ACLs, the request matching the last one.
+        for i in 0..PERMISSIONS {
+            let _ = writeln!(b, "  acl p{i} path_beg /api/p{i}/");
+        }
+        for i in 0..PERMISSIONS {
+            let _ = writeln!(b, "  http-request allow if p{i}");
+        }
+        b.push_str("  http-request deny deny_status 403\n");
+    }
+    let _ = write!(
+        b,
+        "  default_backend app\n\nbackend app\n{}  server app {}\n",
+        if mode == Mode::L7 {
+            "  http-reuse always\n"
+        } else {
+            ""
+        },
+        env.backend
+    );
+    (a, b)
+}
+
+fn nginx_configs(env: &Env, mode: Mode, dir: &Path) -> (String, String) {
+    let certs = env.dir.join("certs");
+    let p = |name: &str| certs.join(name).display().to_string();
+    let ca = p("ca.pem");
+    let head = |side: &str| {
+        let mut h = String::new();
+        if mode == Mode::L4 {
+            h.push_str("load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n");
+        }
+        let _ = write!(
+            h,
+            "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\n\
+             pid {d}/{side}.pid;\nerror_log {d}/{side}-error.log warn;\n\
+             events {{ worker_connections 19900; }}\n",
+            d = dir.display()
+        );
+        h
+    };
+    // Client side: verify the server's chain; nginx also checks a name, which the bench's
+    // leaves carry as a DNS SAN (`localhost`) next to their SPIFFE ID.
+    let client_tls = format!(
+        "proxy_ssl_certificate {}; proxy_ssl_certificate_key {}; \
+         proxy_ssl_trusted_certificate {ca}; proxy_ssl_verify on; proxy_ssl_name localhost; \
+         proxy_ssl_session_reuse off;",
+        p("web.pem"),
+        p("web-key.pem")
+    );
+    let server_tls = format!(
+        "ssl_certificate {}; ssl_certificate_key {}; ssl_client_certificate {ca}; \
+         ssl_verify_client on; ssl_session_cache off; ssl_session_tickets off;",
+        p("api.pem"),
+        p("api-key.pem")
+    );
+    match mode {
+        Mode::L4 => (
+            format!(
+                "{}stream {{ server {{ listen {ENTRY}; proxy_pass {MESH}; proxy_ssl on; {client_tls} }} }}\n",
+                head("a")
+            ),
+            format!(
+                "{}stream {{ server {{ listen {MESH} ssl; {server_tls} proxy_pass {}; }} }}\n",
+                head("b"),
+                env.backend
+            ),
+        ),
+        Mode::L7 => {
+            let http_head = format!(
+                "access_log off; keepalive_requests 1000000; keepalive_timeout 120s; \
+                 client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; \
+                 fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;",
+                d = dir.display()
+            );
+            let keepalive_upstream = "proxy_http_version 1.1; proxy_set_header Connection \"\";";
+            let mut map = String::from("map $uri $allowed { default 0; ");
+            for i in 0..PERMISSIONS {
+                let _ = write!(map, "~^/api/p{i}/ 1; ");
+            }
+            map.push('}');
+            (
+                format!(
+                    "{}http {{ {http_head} upstream mesh {{ server {MESH}; keepalive 64; keepalive_requests 1000000; }} \
+                     server {{ listen {ENTRY}; location / {{ proxy_pass https://mesh; {keepalive_upstream} {client_tls} }} }} }}\n",
+                    head("a")
+                ),
+                format!(
+                    "{}http {{ {http_head} {map} upstream app {{ server {}; keepalive 64; keepalive_requests 1000000; }} \
+                     server {{ listen {MESH} ssl; {server_tls} location / {{ if ($allowed = 0) {{ return 403; }} \
+                     proxy_pass http://app; {keepalive_upstream} }} }} }}\n",
+                    head("b"),
+                    env.backend
+                ),
+            )
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! Turns the runs into the tables of BENCHMARKS.md: medians over rounds, each as a
+//! ratio to HAProxy's pair and to direct, the pair's CPU seconds and peak RSS, and the
+//! issue's targets, met or missed, from the same run.
+
+use std::fmt::Write as _;
+
+use super::peers::Peer;
+use super::scenarios::{Sample, Scenario};
+
+/// A load generator this busy over a run may have been the bottleneck, not the proxies.
+const SATURATED: f64 = 0.90;
+
+pub(crate) struct Record {
+    pub(crate) scenario: Scenario,
+    pub(crate) peer: Peer,
+    pub(crate) round: usize,
+    pub(crate) sample: Sample,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+struct Table<'a> {
+    records: &'a [Record],
+}
+
+impl Table<'_> {
+    fn samples(&self, s: Scenario, p: Peer) -> impl Iterator<Item = &Sample> {
+        self.records
+            .iter()
+            .filter(move |r| r.scenario == s && r.peer == p)
+            .map(|r| &r.sample)
+    }
+
+    fn med(&self, s: Scenario, p: Peer, f: impl Fn(&Sample) -> f64) -> Option<f64> {
+        median(self.samples(s, p).map(f).collect())
+    }
+
+    fn value(&self, s: Scenario, p: Peer) -> Option<f64> {
+        self.med(s, p, |x| x.value)
+    }
+
+    /// p99 added over direct, per round, then the median.
+    fn added_p99(&self, p: Peer) -> Option<f64> {
+        let s = Scenario::Latency;
+        let per_round: Vec<f64> = self
+            .records
+            .iter()
+            .filter(|r| r.scenario == s && r.peer == p)
+            .filter_map(|r| {
+                self.records
+                    .iter()
+                    .find(|d| d.scenario == s && d.peer == Peer::Direct && d.round == r.round)
+                    .map(|d| r.sample.value - d.sample.value)
+            })
+            .collect();
+        median(per_round)
+    }
+}
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+fn peers_of(records: &[Record], s: Scenario) -> Vec<Peer> {
+    let mut peers: Vec<Peer> = Vec::new();
+    for r in records.iter().filter(|r| r.scenario == s) {
+        if !peers.contains(&r.peer) {
+            peers.push(r.peer);
+        }
+    }
+    peers
+}
+
+/// The Markdown report: one table per scenario, saturation warnings, the targets.
+pub(crate) fn render(records: &[Record]) -> String {
+    let t = Table { records };
+    let mut out = String::new();
+    let mut warnings = Vec::new();
+    let mut scenarios: Vec<Scenario> = Vec::new();
+    for r in records {
+        if !scenarios.contains(&r.scenario) {
+            scenarios.push(r.scenario);
+        }
+    }
+    for &s in &scenarios {
+        let peers = peers_of(records, s);
+        let rounds = records
+            .iter()
+            .filter(|r| r.scenario == s)
+            .map(|r| r.round)
+            .max();
+        let _ = writeln!(
+            out,
+            "\n#### {} — median of {} round(s)\n",
+            s.title(),
+            rounds.map_or(0, |r| r + 1)
+        );
+        let hap = t.value(s, Peer::Haproxy);
+        let direct = t.value(s, Peer::Direct);
+        let cpu = |p| fmt(t.med(s, p, |x| x.cpu_secs), 2);
+        let rss = |p| {
+            format!(
+                "{} ({})",
+                fmt(t.med(s, p, |x| x.peak_kib as f64 / 1024.0), 1),
+                fmt(t.med(s, p, |x| x.anon_kib as f64 / 1024.0), 1)
+            )
+        };
+        let errors = |p| t.samples(s, p).map(|x| x.errors).sum::<u64>();
+        match s {
+            Scenario::KeepAlive
+            | Scenario::Close
+            | Scenario::CloseL7
+            | Scenario::Bulk
+            | Scenario::L7 => {
+                let unit = if s == Scenario::Bulk {
+                    "Gbit/s"
+                } else {
+                    "req/s"
+                };
+                let _ = writeln!(
+                    out,
+                    "| peer | {unit} | × HAProxy pair | × direct | pair CPU s | pair peak RSS MiB (anon at end) | errors |\n|---|---|---|---|---|---|---|"
+                );
+                for &p in &peers {
+                    let v = t.value(s, p);
+                    let digits = if s == Scenario::Bulk { 2 } else { 0 };
+                    let (cpu, rss) = if p == Peer::Direct {
+                        ("-".to_owned(), "-".to_owned())
+                    } else {
+                        (cpu(p), rss(p))
+                    };
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | {} | {} | {cpu} | {rss} | {} |",
+                        p.name(),
+                        fmt(v, digits),
+                        fmt(ratio(v, hap), 2),
+                        fmt(ratio(v, direct), 2),
+                        errors(p)
+                    );
+                }
+                let best_proxied = peers
+                    .iter()
+                    .filter(|&&p| p != Peer::Direct)
+                    .filter_map(|&p| t.value(s, p))
+                    .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+                if let (Some(d), Some(b)) = (direct, best_proxied)
+                    && d < 1.2 * b
+                {
+                    warnings.push(format!(
+                        "{}: direct ({d:.0}) is less than 1.2 × the best proxied figure ({b:.0}): \
+                         the load generator may be what limits this scenario",
+                        s.name()
+                    ));
+                }
+            }
+            Scenario::Latency => {
+                let hap_added = t.added_p99(Peer::Haproxy);
+                let _ = writeln!(
+                    out,
+                    "| peer | p50 µs | p99 µs | p99 added over direct µs | × HAProxy pair's added | pair CPU s | pair peak RSS MiB (anon at end) | errors |\n|---|---|---|---|---|---|---|---|"
+                );
+                for &p in &peers {
+                    let added = if p == Peer::Direct {
+                        None
+                    } else {
+                        t.added_p99(p)
+                    };
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                        p.name(),
+                        fmt(t.med(s, p, |x| x.extra.unwrap_or(0.0)), 0),
+                        fmt(t.value(s, p), 0),
+                        fmt(added, 0),
+                        fmt(ratio(added, hap_added), 2),
+                        if p == Peer::Direct {
+                            "-".into()
+                        } else {
+                            cpu(p)
+                        },
+                        if p == Peer::Direct {
+                            "-".into()
+                        } else {
+                            rss(p)
+                        },
+                        errors(p)
+                    );
+                }
+            }
+            Scenario::Idle => {
+                let _ = writeln!(
+                    out,
+                    "| peer | KiB per connection per proxy | × HAProxy | pair RSS growth MiB | pair peak RSS MiB (anon at end) | failed to open |\n|---|---|---|---|---|---|"
+                );
+                for &p in &peers {
+                    let v = t.value(s, p);
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | {} | {} | {} | {} |",
+                        p.name(),
+                        fmt(v, 1),
+                        fmt(ratio(v, hap), 2),
+                        fmt(t.med(s, p, |x| x.extra.unwrap_or(0.0)), 1),
+                        rss(p),
+                        errors(p)
+                    );
+                }
+            }
+            Scenario::Intentions | Scenario::IntentionsL7 => {
+                let _ = writeln!(
+                    out,
+                    "| peer | new connection refused after ms | live connection refused after ms |\n|---|---|---|"
+                );
+                for &p in &peers {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | {} |",
+                        p.name(),
+                        fmt(t.value(s, p), 0),
+                        fmt(t.med(s, p, |x| x.extra.unwrap_or(f64::INFINITY)), 0)
+                    );
+                }
+                out.push_str("\nHAProxy and nginx: n/a (their pairs have no intentions; a policy change is a config reload).\n");
+            }
+        }
+        for r in records.iter().filter(|r| r.scenario == s) {
+            if r.peer != Peer::Direct && r.sample.generator_busy >= SATURATED {
+                warnings.push(format!(
+                    "{} {} round {}: the load generator's core was {:.0}% busy: this run may measure the generator, not the proxies",
+                    s.name(),
+                    r.peer.name(),
+                    r.round + 1,
+                    r.sample.generator_busy * 100.0
+                ));
+            }
+        }
+    }
+    if !warnings.is_empty() {
+        out.push_str("\n#### Warnings\n\n");
+        for w in &warnings {
+            let _ = writeln!(out, "- {w}");
+        }
+    }
+    out.push_str(&targets(&t));
+    out
+}
+
+fn targets(t: &Table<'_>) -> String {
+    let f = Peer::Ferrule { resumption: true };
+    let nr = Peer::Ferrule { resumption: false };
+    let h = Peer::Haproxy;
+    let mut rows: Vec<(String, String, Option<f64>, bool)> = Vec::new();
+    let mut add = |what: &str, target: &str, got: Option<f64>, ok: fn(f64) -> bool| {
+        let met = got.is_some_and(ok);
+        rows.push((what.to_owned(), target.to_owned(), got, met));
+    };
+    let r = |s| ratio(t.value(s, f), t.value(s, h));
+    add(
+        "keep-alive requests/s",
+        "≥ 1.1 × HAProxy",
+        r(Scenario::KeepAlive),
+        |v| v >= 1.1,
+    );
+    add(
+        "p99 added over direct at 2,000 req/s",
+        "≤ 0.8 × HAProxy's",
+        ratio(t.added_p99(f), t.added_p99(h)),
+        |v| v <= 0.8,
+    );
+    add(
+        "new connection per request, L4, with resumption",
+        "≥ 3 × HAProxy",
+        r(Scenario::Close),
+        |v| v >= 3.0,
+    );
+    add(
+        "new connection per request, L4, without resumption",
+        "(reported)",
+        ratio(t.value(Scenario::Close, nr), t.value(Scenario::Close, h)),
+        |_| true,
+    );
+    add(
+        "new connection per request, L7 (HTTP/2 pool)",
+        "≥ 3 × HAProxy HTTP mode",
+        r(Scenario::CloseL7),
+        |v| v >= 3.0,
+    );
+    // The issue's reference figure is HAProxy's L4 pair doing a handshake per request;
+    // ferrule's L7 path answers the same workload over its pooled mesh connection.
+    add(
+        "new connection per request: ferrule L7 (HTTP/2 pool) vs HAProxy L4",
+        "≥ 3 × HAProxy L4",
+        ratio(t.value(Scenario::CloseL7, f), t.value(Scenario::Close, h)),
+        |v| v >= 3.0,
+    );
+    add(
+        "bulk Gbit/s",
+        "≥ 1.2 × HAProxy",
+        r(Scenario::Bulk),
+        |v| v >= 1.2,
+    );
+    add(
+        "L7, 20 permissions, requests/s",
+        "≥ 1.1 × HAProxy HTTP mode",
+        r(Scenario::L7),
+        |v| v >= 1.1,
+    );
+    add(
+        "peak RSS of the pair, keep-alive run",
+        "≤ 0.5 × HAProxy",
+        ratio(
+            t.med(Scenario::KeepAlive, f, |x| x.peak_kib as f64),
+            t.med(Scenario::KeepAlive, h, |x| x.peak_kib as f64),
+        ),
+        |v| v <= 0.5,
+    );
+    add(
+        "memory per idle connection, KiB per proxy",
+        "≤ 24",
+        t.value(Scenario::Idle, f),
+        |v| v <= 24.0,
+    );
+    add(
+        "intention change → new connections refused, ms (L4)",
+        "≤ 1000",
+        t.value(Scenario::Intentions, f),
+        |v| v <= 1000.0,
+    );
+    add(
+        "intention change → live connections closed, ms (L4)",
+        "≤ 1000",
+        t.med(Scenario::Intentions, f, |x| {
+            x.extra.unwrap_or(f64::INFINITY)
+        }),
+        |v| v <= 1000.0,
+    );
+    add(
+        "intention change → new requests refused, ms (L7)",
+        "≤ 1000",
+        t.value(Scenario::IntentionsL7, f),
+        |v| v <= 1000.0,
+    );
+    add(
+        "intention change → live connection's requests refused, ms (L7)",
+        "≤ 1000",
+        t.med(Scenario::IntentionsL7, f, |x| {
+            x.extra.unwrap_or(f64::INFINITY)
+        }),
+        |v| v <= 1000.0,
+    );
+    let mut out = String::from(
+        "\n#### Targets (ferrule, from this run)\n\n| target | wanted | got | |\n|---|---|---|---|\n",
+    );
+    for (what, target, got, met) in rows {
+        let Some(got) = got else { continue };
+        let _ = writeln!(
+            out,
+            "| {what} | {target} | {got:.2} | {} |",
+            if target == "(reported)" {
+                ""
+            } else if met {
+                "met"
+            } else {
+                "**missed**"
+            }
+        );
+    }
+    out
+}
