@@ -515,3 +515,55 @@ async fn a_slow_answer_is_a_504_from_whichever_side_times_out_first() {
         1.0
     );
 }
+
+/// Peak resident memory of a process (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_through_both_sidecars_without_being_buffered_whole() {
+    const BODY: usize = 96 * 1024 * 1024;
+    let backend = ferrule_tests::backends::HttpEcho::start().await;
+    let allow = json!({ "Kind": "service-intentions", "Name": API,
+        "Sources": [ { "Name": WEB, "Action": "allow" } ] });
+    let mesh = L7Pair::start("http", backend.addr(), &allow).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let body_file = dir.path().join("body");
+    let body: Vec<u8> = (0..BODY).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&body_file, &body).expect("write the body");
+    let got = curl(
+        &mesh.url("/echo"),
+        &[
+            "--data-binary",
+            &ferrule_tests::clients::at_file(&body_file),
+        ],
+    )
+    .await
+    .expect("run curl");
+    assert_eq!(got.http_code, 200, "{got:?}");
+    assert!(
+        got.body == body,
+        "{} bytes came back of {BODY}",
+        got.body.len()
+    );
+    // A sidecar that held the whole 96 MiB request or response would peak above it.
+    for sidecar in [&mesh.web, &mesh.api] {
+        let peak = peak_rss_kib(sidecar.pid());
+        println!(
+            "{}: peak RSS {peak} KiB after a {BODY}-byte POST and its echo",
+            sidecar.service()
+        );
+        assert!(
+            peak < 64 * 1024,
+            "{} peaked at {peak} KiB",
+            sidecar.service()
+        );
+    }
+}
