@@ -150,24 +150,14 @@ pub(super) fn put(shared: &Shared, call: &Call, raw: Value, kind: &str) -> Resul
             let old = state
                 .service_defaults
                 .insert(entry.name.clone(), entry.clone());
-            if let Err(e) = state.check_l7_intentions() {
-                restore(&mut state.service_defaults, &entry.name, old);
-                return Err(e);
-            }
-            let unchanged = old.as_ref().is_some_and(|o| o.same_as(&entry));
-            let index = if unchanged { None } else { Some(state.bump()) };
-            if let Some(stored) = state.service_defaults.get_mut(&entry.name) {
-                stamp(
-                    index,
-                    old.map(|o| (o.create_index, o.modify_index)),
-                    &mut stored.create_index,
-                    &mut stored.modify_index,
-                );
-            }
-            if let Some(index) = index {
-                state.intentions_index = index;
-            }
-            Ok(true)
+            let name = entry.name.clone();
+            commit(
+                state,
+                old,
+                &entry,
+                |state| state.service_defaults.get_mut(&name),
+                |state, old| restore(&mut state.service_defaults, &entry.name, old),
+            )
         })?
     } else {
         let mut entry: ProxyDefaultsEntry = decode(raw, kind)?;
@@ -180,24 +170,13 @@ pub(super) fn put(shared: &Shared, call: &Call, raw: Value, kind: &str) -> Resul
         entry.kind = PROXY_DEFAULTS.to_owned();
         shared.with(|state| {
             let old = state.proxy_defaults.replace(entry.clone());
-            if let Err(e) = state.check_l7_intentions() {
-                state.proxy_defaults = old;
-                return Err(e);
-            }
-            let unchanged = old.as_ref().is_some_and(|o| o.same_as(&entry));
-            let index = if unchanged { None } else { Some(state.bump()) };
-            if let Some(stored) = state.proxy_defaults.as_mut() {
-                stamp(
-                    index,
-                    old.map(|o| (o.create_index, o.modify_index)),
-                    &mut stored.create_index,
-                    &mut stored.modify_index,
-                );
-            }
-            if let Some(index) = index {
-                state.intentions_index = index;
-            }
-            Ok(true)
+            commit(
+                state,
+                old,
+                &entry,
+                |state| state.proxy_defaults.as_mut(),
+                |state, old| state.proxy_defaults = old,
+            )
         })?
     };
     Reply::json(&written)
@@ -244,22 +223,38 @@ impl Indexed for ProxyDefaultsEntry {
     }
 }
 
-fn stamp(index: Option<u64>, old: Option<(u64, u64)>, create: &mut u64, modify: &mut u64) {
+/// Finishes a write whose new entry is already in place: undone if it would strand an
+/// L7 intention; otherwise stamped with a new index, unless nothing changed.
+fn commit<T: Indexed>(
+    state: &mut State,
+    old: Option<T>,
+    new: &T,
+    stored: impl FnOnce(&mut State) -> Option<&mut T>,
+    undo: impl FnOnce(&mut State, Option<T>),
+) -> Result<bool, ApiError> {
+    if let Err(e) = state.check_l7_intentions() {
+        undo(state, old);
+        return Err(e);
+    }
+    let unchanged = old.as_ref().is_some_and(|o| o.same_as(new));
+    let index = if unchanged { None } else { Some(state.bump()) };
+    let Some(stored) = stored(state) else {
+        return Ok(true);
+    };
+    let (create, modify) = stored.indexes();
     match (index, old) {
-        (Some(index), Some((created, _))) => {
-            *create = created;
-            *modify = index;
-        }
-        (Some(index), None) => {
-            *create = index;
-            *modify = index;
-        }
-        (None, Some((created, modified))) => {
-            *create = created;
-            *modify = modified;
+        (Some(index), Some(mut old)) => (*create, *modify) = (*old.indexes().0, index),
+        (Some(index), None) => (*create, *modify) = (index, index),
+        (None, Some(mut old)) => {
+            let (c, m) = old.indexes();
+            (*create, *modify) = (*c, *m);
         }
         (None, None) => {}
     }
+    if let Some(index) = index {
+        state.intentions_index = index;
+    }
+    Ok(true)
 }
 
 fn defaults_of(state: &State, kind: &str, name: Option<&str>) -> Value {
