@@ -49,6 +49,10 @@ pub(crate) struct BenchArgs {
     /// l7, idle, intentions, intentions-l7.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
+    /// Only these peers (comma-separated): direct, ferrule, ferrule-noresume, haproxy,
+    /// nginx. For profiling one of them; ratios need haproxy (and direct) in the run.
+    #[arg(long, value_delimiter = ',')]
+    peer: Vec<String>,
     /// Seconds per timed run [default: 5, or 2 with --quick].
     #[arg(long)]
     duration: Option<u64>,
@@ -83,6 +87,10 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     let scenarios = select(&args.scenario)?;
+    const PEERS: [&str; 5] = ["direct", "ferrule", "ferrule-noresume", "haproxy", "nginx"];
+    if let Some(bad) = args.peer.iter().find(|p| !PEERS.contains(&p.as_str())) {
+        bail!("--peer {bad}: one of {}", PEERS.join(", "));
+    }
     let sizes = Sizes {
         duration: Duration::from_secs(args.duration.unwrap_or(if args.quick { 2 } else { 5 })),
         bulk_bytes: args.bulk_mib.unwrap_or(if args.quick { 256 } else { 1024 }) << 20,
@@ -124,7 +132,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let records = runtime.block_on(run_all(&env, &scenarios, rounds, sizes))?;
+    let records = runtime.block_on(run_all(&env, &scenarios, &args.peer, rounds, sizes))?;
 
     let mut text = String::new();
     text.push_str(&machine());
@@ -157,6 +165,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
 async fn run_all(
     env: &Env,
     scenarios: &[Scenario],
+    only: &[String],
     rounds: usize,
     sizes: Sizes,
 ) -> Result<Vec<Record>> {
@@ -169,6 +178,9 @@ async fn run_all(
     for round in 0..rounds {
         for &scenario in scenarios {
             let mut peers = scenario.peers();
+            if !only.is_empty() {
+                peers.retain(|p| only.iter().any(|name| name == p.name()));
+            }
             // Rotate the order each round so no peer always runs first (on a cold cache)
             // or last.
             let len = peers.len();
