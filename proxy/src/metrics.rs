@@ -17,6 +17,7 @@ pub const BYTES: &str = "ferrule_bytes_total";
 pub const AUTHZ_DECISIONS: &str = "ferrule_authz_decisions_total";
 pub const AUTHZ_TERMINATIONS: &str = "ferrule_authz_terminations_total";
 pub const TLS_HANDSHAKE_DURATION: &str = "ferrule_tls_handshake_duration_seconds";
+pub const TLS_HANDSHAKES: &str = "ferrule_tls_handshakes_total";
 pub const LEAF_EXPIRY: &str = "ferrule_leaf_cert_expiry_timestamp_seconds";
 pub const CONNECTIONS_LIMITED: &str = "ferrule_connections_limited_total";
 pub const HTTP_REQUESTS: &str = "ferrule_http_requests_total";
@@ -113,9 +114,16 @@ pub fn outbound_attempt(upstream: &str, result: &'static str) {
         .increment(1);
 }
 
-pub fn handshake_duration(direction: Direction, started: Instant) {
+/// Records one completed mTLS handshake: how long it took, and whether it resumed an
+/// earlier session (no certificates sent, signed or verified) or was a full one.
+pub fn handshake(direction: Direction, kind: Option<rustls::HandshakeKind>, started: Instant) {
     histogram!(TLS_HANDSHAKE_DURATION, "direction" => direction.as_str())
         .record(started.elapsed().as_secs_f64());
+    let kind = match kind {
+        Some(rustls::HandshakeKind::Resumed) => "resumed",
+        _ => "full",
+    };
+    counter!(TLS_HANDSHAKES, "direction" => direction.as_str(), "kind" => kind).increment(1);
 }
 
 /// Owns one connection's metrics: the active gauge while it lives, and, when it ends,

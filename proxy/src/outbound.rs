@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrule_control::model::{Endpoint, Protocol, UpstreamConfig};
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{ServerName, UnixTime};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -25,7 +25,7 @@ use crate::http::{self, outbound::MeshPool};
 use crate::limits::{self, ConnectionLimit, Watched};
 use crate::metrics::{self, ConnGuard, Direction, Metered};
 use crate::splice::{Spliced, splice};
-use crate::tls::{TlsState, is_identity_mismatch};
+use crate::tls::{TlsState, is_identity_mismatch, still_valid};
 
 /// Accepts for the upstream `name` until cancelled, at most `limit` connections at a
 /// time.
@@ -115,7 +115,11 @@ async fn handle(
         match dial(endpoint, &tls, upstream).await {
             Ok(stream) => {
                 balancer.succeeded(&endpoint.addr);
-                metrics::handshake_duration(Direction::Outbound, started);
+                metrics::handshake(
+                    Direction::Outbound,
+                    stream.get_ref().1.handshake_kind(),
+                    started,
+                );
                 guard.attempt("ok");
                 guard.set_identity(endpoint.identity.to_uri());
                 let mut mesh = Metered::new(stream, guard.bytes());
@@ -155,7 +159,7 @@ pub(crate) async fn dial(
             .map_err(|_| "connect_error")?;
         let _ = tcp.set_nodelay(true);
         let ip = tcp.peer_addr().map_err(|_| "connect_error")?.ip();
-        TlsConnector::from(config)
+        let tls = TlsConnector::from(config)
             .connect(ServerName::IpAddress(ip.into()), tcp)
             .await
             .map_err(|e| {
@@ -165,7 +169,19 @@ pub(crate) async fn dial(
                 } else {
                     "tls_error"
                 }
-            })
+            })?;
+        let session = tls.get_ref().1;
+        if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            let valid = session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .is_some_and(|leaf| still_valid(leaf, UnixTime::now()));
+            if !valid {
+                tracing::debug!(endpoint = %endpoint.addr, "resumed session of an expired certificate");
+                return Err("tls_error");
+            }
+        }
+        Ok(tls)
     };
     tokio::time::timeout(upstream.connect_timeout, attempt)
         .await

@@ -32,6 +32,8 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 
+mod tickets;
+
 /// Why a peer's certificate was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SvidError {
@@ -375,7 +377,13 @@ impl TlsState {
 
         let anchors = Arc::new(Anchors::new(bundle, provider));
         let resolver = Arc::new(OurLeaf(leaf.key.clone()));
-        let server = server_config(&anchors, resolver.clone(), provider, &server_alpn);
+        // Only the upstreams changed: keep the inbound config, and with it the ticket
+        // key, so callers' sessions still resume.
+        let server = if same_inputs && server_alpn == prev.server_alpn {
+            prev.server.clone()
+        } else {
+            server_config(&anchors, resolver.clone(), provider, &server_alpn, leaf)
+        };
         let mut clients = HashMap::new();
         for key in wanted {
             if clients.contains_key(&key) {
@@ -419,6 +427,7 @@ fn server_config(
     resolver: Arc<OurLeaf>,
     provider: &Arc<CryptoProvider>,
     alpn: &[Vec<u8>],
+    leaf: &Leaf,
 ) -> Option<Arc<ServerConfig>> {
     let verifier = Arc::new(ClientSvidVerifier(anchors.clone()));
     match ServerConfig::builder_with_provider(provider.clone())
@@ -429,7 +438,21 @@ fn server_config(
                 .with_client_cert_verifier(verifier)
                 .with_cert_resolver(resolver);
             config.alpn_protocols = alpn.to_vec();
-            if !SESSION_RESUMPTION.load(Ordering::Relaxed) {
+            if SESSION_RESUMPTION.load(Ordering::Relaxed) {
+                // Stateless tickets: the session travels encrypted in the ticket, so a
+                // busy listener keeps no per-session memory and no session falls out of
+                // a cache before its caller comes back. A new config (new leaf or
+                // bundle) brings a new key, which ends every earlier session.
+                match rustls::crypto::aws_lc_rs::Ticketer::new() {
+                    Ok(inner) => {
+                        config.ticketer = Arc::new(LeafBoundTickets {
+                            inner,
+                            not_after: u64::try_from(leaf.not_after).unwrap_or(0),
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "no TLS session tickets"),
+                }
+            } else {
                 config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
                 config.send_tls13_tickets = 0;
             }
@@ -466,9 +489,11 @@ fn client_config(
             if key.http2 {
                 config.alpn_protocols = vec![b"h2".to_vec()];
             }
-            if !SESSION_RESUMPTION.load(Ordering::Relaxed) {
-                config.resumption = rustls::client::Resumption::disabled();
-            }
+            config.resumption = if SESSION_RESUMPTION.load(Ordering::Relaxed) {
+                rustls::client::Resumption::store(Arc::new(tickets::Tickets::new()))
+            } else {
+                rustls::client::Resumption::disabled()
+            };
             Some(Arc::new(config))
         }
         Err(e) => {
@@ -476,6 +501,58 @@ fn client_config(
             None
         }
     }
+}
+
+/// Session tickets that end with our leaf: a session resumed is one whose full
+/// handshake proved the certificate we hold now, so none outlives its validity.
+#[derive(Debug)]
+struct LeafBoundTickets {
+    inner: Arc<dyn rustls::server::ProducesTickets>,
+    /// Seconds since the Unix epoch.
+    not_after: u64,
+}
+
+impl LeafBoundTickets {
+    fn remaining(&self) -> u64 {
+        self.not_after.saturating_sub(UnixTime::now().as_secs())
+    }
+}
+
+impl rustls::server::ProducesTickets for LeafBoundTickets {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        let remaining = u32::try_from(self.remaining()).unwrap_or(u32::MAX);
+        self.inner.lifetime().min(remaining)
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        if self.remaining() == 0 {
+            return None;
+        }
+        self.inner.encrypt(plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        if self.remaining() == 0 {
+            return None;
+        }
+        self.inner.decrypt(cipher)
+    }
+}
+
+/// Whether a peer's leaf restored from a resumed session is still within its validity:
+/// resumption skips the verifier, and the peer's certificate may have expired since the
+/// full handshake that the session came from.
+pub fn still_valid(end_entity: &CertificateDer<'_>, now: UnixTime) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(end_entity.as_ref()) else {
+        return false;
+    };
+    let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    let validity = cert.validity();
+    validity.not_before.timestamp() <= now && now <= validity.not_after.timestamp()
 }
 
 /// The inbound listener's SVID check, outside a handshake: what the microbenchmarks
@@ -513,8 +590,16 @@ pub fn is_identity_mismatch(e: &std::io::Error) -> bool {
 }
 
 /// The crypto provider every config is built with.
+///
+/// aws-lc-rs with AES-128-GCM/SHA-256 first among TLS 1.3 suites, as BoringSSL (Envoy)
+/// orders them: SHA-256 runs on the CPU's SHA extensions where SHA-384 does not, and the
+/// key schedule of every handshake is a few dozen HMACs.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 #[cfg(test)]
@@ -801,5 +886,224 @@ mod tests {
         let leaf =
             model::parse_leaf(a.cert_pem.as_bytes(), a.key_pem.as_bytes(), &provider()).unwrap();
         assert_eq!(leaf.serial, a.serial_hex);
+    }
+
+    struct Pair {
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+        anchors: Arc<Anchors>,
+        api: Leaf,
+    }
+
+    impl Pair {
+        /// Another inbound config for the same leaf and bundle.
+        fn new_server(&self) -> Arc<ServerConfig> {
+            let resolver = Arc::new(OurLeaf(self.api.key.clone()));
+            server_config(&self.anchors, resolver, &provider(), &[], &self.api).unwrap()
+        }
+    }
+
+    /// `api`'s inbound config and `web`'s config for dialing `api`, as a snapshot
+    /// would build them.
+    fn pair() -> Pair {
+        let ca = DevCa::generate(None).unwrap();
+        let bundle = parse_bundle(ca.cert_pem().as_bytes(), &ca.trust_domain()).unwrap();
+        let leaf = |name: &str| {
+            let issued = ca.issue(&LeafSpec::service(name)).unwrap();
+            model::parse_leaf(
+                issued.cert_pem.as_bytes(),
+                issued.key_pem.as_bytes(),
+                &provider(),
+            )
+            .unwrap()
+        };
+        let (api, web) = (leaf("api"), leaf("web"));
+        let anchors = Arc::new(Anchors::new(&bundle, &provider()));
+        let server = server_config(
+            &anchors,
+            Arc::new(OurLeaf(api.key.clone())),
+            &provider(),
+            &[],
+            &api,
+        )
+        .unwrap();
+        let key = ClientKey {
+            expected: api.id.clone(),
+            http2: false,
+        };
+        let client = client_config(
+            &anchors,
+            &key,
+            Arc::new(OurLeaf(web.key.clone())),
+            &provider(),
+        )
+        .unwrap();
+        Pair {
+            server,
+            client,
+            anchors,
+            api,
+        }
+    }
+
+    /// Moves records between the two ends until neither has anything to say: the
+    /// handshake is done and the server's tickets have reached the client.
+    fn complete(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
+        for _ in 0..20 {
+            let mut moved = false;
+            let mut buf = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                moved = true;
+                server.read_tls(&mut buf.as_slice()).unwrap();
+                server.process_new_packets().unwrap();
+            }
+            buf.clear();
+            while server.wants_write() {
+                server.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                moved = true;
+                client.read_tls(&mut buf.as_slice()).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            if !moved {
+                break;
+            }
+        }
+        assert!(!client.is_handshaking() && !server.is_handshaking());
+    }
+
+    /// Opens `n` connections at once (each takes its ticket, if any, when it starts),
+    /// completes them all, and counts how many resumed.
+    fn burst(p: &Pair, n: usize) -> usize {
+        burst_to(p, n, ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
+    }
+
+    fn burst_to(p: &Pair, n: usize, name: ServerName<'static>) -> usize {
+        let mut conns: Vec<_> = (0..n)
+            .map(|_| {
+                let client = rustls::ClientConnection::new(p.client.clone(), name.clone()).unwrap();
+                let server = rustls::ServerConnection::new(p.server.clone()).unwrap();
+                (client, server)
+            })
+            .collect();
+        let mut resumed = 0;
+        for (client, server) in &mut conns {
+            complete(client, server);
+            let kind = server.handshake_kind();
+            assert_eq!(client.handshake_kind(), kind);
+            if kind == Some(rustls::HandshakeKind::Resumed) {
+                resumed += 1;
+                // The caller's certificate comes back with the session.
+                let chain = server.peer_certificates().unwrap();
+                assert_eq!(peer_identity(&chain[0]).unwrap().service, "web");
+            }
+        }
+        resumed
+    }
+
+    #[test]
+    fn a_burst_of_new_connections_resumes_every_one() {
+        let p = pair();
+        assert_eq!(burst(&p, 40), 0, "nothing to resume yet");
+        // rustls' own store would hold 8 of the 80 tickets and resume 8 of these.
+        assert_eq!(burst(&p, 40), 40);
+        // Each ticket is used once, and each resumed handshake brings new ones.
+        assert_eq!(burst(&p, 60), 60);
+    }
+
+    #[test]
+    fn the_ticket_store_is_bounded_per_server_and_in_all() {
+        let p = pair();
+        let store = Arc::new(tickets::Tickets::new());
+        let mut client = (*p.client).clone();
+        client.resumption = rustls::client::Resumption::store(store.clone());
+        let p = Pair {
+            client: Arc::new(client),
+            ..p
+        };
+        let one = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        burst_to(&p, 50, one);
+        assert_eq!(store.held(), (tickets::PER_SERVER, tickets::PER_SERVER));
+        for i in 2..12u8 {
+            let name = ServerName::IpAddress(std::net::Ipv4Addr::new(127, 0, 0, i).into());
+            burst_to(&p, 40, name);
+        }
+        let (total, most) = store.held();
+        assert_eq!(total, tickets::TOTAL);
+        assert!(most <= tickets::PER_SERVER);
+        // A full store still takes a new server's tickets, which resume.
+        let new = ServerName::IpAddress(std::net::Ipv4Addr::new(127, 0, 0, 99).into());
+        assert_eq!(burst_to(&p, 10, new.clone()), 0);
+        assert_eq!(burst_to(&p, 10, new), 10);
+        assert_eq!(store.held().0, tickets::TOTAL);
+    }
+
+    #[test]
+    fn sessions_end_with_a_new_inbound_config() {
+        let p = pair();
+        assert_eq!(burst(&p, 4), 0);
+        assert_eq!(burst(&p, 4), 4);
+        let fresh = Pair {
+            server: p.new_server(),
+            ..p
+        };
+        // Tickets of the old key are refused: full handshakes again.
+        assert_eq!(burst(&fresh, 4), 0);
+    }
+
+    #[test]
+    fn tickets_stop_when_our_leaf_expires() {
+        use rustls::server::ProducesTickets;
+        let inner = rustls::crypto::aws_lc_rs::Ticketer::new().unwrap();
+        let live = LeafBoundTickets {
+            inner: inner.clone(),
+            not_after: UnixTime::now().as_secs() + 60,
+        };
+        let ticket = live.encrypt(b"session").unwrap();
+        assert_eq!(live.decrypt(&ticket).unwrap(), b"session");
+        assert!(live.lifetime() <= 60);
+        let expired = LeafBoundTickets {
+            inner,
+            not_after: UnixTime::now().as_secs() - 1,
+        };
+        assert!(expired.encrypt(b"session").is_none());
+        assert!(expired.decrypt(&ticket).is_none());
+    }
+
+    #[test]
+    fn a_resumed_peer_certificate_is_checked_against_the_clock() {
+        let f = fixture();
+        let leaf = chain(&f.ca, &LeafSpec::service("web"));
+        let now = UnixTime::now();
+        assert!(still_valid(&leaf[0], now));
+        let later =
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.as_secs() + 73 * 3600));
+        assert!(!still_valid(&leaf[0], later));
+        let earlier =
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.as_secs() - 3600));
+        assert!(!still_valid(&leaf[0], earlier));
+        assert!(!still_valid(&CertificateDer::from(vec![0x30, 0x03]), now));
+    }
+
+    #[test]
+    fn the_mesh_prefers_aes_128_with_sha_256() {
+        let suites = provider().cipher_suites.clone();
+        assert_eq!(
+            suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        );
+        let p = pair();
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let mut client = rustls::ClientConnection::new(p.client.clone(), name).unwrap();
+        let mut server = rustls::ServerConnection::new(p.server.clone()).unwrap();
+        complete(&mut client, &mut server);
+        assert_eq!(
+            server.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
     }
 }

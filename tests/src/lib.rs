@@ -47,4 +47,5 @@ pub mod names {
     pub const AUTHZ_DECISIONS: &str = "ferrule_authz_decisions_total";
     pub const AUTHZ_TERMINATIONS: &str = "ferrule_authz_terminations_total";
     pub const CONTROL_UPDATES: &str = "ferrule_control_updates_total";
+    pub const TLS_HANDSHAKES: &str = "ferrule_tls_handshakes_total";
 }

@@ -6,7 +6,7 @@ use ferrule_tests::backends::{GET_BODY, HttpEcho};
 use ferrule_tests::clients::{at_file, curl};
 use ferrule_tests::mesh::{API, Mesh, WEB};
 use ferrule_tests::metrics::Selector;
-use ferrule_tests::names::{BYTES, INBOUND, OUTBOUND};
+use ferrule_tests::names::{BYTES, INBOUND, OUTBOUND, TLS_HANDSHAKES};
 
 const BODY_LEN: usize = 10 * 1024 * 1024 + 17;
 
@@ -85,4 +85,56 @@ async fn ten_mebibytes_cross_the_mesh_both_ways_and_are_counted() {
         .wait_for_metric(accepted, at_least_one, within)
         .await
         .expect("api counts the accepted connections");
+}
+
+/// Every app connection is a new mesh connection on the L4 path; after the first, each
+/// resumes the session (a TLS 1.3 ticket from api's sidecar): no certificate is signed
+/// or verified again, and the caller's identity comes back with the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_mesh_connections_resume_the_tls_session() {
+    let backend = HttpEcho::start().await;
+    let mesh = Mesh::builder(backend.addr()).allow(WEB).start().await;
+    let web = mesh.caller_sidecar(WEB, &[mesh.api.inbound_addr()]).await;
+    let url = format!("http://{}/", web.upstream_addr(API));
+    const CALLS: usize = 12;
+    for _ in 0..CALLS {
+        let get = curl(&url, &[]).await.expect("run curl");
+        assert!(get.is_ok(), "request through the mesh failed: {get:?}");
+    }
+    assert_eq!(backend.requests(), CALLS);
+
+    let within = Duration::from_secs(5);
+    for (sidecar, direction) in [(&web, "outbound"), (&mesh.api, "inbound")] {
+        let resumed = [("direction", direction), ("kind", "resumed")];
+        let all_but_first = |v: f64| v >= (CALLS - 1) as f64;
+        sidecar
+            .wait_for_metric(
+                Selector {
+                    name: TLS_HANDSHAKES,
+                    labels: &resumed,
+                },
+                all_but_first,
+                within,
+            )
+            .await
+            .expect("every handshake after the first resumes");
+        let full = sidecar
+            .metric(
+                TLS_HANDSHAKES,
+                &[("direction", direction), ("kind", "full")],
+            )
+            .await
+            .expect("scrape the full handshakes");
+        assert_eq!(full, 1.0, "{direction}: one full handshake");
+    }
+    // The resumed connections were decided on the caller's identity like the first.
+    let allowed = mesh
+        .api
+        .metric(
+            "ferrule_authz_decisions_total",
+            &[("layer", "l4"), ("decision", "allow"), ("source", WEB)],
+        )
+        .await
+        .expect("scrape api's decisions");
+    assert_eq!(allowed, CALLS as f64);
 }
