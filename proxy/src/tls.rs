@@ -979,7 +979,11 @@ mod tests {
     /// Opens `n` connections at once (each takes its ticket, if any, when it starts),
     /// completes them all, and counts how many resumed.
     fn burst(p: &Pair, n: usize) -> usize {
-        burst_to(p, n, ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
+        burst_to(
+            p,
+            n,
+            ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+        )
     }
 
     fn burst_to(p: &Pair, n: usize, name: ServerName<'static>) -> usize {

@@ -86,7 +86,11 @@ impl ClientSessionStore for Tickets {
         self.others.remove_tls12_session(server_name);
     }
 
-    fn insert_tls13_ticket(&self, server_name: ServerName<'static>, value: Tls13ClientSessionValue) {
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+    ) {
         let mut store = self.tls13.lock();
         let store = &mut *store;
         let held = store.by_server.get(&server_name).map_or(0, VecDeque::len);
@@ -103,7 +107,11 @@ impl ClientSessionStore for Tickets {
             store.total -= 1;
             store.by_server.retain(|_, q| !q.is_empty());
         }
-        store.by_server.entry(server_name).or_default().push_back(value);
+        store
+            .by_server
+            .entry(server_name)
+            .or_default()
+            .push_back(value);
         store.total += 1;
     }
 
