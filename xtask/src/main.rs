@@ -50,6 +50,10 @@ enum Command {
     /// Needs two cores, root (apt-get for missing peers) and the ports 18001, 18002,
     /// 18080, 19201, 19202 on 127.0.0.1. Writes target/bench/report.md.
     Bench(bench::BenchArgs),
+    /// Write proxy/link-order.txt: the functions a running sidecar executes (seen by
+    /// callgrind under bench load), which the release link places together so less of
+    /// the binary stays resident. Needs valgrind and the bench's ports.
+    LinkOrder,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
             cluster_id,
         } => certs(&dir, &services, ttl, cluster_id.as_deref()),
         Command::Bench(args) => bench::run(args),
+        Command::LinkOrder => bench::link_order(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@
 
 mod backend;
 mod load;
+mod order;
 mod peers;
 mod report;
 mod scenarios;
@@ -70,6 +71,11 @@ pub(crate) struct BenchArgs {
     out: Option<PathBuf>,
 }
 
+/// `cargo xtask link-order` (see order.rs).
+pub(crate) fn link_order() -> Result<()> {
+    order::run()
+}
+
 pub(crate) fn run(args: BenchArgs) -> Result<()> {
     let root = workspace_root();
     // `cargo xtask` builds in debug, where the load generator would be the bottleneck:
@@ -126,6 +132,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         ferrule,
         backend: BACKEND.parse()?,
         proxy_cpu: PROXY_CPU,
+        callgrind: false,
     };
 
     // One thread: the generator and the backend share one core by design.
@@ -350,13 +357,19 @@ fn ensure_packages() -> Result<()> {
 
 fn build_release(root: &Path) -> Result<()> {
     println!("building ferrule and the bench (release)");
-    let status = Command::new(cargo())
-        .args(["build", "--release", "-p", "ferrule", "-p", "xtask"])
-        .current_dir(root)
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build --release -p ferrule -p xtask failed");
+    // Apart: built together, cargo would unify the two packages' dependency features,
+    // and the ferrule binary would differ from the one `cargo build --release -p
+    // ferrule` (or `cargo run --release`) makes, down to its symbol names, which
+    // proxy/link-order.txt lists.
+    for package in ["ferrule", "xtask"] {
+        let status = Command::new(cargo())
+            .args(["build", "--release", "-p", package])
+            .current_dir(root)
+            .status()
+            .context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build --release -p {package} failed");
+        }
     }
     Ok(())
 }

@@ -64,6 +64,9 @@ pub(crate) struct Env {
     pub(crate) ferrule: PathBuf,
     pub(crate) backend: SocketAddr,
     pub(crate) proxy_cpu: usize,
+    /// Run ferrule under callgrind, writing `<side>.callgrind` next to its config (for
+    /// `cargo xtask link-order`, which wants the functions a sidecar executes).
+    pub(crate) callgrind: bool,
 }
 
 /// CPU time and memory of one process, from /proc.
@@ -141,6 +144,24 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Stops the pair with SIGTERM (ferrule drains and exits; callgrind then writes its
+    /// profile) and waits for both processes.
+    pub(crate) fn stop(mut self) {
+        for child in &mut self.children {
+            if let Some(pid) = i32::try_from(child.id())
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+        for child in &mut self.children {
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         for child in &mut self.children {
@@ -178,7 +199,18 @@ pub(crate) async fn start(env: &Env, peer: Peer, mode: Mode) -> Result<Running> 
             ["a", "b"]
                 .into_iter()
                 .map(|side| {
-                    let mut cmd = pinned(env, &env.ferrule);
+                    let mut cmd = if env.callgrind {
+                        let mut cmd = pinned(env, Path::new("valgrind"));
+                        cmd.args(["--tool=callgrind", "--demangle=no", "--compress-strings=no"])
+                            .arg(format!(
+                                "--callgrind-out-file={}",
+                                dir.join(format!("{side}.callgrind")).display()
+                            ))
+                            .arg(&env.ferrule);
+                        cmd
+                    } else {
+                        pinned(env, &env.ferrule)
+                    };
                     cmd.args(["proxy", "--config"])
                         .arg(dir.join(format!("{side}.toml")))
                         .env("FERRULE_LOG", "warn")
@@ -240,7 +272,8 @@ pub(crate) async fn start(env: &Env, peer: Peer, mode: Mode) -> Result<Running> 
         entry: ENTRY.parse()?,
         intentions,
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let patience = Duration::from_secs(if env.callgrind { 120 } else { 20 });
+    let deadline = Instant::now() + patience;
     loop {
         if !running.alive() {
             bail!(
@@ -254,8 +287,9 @@ pub(crate) async fn start(env: &Env, peer: Peer, mode: Mode) -> Result<Running> 
         }
         if Instant::now() > deadline {
             bail!(
-                "{} did not pass a request within 20s; see {}",
+                "{} did not pass a request within {}s; see {}",
                 peer.name(),
+                patience.as_secs(),
                 dir.display()
             );
         }
