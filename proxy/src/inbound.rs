@@ -143,7 +143,8 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, app: Arc<Loc
         let snapshots = state.snapshots.clone();
         let draining = state.draining.clone();
         let idle = limits::idle(activity, inbound.idle_timeout);
-        http::inbound::serve_connection(
+        // Boxed, so that the tasks of L4 connections are not sized for this branch.
+        Box::pin(http::inbound::serve_connection(
             tls,
             inbound.protocol,
             caller,
@@ -151,7 +152,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, app: Arc<Loc
             app,
             draining,
             idle,
-        )
+        ))
         .await;
         return;
     }

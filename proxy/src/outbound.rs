@@ -60,14 +60,16 @@ pub async fn serve(
                     .find(|u| u.name == name)
                     .map_or((Protocol::Tcp, None), |u| (u.protocol, u.idle_timeout));
                 let idle = limits::idle(app.activity(), idle_timeout);
+                // Boxed: an L4 connection's task is then sized to the L4 path alone,
+                // not to the larger HTTP state machine beside it.
                 let served = if protocol.is_http() {
-                    Either::Left(http::outbound::serve_connection(
+                    Either::Left(Box::pin(http::outbound::serve_connection(
                         app,
                         protocol,
                         pool.clone(),
                         state.clone(),
                         idle,
-                    ))
+                    )))
                 } else {
                     Either::Right(handle(
                         app,

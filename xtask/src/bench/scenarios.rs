@@ -108,7 +108,12 @@ impl Scenario {
                 Peer::Haproxy,
                 Peer::Nginx,
             ],
-            Scenario::Idle => vec![ferrule, Peer::Haproxy, Peer::Nginx],
+            Scenario::Idle => vec![
+                ferrule,
+                Peer::Ferrule { resumption: false },
+                Peer::Haproxy,
+                Peer::Nginx,
+            ],
             Scenario::Intentions | Scenario::IntentionsL7 => vec![ferrule],
             _ => vec![Peer::Direct, ferrule, Peer::Haproxy, Peer::Nginx],
         }
