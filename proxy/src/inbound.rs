@@ -98,11 +98,11 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, app: Arc<Loc
             return guard.set_result("tls_error");
         }
     };
-    metrics::handshake(
-        Direction::Inbound,
-        tls.get_ref().1.handshake_kind(),
-        started,
-    );
+    metrics::handshake(Direction::Inbound, tls.get_ref().1, started);
+    if crate::tls::resumed_with_expired_peer(tls.get_ref().1) {
+        tracing::debug!(%peer, "resumed session of an expired certificate");
+        return guard.set_result("tls_error");
+    }
 
     // The verifier already proved this; parse it again to know who it is.
     let Some(cert) = tls
@@ -114,12 +114,6 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, app: Arc<Loc
     else {
         return guard.set_result("tls_error");
     };
-    if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
-        && !crate::tls::still_valid(&cert, rustls_pki_types::UnixTime::now())
-    {
-        tracing::debug!(%peer, "resumed session of an expired certificate");
-        return guard.set_result("tls_error");
-    }
     let Ok(id) = peer_identity(&cert) else {
         return guard.set_result("tls_error");
     };

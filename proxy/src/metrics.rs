@@ -116,10 +116,10 @@ pub fn outbound_attempt(upstream: &str, result: &'static str) {
 
 /// Records one completed mTLS handshake: how long it took, and whether it resumed an
 /// earlier session (no certificates sent, signed or verified) or was a full one.
-pub fn handshake(direction: Direction, kind: Option<rustls::HandshakeKind>, started: Instant) {
+pub fn handshake(direction: Direction, session: &rustls::CommonState, started: Instant) {
     histogram!(TLS_HANDSHAKE_DURATION, "direction" => direction.as_str())
         .record(started.elapsed().as_secs_f64());
-    let kind = match kind {
+    let kind = match session.handshake_kind() {
         Some(rustls::HandshakeKind::Resumed) => "resumed",
         _ => "full",
     };

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrule_control::model::{Endpoint, Protocol, UpstreamConfig};
-use rustls_pki_types::{ServerName, UnixTime};
+use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -25,7 +25,7 @@ use crate::http::{self, outbound::MeshPool};
 use crate::limits::{self, ConnectionLimit, Watched};
 use crate::metrics::{self, ConnGuard, Direction, Metered};
 use crate::splice::{Spliced, splice};
-use crate::tls::{TlsState, is_identity_mismatch, still_valid};
+use crate::tls::{TlsState, is_identity_mismatch, resumed_with_expired_peer};
 
 /// Accepts for the upstream `name` until cancelled, at most `limit` connections at a
 /// time.
@@ -117,11 +117,7 @@ async fn handle(
         match dial(endpoint, &tls, upstream).await {
             Ok(stream) => {
                 balancer.succeeded(&endpoint.addr);
-                metrics::handshake(
-                    Direction::Outbound,
-                    stream.get_ref().1.handshake_kind(),
-                    started,
-                );
+                metrics::handshake(Direction::Outbound, stream.get_ref().1, started);
                 guard.attempt("ok");
                 guard.set_identity(endpoint.identity.to_uri());
                 let mut mesh = Metered::new(stream, guard.bytes());
@@ -172,16 +168,9 @@ pub(crate) async fn dial(
                     "tls_error"
                 }
             })?;
-        let session = tls.get_ref().1;
-        if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-            let valid = session
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .is_some_and(|leaf| still_valid(leaf, UnixTime::now()));
-            if !valid {
-                tracing::debug!(endpoint = %endpoint.addr, "resumed session of an expired certificate");
-                return Err("tls_error");
-            }
+        if resumed_with_expired_peer(tls.get_ref().1) {
+            tracing::debug!(endpoint = %endpoint.addr, "resumed session of an expired certificate");
+            return Err("tls_error");
         }
         Ok(tls)
     };

@@ -555,6 +555,16 @@ pub fn still_valid(end_entity: &CertificateDer<'_>, now: UnixTime) -> bool {
     validity.not_before.timestamp() <= now && now <= validity.not_after.timestamp()
 }
 
+/// Whether a handshake resumed a session whose peer leaf has expired since (or that
+/// carries none): such a connection is refused like a failed handshake.
+pub fn resumed_with_expired_peer(session: &rustls::CommonState) -> bool {
+    session.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+        && !session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .is_some_and(|leaf| still_valid(leaf, UnixTime::now()))
+}
+
 /// The inbound listener's SVID check, outside a handshake: what the microbenchmarks
 /// (`cargo bench -p ferrule`) time, and what a tool can use to check a certificate.
 pub struct SvidVerifier(Anchors);

@@ -117,11 +117,7 @@ impl MeshPool {
             }
         };
         self.balancer.succeeded(&endpoint.addr);
-        metrics::handshake(
-            Direction::Outbound,
-            stream.get_ref().1.handshake_kind(),
-            started,
-        );
+        metrics::handshake(Direction::Outbound, stream.get_ref().1, started);
         let io = TokioIo::new(Metered::new(stream, guard.bytes()));
         let handshake = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
