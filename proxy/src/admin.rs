@@ -55,6 +55,9 @@ pub struct Admin {
     pub metrics: PrometheusHandle,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub listening: Listening,
+    /// The configs handshakes use: built from the snapshot by a task of their own, so
+    /// a snapshot with a leaf can be there a moment before they are.
+    pub tls: watch::Receiver<Arc<crate::tls::TlsState>>,
 }
 
 /// Serves until the process ends.
@@ -99,7 +102,10 @@ fn route(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/ready" => {
             let state = admin.listening.get();
-            let missing = missing(&state.snapshot, state.all_bound);
+            let mut missing = missing(&state.snapshot, state.all_bound);
+            if !admin.tls.borrow().has_identity() {
+                missing.push("TLS configs");
+            }
             if state.draining {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
             } else if missing.is_empty() {

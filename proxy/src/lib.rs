@@ -91,15 +91,16 @@ pub async fn serve(
     let listening = admin::Listening::default();
     // Everything spawned here stops when this returns, so nothing keeps following the
     // source: a process running several sidecars (`ferrule demo`) can stop one cleanly.
+    let (tls, _tls_task) = spawn_tls(snapshots.clone(), provider);
     let _admin = AbortOnDropHandle::new(tokio::spawn(admin::serve(
         admin_listener,
         admin::Admin {
             metrics,
             snapshots: snapshots.clone(),
             listening: listening.clone(),
+            tls: tls.clone(),
         },
     )));
-    let (tls, _tls_task) = spawn_tls(snapshots.clone(), provider);
     let state = State {
         snapshots,
         tls,

@@ -339,6 +339,11 @@ impl TlsState {
         self.clients.get(&key).cloned()
     }
 
+    /// Whether these configs have a leaf and a bundle to handshake with.
+    pub fn has_identity(&self) -> bool {
+        self.inputs.is_some()
+    }
+
     /// Builds the configs for a snapshot, reusing `prev` when nothing TLS-relevant
     /// changed, so session caches survive unrelated updates.
     pub fn for_snapshot(
