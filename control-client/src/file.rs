@@ -881,13 +881,13 @@ endpoints = ["127.0.0.1:21001"]
     /// A directory with a CA, a leaf for `api`, a bundle, intentions and a config.
     struct Files {
         dir: tempfile::TempDir,
-        ca: crate::ca::DevCa,
+        ca: ferrule_dev::ca::DevCa,
     }
 
     impl Files {
         fn new() -> Files {
             let dir = tempfile::tempdir().unwrap();
-            let ca = crate::ca::DevCa::generate(None).unwrap();
+            let ca = ferrule_dev::ca::DevCa::generate(None).unwrap();
             let files = Files { dir, ca };
             files.write("ca.pem", files.ca.cert_pem());
             files.new_leaf(true, true);
@@ -904,7 +904,10 @@ endpoints = ["127.0.0.1:21001"]
         }
 
         fn new_leaf(&self, cert: bool, key: bool) -> String {
-            let leaf = self.ca.issue(&crate::ca::LeafSpec::service("api")).unwrap();
+            let leaf = self
+                .ca
+                .issue(&ferrule_dev::ca::LeafSpec::service("api"))
+                .unwrap();
             if cert {
                 self.write("api.pem", &leaf.cert_pem);
             }
@@ -995,7 +998,7 @@ endpoints = ["127.0.0.1:21001"]
         let first = rx.borrow_and_update().clone();
         let web = files
             .ca
-            .issue(&crate::ca::LeafSpec::service("web"))
+            .issue(&ferrule_dev::ca::LeafSpec::service("web"))
             .unwrap();
         files.write("api.pem", &web.cert_pem);
         files.write("api-key.pem", &web.key_pem);
@@ -1020,7 +1023,7 @@ endpoints = ["127.0.0.1:21001"]
 #[cfg(test)]
 mod workload_tests {
     use super::*;
-    use crate::ca::{DevCa, LeafSpec};
+    use ferrule_dev::ca::{DevCa, LeafSpec};
 
     const NO_FILES: &str = r#"
 [identity]

@@ -3,15 +3,12 @@
 //! The model (`model`, `intentions`, `identity`) is plain data the proxy reads from a
 //! `tokio::sync::watch` channel of `Arc<Snapshot>`. Sources fill that channel: files
 //! (`file`) and the Consul agent (`consul`); either can take its identity (leaf and
-//! bundles) from the SPIFFE Workload API instead (`workload`). `api` holds Consul's wire types, shared by the
-//! client and the development agent so the two sides cannot drift apart. `ca` is the
-//! development certificate authority used by `cargo xtask certs`, tests and the dev agent.
+//! bundles) from the SPIFFE Workload API instead (`workload`). `api` holds Consul's wire
+//! types, shared by the client and the development agent (the `ferrule-dev` crate) so the
+//! two sides cannot drift apart.
 
 pub mod api;
-pub mod ca;
 pub mod consul;
-#[cfg(feature = "dev-agent")]
-pub mod dev;
 pub mod file;
 pub mod identity;
 pub mod intentions;

@@ -414,7 +414,7 @@ fn same_bundle(a: &TrustBundle, b: &TrustBundle) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::{DevCa, LeafSpec};
+    use ferrule_dev::ca::{DevCa, LeafSpec};
     use spiffe::{X509Bundle, X509BundleSet, X509Svid};
 
     fn provider() -> Arc<CryptoProvider> {

@@ -11,11 +11,11 @@ use std::io::Write as _;
 use std::sync::{Arc, OnceLock};
 
 use ferrule_control::api;
-use ferrule_control::ca::{DevCa, LeafSpec};
 use ferrule_control::file::StaticConfig;
 use ferrule_control::identity::ServiceId;
 use ferrule_control::intentions::{Action, Destination, Intentions, validate_config_entries};
 use ferrule_control::model::{parse_bundle, parse_certificates, parse_leaf};
+use ferrule_dev::ca::{DevCa, LeafSpec};
 use proptest::prelude::*;
 use rustls::crypto::CryptoProvider;
 

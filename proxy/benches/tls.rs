@@ -5,8 +5,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ferrule::tls::{SvidVerifier, peer_identity, provider};
-use ferrule_control::ca::{DevCa, LeafSpec};
 use ferrule_control::model::{parse_bundle, parse_certificates};
+use ferrule_dev::ca::{DevCa, LeafSpec};
 
 fn svid(c: &mut Criterion) {
     let ca = DevCa::generate(None).expect("dev CA");

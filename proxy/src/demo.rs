@@ -16,7 +16,7 @@ use bytes::Bytes;
 use ferrule_control::consul::{
     AgentAddr, AgentClient, AgentClientConfig, ConsulConfig, ConsulSource, ProxySelector,
 };
-use ferrule_control::dev::{DevAgent, DevAgentConfig};
+use ferrule_dev::{DevAgent, DevAgentConfig};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};

@@ -10,12 +10,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ferrule_control::consul::{
     AgentAddr, AgentClientConfig, ConsulConfig, ConsulSource, ProxySelector,
 };
-use ferrule_control::dev::DevAgentConfig;
-use ferrule_control::dev::workload::{Federation, WorkloadSocket};
 use ferrule_control::file::{FileSource, StaticConfig};
 use ferrule_control::intentions::Action;
 use ferrule_control::model::Snapshot;
 use ferrule_control::workload::{Fatal, WorkloadSource};
+use ferrule_dev::DevAgentConfig;
+use ferrule_dev::workload::{Federation, WorkloadSocket};
 use tokio::sync::watch;
 
 const DEFAULT_ADMIN_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 19100);
@@ -85,8 +85,7 @@ struct DemoArgs {
 }
 
 fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    ferrule_control::dev::parse_duration(s)
-        .ok_or_else(|| format!("{s:?} is not a duration like 72h or 90s"))
+    ferrule_dev::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 72h or 90s"))
 }
 
 #[derive(clap::Args)]
@@ -220,14 +219,11 @@ fn dev(args: DevArgs) -> ExitCode {
         Err(code) => return code,
     };
     tracing::info!(addr = %config.addr, "dev agent starting; production uses a real Consul cluster");
-    match runtime.block_on(ferrule_control::dev::run(
-        config,
-        ferrule::shutdown_signal(),
-    )) {
+    match runtime.block_on(ferrule_dev::run(config, ferrule::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferrule: {e}");
-            let bad_flags = matches!(e, ferrule_control::dev::DevError::Config(_));
+            let bad_flags = matches!(e, ferrule_dev::DevError::Config(_));
             ExitCode::from(if bad_flags { 2 } else { 1 })
         }
     }

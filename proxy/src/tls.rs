@@ -620,8 +620,8 @@ pub fn provider() -> Arc<CryptoProvider> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferrule_control::ca::{DevCa, LeafSpec};
     use ferrule_control::model::{self, parse_bundle, parse_certificates};
+    use ferrule_dev::ca::{DevCa, LeafSpec};
 
     struct Fixture {
         ca: DevCa,

@@ -37,7 +37,7 @@ pub mod traffic;
 pub mod wait;
 pub mod workload;
 
-pub use ferrule_control::ca::{DevCa, IssuedLeaf, LeafSpec};
+pub use ferrule_dev::ca::{DevCa, IssuedLeaf, LeafSpec};
 
 /// Metric names, as DESIGN.md fixes them.
 pub mod names {

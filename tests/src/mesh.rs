@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use ferrule_control::ca::{DevCa, IssuedLeaf, LeafSpec};
+use ferrule_dev::ca::{DevCa, IssuedLeaf, LeafSpec};
 
 use crate::clients::{CallerConn, TlsCaller};
 use crate::sidecar::{Sidecar, SidecarConfig};

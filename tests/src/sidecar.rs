@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ferrule_control::ca::{DevCa, IssuedLeaf};
+use ferrule_dev::ca::{DevCa, IssuedLeaf};
 
 use crate::admin::Admin;
 use crate::binary::ferrule_bin;

@@ -6,8 +6,8 @@
 
 use std::path::PathBuf;
 
-use ferrule_control::ca::DevCa;
-use ferrule_control::dev::workload::pb::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use ferrule_dev::ca::DevCa;
+use ferrule_dev::workload::pb::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use tonic::transport::Channel;
 
 use crate::agent::{AgentOptions, DevAgent};

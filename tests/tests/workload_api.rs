@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use ferrule_control::dev::workload::SECURITY_HEADER;
-use ferrule_control::dev::workload::pb::X509svidRequest;
+use ferrule_dev::workload::SECURITY_HEADER;
+use ferrule_dev::workload::pb::X509svidRequest;
 use ferrule_tests::agent::ServiceRegistration;
 use ferrule_tests::backends::{GET_BODY, HttpEcho, TcpEcho};
 use ferrule_tests::binary::ferrule_bin;

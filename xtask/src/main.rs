@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use ferrule_control::ca::{DevCa, LeafSpec};
+use ferrule_dev::ca::{DevCa, LeafSpec};
 use time::Duration;
 
 #[derive(Parser)]

@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ferrule_control::ca::{DevCa, LeafSpec};
+use ferrule_dev::ca::{DevCa, LeafSpec};
 
 use peers::Env;
 use report::Record;

@@ -8,9 +8,9 @@ use time::format_description::well_known::Rfc3339;
 use super::*;
 use crate::api::agent::{AgentServiceConnectProxyConfig, Upstream};
 use crate::api::ca::CARoot;
-use crate::ca::{DevCa, LeafSpec};
 use crate::consul::http::AgentAddr;
 use crate::consul::testing::FakeAgent;
+use ferrule_dev::ca::{DevCa, LeafSpec};
 
 const REGISTRATION: &str = "/v1/agent/service/web-sidecar-proxy";
 const LEAF_PATH: &str = "/v1/agent/connect/ca/leaf/web";

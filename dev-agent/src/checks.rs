@@ -22,8 +22,8 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::agent::AgentServiceCheck;
-use crate::api::health::{HealthCheck, PASSING};
+use ferrule_control::api::agent::AgentServiceCheck;
+use ferrule_control::api::health::{HealthCheck, PASSING};
 
 use super::blocking::{format_go_duration, instant_after, parse_go_duration};
 use super::http::{ApiError, Call, Reply};

@@ -18,12 +18,12 @@ use aws_lc_rs::digest;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::agent::{
+use ferrule_control::api::agent::{
     AgentService, AgentServiceCheck, AgentServiceConnect, AgentServiceConnectProxyConfig,
     AgentServiceRegistration, AgentServices, DESTINATION_SERVICE, KIND_CONNECT_PROXY,
     ServiceAddress,
 };
-use crate::api::health::{HealthCheck, NodeService, PASSING, ServiceEntry};
+use ferrule_control::api::health::{HealthCheck, NodeService, PASSING, ServiceEntry};
 
 use super::DevAgentConfig;
 use super::blocking::{self, DEFAULT_WAIT};

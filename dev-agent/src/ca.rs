@@ -23,7 +23,7 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 
-use crate::identity::{DEFAULT, ServiceId};
+use ferrule_control::identity::{DEFAULT, ServiceId};
 
 /// Consul's default `root_cert_ttl` (87600h).
 pub const ROOT_TTL: Duration = Duration::hours(87_600);

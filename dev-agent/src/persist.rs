@@ -14,8 +14,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::api::defaults::{ProxyDefaultsEntry, ServiceDefaultsEntry};
-use crate::api::intentions::ServiceIntentionsEntry;
+use ferrule_control::api::defaults::{ProxyDefaultsEntry, ServiceDefaultsEntry};
+use ferrule_control::api::intentions::ServiceIntentionsEntry;
 
 use super::http::{Call, Query};
 use super::services;

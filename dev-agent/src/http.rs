@@ -21,9 +21,9 @@ use serde_json::Value;
 use super::blocking::Blocking;
 use super::checks::{CRITICAL, WARNING};
 use super::state::Shared;
-use super::{ca, checks, intentions, services};
-use crate::api::agent_self::{AgentSelf, AgentSelfConfig};
-use crate::api::health::PASSING;
+use super::{checks, connect_ca, intentions, services};
+use ferrule_control::api::agent_self::{AgentSelf, AgentSelfConfig};
+use ferrule_control::api::health::PASSING;
 
 /// Request bodies beyond this are refused: config entries and registrations are small.
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -402,11 +402,11 @@ async fn route(shared: &Arc<Shared>, path: &str, call: &Call) -> Result<Reply, A
     }
     if path == "/v1/agent/connect/ca/roots" {
         only(call, GET, "GET")?;
-        return ca::roots(shared, call, true).await;
+        return connect_ca::roots(shared, call, true).await;
     }
     if let Some(service) = path.strip_prefix("/v1/agent/connect/ca/leaf/") {
         only(call, GET, "GET")?;
-        return ca::leaf(shared, call, service).await;
+        return connect_ca::leaf(shared, call, service).await;
     }
     if path == "/v1/agent/connect/authorize" {
         only(call, &[Method::POST, Method::PUT], "POST, PUT")?;
@@ -414,12 +414,12 @@ async fn route(shared: &Arc<Shared>, path: &str, call: &Call) -> Result<Reply, A
     }
     if path == "/v1/connect/ca/roots" {
         only(call, GET, "GET")?;
-        return ca::roots(shared, call, false).await;
+        return connect_ca::roots(shared, call, false).await;
     }
     if path == "/v1/connect/ca/configuration" {
         return match call.method {
-            Method::GET => ca::configuration(shared, call).await,
-            Method::PUT => ca::set_configuration(shared, call).await,
+            Method::GET => connect_ca::configuration(shared, call).await,
+            Method::PUT => connect_ca::set_configuration(shared, call).await,
             _ => Err(ApiError::method_not_allowed(&call.method, "GET, PUT")),
         };
     }

@@ -3,7 +3,7 @@
 //! entry, `match`, the list, `check` and `/v1/agent/connect/authorize`.
 //!
 //! Writes are validated with the same code the proxy builds its model with
-//! (`crate::intentions`), then normalized as Consul's server does it: `Type` defaulted,
+//! (`ferrule_control::intentions`), then normalized as Consul's server does it: `Type` defaulted,
 //! `Precedence` computed, HTTP methods upper-cased, sources re-sorted by precedence
 //! (stable). An unchanged write is a no-op, as in Consul, so it wakes nobody. Every
 //! intention read is answered with the config-entry table's index.
@@ -14,11 +14,11 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::intentions::{
+use ferrule_control::api::intentions::{
     Intention, IntentionMatchResponse, KIND, ServiceIntentionsEntry, SourceIntention,
 };
-use crate::identity::{DEFAULT, IdError, ServiceId};
-use crate::intentions::{Action, Destination, Intentions, Rule, validate_config_entries};
+use ferrule_control::identity::{DEFAULT, IdError, ServiceId};
+use ferrule_control::intentions::{Action, Destination, Intentions, Rule, validate_config_entries};
 
 use super::blocking::{self, DEFAULT_WAIT};
 use super::defaults;

@@ -13,13 +13,13 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::defaults::{ProxyDefaultsEntry, ServiceDefaultsEntry};
-use crate::api::health::{HealthCheck, Node};
-use crate::api::intentions::ServiceIntentionsEntry;
+use ferrule_control::api::defaults::{ProxyDefaultsEntry, ServiceDefaultsEntry};
+use ferrule_control::api::health::{HealthCheck, Node};
+use ferrule_control::api::intentions::ServiceIntentionsEntry;
 
 use super::DevAgentConfig;
-use super::ca::CaState;
 use super::checks::LocalCheck;
+use super::connect_ca::CaState;
 use super::services::LocalService;
 
 /// What every request handler and background task of one dev agent shares.

@@ -28,7 +28,7 @@ use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::{Request, Response, Status};
 
 use super::DevError;
-use super::ca::WorkloadSvid;
+use super::connect_ca::WorkloadSvid;
 use super::state::Shared;
 
 /// The code generated from `proto/workload.proto`: messages, server and client.
@@ -234,7 +234,7 @@ fn bind_socket(path: &Path) -> io::Result<UnixListener> {
 /// A PEM bundle file as concatenated DER.
 fn read_bundle(path: &Path) -> Result<Vec<u8>, String> {
     let text = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    let certs = crate::model::parse_certificates(&text).map_err(|e| e.to_string())?;
+    let certs = ferrule_control::model::parse_certificates(&text).map_err(|e| e.to_string())?;
     Ok(certs.iter().flat_map(|c| c.as_ref().to_vec()).collect())
 }
 
@@ -433,8 +433,8 @@ mod tests {
     use super::pb::spiffe_workload_api_client::SpiffeWorkloadApiClient;
     use super::*;
     use crate::ca::DevCa;
-    use crate::dev::{DevAgent, DevAgentConfig};
-    use crate::workload::{WorkloadError, WorkloadSource};
+    use crate::{DevAgent, DevAgentConfig};
+    use ferrule_control::workload::{WorkloadError, WorkloadSource};
     use spiffe::transport::{Endpoint, GrpcStatusCode};
     use tonic::Code;
     use tonic::transport::Channel;

@@ -18,12 +18,12 @@ use webpki::{EndEntityCert, KeyUsage, anchor_from_trusted_cert};
 use x509_parser::extensions::GeneralName;
 
 use super::{DevAgent, DevAgentConfig};
-use crate::api::agent::AgentService;
-use crate::api::agent_self::AgentSelf;
-use crate::api::ca::{IndexedCARoots, IssuedCert};
-use crate::api::health::ServiceEntry;
-use crate::api::intentions::{IntentionMatchResponse, ServiceIntentionsEntry};
-use crate::intentions::Action;
+use ferrule_control::api::agent::AgentService;
+use ferrule_control::api::agent_self::AgentSelf;
+use ferrule_control::api::ca::{IndexedCARoots, IssuedCert};
+use ferrule_control::api::health::ServiceEntry;
+use ferrule_control::api::intentions::{IntentionMatchResponse, ServiceIntentionsEntry};
+use ferrule_control::intentions::Action;
 
 struct Answer {
     status: StatusCode,
@@ -130,7 +130,7 @@ impl Agent {
 }
 
 fn certs(pem_text: &str) -> Vec<CertificateDer<'static>> {
-    crate::model::parse_certificates(pem_text.as_bytes()).unwrap()
+    ferrule_control::model::parse_certificates(pem_text.as_bytes()).unwrap()
 }
 
 fn verify(chain: &[CertificateDer<'static>], root_pem: &str) -> Result<(), webpki::Error> {
@@ -1111,8 +1111,8 @@ async fn a_restart_with_a_data_dir_keeps_the_state_and_starts_low() {
 }
 
 async fn wait_for(
-    snapshots: &mut tokio::sync::watch::Receiver<std::sync::Arc<crate::model::Snapshot>>,
-    check: impl Fn(&crate::model::Snapshot) -> bool,
+    snapshots: &mut tokio::sync::watch::Receiver<std::sync::Arc<ferrule_control::model::Snapshot>>,
+    check: impl Fn(&ferrule_control::model::Snapshot) -> bool,
 ) {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -1132,8 +1132,8 @@ async fn wait_for(
 async fn the_consul_source_follows_the_dev_agent() {
     use std::sync::Arc;
 
-    use crate::consul::{AgentClientConfig, ConsulConfig, ConsulSource, ProxySelector};
-    use crate::identity::ServiceId;
+    use ferrule_control::consul::{AgentClientConfig, ConsulConfig, ConsulSource, ProxySelector};
+    use ferrule_control::identity::ServiceId;
 
     let agent = Agent::start().await;
     let db_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -23,8 +23,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::time::Instant;
 
-use crate::api::ca::{CARoot, IndexedCARoots, IssuedCert};
 use crate::ca::{CaError, DevCa, LeafSpec};
+use ferrule_control::api::ca::{CARoot, IndexedCARoots, IssuedCert};
 
 use super::blocking::{self, DEFAULT_WAIT, LEAF_DEFAULT_WAIT};
 use super::http::{ApiError, Call, Reply, decode_strict};
@@ -404,7 +404,7 @@ pub(super) async fn leaf(shared: &Shared, call: &Call, service: &str) -> Result<
 }
 
 /// `PUT /v1/connect/ca/configuration` body and `GET` answer (`structs.CAConfiguration`).
-/// Only the dev agent reads or writes it, so it lives here rather than in `crate::api`.
+/// Only the dev agent reads or writes it, so it lives here rather than in `ferrule_control::api`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct CaConfiguration {

@@ -13,8 +13,8 @@
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::api::agent::AgentService;
-use crate::api::defaults::{
+use ferrule_control::api::agent::AgentService;
+use ferrule_control::api::defaults::{
     GLOBAL, PROXY_DEFAULTS, ProxyDefaultsEntry, SERVICE_DEFAULTS, ServiceDefaultsEntry,
 };
 

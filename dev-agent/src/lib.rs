@@ -1,6 +1,6 @@
 //! The embedded development agent (`ferrule dev`, like `consul agent -dev`): the part of
 //! the Consul agent HTTP API a mesh needs, served from memory with the same wire types
-//! the client parses (`crate::api`), so a proxy cannot tell it from a real agent.
+//! the client parses (`ferrule_control::api`), so a proxy cannot tell it from a real agent.
 //!
 //! It is for trying ferrule and for tests; production uses a real Consul cluster. One
 //! node, one datacenter, ACLs off, Community Edition behaviour. Blocking queries have real
@@ -11,14 +11,17 @@
 //!
 //! Modules: `state` (the state and its lock), `blocking` (index and hash waits),
 //! `http` (routing and Consul's HTTP conventions), `services` (registration, agent and
-//! health views), `checks` (health checks that really run), `ca` (roots, leaves,
-//! rotation), `intentions` (config entries and the intentions API), `persist` (the
+//! health views), `checks` (health checks that really run), `ca` (the development
+//! certificate authority: a root and the leaves it signs, also used by `cargo xtask certs`
+//! and the tests), `connect_ca` (the CA endpoints: roots, leaves, renewal, rotation),
+//! `intentions` (config entries and the intentions API), `persist` (the
 //! data dir's state file), `workload` (the SPIFFE Workload API on unix sockets, for
 //! proxies that take their identity from SPIFFE).
 
 mod blocking;
-mod ca;
+pub mod ca;
 mod checks;
+mod connect_ca;
 mod defaults;
 mod http;
 mod intentions;
@@ -47,9 +50,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::health::{HealthCheck, Node, PASSING};
 use crate::ca::{CaError, DevCa};
-use crate::intentions::Action;
+use ferrule_control::api::health::{HealthCheck, Node, PASSING};
+use ferrule_control::intentions::Action;
 
 use self::state::{NodeInfo, Shared, State};
 use self::workload::{Federation, WorkloadApi, WorkloadSocket};
@@ -111,7 +114,7 @@ impl DevAgentConfig {
         if self.node_name.is_empty() {
             return bad("the node name must not be empty");
         }
-        if self.leaf_ttl < Duration::from_secs(1) || self.leaf_ttl > ca::MAX_LEAF_TTL {
+        if self.leaf_ttl < Duration::from_secs(1) || self.leaf_ttl > connect_ca::MAX_LEAF_TTL {
             return bad("the leaf TTL must be from 1s to 8760h");
         }
         if self.check_interval.is_zero() {
@@ -286,7 +289,7 @@ fn prepare(listener: &TcpListener, config: DevAgentConfig) -> Result<Shared, Dev
     // Index 1: the node joined; 2: the CA was initialised. A restarted agent starts
     // here again, far below where the last run left off.
     let node = node_info(&config, &node_address, 1);
-    let ca_state = ca::CaState::new(ca, &config.datacenter, config.leaf_ttl, 2);
+    let ca_state = connect_ca::CaState::new(ca, &config.datacenter, config.leaf_ttl, 2);
     let shutdown = CancellationToken::new();
     let state = State::new(node, ca_state, 2, shutdown.clone());
     tracing::info!(
