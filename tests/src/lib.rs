@@ -39,7 +39,7 @@ pub mod workload;
 
 pub use ferrule_dev::ca::{DevCa, IssuedLeaf, LeafSpec};
 
-/// Metric names, as DESIGN.md fixes them.
+/// Metric names: a contract with users' dashboards and alerts (README, Metrics).
 pub mod names {
     pub const INBOUND: &str = "ferrule_inbound_connections_total";
     pub const OUTBOUND: &str = "ferrule_outbound_connections_total";

@@ -1,5 +1,5 @@
 //! Consul's agent service wire types: `/v1/agent/service/:id` and `/v1/agent/services`
-//! (`api.AgentService`, spec 3.4/3.5), and the body of `PUT /v1/agent/service/register`
+//! (`api.AgentService`; docs/consul-semantics.md#sidecar-registration), and the body of `PUT /v1/agent/service/register`
 //! (`api.AgentServiceRegistration`, with `Connect.SidecarService`).
 //!
 //! Output is PascalCase with Consul's `omitempty` rules (real agents always emit

@@ -1,4 +1,4 @@
-//! The parts of `/v1/agent/self` a sidecar needs (spec 3.9, 5.3): the agent's
+//! The parts of `/v1/agent/self` a sidecar needs (docs/consul-semantics.md#intentions, the default action): the agent's
 //! datacenter and node name, and what decides the default intention action.
 //!
 //! `DebugConfig` is the agent's full runtime configuration and its format is not stable

@@ -1,5 +1,6 @@
-//! Consul's mesh CA wire types: the trust roots of `/v1/agent/connect/ca/roots` (spec 3.1)
-//! and the service leaf of `/v1/agent/connect/ca/leaf/:service` (spec 3.2).
+//! Consul's mesh CA wire types: the trust roots of `/v1/agent/connect/ca/roots`
+//! and the service leaf of `/v1/agent/connect/ca/leaf/:service`
+//! (docs/consul-semantics.md#agent-api, #identity).
 //!
 //! Two spellings differ on purpose, as in Consul: a root's `SerialNumber` is a JSON number,
 //! a leaf's is a colon-hex string. Certificate times stay RFC 3339 strings here; whoever

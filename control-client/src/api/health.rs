@@ -1,5 +1,5 @@
 //! Consul's health wire types: the entries of `/v1/health/connect/:service` (and
-//! `/v1/health/service/:service`), spec 3.6.
+//! `/v1/health/service/:service`); docs/consul-semantics.md#upstream-discovery.
 //!
 //! The server-side shapes differ from the agent endpoint's in small ways that a faithful
 //! dev agent must reproduce: `Node.TaggedAddresses` maps to plain strings, `Service.Proxy`

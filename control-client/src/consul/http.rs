@@ -35,11 +35,11 @@ pub const DEFAULT_ADDR: &str = "http://127.0.0.1:8500";
 
 /// The header Consul reads the ACL token from.
 const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-consul-token");
-/// Blocking index of an answer (spec 1.2).
+/// Blocking index of an answer (docs/consul-semantics.md#blocking-queries).
 pub(crate) const INDEX_HEADER: &str = "x-consul-index";
-/// Hash of `/v1/agent/service/:id` answers, for hash-based blocking (spec 2.2).
+/// Hash of `/v1/agent/service/:id` answers, for hash-based blocking (docs/consul-semantics.md#blocking-queries).
 pub(crate) const CONTENT_HASH_HEADER: &str = "x-consul-contenthash";
-/// The agent's `acl.default_policy`, sent with every answer (spec 1.2).
+/// The agent's `acl.default_policy`, sent with every answer (docs/consul-semantics.md#agent-api).
 pub(crate) const DEFAULT_ACL_POLICY_HEADER: &str = "x-consul-default-acl-policy";
 
 /// Bodies beyond this are refused rather than buffered: a health answer for thousands of
@@ -51,7 +51,7 @@ const MAX_ERROR_TEXT: usize = 512;
 /// and a stale pooled connection would cost a failed request.
 const POOL_IDLE: Duration = Duration::from_secs(30);
 
-/// Where the agent listens, as `--consul-addr` / `CONSUL_HTTP_ADDR` spell it (spec 1.1):
+/// Where the agent listens, as `--consul-addr` / `CONSUL_HTTP_ADDR` spell it (docs/consul-semantics.md#agent-api):
 /// `host:port`, `http://host:port[/prefix]`, `https://host:port[/prefix]` or
 /// `unix:///path/to/socket`. A path after the host is a prefix for a reverse proxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,7 +234,7 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    /// `X-Consul-Index`; missing or unparseable reads as 0 (spec 2.5).
+    /// `X-Consul-Index`; missing or unparseable reads as 0 (docs/consul-semantics.md#blocking-queries).
     pub(crate) fn index(&self) -> u64 {
         header_str(&self.headers, INDEX_HEADER)
             .and_then(|v| v.trim().parse().ok())
