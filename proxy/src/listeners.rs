@@ -79,7 +79,7 @@ impl Listeners {
         }
 
         self.upstreams
-            .retain(|name, _| snapshot.upstreams.iter().any(|u| &u.name == name));
+            .retain(|name, _| snapshot.upstream(name).is_some());
         for up in &snapshot.upstreams {
             if self
                 .upstreams

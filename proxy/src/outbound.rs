@@ -55,9 +55,7 @@ pub async fn serve(
                 let (protocol, idle_timeout) = state
                     .snapshots
                     .borrow()
-                    .upstreams
-                    .iter()
-                    .find(|u| u.name == name)
+                    .upstream(&name)
                     .map_or((Protocol::Tcp, None), |u| (u.protocol, u.idle_timeout));
                 let idle = limits::idle(app.activity(), idle_timeout);
                 // Boxed: an L4 connection's task is then sized to the L4 path alone,
@@ -104,7 +102,7 @@ async fn handle(
     let mut guard = ConnGuard::new(Direction::Outbound, Some(name.clone()), peer);
     let snapshot = state.snapshots.borrow().clone();
     let tls = state.tls.borrow().clone();
-    let Some(upstream) = snapshot.upstreams.iter().find(|u| u.name == name) else {
+    let Some(upstream) = snapshot.upstream(&name) else {
         return guard.attempt("no_endpoints");
     };
     let endpoints = &upstream.endpoints;

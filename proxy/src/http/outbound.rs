@@ -187,7 +187,7 @@ async fn handle(
     let snapshot = state.snapshots.borrow().clone();
     let tls = state.tls.borrow().clone();
     let unavailable = |message| local_reply(StatusCode::SERVICE_UNAVAILABLE, message, grpc);
-    let Some(upstream) = snapshot.upstreams.iter().find(|u| u.name == pool.upstream) else {
+    let Some(upstream) = snapshot.upstream(&pool.upstream) else {
         return guard.respond(unavailable("no healthy upstream"));
     };
     let endpoints = &upstream.endpoints;
