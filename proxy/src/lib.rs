@@ -88,7 +88,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
 ) -> anyhow::Result<()> {
-    let listening = admin::Listening::default();
+    let listening = listeners::Listening::default();
     // Everything spawned here stops when this returns, so nothing keeps following the
     // source: a process running several sidecars (`ferrule demo`) can stop one cleanly.
     let (tls, _tls_task) = spawn_tls(snapshots.clone(), provider);

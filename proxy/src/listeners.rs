@@ -1,4 +1,6 @@
-//! Keeps the bound listeners equal to what the current snapshot asks for.
+//! The listeners: keeps the bound ones equal to what the current snapshot asks for,
+//! runs the one accept loop every listener uses (inbound, upstreams and admin), and
+//! publishes what is bound for `/ready`.
 //!
 //! A listener that appears is bound, one that moves is rebound, one that disappears is
 //! closed; connections it already accepted carry on. A bind that fails is retried, and
@@ -10,15 +12,117 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrule_control::model::Snapshot;
-use tokio::net::TcpListener;
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::State;
-use crate::admin::Listening;
 use crate::limits::ConnectionLimit;
 use crate::{inbound, metrics, outbound};
 
 const RETRY_BIND: Duration = Duration::from_secs(2);
+
+/// How long a listener waits after a failed accept before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How one listener's accepted connections are admitted and run.
+pub struct Accepting {
+    /// At most this many connections at a time, acquired before each accept; `None`:
+    /// no limit (the admin listener).
+    pub limit: Option<ConnectionLimit>,
+    /// Stops accepting. Established connections are not tied to the listener and
+    /// outlive it.
+    pub cancel: CancellationToken,
+    /// Where the connections' tasks are tracked, so a drain can wait for them; `None`:
+    /// spawned untracked (the admin listener).
+    pub tasks: Option<TaskTracker>,
+}
+
+/// The accept loop: until cancelled, waits for room under the limit, accepts, and
+/// spawns `connection(tcp, peer)` holding that room until it ends. A failed accept
+/// (typically EMFILE) is reported to `failed` and followed by a short back-off instead
+/// of spinning on the error.
+pub async fn accept<C, F>(
+    listener: TcpListener,
+    accepting: Accepting,
+    failed: impl Fn(&std::io::Error),
+    mut connection: C,
+) where
+    C: FnMut(TcpStream, SocketAddr) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let Accepting {
+        limit,
+        cancel,
+        tasks,
+    } = accepting;
+    loop {
+        let room = match &limit {
+            Some(limit) => {
+                let room = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    room = limit.acquire() => room,
+                };
+                let Some(room) = room else { return };
+                Some(room)
+            }
+            None => None,
+        };
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let served = connection(tcp, peer);
+                let task = async move {
+                    let _room = room;
+                    served.await;
+                };
+                match &tasks {
+                    Some(tasks) => drop(tasks.spawn(task)),
+                    None => drop(tokio::spawn(task)),
+                }
+            }
+            Err(e) => {
+                failed(&e);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// The last snapshot the listeners were reconciled to, and whether every listener it
+/// asks for is bound. Readiness is judged on this, not on the newest snapshot, so it
+/// never runs ahead of the listeners (and never flaps while they catch up).
+/// Once draining, it stays not ready for good.
+#[derive(Clone, Default)]
+pub struct Listening(Arc<Mutex<ListeningState>>);
+
+#[derive(Clone, Default)]
+pub struct ListeningState {
+    pub snapshot: Arc<Snapshot>,
+    pub all_bound: bool,
+    pub draining: bool,
+}
+
+impl Listening {
+    pub fn set(&self, snapshot: Arc<Snapshot>, all_bound: bool) {
+        let mut state = self.0.lock();
+        state.snapshot = snapshot;
+        state.all_bound = all_bound;
+    }
+
+    /// The process is shutting down: load balancers and health checks must look away.
+    pub fn drain(&self) {
+        self.0.lock().draining = true;
+    }
+
+    pub fn get(&self) -> ListeningState {
+        self.0.lock().clone()
+    }
+}
 
 struct Bound {
     addr: SocketAddr,
@@ -57,12 +161,7 @@ impl Listeners {
                         tracing::info!(addr = %ib.bind, protocol = ?ib.protocol, "inbound listener bound");
                         let cancel = CancellationToken::new();
                         let limit = ConnectionLimit::new("inbound".into(), ib.max_connections);
-                        tokio::spawn(inbound::serve(
-                            listener,
-                            state.clone(),
-                            limit,
-                            cancel.clone(),
-                        ));
+                        spawn_inbound(listener, state, limit, cancel.clone());
                         self.inbound = Some(Bound {
                             addr: ib.bind,
                             cancel,
@@ -95,13 +194,7 @@ impl Listeners {
                     let cancel = CancellationToken::new();
                     let limit =
                         ConnectionLimit::new(format!("upstream {}", up.name), up.max_connections);
-                    tokio::spawn(outbound::serve(
-                        listener,
-                        up.name.clone(),
-                        state.clone(),
-                        limit,
-                        cancel.clone(),
-                    ));
+                    spawn_upstream(listener, up.name.clone(), state, limit, cancel.clone());
                     self.upstreams.insert(
                         up.name.clone(),
                         Bound {
@@ -119,6 +212,53 @@ impl Listeners {
         }
         errors
     }
+}
+
+/// Accepts on the public mTLS listener until `cancel`, at most `limit` connections at
+/// a time.
+fn spawn_inbound(
+    listener: TcpListener,
+    state: &State,
+    limit: ConnectionLimit,
+    cancel: CancellationToken,
+) {
+    let accepting = Accepting {
+        limit: Some(limit),
+        cancel,
+        tasks: Some(state.connections.clone()),
+    };
+    let app = Arc::new(inbound::LocalApp::default());
+    let state = state.clone();
+    tokio::spawn(accept(
+        listener,
+        accepting,
+        |e| tracing::warn!(error = %e, "inbound accept failed"),
+        move |tcp, peer| inbound::handle(tcp, peer, state.clone(), app.clone()),
+    ));
+}
+
+/// Accepts for the upstream `name` until `cancel`, at most `limit` connections at a
+/// time.
+fn spawn_upstream(
+    listener: TcpListener,
+    name: String,
+    state: &State,
+    limit: ConnectionLimit,
+    cancel: CancellationToken,
+) {
+    let accepting = Accepting {
+        limit: Some(limit),
+        cancel,
+        tasks: Some(state.connections.clone()),
+    };
+    let upstream = outbound::Upstream::new(name.clone());
+    let state = state.clone();
+    tokio::spawn(accept(
+        listener,
+        accepting,
+        move |e| tracing::warn!(upstream = %name, error = %e, "upstream accept failed"),
+        move |app, peer| upstream.connection(app, peer, &state),
+    ));
 }
 
 /// Reconciles listeners with every new snapshot. The first reconciliation's bind

@@ -9,9 +9,7 @@
 //! apart), hop-by-hop header handling, and the per-request guard that owns a request's
 //! metrics.
 
-pub mod inbound;
 pub mod normalize;
-pub mod outbound;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
