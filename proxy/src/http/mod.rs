@@ -1,13 +1,10 @@
-//! L7: listeners whose protocol is `http`, `http2` or `grpc` are served request by
-//! request instead of spliced.
-//!
-//! `inbound` authorizes each request from the mesh against the intentions and forwards
-//! it to the local app over a pooled client; `outbound` carries the app's requests to
-//! the destination's sidecars over a pool of mTLS HTTP/2 connections; `normalize` gives
-//! every path the one form that rules are matched against. This module holds what both
-//! directions share: the local replies (Envoy's, so callers cannot tell the proxies
-//! apart), hop-by-hop header handling, and the per-request guard that owns a request's
-//! metrics.
+//! L7, what both directions share: listeners whose protocol is `http`, `http2` or
+//! `grpc` are served request by request instead of spliced, the inbound side by
+//! `crate::inbound`'s `http` and the outbound side by `crate::outbound`'s. This module
+//! depends on neither; it holds the server both use, the local replies (Envoy's, so
+//! callers cannot tell the proxies apart), hop-by-hop header handling, the URI rebuilt
+//! with `normalize`'s one form of a path (the form rules are matched against), and the
+//! per-request guard that owns a request's metrics.
 
 pub mod normalize;
 
