@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrule_control::model::Snapshot;
+use ferrule_control::model::{Snapshot, UpstreamConfig};
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,17 @@ pub struct Accepting {
     /// Where the connections' tasks are tracked, so a drain can wait for them; `None`:
     /// spawned untracked (the admin listener).
     pub tasks: Option<TaskTracker>,
+}
+
+impl Accepting {
+    /// A mesh-facing listener's: limited, its connections tracked for a drain.
+    fn tracked(limit: ConnectionLimit, cancel: CancellationToken, state: &State) -> Accepting {
+        Accepting {
+            limit: Some(limit),
+            cancel,
+            tasks: Some(state.connections.clone()),
+        }
+    }
 }
 
 /// The accept loop: until cancelled, waits for room under the limit, accepts, and
@@ -152,66 +163,77 @@ pub struct BindError {
 impl Listeners {
     async fn reconcile(&mut self, snapshot: &Snapshot, state: &State) -> Vec<BindError> {
         let mut errors = Vec::new();
-        match &snapshot.inbound {
-            Some(ib) if self.inbound.as_ref().is_some_and(|b| b.addr == ib.bind) => {}
-            Some(ib) => {
-                self.inbound = None;
-                match TcpListener::bind(ib.bind).await {
-                    Ok(listener) => {
-                        tracing::info!(addr = %ib.bind, protocol = ?ib.protocol, "inbound listener bound");
-                        let cancel = CancellationToken::new();
-                        let limit = ConnectionLimit::new("inbound".into(), ib.max_connections);
-                        spawn_inbound(listener, state, limit, cancel.clone());
-                        self.inbound = Some(Bound {
-                            addr: ib.bind,
-                            cancel,
-                        });
-                    }
-                    Err(source) => errors.push(BindError {
-                        addr: ib.bind,
-                        what: "inbound".into(),
-                        source,
-                    }),
-                }
-            }
-            None => self.inbound = None,
+        if let Err(e) = self.reconcile_inbound(snapshot, state).await {
+            errors.push(e);
         }
-
         self.upstreams
             .retain(|name, _| snapshot.upstream(name).is_some());
         for up in &snapshot.upstreams {
-            if self
-                .upstreams
-                .get(&up.name)
-                .is_some_and(|b| b.addr == up.bind)
-            {
-                continue;
-            }
-            self.upstreams.remove(&up.name);
-            match TcpListener::bind(up.bind).await {
-                Ok(listener) => {
-                    tracing::info!(upstream = %up.name, addr = %up.bind, "upstream listener bound");
-                    let cancel = CancellationToken::new();
-                    let limit =
-                        ConnectionLimit::new(format!("upstream {}", up.name), up.max_connections);
-                    spawn_upstream(listener, up.name.clone(), state, limit, cancel.clone());
-                    self.upstreams.insert(
-                        up.name.clone(),
-                        Bound {
-                            addr: up.bind,
-                            cancel,
-                        },
-                    );
-                }
-                Err(source) => errors.push(BindError {
-                    addr: up.bind,
-                    what: format!("upstream {}", up.name),
-                    source,
-                }),
+            if let Err(e) = self.reconcile_upstream(up, state).await {
+                errors.push(e);
             }
         }
         errors
     }
+
+    async fn reconcile_inbound(
+        &mut self,
+        snapshot: &Snapshot,
+        state: &State,
+    ) -> Result<(), BindError> {
+        let Some(ib) = &snapshot.inbound else {
+            self.inbound = None;
+            return Ok(());
+        };
+        if self.inbound.as_ref().is_some_and(|b| b.addr == ib.bind) {
+            return Ok(());
+        }
+        self.inbound = None;
+        let listener = bind(ib.bind, || "inbound".into()).await?;
+        tracing::info!(addr = %ib.bind, protocol = ?ib.protocol, "inbound listener bound");
+        let cancel = CancellationToken::new();
+        let limit = ConnectionLimit::new("inbound".into(), ib.max_connections);
+        spawn_inbound(listener, state, limit, cancel.clone());
+        self.inbound = Some(Bound {
+            addr: ib.bind,
+            cancel,
+        });
+        Ok(())
+    }
+
+    async fn reconcile_upstream(
+        &mut self,
+        up: &UpstreamConfig,
+        state: &State,
+    ) -> Result<(), BindError> {
+        if self
+            .upstreams
+            .get(&up.name)
+            .is_some_and(|b| b.addr == up.bind)
+        {
+            return Ok(());
+        }
+        self.upstreams.remove(&up.name);
+        let listener = bind(up.bind, || format!("upstream {}", up.name)).await?;
+        tracing::info!(upstream = %up.name, addr = %up.bind, "upstream listener bound");
+        let cancel = CancellationToken::new();
+        let limit = ConnectionLimit::new(format!("upstream {}", up.name), up.max_connections);
+        spawn_upstream(listener, up.name.clone(), state, limit, cancel.clone());
+        let bound = Bound {
+            addr: up.bind,
+            cancel,
+        };
+        self.upstreams.insert(up.name.clone(), bound);
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr, what: impl FnOnce() -> String) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        addr,
+        what: what(),
+        source,
+    })
 }
 
 /// Accepts on the public mTLS listener until `cancel`, at most `limit` connections at
@@ -222,19 +244,12 @@ fn spawn_inbound(
     limit: ConnectionLimit,
     cancel: CancellationToken,
 ) {
-    let accepting = Accepting {
-        limit: Some(limit),
-        cancel,
-        tasks: Some(state.connections.clone()),
-    };
+    let accepting = Accepting::tracked(limit, cancel, state);
+    let failed = |e: &std::io::Error| tracing::warn!(error = %e, "inbound accept failed");
     let app = Arc::new(inbound::LocalApp::default());
     let state = state.clone();
-    tokio::spawn(accept(
-        listener,
-        accepting,
-        |e| tracing::warn!(error = %e, "inbound accept failed"),
-        move |tcp, peer| inbound::handle(tcp, peer, state.clone(), app.clone()),
-    ));
+    let connection = move |tcp, peer| inbound::handle(tcp, peer, state.clone(), app.clone());
+    tokio::spawn(accept(listener, accepting, failed, connection));
 }
 
 /// Accepts for the upstream `name` until `cancel`, at most `limit` connections at a
@@ -246,19 +261,12 @@ fn spawn_upstream(
     limit: ConnectionLimit,
     cancel: CancellationToken,
 ) {
-    let accepting = Accepting {
-        limit: Some(limit),
-        cancel,
-        tasks: Some(state.connections.clone()),
-    };
+    let accepting = Accepting::tracked(limit, cancel, state);
     let upstream = outbound::Upstream::new(name.clone());
+    let failed = move |e: &std::io::Error| tracing::warn!(upstream = %name, error = %e, "upstream accept failed");
     let state = state.clone();
-    tokio::spawn(accept(
-        listener,
-        accepting,
-        move |e| tracing::warn!(upstream = %name, error = %e, "upstream accept failed"),
-        move |app, peer| upstream.connection(app, peer, &state),
-    ));
+    let connection = move |app, peer| upstream.connection(app, peer, &state);
+    tokio::spawn(accept(listener, accepting, failed, connection));
 }
 
 /// Reconciles listeners with every new snapshot. The first reconciliation's bind
