@@ -120,16 +120,7 @@ impl TlsState {
             .inbound
             .as_ref()
             .map_or_else(Vec::new, |ib| alpn(ib.protocol));
-        let wanted: Vec<ClientKey> = snapshot
-            .upstreams
-            .iter()
-            .flat_map(|u| {
-                u.endpoints.iter().map(|e| ClientKey {
-                    expected: e.identity.clone(),
-                    http2: u.protocol.is_http(),
-                })
-            })
-            .collect();
+        let wanted = wanted_clients(snapshot);
         if same_inputs
             && server_alpn == prev.server_alpn
             && wanted.len() == prev.clients.len()
@@ -147,24 +138,8 @@ impl TlsState {
         } else {
             server_config(&anchors, resolver.clone(), provider, &server_alpn, leaf)
         };
-        let mut clients = HashMap::new();
-        for key in wanted {
-            if clients.contains_key(&key) {
-                continue;
-            }
-            let reuse = if same_inputs {
-                prev.clients.get(&key).cloned()
-            } else {
-                None
-            };
-            let config = match reuse {
-                Some(c) => Some(c),
-                None => client_config(&anchors, &key, resolver.clone(), provider),
-            };
-            if let Some(config) = config {
-                clients.insert(key, config);
-            }
-        }
+        let reusable = same_inputs.then_some(&prev.clients);
+        let clients = client_configs(wanted, reusable, &anchors, &resolver, provider);
         Arc::new(TlsState {
             inputs: Some((leaf.clone(), bundle.clone())),
             server_alpn,
@@ -172,6 +147,45 @@ impl TlsState {
             clients,
         })
     }
+}
+
+/// One client config per expected identity and layer of the snapshot's upstreams.
+fn wanted_clients(snapshot: &Snapshot) -> Vec<ClientKey> {
+    snapshot
+        .upstreams
+        .iter()
+        .flat_map(|u| {
+            u.endpoints.iter().map(|e| ClientKey {
+                expected: e.identity.clone(),
+                http2: u.protocol.is_http(),
+            })
+        })
+        .collect()
+}
+
+/// The client configs for `wanted`, taking those in `reusable` (built for the same
+/// leaf and bundle) as they are, so their session stores survive.
+fn client_configs(
+    wanted: Vec<ClientKey>,
+    reusable: Option<&HashMap<ClientKey, Arc<ClientConfig>>>,
+    anchors: &Arc<Anchors>,
+    resolver: &Arc<OurLeaf>,
+    provider: &Arc<CryptoProvider>,
+) -> HashMap<ClientKey, Arc<ClientConfig>> {
+    let mut clients = HashMap::new();
+    for key in wanted {
+        if clients.contains_key(&key) {
+            continue;
+        }
+        let config = match reusable.and_then(|prev| prev.get(&key)) {
+            Some(c) => Some(c.clone()),
+            None => client_config(anchors, &key, resolver.clone(), provider),
+        };
+        if let Some(config) = config {
+            clients.insert(key, config);
+        }
+    }
+    clients
 }
 
 /// Whether configs built from now on resume TLS sessions. A process-wide switch set
