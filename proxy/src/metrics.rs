@@ -340,6 +340,34 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 mod tests {
     use super::*;
 
+    /// The result labels are a contract: dashboards and the end-to-end tests read them.
+    #[test]
+    fn outcome_labels_are_the_published_ones() {
+        let inbound = [
+            (InboundOutcome::Accepted, "accepted"),
+            (InboundOutcome::Probe, "probe"),
+            (InboundOutcome::TlsError, "tls_error"),
+            (InboundOutcome::Denied, "denied"),
+            (InboundOutcome::AppUnreachable, "app_unreachable"),
+        ];
+        for (outcome, label) in inbound {
+            assert_eq!(outcome.label(), label);
+        }
+        let attempts = [
+            (Attempt::Ok, "ok"),
+            (Attempt::NoEndpoints, "no_endpoints"),
+            (Attempt::Failed(DialError::ConnectError), "connect_error"),
+            (Attempt::Failed(DialError::TlsError), "tls_error"),
+            (
+                Attempt::Failed(DialError::IdentityMismatch),
+                "identity_mismatch",
+            ),
+        ];
+        for (attempt, label) in attempts {
+            assert_eq!(attempt.label(), label);
+        }
+    }
+
     fn active_inbound(handle: &PrometheusHandle) -> f64 {
         handle
             .render()
