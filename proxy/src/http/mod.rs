@@ -107,6 +107,17 @@ pub async fn serve_to_end<I, S, B>(
     }
 }
 
+/// Waits for `answer`, at most `limit` when there is one; `None` when it ran out.
+pub async fn within<T>(
+    limit: Option<std::time::Duration>,
+    answer: impl Future<Output = T>,
+) -> Option<T> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, answer).await.ok(),
+        None => Some(answer.await),
+    }
+}
+
 /// Envoy's mapping of an HTTP status it generates to the gRPC status it sends instead.
 fn grpc_status(status: StatusCode) -> u8 {
     match status.as_u16() {

@@ -25,13 +25,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use super::authorize::authorize;
+use crate::State;
 use crate::authz;
 use crate::http::{
     DENIED_BODY, RequestGuard, ResponseBody, XFCC, is_grpc, local_reply, rebuild_uri,
-    requested_authority, strip_hop_by_hop,
+    requested_authority, strip_hop_by_hop, within,
 };
 use crate::metrics::{Direction, Layer};
 
@@ -120,16 +120,16 @@ pub(super) async fn serve_connection<S>(
     stream: S,
     protocol: Protocol,
     caller: Caller,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
+    state: State,
     app: Arc<LocalApp>,
-    draining: CancellationToken,
     idle: impl Future<Output = ()>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let draining = state.draining;
     let conn = Arc::new(Connection {
         caller,
-        snapshots,
+        snapshots: state.snapshots,
         app,
     });
     let service = service_fn(move |req| {
@@ -225,10 +225,7 @@ async fn forward(
         *req.version_mut() = Version::HTTP_11;
     }
     let sent = app.client(inbound).request(req);
-    let answered = match inbound.local_request_timeout {
-        Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
-        None => Some(sent.await),
-    };
+    let answered = within(inbound.local_request_timeout, sent).await;
     match answered {
         Some(Ok(mut response)) => {
             strip_hop_by_hop(response.headers_mut());

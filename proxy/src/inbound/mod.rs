@@ -61,30 +61,13 @@ pub(crate) async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, a
         guard.set_result(InboundOutcome::Accepted);
         let caller = http::Caller::new(caller, &id.to_uri(), &our_uri(&snapshot), &cert);
         let tls = Metered::new(tls, guard.bytes());
-        let (snapshots, draining) = (state.snapshots.clone(), state.draining.clone());
         // Boxed, so that the tasks of L4 connections are not sized for this branch.
-        let serve = http::serve_connection(
-            tls,
-            inbound.protocol,
-            caller,
-            snapshots,
-            app,
-            draining,
-            idle,
-        );
+        let serve = http::serve_connection(tls, inbound.protocol, caller, state, app, idle);
         return Box::pin(serve).await;
     }
 
     let intentions = snapshot.intentions.clone();
-    let verdict = authorize::authorize(Layer::L4, intentions.as_deref(), &caller, None);
-    if !verdict.allowed() {
-        tracing::debug!(
-            %peer,
-            caller = %id,
-            reason = verdict.reason(),
-            intention = %verdict.governed_by(),
-            "denied by intentions"
-        );
+    if !decide(intentions.as_deref(), &caller, peer, &id) {
         guard.set_result(InboundOutcome::Denied);
         return refuse(tls).await;
     }
@@ -158,6 +141,26 @@ fn our_uri(snapshot: &Snapshot) -> String {
         .as_ref()
         .map(|leaf| leaf.id.to_uri())
         .unwrap_or_default()
+}
+
+/// The L4 decision: may this caller's connection reach the app at all.
+fn decide(
+    intentions: Option<&Intentions>,
+    caller: &Peer,
+    peer: SocketAddr,
+    id: &ServiceId,
+) -> bool {
+    let verdict = authorize::authorize(Layer::L4, intentions, caller, None);
+    if !verdict.allowed() {
+        tracing::debug!(
+            %peer,
+            caller = %id,
+            reason = verdict.reason(),
+            intention = %verdict.governed_by(),
+            "denied by intentions"
+        );
+    }
+    verdict.allowed()
 }
 
 /// Closes a denied connection with close_notify, so the caller sees a clean close

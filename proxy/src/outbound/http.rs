@@ -34,7 +34,7 @@ use crate::State;
 use crate::balance::Balancer;
 use crate::http::{
     RequestError, RequestGuard, ResponseBody, XFCC, is_grpc, local_reply, rebuild_uri,
-    requested_authority, strip_hop_by_hop,
+    requested_authority, strip_hop_by_hop, within,
 };
 use crate::limits::Watched;
 use crate::metrics::{self, Attempt, ConnGuard, DialError, Direction, Metered};
@@ -234,10 +234,7 @@ async fn send(
             continue;
         };
         let sent = sender.try_send_request(req);
-        let answered = match upstream.request_timeout {
-            Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
-            None => Some(sent.await),
-        };
+        let answered = within(upstream.request_timeout, sent).await;
         match answered {
             Some(Ok(mut response)) => {
                 strip_hop_by_hop(response.headers_mut());
