@@ -86,3 +86,71 @@ pub(crate) fn authorize<'a>(
     metrics::authz_decision(layer, verdict.allowed(), &caller.service);
     verdict
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrule_control::api::intentions::ServiceIntentionsEntry;
+    use ferrule_control::identity::ServiceId;
+    use ferrule_control::intentions::{Action, Destination};
+    use http::HeaderMap;
+
+    fn intentions(sources: &str) -> Intentions {
+        let json = format!(
+            r#"[{{ "Kind": "service-intentions", "Name": "api", "Sources": [{sources}] }}]"#
+        );
+        let entries: Vec<ServiceIntentionsEntry> = serde_json::from_str(&json).unwrap();
+        let api = Destination::new("default", "default", "api");
+        Intentions::from_config_entries(&entries, api, Action::Deny).unwrap()
+    }
+
+    fn caller(service: &str) -> Peer {
+        Peer::from(&ServiceId::new("example.consul", "default", "dc1", service))
+    }
+
+    #[test]
+    fn a_denial_names_its_reason_and_the_intention_that_governed() {
+        let ixns = intentions(r#"{ "Name": "web", "Action": "deny" }"#);
+        let denied = decide(Some(&ixns), &caller("web"), None);
+        assert!(!denied.allowed());
+        assert_eq!(denied.reason(), "matched_l4");
+        assert_eq!(
+            denied.governed_by().to_string(),
+            ixns.rules()[0].to_string()
+        );
+        assert_eq!(denied.permission(), None);
+
+        let stranger = decide(Some(&ixns), &caller("db"), None);
+        assert!(!stranger.allowed());
+        assert_eq!(stranger.reason(), "default");
+        assert_eq!(stranger.governed_by().to_string(), "-");
+
+        let unloaded = decide(None, &caller("web"), None);
+        assert!(!unloaded.allowed());
+        assert_eq!(unloaded.reason(), "no_intentions");
+    }
+
+    #[test]
+    fn an_l7_decision_names_the_permission_that_decided() {
+        let ixns = intentions(
+            r#"{ "Name": "web", "Permissions": [
+                { "Action": "allow", "HTTP": { "PathPrefix": "/public/" } },
+                { "Action": "deny", "HTTP": { "PathPrefix": "/admin/" } }
+            ] }"#,
+        );
+        let headers = HeaderMap::new();
+        let request = authz::Request {
+            method: "GET",
+            path: "/admin/users",
+            headers: &headers,
+        };
+        let denied = decide(Some(&ixns), &caller("web"), Some(&request));
+        assert!(!denied.allowed());
+        assert_eq!(denied.reason(), "matched_permission");
+        assert_eq!(denied.permission(), Some(1));
+        assert_eq!(
+            denied.governed_by().to_string(),
+            ixns.rules()[0].to_string()
+        );
+    }
+}
