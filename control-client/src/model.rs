@@ -203,6 +203,11 @@ impl Snapshot {
             && self.leaf.is_some()
             && (self.inbound.is_none() || self.intentions.is_some())
     }
+
+    /// The upstream listener named `name`, if this snapshot still has one.
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,9 @@
 //! The admin listener: `/metrics` (Prometheus text), `/ready`, `/config`.
 //!
 //! It is bound before anything else, so `/ready` answers 503 from the first moment and
-//! turns 200 only when the snapshot is complete and every listener is bound.
+//! turns 200 only when the snapshot is complete, every listener is bound (as
+//! `listeners::Listening` reports) and the TLS configs are built. It accepts through
+//! the same loop as the other listeners, without their limit or drain tracking.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,40 +17,11 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
-use parking_lot::Mutex;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-/// The last snapshot the listeners were reconciled to, and whether every listener it
-/// asks for is bound. Readiness is judged on this, not on the newest snapshot, so it
-/// never runs ahead of the listeners (and never flaps while they catch up).
-/// Once draining, it stays not ready for good.
-#[derive(Clone, Default)]
-pub struct Listening(Arc<Mutex<ListeningState>>);
-
-#[derive(Clone, Default)]
-struct ListeningState {
-    snapshot: Arc<Snapshot>,
-    all_bound: bool,
-    draining: bool,
-}
-
-impl Listening {
-    pub fn set(&self, snapshot: Arc<Snapshot>, all_bound: bool) {
-        let mut state = self.0.lock();
-        state.snapshot = snapshot;
-        state.all_bound = all_bound;
-    }
-
-    /// The process is shutting down: load balancers and health checks must look away.
-    pub fn drain(&self) {
-        self.0.lock().draining = true;
-    }
-
-    fn get(&self) -> ListeningState {
-        self.0.lock().clone()
-    }
-}
+use crate::listeners::{Accepting, Listening, accept};
 
 #[derive(Clone)]
 pub struct Admin {
@@ -60,30 +33,31 @@ pub struct Admin {
     pub tls: watch::Receiver<Arc<crate::tls::TlsState>>,
 }
 
-/// Serves until the process ends.
+/// Serves until the process ends (the caller aborts it), any number of connections at
+/// once, none of them tracked for a drain: `/ready` must answer while draining.
 pub async fn serve(listener: TcpListener, admin: Admin) {
-    loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    let accepting = Accepting {
+        limit: None,
+        cancel: CancellationToken::new(),
+        tasks: None,
+    };
+    let failed = |e: &std::io::Error| tracing::warn!(error = %e, "admin accept failed");
+    accept(listener, accepting, failed, |tcp, _| {
+        serve_connection(tcp, admin.clone())
+    })
+    .await;
+}
+
+async fn serve_connection(tcp: TcpStream, admin: Admin) {
+    let service = service_fn(move |req| {
         let admin = admin.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&admin, &req)) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await
-            {
-                tracing::debug!(error = %e, "admin connection ended");
-            }
-        });
+        async move { Ok::<_, Infallible>(route(&admin, &req)) }
+    });
+    if let Err(e) = http1::Builder::new()
+        .serve_connection(TokioIo::new(tcp), service)
+        .await
+    {
+        tracing::debug!(error = %e, "admin connection ended");
     }
 }
 

@@ -2,13 +2,22 @@
 //! one service, proves who is on the other end by SPIFFE ID, and enforces Consul's
 //! intentions.
 //!
-//! Where things live: `tls` (SVID verification, rustls configs), `inbound` (the public
-//! mTLS listener: where a connection is authorized), `outbound` (upstream listeners), `balance`
-//! (which endpoint to dial),
-//! `authz` (the pure intentions decision), `http` (L7: request-by-request
-//! serving, both directions), `listeners` (binding what the snapshot asks
-//! for), `limits` (connection limits, idle timeouts), `admin` (`/metrics`, `/ready`, `/config`), `metrics` (names and the
-//! per-connection guard), `splice` (moving bytes).
+//! Where things live, by direction first:
+//! - `inbound/`: the public mTLS listener's connections: `mod.rs` the pipeline
+//!   (handshake -> identity -> L7 serving, or decide -> dial the app -> splice until
+//!   revoked), `authorize.rs` where a caller is authorized and a denial says why,
+//!   `http.rs` request-by-request serving to the local app.
+//! - `outbound/`: the upstream listeners' connections: `mod.rs` L4 (dial, splice),
+//!   `dial.rs` the one dial-and-record both layers use, `http.rs` the app's requests
+//!   over pooled mesh connections.
+//! - beneath both: `http/` (what both directions' HTTP shares: local replies,
+//!   hop-by-hop headers, path normalization, the request guard), `tls/` (configs and
+//!   sessions; `verify.rs` the SVID verifiers), `authz` (the pure intentions decision),
+//!   `balance` (which endpoint to dial), `limits` (connection limits, idle timeouts),
+//!   `splice` (moving bytes), `metrics` (names, typed outcomes and their labels, the
+//!   per-connection guard).
+//! - above them: `listeners` (binding what the snapshot asks for, the one accept loop),
+//!   `admin` (`/metrics`, `/ready`, `/config`).
 
 pub mod admin;
 pub mod authz;
@@ -88,7 +97,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
 ) -> anyhow::Result<()> {
-    let listening = admin::Listening::default();
+    let listening = listeners::Listening::default();
     // Everything spawned here stops when this returns, so nothing keeps following the
     // source: a process running several sidecars (`ferrule demo`) can stop one cleanly.
     let (tls, _tls_task) = spawn_tls(snapshots.clone(), provider);

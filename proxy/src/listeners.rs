@@ -1,4 +1,6 @@
-//! Keeps the bound listeners equal to what the current snapshot asks for.
+//! The listeners: keeps the bound ones equal to what the current snapshot asks for,
+//! runs the one accept loop every listener uses (inbound, upstreams and admin), and
+//! publishes what is bound for `/ready`.
 //!
 //! A listener that appears is bound, one that moves is rebound, one that disappears is
 //! closed; connections it already accepted carry on. A bind that fails is retried, and
@@ -9,16 +11,129 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrule_control::model::Snapshot;
-use tokio::net::TcpListener;
+use ferrule_control::model::{Snapshot, UpstreamConfig};
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::State;
-use crate::admin::Listening;
 use crate::limits::ConnectionLimit;
 use crate::{inbound, metrics, outbound};
 
 const RETRY_BIND: Duration = Duration::from_secs(2);
+
+/// How long a listener waits after a failed accept before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How one listener's accepted connections are admitted and run.
+pub struct Accepting {
+    /// At most this many connections at a time, acquired before each accept; `None`:
+    /// no limit (the admin listener).
+    pub limit: Option<ConnectionLimit>,
+    /// Stops accepting. Established connections are not tied to the listener and
+    /// outlive it.
+    pub cancel: CancellationToken,
+    /// Where the connections' tasks are tracked, so a drain can wait for them; `None`:
+    /// spawned untracked (the admin listener).
+    pub tasks: Option<TaskTracker>,
+}
+
+impl Accepting {
+    /// A mesh-facing listener's: limited, its connections tracked for a drain.
+    fn tracked(limit: ConnectionLimit, cancel: CancellationToken, state: &State) -> Accepting {
+        Accepting {
+            limit: Some(limit),
+            cancel,
+            tasks: Some(state.connections.clone()),
+        }
+    }
+}
+
+/// The accept loop: until cancelled, waits for room under the limit, accepts, and
+/// spawns `connection(tcp, peer)` holding that room until it ends. A failed accept
+/// (typically EMFILE) is reported to `failed` and followed by a short back-off instead
+/// of spinning on the error.
+pub async fn accept<C, F>(
+    listener: TcpListener,
+    accepting: Accepting,
+    failed: impl Fn(&std::io::Error),
+    mut connection: C,
+) where
+    C: FnMut(TcpStream, SocketAddr) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let Accepting {
+        limit,
+        cancel,
+        tasks,
+    } = accepting;
+    loop {
+        let room = match &limit {
+            Some(limit) => {
+                let room = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    room = limit.acquire() => room,
+                };
+                let Some(room) = room else { return };
+                Some(room)
+            }
+            None => None,
+        };
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let served = connection(tcp, peer);
+                let task = async move {
+                    let _room = room;
+                    served.await;
+                };
+                match &tasks {
+                    Some(tasks) => drop(tasks.spawn(task)),
+                    None => drop(tokio::spawn(task)),
+                }
+            }
+            Err(e) => {
+                failed(&e);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// The last snapshot the listeners were reconciled to, and whether every listener it
+/// asks for is bound. Readiness is judged on this, not on the newest snapshot, so it
+/// never runs ahead of the listeners (and never flaps while they catch up).
+/// Once draining, it stays not ready for good.
+#[derive(Clone, Default)]
+pub struct Listening(Arc<Mutex<ListeningState>>);
+
+#[derive(Clone, Default)]
+pub struct ListeningState {
+    pub snapshot: Arc<Snapshot>,
+    pub all_bound: bool,
+    pub draining: bool,
+}
+
+impl Listening {
+    pub fn set(&self, snapshot: Arc<Snapshot>, all_bound: bool) {
+        let mut state = self.0.lock();
+        state.snapshot = snapshot;
+        state.all_bound = all_bound;
+    }
+
+    /// The process is shutting down: load balancers and health checks must look away.
+    pub fn drain(&self) {
+        self.0.lock().draining = true;
+    }
+
+    pub fn get(&self) -> ListeningState {
+        self.0.lock().clone()
+    }
+}
 
 struct Bound {
     addr: SocketAddr,
@@ -48,77 +163,110 @@ pub struct BindError {
 impl Listeners {
     async fn reconcile(&mut self, snapshot: &Snapshot, state: &State) -> Vec<BindError> {
         let mut errors = Vec::new();
-        match &snapshot.inbound {
-            Some(ib) if self.inbound.as_ref().is_some_and(|b| b.addr == ib.bind) => {}
-            Some(ib) => {
-                self.inbound = None;
-                match TcpListener::bind(ib.bind).await {
-                    Ok(listener) => {
-                        tracing::info!(addr = %ib.bind, protocol = ?ib.protocol, "inbound listener bound");
-                        let cancel = CancellationToken::new();
-                        let limit = ConnectionLimit::new("inbound".into(), ib.max_connections);
-                        tokio::spawn(inbound::serve(
-                            listener,
-                            state.clone(),
-                            limit,
-                            cancel.clone(),
-                        ));
-                        self.inbound = Some(Bound {
-                            addr: ib.bind,
-                            cancel,
-                        });
-                    }
-                    Err(source) => errors.push(BindError {
-                        addr: ib.bind,
-                        what: "inbound".into(),
-                        source,
-                    }),
-                }
-            }
-            None => self.inbound = None,
+        if let Err(e) = self.reconcile_inbound(snapshot, state).await {
+            errors.push(e);
         }
-
         self.upstreams
-            .retain(|name, _| snapshot.upstreams.iter().any(|u| &u.name == name));
+            .retain(|name, _| snapshot.upstream(name).is_some());
         for up in &snapshot.upstreams {
-            if self
-                .upstreams
-                .get(&up.name)
-                .is_some_and(|b| b.addr == up.bind)
-            {
-                continue;
-            }
-            self.upstreams.remove(&up.name);
-            match TcpListener::bind(up.bind).await {
-                Ok(listener) => {
-                    tracing::info!(upstream = %up.name, addr = %up.bind, "upstream listener bound");
-                    let cancel = CancellationToken::new();
-                    let limit =
-                        ConnectionLimit::new(format!("upstream {}", up.name), up.max_connections);
-                    tokio::spawn(outbound::serve(
-                        listener,
-                        up.name.clone(),
-                        state.clone(),
-                        limit,
-                        cancel.clone(),
-                    ));
-                    self.upstreams.insert(
-                        up.name.clone(),
-                        Bound {
-                            addr: up.bind,
-                            cancel,
-                        },
-                    );
-                }
-                Err(source) => errors.push(BindError {
-                    addr: up.bind,
-                    what: format!("upstream {}", up.name),
-                    source,
-                }),
+            if let Err(e) = self.reconcile_upstream(up, state).await {
+                errors.push(e);
             }
         }
         errors
     }
+
+    async fn reconcile_inbound(
+        &mut self,
+        snapshot: &Snapshot,
+        state: &State,
+    ) -> Result<(), BindError> {
+        let Some(ib) = &snapshot.inbound else {
+            self.inbound = None;
+            return Ok(());
+        };
+        if self.inbound.as_ref().is_some_and(|b| b.addr == ib.bind) {
+            return Ok(());
+        }
+        self.inbound = None;
+        let listener = bind(ib.bind, || "inbound".into()).await?;
+        tracing::info!(addr = %ib.bind, protocol = ?ib.protocol, "inbound listener bound");
+        let cancel = CancellationToken::new();
+        let limit = ConnectionLimit::new("inbound".into(), ib.max_connections);
+        spawn_inbound(listener, state, limit, cancel.clone());
+        self.inbound = Some(Bound {
+            addr: ib.bind,
+            cancel,
+        });
+        Ok(())
+    }
+
+    async fn reconcile_upstream(
+        &mut self,
+        up: &UpstreamConfig,
+        state: &State,
+    ) -> Result<(), BindError> {
+        if self
+            .upstreams
+            .get(&up.name)
+            .is_some_and(|b| b.addr == up.bind)
+        {
+            return Ok(());
+        }
+        self.upstreams.remove(&up.name);
+        let listener = bind(up.bind, || format!("upstream {}", up.name)).await?;
+        tracing::info!(upstream = %up.name, addr = %up.bind, "upstream listener bound");
+        let cancel = CancellationToken::new();
+        let limit = ConnectionLimit::new(format!("upstream {}", up.name), up.max_connections);
+        spawn_upstream(listener, up.name.clone(), state, limit, cancel.clone());
+        let bound = Bound {
+            addr: up.bind,
+            cancel,
+        };
+        self.upstreams.insert(up.name.clone(), bound);
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr, what: impl FnOnce() -> String) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        addr,
+        what: what(),
+        source,
+    })
+}
+
+/// Accepts on the public mTLS listener until `cancel`, at most `limit` connections at
+/// a time.
+fn spawn_inbound(
+    listener: TcpListener,
+    state: &State,
+    limit: ConnectionLimit,
+    cancel: CancellationToken,
+) {
+    let accepting = Accepting::tracked(limit, cancel, state);
+    let failed = |e: &std::io::Error| tracing::warn!(error = %e, "inbound accept failed");
+    let app = Arc::new(inbound::LocalApp::default());
+    let state = state.clone();
+    let connection = move |tcp, peer| inbound::handle(tcp, peer, state.clone(), app.clone());
+    tokio::spawn(accept(listener, accepting, failed, connection));
+}
+
+/// Accepts for the upstream `name` until `cancel`, at most `limit` connections at a
+/// time.
+fn spawn_upstream(
+    listener: TcpListener,
+    name: String,
+    state: &State,
+    limit: ConnectionLimit,
+    cancel: CancellationToken,
+) {
+    let accepting = Accepting::tracked(limit, cancel, state);
+    let upstream = outbound::Upstream::new(name.clone());
+    let failed = move |e: &std::io::Error| tracing::warn!(upstream = %name, error = %e, "upstream accept failed");
+    let state = state.clone();
+    let connection = move |app, peer| upstream.connection(app, peer, &state);
+    tokio::spawn(accept(listener, accepting, failed, connection));
 }
 
 /// Reconciles listeners with every new snapshot. The first reconciliation's bind

@@ -1,5 +1,7 @@
-//! Metric names (a contract, see DESIGN.md), the per-connection guard that owns a
-//! connection's metrics and its one access-log line, and a byte-counting stream.
+//! Metric names and labels (a contract: dashboards and alerts read them, so they never
+//! change), the typed outcomes whose `label()` is the only place a result label is
+//! written, the per-connection guard that owns a connection's metrics and its one
+//! access-log line, and a byte-counting stream.
 
 use std::io;
 use std::pin::Pin;
@@ -65,6 +67,78 @@ impl Direction {
     }
 }
 
+/// What an inbound connection came to: its `result` on `ferrule_inbound_connections_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboundOutcome {
+    /// Let in: spliced to the app, or served request by request (L7).
+    Accepted,
+    /// Closed without sending a byte: a TCP health check.
+    Probe,
+    /// No handshake, a failed or timed-out one, or no usable SVID after it.
+    TlsError,
+    /// The intentions deny this caller.
+    Denied,
+    /// Allowed, but the local app could not be reached.
+    AppUnreachable,
+}
+
+impl InboundOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            InboundOutcome::Accepted => "accepted",
+            InboundOutcome::Probe => "probe",
+            InboundOutcome::TlsError => "tls_error",
+            InboundOutcome::Denied => "denied",
+            InboundOutcome::AppUnreachable => "app_unreachable",
+        }
+    }
+}
+
+/// Why dialing one upstream endpoint failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DialError {
+    /// No TCP connection within the connect timeout (or no handshake in it either).
+    #[error("connect error")]
+    ConnectError,
+    /// The handshake failed, no config to make one with, or a resumed session of an
+    /// expired certificate.
+    #[error("TLS error")]
+    TlsError,
+    /// A valid mesh member, but not the identity the endpoint is registered as.
+    #[error("identity mismatch")]
+    IdentityMismatch,
+}
+
+impl DialError {
+    pub fn label(self) -> &'static str {
+        match self {
+            DialError::ConnectError => "connect_error",
+            DialError::TlsError => "tls_error",
+            DialError::IdentityMismatch => "identity_mismatch",
+        }
+    }
+}
+
+/// One outbound attempt: its `result` on `ferrule_outbound_connections_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// Connected and proven to be the expected identity.
+    Ok,
+    /// The upstream has no endpoint to try.
+    NoEndpoints,
+    Failed(DialError),
+}
+
+impl Attempt {
+    pub fn label(self) -> &'static str {
+        match self {
+            Attempt::Ok => "ok",
+            Attempt::NoEndpoints => "no_endpoints",
+            Attempt::Failed(e) => e.label(),
+        }
+    }
+}
+
 /// Which question an authorization decision answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layer {
@@ -109,8 +183,8 @@ pub fn connections_limited(listener: &str) {
 }
 
 /// Counts one outbound dial attempt (or a request that found no endpoint to dial).
-pub fn outbound_attempt(upstream: &str, result: &'static str) {
-    counter!(OUTBOUND_CONNECTIONS, "upstream" => upstream.to_owned(), "result" => result)
+pub fn outbound_attempt(upstream: &str, result: Attempt) {
+    counter!(OUTBOUND_CONNECTIONS, "upstream" => upstream.to_owned(), "result" => result.label())
         .increment(1);
 }
 
@@ -152,24 +226,19 @@ impl ConnGuard {
         }
     }
 
-    /// Counts an inbound connection under `result`. Only the first call counts.
-    pub fn set_result(&mut self, result: &'static str) {
+    /// Counts an inbound connection under `outcome`. Only the first call counts.
+    pub fn set_result(&mut self, outcome: InboundOutcome) {
         if self.result.is_some() {
             return;
         }
-        self.result = Some(result);
-        counter!(INBOUND_CONNECTIONS, "result" => result).increment(1);
-    }
-
-    /// Counts a listener reaching its connection limit (the next connection waits).
-    pub fn connections_limited(listener: &str) {
-        counter!(CONNECTIONS_LIMITED, "listener" => listener.to_owned()).increment(1);
+        self.result = Some(outcome.label());
+        counter!(INBOUND_CONNECTIONS, "result" => outcome.label()).increment(1);
     }
 
     /// Counts one outbound dial attempt; an app connection may take several, one per
     /// endpoint tried, and the last one is what its log line reports.
-    pub fn attempt(&mut self, result: &'static str) {
-        self.result = Some(result);
+    pub fn attempt(&mut self, result: Attempt) {
+        self.result = Some(result.label());
         outbound_attempt(self.upstream.as_deref().unwrap_or_default(), result);
     }
 
@@ -270,6 +339,34 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The result labels are a contract: dashboards and the end-to-end tests read them.
+    #[test]
+    fn outcome_labels_are_the_published_ones() {
+        let inbound = [
+            (InboundOutcome::Accepted, "accepted"),
+            (InboundOutcome::Probe, "probe"),
+            (InboundOutcome::TlsError, "tls_error"),
+            (InboundOutcome::Denied, "denied"),
+            (InboundOutcome::AppUnreachable, "app_unreachable"),
+        ];
+        for (outcome, label) in inbound {
+            assert_eq!(outcome.label(), label);
+        }
+        let attempts = [
+            (Attempt::Ok, "ok"),
+            (Attempt::NoEndpoints, "no_endpoints"),
+            (Attempt::Failed(DialError::ConnectError), "connect_error"),
+            (Attempt::Failed(DialError::TlsError), "tls_error"),
+            (
+                Attempt::Failed(DialError::IdentityMismatch),
+                "identity_mismatch",
+            ),
+        ];
+        for (attempt, label) in attempts {
+            assert_eq!(attempt.label(), label);
+        }
+    }
 
     fn active_inbound(handle: &PrometheusHandle) -> f64 {
         handle

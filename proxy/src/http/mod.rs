@@ -1,17 +1,12 @@
-//! L7: listeners whose protocol is `http`, `http2` or `grpc` are served request by
-//! request instead of spliced.
-//!
-//! `inbound` authorizes each request from the mesh against the intentions and forwards
-//! it to the local app over a pooled client; `outbound` carries the app's requests to
-//! the destination's sidecars over a pool of mTLS HTTP/2 connections; `normalize` gives
-//! every path the one form that rules are matched against. This module holds what both
-//! directions share: the local replies (Envoy's, so callers cannot tell the proxies
-//! apart), hop-by-hop header handling, and the per-request guard that owns a request's
-//! metrics.
+//! L7, what both directions share: listeners whose protocol is `http`, `http2` or
+//! `grpc` are served request by request instead of spliced, the inbound side by
+//! `crate::inbound`'s `http` and the outbound side by `crate::outbound`'s. This module
+//! depends on neither; it holds the server both use, the local replies (Envoy's, so
+//! callers cannot tell the proxies apart), hop-by-hop header handling, the URI rebuilt
+//! with `normalize`'s one form of a path (the form rules are matched against), and the
+//! per-request guard that owns a request's metrics.
 
-pub mod inbound;
 pub mod normalize;
-pub mod outbound;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -109,6 +104,17 @@ pub async fn serve_to_end<I, S, B>(
     };
     if let Err(e) = served {
         tracing::debug!(direction = direction.as_str(), error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// Waits for `answer`, at most `limit` when there is one; `None` when it ran out.
+pub async fn within<T>(
+    limit: Option<std::time::Duration>,
+    answer: impl Future<Output = T>,
+) -> Option<T> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, answer).await.ok(),
+        None => Some(answer.await),
     }
 }
 

@@ -1,20 +1,22 @@
-//! The public listener's L7 side: after the mTLS handshake, each HTTP request from the
-//! caller is authorized on its own and forwarded to the local app.
+//! The inbound direction's L7 side: after the mTLS handshake, each HTTP request from
+//! the caller is authorized on its own and forwarded to the local app.
 //!
 //! Per request: normalize the path -> set `X-Forwarded-Client-Cert` -> decide with the
 //! newest intentions (so an update applies to the next request on every open
 //! connection) -> 403 / gRPC PERMISSION_DENIED, or forward over the pooled client to
-//! the app. The connection stays up after a denial.
+//! the app. The connection stays up after a denial. What both directions share (local
+//! replies, hop-by-hop headers, the request guard) is `crate::http`'s.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use ferrule_control::intentions::Peer;
 use ferrule_control::model::{InboundConfig, Protocol, Snapshot};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::Either;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -23,27 +25,33 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-use super::{
-    DENIED_BODY, RequestGuard, ResponseBody, XFCC, is_grpc, local_reply, rebuild_uri,
-    requested_authority, strip_hop_by_hop,
-};
+use super::authorize::authorize;
+use crate::State;
 use crate::authz;
-use crate::metrics::{self, Direction, Layer};
+use crate::http::{
+    DENIED_BODY, RequestGuard, ResponseBody, XFCC, is_grpc, local_reply, rebuild_uri,
+    requested_authority, strip_hop_by_hop, within,
+};
+use crate::metrics::{Direction, Layer};
 
 /// How long an idle pooled connection to the app is kept.
 const APP_POOL_IDLE: Duration = Duration::from_secs(60);
 
 /// Who is calling on one mTLS connection, worked out once at the handshake.
-pub struct Caller {
-    pub peer: Peer,
+pub(super) struct Caller {
+    pub(super) peer: Peer,
     /// `By=<our ID>;Hash=<SHA-256 of the caller's certificate>;URI=<the caller's ID>`.
-    pub xfcc: HeaderValue,
+    pub(super) xfcc: HeaderValue,
 }
 
 impl Caller {
-    pub fn new(peer: Peer, caller_uri: &str, our_uri: &str, caller_cert_der: &[u8]) -> Caller {
+    pub(super) fn new(
+        peer: Peer,
+        caller_uri: &str,
+        our_uri: &str,
+        caller_cert_der: &[u8],
+    ) -> Caller {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, caller_cert_der);
         let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         let value = format!("By={our_uri};Hash={hash};URI={caller_uri}");
@@ -108,31 +116,32 @@ struct Connection {
 /// Serves HTTP on one authenticated connection until the caller closes it, or until
 /// a drain or `idle` has let its requests in flight finish. For `http` the caller may speak
 /// HTTP/1.1 or HTTP/2 (as ALPN chose); `http2` and `grpc` speak only HTTP/2.
-pub async fn serve_connection<S>(
+pub(super) async fn serve_connection<S>(
     stream: S,
     protocol: Protocol,
     caller: Caller,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
+    state: State,
     app: Arc<LocalApp>,
-    draining: CancellationToken,
     idle: impl Future<Output = ()>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let draining = state.draining;
     let conn = Arc::new(Connection {
         caller,
-        snapshots,
+        snapshots: state.snapshots,
         app,
     });
     let service = service_fn(move |req| {
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(req, &conn).await) }
     });
-    let builder = super::server(protocol);
+    let builder = crate::http::server(protocol);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
-    super::serve_to_end(connection, &draining, idle, Direction::Inbound).await;
+    crate::http::serve_to_end(connection, &draining, idle, Direction::Inbound).await;
 }
 
+/// One request: rebuilt for the app, decided, then forwarded or refused.
 async fn handle(mut req: Request<Incoming>, conn: &Connection) -> Response<ResponseBody> {
     let guard = RequestGuard::new(Direction::Inbound, &req);
     let grpc = is_grpc(&req);
@@ -155,33 +164,58 @@ async fn handle(mut req: Request<Incoming>, conn: &Connection) -> Response<Respo
             ));
         }
     };
+    present_caller(&mut req, &conn.caller);
+    if !permitted(&req, uri.path(), &snapshot, &conn.caller) {
+        return guard.respond(local_reply(StatusCode::FORBIDDEN, DENIED_BODY, grpc));
+    }
+    *req.uri_mut() = uri;
+    guard.respond(forward(req, inbound, &conn.app, grpc).await)
+}
 
-    // What the rules see is what the app will get: our client certificate header, and
-    // the authority as `Host` whichever HTTP version carried it.
-    let authority = requested_authority(&req);
+/// What the rules see is what the app will get: our client certificate header, and
+/// the authority as `Host` whichever HTTP version carried it.
+fn present_caller(req: &mut Request<Incoming>, caller: &Caller) {
+    let authority = requested_authority(req);
     let headers = req.headers_mut();
-    headers.insert(XFCC, conn.caller.xfcc.clone());
+    headers.insert(XFCC, caller.xfcc.clone());
     if let Some(host) = authority
         .as_deref()
         .and_then(|a| HeaderValue::from_str(a).ok())
     {
         headers.insert(header::HOST, host);
     }
-    let allowed = snapshot.intentions.as_deref().is_some_and(|ixns| {
-        let request = authz::Request {
-            method: req.method().as_str(),
-            path: uri.path(),
-            headers: req.headers(),
-        };
-        authz::decide(ixns, &conn.caller.peer, Some(&request)).allowed
-    });
-    metrics::authz_decision(Layer::L7, allowed, &conn.caller.peer.service);
-    if !allowed {
-        tracing::debug!(caller = %conn.caller.peer.service, path = uri.path(), "request denied by intentions");
-        return guard.respond(local_reply(StatusCode::FORBIDDEN, DENIED_BODY, grpc));
-    }
+}
 
-    *req.uri_mut() = uri;
+/// Whether the newest intentions let `caller` make this request (`path` normalized).
+fn permitted(req: &Request<Incoming>, path: &str, snapshot: &Snapshot, caller: &Caller) -> bool {
+    let request = authz::Request {
+        method: req.method().as_str(),
+        path,
+        headers: req.headers(),
+    };
+    let intentions = snapshot.intentions.as_deref();
+    let verdict = authorize(Layer::L7, intentions, &caller.peer, Some(&request));
+    if !verdict.allowed() {
+        tracing::debug!(
+            caller = %caller.peer.service,
+            path,
+            reason = verdict.reason(),
+            intention = %verdict.governed_by(),
+            permission = verdict.permission(),
+            "request denied by intentions"
+        );
+    }
+    verdict.allowed()
+}
+
+/// Sends an allowed request to the app over the pooled client, within the local
+/// request timeout; the app's failures become Envoy's local replies.
+async fn forward(
+    mut req: Request<Incoming>,
+    inbound: &InboundConfig,
+    app: &LocalApp,
+    grpc: bool,
+) -> Response<Either<Incoming, Full<Bytes>>> {
     strip_hop_by_hop(req.headers_mut());
     if inbound.protocol.is_http2_only() {
         // `:authority` names the app; a `Host` that differed would break HTTP/2's rule.
@@ -190,31 +224,28 @@ async fn handle(mut req: Request<Incoming>, conn: &Connection) -> Response<Respo
     } else {
         *req.version_mut() = Version::HTTP_11;
     }
-    let sent = conn.app.client(inbound).request(req);
-    let answered = match inbound.local_request_timeout {
-        Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
-        None => Some(sent.await),
-    };
+    let sent = app.client(inbound).request(req);
+    let answered = within(inbound.local_request_timeout, sent).await;
     match answered {
         Some(Ok(mut response)) => {
             strip_hop_by_hop(response.headers_mut());
-            guard.respond(response.map(Either::Left))
+            response.map(Either::Left)
         }
         Some(Err(e)) => {
             tracing::warn!(app = %inbound.local_app, error = %e, "local app request failed");
-            guard.respond(local_reply(
+            local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream connect error",
                 grpc,
-            ))
+            )
         }
         None => {
             tracing::warn!(app = %inbound.local_app, "local app did not answer in time");
-            guard.respond(local_reply(
+            local_reply(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream request timeout",
                 grpc,
-            ))
+            )
         }
     }
 }

@@ -1,26 +1,27 @@
-//! An HTTP-family upstream listener: the app's requests, carried to the destination's
-//! sidecars over a pool of mTLS HTTP/2 connections.
+//! The outbound direction's L7 side: an HTTP-family upstream listener carries the app's
+//! requests to the destination's sidecars over a pool of mTLS HTTP/2 connections.
 //!
 //! The app may speak HTTP/1.1 or HTTP/2 with prior knowledge (`http`), or only HTTP/2
 //! (`http2`, `grpc`). Each request gets a normalized path, loses the headers that only
 //! describe its hop and any client-certificate header the app made up, and goes to the
 //! next endpoint round robin (recently failed ones last), over that endpoint's one
-//! multiplexed connection: many app
-//! connections, even `Connection: close` ones, share few TLS handshakes. A dial that
-//! fails, or a pooled connection that closed before the request went out, moves the
-//! request on to the next endpoint; a request that was sent is never replayed.
+//! multiplexed connection: many app connections, even `Connection: close` ones, share
+//! few TLS handshakes. A dial (`super::dial`, the same as L4's) that fails, or a pooled
+//! connection that closed before the request went out, moves the request on to the
+//! next endpoint; a request that was sent is never replayed.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bytes::Bytes;
 use ferrule_control::identity::ServiceId;
 use ferrule_control::model::{Endpoint, Protocol, UpstreamConfig};
 use http::header;
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::Either;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper::service::service_fn;
@@ -28,15 +29,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
-use super::{
-    RequestGuard, ResponseBody, XFCC, is_grpc, local_reply, rebuild_uri, requested_authority,
-    strip_hop_by_hop,
-};
+use super::dial;
 use crate::State;
 use crate::balance::Balancer;
+use crate::http::{
+    RequestError, RequestGuard, ResponseBody, XFCC, is_grpc, local_reply, rebuild_uri,
+    requested_authority, strip_hop_by_hop, within,
+};
 use crate::limits::Watched;
-use crate::metrics::{self, ConnGuard, Direction, Metered};
-use crate::outbound::dial;
+use crate::metrics::{self, Attempt, ConnGuard, DialError, Direction, Metered};
 use crate::tls::TlsState;
 
 /// A pooled connection that has been silent this long is pinged, and closed if the
@@ -57,14 +58,14 @@ struct SlotKey {
 type Slot = Arc<tokio::sync::Mutex<Option<Sender>>>;
 
 /// The mesh connections of one upstream listener, one per endpoint.
-pub struct MeshPool {
+pub(super) struct MeshPool {
     upstream: String,
     balancer: Arc<Balancer>,
     slots: Mutex<HashMap<SlotKey, Slot>>,
 }
 
 impl MeshPool {
-    pub fn new(upstream: String, balancer: Arc<Balancer>) -> MeshPool {
+    pub(super) fn new(upstream: String, balancer: Arc<Balancer>) -> MeshPool {
         MeshPool {
             upstream,
             balancer,
@@ -93,31 +94,13 @@ impl MeshPool {
             return Some(sender.clone());
         }
         *open = None;
-        // Endpoints that left the upstream lose their connections (they close once
-        // their last request is done).
-        self.slots.lock().retain(|key, _| {
-            upstream
-                .endpoints
-                .iter()
-                .any(|e| e.addr == key.addr && e.identity == key.identity)
-        });
+        self.forget_departed(upstream);
         let peer = endpoint
             .addr
             .parse()
             .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
         let mut guard = ConnGuard::new(Direction::Outbound, Some(self.upstream.clone()), peer);
-        let started = Instant::now();
-        let stream = match dial(endpoint, tls, upstream).await {
-            Ok(stream) => stream,
-            Err(result) => {
-                tracing::debug!(upstream = %self.upstream, endpoint = %endpoint.addr, result, "dial failed");
-                guard.attempt(result);
-                self.balancer.failed(&endpoint.addr);
-                return None;
-            }
-        };
-        self.balancer.succeeded(&endpoint.addr);
-        metrics::handshake(Direction::Outbound, stream.get_ref().1, started);
+        let stream = dial::dial(endpoint, tls, upstream, &self.balancer, &mut guard).await?;
         let io = TokioIo::new(Metered::new(stream, guard.bytes()));
         let handshake = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -130,12 +113,11 @@ impl MeshPool {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::debug!(upstream = %self.upstream, endpoint = %endpoint.addr, error = %e, "HTTP/2 handshake failed");
-                guard.attempt("connect_error");
+                guard.attempt(Attempt::Failed(DialError::ConnectError));
                 return None;
             }
         };
-        guard.attempt("ok");
-        guard.set_identity(endpoint.identity.to_uri());
+        dial::connected(&mut guard, endpoint);
         tokio::spawn(async move {
             // The guard lives as long as the connection: its gauge, bytes and log line.
             let _guard = guard;
@@ -145,6 +127,17 @@ impl MeshPool {
         });
         *open = Some(sender.clone());
         Some(sender)
+    }
+
+    /// Endpoints that left the upstream lose their connections (they close once their
+    /// last request is done).
+    fn forget_departed(&self, upstream: &UpstreamConfig) {
+        self.slots.lock().retain(|key, _| {
+            upstream
+                .endpoints
+                .iter()
+                .any(|e| e.addr == key.addr && e.identity == key.identity)
+        });
     }
 
     /// Drops a connection that turned out to be closed.
@@ -159,7 +152,7 @@ impl MeshPool {
 
 /// Serves one app connection until the app closes it, or until a drain or `idle` has
 /// let its requests in flight finish.
-pub async fn serve_connection(
+pub(super) async fn serve_connection(
     app: Watched<TcpStream>,
     protocol: Protocol,
     pool: Arc<MeshPool>,
@@ -172,11 +165,13 @@ pub async fn serve_connection(
         let state = state.clone();
         async move { Ok::<_, Infallible>(handle(req, &pool, &state).await) }
     });
-    let builder = super::server(protocol);
+    let builder = crate::http::server(protocol);
     let connection = builder.serve_connection(TokioIo::new(app), service);
-    super::serve_to_end(connection, &draining, idle, Direction::Outbound).await;
+    crate::http::serve_to_end(connection, &draining, idle, Direction::Outbound).await;
 }
 
+/// One request from the app: rebuilt for the mesh, then sent to the first endpoint
+/// that takes it.
 async fn handle(
     mut req: Request<Incoming>,
     pool: &MeshPool,
@@ -185,29 +180,34 @@ async fn handle(
     let guard = RequestGuard::new(Direction::Outbound, &req);
     let grpc = is_grpc(&req);
     let snapshot = state.snapshots.borrow().clone();
-    let tls = state.tls.borrow().clone();
-    let unavailable = |message| local_reply(StatusCode::SERVICE_UNAVAILABLE, message, grpc);
-    let Some(upstream) = snapshot.upstreams.iter().find(|u| u.name == pool.upstream) else {
-        return guard.respond(unavailable("no healthy upstream"));
+    let Some(upstream) = snapshot.upstream(&pool.upstream) else {
+        return guard.respond(unavailable("no healthy upstream", grpc));
     };
-    let endpoints = &upstream.endpoints;
-    if endpoints.is_empty() {
-        metrics::outbound_attempt(&upstream.name, "no_endpoints");
-        return guard.respond(unavailable("no healthy upstream"));
+    if upstream.endpoints.is_empty() {
+        metrics::outbound_attempt(&upstream.name, Attempt::NoEndpoints);
+        return guard.respond(unavailable("no healthy upstream", grpc));
     }
+    if let Err(e) = for_the_mesh(&mut req, &upstream.name) {
+        tracing::debug!(upstream = %upstream.name, error = %e, "request from the app refused");
+        return guard.respond(local_reply(
+            StatusCode::BAD_REQUEST,
+            "bad request path",
+            grpc,
+        ));
+    }
+    let tls = state.tls.borrow().clone();
+    guard.respond(send(req, upstream, pool, &tls, grpc).await)
+}
 
-    let authority = requested_authority(&req).unwrap_or_else(|| upstream.name.clone());
-    match rebuild_uri(req.uri(), "https", &authority) {
-        Ok(uri) => *req.uri_mut() = uri,
-        Err(e) => {
-            tracing::debug!(upstream = %upstream.name, error = %e, "request from the app refused");
-            return guard.respond(local_reply(
-                StatusCode::BAD_REQUEST,
-                "bad request path",
-                grpc,
-            ));
-        }
-    }
+fn unavailable(message: &'static str, grpc: bool) -> Response<Either<Incoming, Full<Bytes>>> {
+    local_reply(StatusCode::SERVICE_UNAVAILABLE, message, grpc)
+}
+
+/// Rewrites an app's request for the next hop: a normalized path under the authority
+/// it asked for (the upstream's name if none), no hop-by-hop headers, HTTP/2.
+fn for_the_mesh(req: &mut Request<Incoming>, upstream: &str) -> Result<(), RequestError> {
+    let authority = requested_authority(req).unwrap_or_else(|| upstream.to_owned());
+    *req.uri_mut() = rebuild_uri(req.uri(), "https", &authority)?;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     // The authority travels as `:authority`; who the app is, the destination learns
@@ -215,21 +215,30 @@ async fn handle(
     headers.remove(header::HOST);
     headers.remove(XFCC);
     *req.version_mut() = Version::HTTP_2;
+    Ok(())
+}
 
+/// Tries the endpoints in the balancer's order until one answers; a request that went
+/// out is never sent again.
+async fn send(
+    mut req: Request<Incoming>,
+    upstream: &UpstreamConfig,
+    pool: &MeshPool,
+    tls: &TlsState,
+    grpc: bool,
+) -> Response<Either<Incoming, Full<Bytes>>> {
+    let endpoints = &upstream.endpoints;
     for i in pool.balancer.order(endpoints) {
         let endpoint = &endpoints[i];
-        let Some(mut sender) = pool.sender(endpoint, upstream, &tls).await else {
+        let Some(mut sender) = pool.sender(endpoint, upstream, tls).await else {
             continue;
         };
         let sent = sender.try_send_request(req);
-        let answered = match upstream.request_timeout {
-            Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
-            None => Some(sent.await),
-        };
+        let answered = within(upstream.request_timeout, sent).await;
         match answered {
             Some(Ok(mut response)) => {
                 strip_hop_by_hop(response.headers_mut());
-                return guard.respond(response.map(Either::Left));
+                return response.map(Either::Left);
             }
             Some(Err(mut e)) => match e.take_message() {
                 // Never sent: the pooled connection had just closed. Try the next one.
@@ -239,18 +248,18 @@ async fn handle(
                 }
                 None => {
                     tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.addr, error = %e.error(), "request failed");
-                    return guard.respond(unavailable("upstream reset before response"));
+                    return unavailable("upstream reset before response", grpc);
                 }
             },
             None => {
-                return guard.respond(local_reply(
+                return local_reply(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream request timeout",
                     grpc,
-                ));
+                );
             }
         }
     }
     tracing::warn!(upstream = %upstream.name, "no endpoint could be reached");
-    guard.respond(unavailable("no healthy upstream"))
+    unavailable("no healthy upstream", grpc)
 }
