@@ -16,5 +16,6 @@ pub mod file;
 pub mod identity;
 pub mod intentions;
 pub mod model;
+pub(crate) mod publish;
 mod telemetry;
 pub mod workload;
