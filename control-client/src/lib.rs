@@ -2,10 +2,11 @@
 //!
 //! The model (`model`, `intentions`, `identity`) is plain data the proxy reads from a
 //! `tokio::sync::watch` channel of `Arc<Snapshot>`. Sources fill that channel: files
-//! (`file`) and the Consul agent (`consul`); either can take its identity (leaf and
-//! bundles) from the SPIFFE Workload API instead (`workload`). `api` holds Consul's wire types, shared by the
-//! client and the development agent so the two sides cannot drift apart. `ca` is the
-//! development certificate authority used by `cargo xtask certs`, tests and the dev agent.
+//! (`file`) and the Consul agent (`consul`), through the kit they share (`publish`);
+//! either can take its identity (leaf and bundles) from the SPIFFE Workload API instead
+//! (`workload`). `api` holds Consul's wire types, shared by the client and the
+//! development agent so the two sides cannot drift apart. `ca` is the development
+//! certificate authority used by `cargo xtask certs`, tests and the dev agent.
 
 pub mod api;
 pub mod ca;
@@ -16,6 +17,6 @@ pub mod file;
 pub mod identity;
 pub mod intentions;
 pub mod model;
-pub(crate) mod publish;
+pub mod publish;
 mod telemetry;
 pub mod workload;
