@@ -1,6 +1,7 @@
 //! How the run loop hears from the agent: the events every watch and one-shot task
 //! sends it, and the handle that starts them.
 
+use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::agent_self::SelfAnswer;
@@ -11,8 +12,6 @@ use crate::api::health::ServiceEntry;
 use crate::api::intentions::IntentionMatchResponse;
 use crate::consul::http::AgentClient;
 use crate::consul::watch::{Tuning, Update, WatchSpec, Watcher};
-use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 
 /// What reaches the run loop. Answers about a destination or an upstream carry it, so
 /// that a late answer for one no longer followed is dropped.
@@ -46,28 +45,6 @@ impl Agent {
             self.client.clone(),
             spec,
             self.tuning.clone(),
-            self.events.clone(),
-            wrap,
-        )
-    }
-
-    /// As [`Agent::watch`], and a fresh read is forced whenever the instant in
-    /// `force_at` passes.
-    pub(super) fn watch_forced<T, F>(
-        &self,
-        spec: WatchSpec,
-        force_at: Option<watch::Receiver<Option<Instant>>>,
-        wrap: F,
-    ) -> Watcher
-    where
-        T: serde::de::DeserializeOwned + Send + 'static,
-        F: Fn(Update<T>) -> Event + Send + 'static,
-    {
-        Watcher::spawn_forced(
-            self.client.clone(),
-            spec,
-            self.tuning.clone(),
-            force_at,
             self.events.clone(),
             wrap,
         )

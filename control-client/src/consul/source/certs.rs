@@ -62,13 +62,16 @@ impl Certs {
     /// Follows the leaf of `destination` (after [`Certs::forget_leaf`]).
     pub(super) fn watch_leaf(&mut self, agent: &Agent, destination: &str) {
         let dest = destination.to_owned();
-        self.leaf_watch = Some(agent.watch_forced(
+        self.leaf_watch = Some(Watcher::spawn_forced(
+            agent.client.clone(),
             WatchSpec {
                 path: format!("/v1/agent/connect/ca/leaf/{}", path_segment(&dest)),
                 query: Vec::new(),
                 blocking: Blocking::Index,
             },
+            agent.tuning.clone(),
             Some(self.leaf_deadline.subscribe()),
+            agent.events.clone(),
             move |u| Event::Leaf(dest.clone(), u),
         ));
     }
