@@ -6,17 +6,62 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::model::{self, Endpoint, InboundConfig, Protocol, UpstreamConfig};
+use crate::model::{Endpoint, InboundConfig, Protocol, UpstreamConfig};
 
 /// How long a peer's TLS handshake on the public listener may take: the default of
 /// Consul's built-in proxy.
-const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long dialling the local application may take: the default of Consul's built-in
 /// proxy.
-const DEFAULT_LOCAL_CONNECT_TIMEOUT_MS: u64 = 1_000;
+const DEFAULT_LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How long dialling an upstream instance may take: Envoy's default, which Consul's
 /// `connect_timeout_ms` inherits.
-const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long an L7 request may wait for its response headers when nothing says
+/// otherwise: Envoy's route timeout, which Consul's `local_request_timeout_ms` inherits.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a connection may carry no byte either way before it is closed, when
+/// nothing says otherwise: Envoy's TCP proxy and HTTP connection manager default.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How many connections one listener serves at once when nothing says otherwise.
+/// Beyond it new connections wait in the kernel's backlog.
+const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
+/// A duration in milliseconds, or the default.
+fn millis_or(ms: Option<u64>, default: Duration) -> Duration {
+    ms.map_or(default, Duration::from_millis)
+}
+
+/// A timeout in milliseconds where `0` means none, as Consul's keys have it.
+fn timeout_ms(ms: Option<u64>, default: Duration) -> Option<Duration> {
+    match ms {
+        None => Some(default),
+        Some(0) => None,
+        Some(ms) => Some(Duration::from_millis(ms)),
+    }
+}
+
+/// `request_timeout_ms` / `local_request_timeout_ms`.
+fn request_timeout_ms(ms: Option<u64>) -> Option<Duration> {
+    timeout_ms(ms, DEFAULT_REQUEST_TIMEOUT)
+}
+
+/// `idle_timeout_ms`.
+fn idle_timeout_ms(ms: Option<u64>) -> Option<Duration> {
+    timeout_ms(ms, DEFAULT_IDLE_TIMEOUT)
+}
+
+/// `max_connections` / `max_inbound_connections`: at least one.
+fn max_connections(n: Option<u64>) -> usize {
+    n.map_or(DEFAULT_MAX_CONNECTIONS, |n| {
+        usize::try_from(n).unwrap_or(usize::MAX).max(1)
+    })
+}
 
 /// The public listener's timeouts and limit as a source states them; `None` takes the
 /// default. Milliseconds, as Consul's keys have them.
@@ -40,19 +85,14 @@ pub(crate) fn inbound(
         bind,
         local_app,
         protocol,
-        handshake_timeout: Duration::from_millis(
-            limits
-                .handshake_timeout_ms
-                .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS),
+        handshake_timeout: millis_or(limits.handshake_timeout_ms, DEFAULT_HANDSHAKE_TIMEOUT),
+        local_connect_timeout: millis_or(
+            limits.local_connect_timeout_ms,
+            DEFAULT_LOCAL_CONNECT_TIMEOUT,
         ),
-        local_connect_timeout: Duration::from_millis(
-            limits
-                .local_connect_timeout_ms
-                .unwrap_or(DEFAULT_LOCAL_CONNECT_TIMEOUT_MS),
-        ),
-        local_request_timeout: model::request_timeout_ms(limits.local_request_timeout_ms),
-        idle_timeout: model::idle_timeout_ms(limits.idle_timeout_ms),
-        max_connections: model::max_connections(limits.max_connections),
+        local_request_timeout: request_timeout_ms(limits.local_request_timeout_ms),
+        idle_timeout: idle_timeout_ms(limits.idle_timeout_ms),
+        max_connections: max_connections(limits.max_connections),
     }
 }
 
@@ -91,14 +131,10 @@ impl UpstreamListener {
             name,
             bind,
             protocol,
-            connect_timeout: Duration::from_millis(
-                limits
-                    .connect_timeout_ms
-                    .unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
-            ),
-            request_timeout: model::request_timeout_ms(limits.request_timeout_ms),
-            idle_timeout: model::idle_timeout_ms(limits.idle_timeout_ms),
-            max_connections: model::max_connections(limits.max_connections),
+            connect_timeout: millis_or(limits.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT),
+            request_timeout: request_timeout_ms(limits.request_timeout_ms),
+            idle_timeout: idle_timeout_ms(limits.idle_timeout_ms),
+            max_connections: max_connections(limits.max_connections),
         }
     }
 
@@ -132,11 +168,8 @@ mod tests {
         );
         assert_eq!(ib.handshake_timeout, Duration::from_secs(10));
         assert_eq!(ib.local_connect_timeout, Duration::from_secs(1));
-        assert_eq!(
-            ib.local_request_timeout,
-            Some(model::DEFAULT_REQUEST_TIMEOUT)
-        );
-        assert_eq!(ib.max_connections, model::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(ib.local_request_timeout, Some(DEFAULT_REQUEST_TIMEOUT));
+        assert_eq!(ib.max_connections, DEFAULT_MAX_CONNECTIONS);
 
         let limits = UpstreamLimits {
             request_timeout_ms: Some(0),
@@ -147,7 +180,7 @@ mod tests {
             .with_endpoints(Vec::new());
         assert_eq!(up.connect_timeout, Duration::from_secs(5));
         assert_eq!(up.request_timeout, None);
-        assert_eq!(up.idle_timeout, Some(model::DEFAULT_IDLE_TIMEOUT));
+        assert_eq!(up.idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));
         assert_eq!(up.max_connections, 1);
     }
 }
