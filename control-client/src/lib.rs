@@ -2,10 +2,10 @@
 //!
 //! The model (`model`, `intentions`, `identity`) is plain data the proxy reads from a
 //! `tokio::sync::watch` channel of `Arc<Snapshot>`. Sources fill that channel: files
-//! (`file`) and the Consul agent (`consul`); either can take its identity (leaf and
-//! bundles) from the SPIFFE Workload API instead (`workload`). `api` holds Consul's wire
-//! types, shared by the client and the development agent (the `ferrule-dev` crate) so the
-//! two sides cannot drift apart.
+//! (`file`) and the Consul agent (`consul`), through the kit they share (`publish`);
+//! either can take its identity (leaf and bundles) from the SPIFFE Workload API instead
+//! (`workload`). `api` holds Consul's wire types, shared by the client and the
+//! development agent (the `ferrule-dev` crate) so the two sides cannot drift apart.
 
 pub mod api;
 pub mod consul;
@@ -13,5 +13,6 @@ pub mod file;
 pub mod identity;
 pub mod intentions;
 pub mod model;
+pub mod publish;
 mod telemetry;
 pub mod workload;

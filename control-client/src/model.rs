@@ -90,44 +90,6 @@ impl Protocol {
     }
 }
 
-/// How long an L7 request may wait for its response headers when nothing says
-/// otherwise: Envoy's route timeout, which Consul's `local_request_timeout_ms` inherits.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// How long a connection may carry no byte either way before it is closed, when
-/// nothing says otherwise: Envoy's TCP proxy and HTTP connection manager default.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// How many connections one listener serves at once when nothing says otherwise.
-/// Beyond it new connections wait in the kernel's backlog.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
-
-/// A timeout in milliseconds where `0` means none, as Consul's keys have it.
-pub fn timeout_ms(ms: Option<u64>, default: Duration) -> Option<Duration> {
-    match ms {
-        None => Some(default),
-        Some(0) => None,
-        Some(ms) => Some(Duration::from_millis(ms)),
-    }
-}
-
-/// `request_timeout_ms` / `local_request_timeout_ms`.
-pub fn request_timeout_ms(ms: Option<u64>) -> Option<Duration> {
-    timeout_ms(ms, DEFAULT_REQUEST_TIMEOUT)
-}
-
-/// `idle_timeout_ms`.
-pub fn idle_timeout_ms(ms: Option<u64>) -> Option<Duration> {
-    timeout_ms(ms, DEFAULT_IDLE_TIMEOUT)
-}
-
-/// `max_connections` / `max_inbound_connections`: at least one.
-pub fn max_connections(n: Option<u64>) -> usize {
-    n.map_or(DEFAULT_MAX_CONNECTIONS, |n| {
-        usize::try_from(n).unwrap_or(usize::MAX).max(1)
-    })
-}
-
 /// The public mTLS listener and the application behind it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InboundConfig {

@@ -1,24 +1,69 @@
 //! The control client's metrics: one place that knows their names and labels, so every
-//! source (files, the Consul agent) reports updates the same way.
+//! source (files, the Consul agent, the Workload API) reports updates the same way.
 
 use crate::model;
 
-/// Resource label values of the control metrics (DESIGN.md).
-pub(crate) const ROOTS: &str = "roots";
-pub(crate) const LEAF: &str = "leaf";
-pub(crate) const INTENTIONS: &str = "intentions";
-pub(crate) const CONFIG: &str = "config";
-pub(crate) const ENDPOINTS: &str = "endpoints";
+/// What a control update is about: the `resource` label of
+/// `ferrule_control_updates_total` and `ferrule_control_last_update_timestamp_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resource {
+    /// The CA roots (trust bundle).
+    Roots,
+    /// This proxy's leaf certificate.
+    Leaf,
+    /// The intentions that protect this proxy's service.
+    Intentions,
+    /// The proxy's configuration: the config file, or the registration and the agent's
+    /// own settings.
+    Config,
+    /// The healthy instances of the upstreams.
+    Endpoints,
+}
+
+impl Resource {
+    /// The label value; the only place these strings are written.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Resource::Roots => "roots",
+            Resource::Leaf => "leaf",
+            Resource::Intentions => "intentions",
+            Resource::Config => "config",
+            Resource::Endpoints => "endpoints",
+        }
+    }
+}
 
 /// Counts one answer for `resource`. A successful one, changed or not, also moves
 /// `ferrule_control_last_update_timestamp_seconds`, which is how staleness shows while the
 /// agent is away.
-pub(crate) fn record_update(resource: &'static str, ok: bool) {
+pub(crate) fn record_update(resource: Resource, ok: bool) {
+    let resource = resource.label();
     let result = if ok { "ok" } else { "error" };
     metrics::counter!("ferrule_control_updates_total", "resource" => resource, "result" => result)
         .increment(1);
     if ok {
         metrics::gauge!("ferrule_control_last_update_timestamp_seconds", "resource" => resource)
             .set(model::unix_now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Resource;
+
+    #[test]
+    fn labels_are_the_documented_ones() {
+        let all = [
+            Resource::Roots,
+            Resource::Leaf,
+            Resource::Intentions,
+            Resource::Config,
+            Resource::Endpoints,
+        ];
+        let labels: Vec<_> = all.iter().map(|r| r.label()).collect();
+        assert_eq!(
+            labels,
+            ["roots", "leaf", "intentions", "config", "endpoints"]
+        );
     }
 }

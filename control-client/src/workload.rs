@@ -4,12 +4,13 @@
 //!
 //! Only identity comes from here. Intentions, listeners and upstreams still come from the
 //! config file or the Consul agent: those sources take the [`IdentityFeed`] this module
-//! publishes (`FileSource::with_identity`, `ConsulSource::with_identity`) and put its leaf
-//! and bundle into their snapshots, so the proxy sees one `Snapshot` as before. Every
+//! publishes (`FileSource::with_identity`, `ConsulSource::with_identity`), and their
+//! shared publisher (`publish`) puts its leaf and bundle into their snapshots, so the
+//! proxy sees one `Snapshot` as before. Every
 //! message on the stream is a rotation like a Consul leaf rotation: the proxy rebuilds
 //! its TLS configs, new handshakes use the new SVID, open connections stay.
 //!
-//! Failures follow the Workload API specification. The stream is reopened with backoff
+//! Failures are handled as `docs/consul-semantics.md#workload-api` describes. The stream is reopened with backoff
 //! after any transient failure (agent unreachable, `UNAVAILABLE`, `PERMISSION_DENIED`,
 //! the stream ending), and the last good SVID stays in force while it is valid; when it
 //! expires the feed goes empty and the proxy fails closed. `INVALID_ARGUMENT` (the
@@ -30,7 +31,7 @@ use tokio_stream::StreamExt as _;
 
 use crate::consul::backoff;
 use crate::model::{self, Leaf, PemError, TrustBundle};
-use crate::telemetry::{LEAF, ROOTS, record_update};
+use crate::telemetry::{Resource, record_update};
 
 /// The environment variable SPIFFE defines for the Workload API's address.
 pub const ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
@@ -160,7 +161,7 @@ impl WorkloadSource {
         loop {
             let error = self.session(tx, &mut failures).await;
             if let Some(fatal_error) = self.fatal(&error) {
-                record_update(LEAF, false);
+                record_update(Resource::Leaf, false);
                 match tx.borrow().as_ref() {
                     Some(held) => tracing::error!(
                         error = %fatal_error,
@@ -177,8 +178,8 @@ impl WorkloadSource {
                 return;
             }
             failures = failures.saturating_add(1);
-            record_update(LEAF, false);
-            record_update(ROOTS, false);
+            record_update(Resource::Leaf, false);
+            record_update(Resource::Roots, false);
             let held = tx
                 .borrow()
                 .as_ref()
@@ -221,7 +222,7 @@ impl WorkloadSource {
                 Ok(context) => context,
                 Err(e) if is_bad_message(&e) => {
                     // The stream itself is fine; this message is not.
-                    record_update(LEAF, false);
+                    record_update(Resource::Leaf, false);
                     tracing::warn!(error = %e, "the Workload API sent an unusable X.509-SVID response; keeping the last good SVID");
                     continue;
                 }
@@ -234,8 +235,8 @@ impl WorkloadSource {
                         tracing::info!(endpoint = %self.shown, "the Workload API answers again");
                     }
                     *failures = 0;
-                    record_update(LEAF, true);
-                    record_update(ROOTS, true);
+                    record_update(Resource::Leaf, true);
+                    record_update(Resource::Roots, true);
                     let unchanged = previous.as_ref().is_some_and(|p| {
                         Arc::ptr_eq(&p.leaf, &identity.leaf)
                             && Arc::ptr_eq(&p.bundle, &identity.bundle)
@@ -253,7 +254,7 @@ impl WorkloadSource {
                     }
                 }
                 Err(e) => {
-                    record_update(LEAF, false);
+                    record_update(Resource::Leaf, false);
                     tracing::warn!(error = %e, "SVID from the Workload API not used; keeping the last good one");
                 }
             }

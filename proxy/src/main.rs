@@ -2,20 +2,23 @@
 //! 2 bad flags or bad config.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ferrule_control::consul::{
     AgentAddr, AgentClientConfig, ConsulConfig, ConsulSource, ProxySelector,
 };
-use ferrule_control::file::{FileSource, StaticConfig};
+use ferrule_control::file::{ConfigError, FileSource, StaticConfig};
 use ferrule_control::intentions::Action;
 use ferrule_control::model::Snapshot;
+use ferrule_control::publish::Source;
 use ferrule_control::workload::{Fatal, WorkloadSource};
 use ferrule_dev::DevAgentConfig;
 use ferrule_dev::workload::{Federation, WorkloadSocket};
+use rustls::crypto::CryptoProvider;
 use tokio::sync::watch;
 
 const DEFAULT_ADMIN_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 19100);
@@ -289,43 +292,46 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
         ),
         None => None,
     };
-    if let Some(path) = &args.config {
-        let config = match workload {
-            Some(_) => StaticConfig::load_for_workload_api(path),
-            None => StaticConfig::load(path),
-        }
-        .map_err(|e| Fail::Usage(format!("bad config: {e}")))?;
-        let admin_addr = args
-            .admin_addr
-            .or(config.admin_addr)
-            .unwrap_or_else(|| SocketAddr::from(DEFAULT_ADMIN_ADDR));
-        let metrics = ferrule::metrics::install().map_err(Fail::Runtime)?;
-        let admin = ferrule::bind_admin(admin_addr)
-            .await
-            .map_err(Fail::Runtime)?;
-        let reloads = reload_on_sighup(path.clone(), workload.is_some());
-        let source = FileSource::new(config, provider.clone()).with_reloads(reloads);
-        let (snapshots, fatal) = match workload {
-            Some(workload) => {
-                let (feed, fatal) = workload.spawn();
-                (source.with_identity(feed).spawn(), Some(fatal))
-            }
-            None => (source.spawn(), None),
-        };
-        return serve(
-            admin,
-            snapshots,
-            metrics,
-            provider,
-            fatal,
-            args.drain_timeout,
-        )
-        .await;
-    }
+    let (source, config_admin_addr) = source(&args, workload.is_some(), &provider)?;
+    let admin_addr = args
+        .admin_addr
+        .or(config_admin_addr)
+        .unwrap_or_else(|| SocketAddr::from(DEFAULT_ADMIN_ADDR));
+    let metrics = ferrule::metrics::install().map_err(Fail::Runtime)?;
+    let admin = ferrule::bind_admin(admin_addr)
+        .await
+        .map_err(Fail::Runtime)?;
+    let (feed, fatal) = workload.map(WorkloadSource::spawn).unzip();
+    let snapshots = source.spawn(feed);
+    serve(
+        admin,
+        snapshots,
+        metrics,
+        provider,
+        fatal,
+        args.drain_timeout,
+    )
+    .await
+}
 
-    let selector = match (args.sidecar_for, args.proxy_id) {
-        (_, Some(id)) => ProxySelector::ProxyId(id),
-        (Some(id), None) => ProxySelector::SidecarFor(id),
+/// The snapshot source the flags ask for, not yet started, and the config file's
+/// `admin_addr` in static mode. Bad flags or a bad config file are usage errors.
+fn source(
+    args: &ProxyArgs,
+    workload_api: bool,
+    provider: &Arc<CryptoProvider>,
+) -> Result<(Source, Option<SocketAddr>), Fail> {
+    if let Some(path) = &args.config {
+        let config =
+            load_config(path, workload_api).map_err(|e| Fail::Usage(format!("bad config: {e}")))?;
+        let admin_addr = config.admin_addr;
+        let reloads = reload_on_sighup(path.clone(), workload_api);
+        let source = FileSource::new(config, provider.clone()).with_reloads(reloads);
+        return Ok((source.into(), admin_addr));
+    }
+    let selector = match (&args.sidecar_for, &args.proxy_id) {
+        (_, Some(id)) => ProxySelector::ProxyId(id.clone()),
+        (Some(id), None) => ProxySelector::SidecarFor(id.clone()),
         (None, None) => {
             return Err(Fail::Usage(
                 "one of --config, --sidecar-for, --proxy-id is required".into(),
@@ -337,38 +343,23 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
         .parse()
         .map_err(|e| Fail::Usage(format!("--consul-addr: {e}")))?;
     let mut agent = AgentClientConfig::new(addr);
-    agent.token = args.token;
-    agent.token_file = args.token_file;
-    agent.ca_file = args.ca_file;
+    agent.token = args.token.clone();
+    agent.token_file = args.token_file.clone();
+    agent.ca_file = args.ca_file.clone();
     let mut config = ConsulConfig::new(agent, selector);
     config.default_action = args.default_action.map(Action::from);
-    let mut source =
+    let source =
         ConsulSource::new(config, provider.clone()).map_err(|e| Fail::Usage(e.to_string()))?;
-    let admin_addr = args
-        .admin_addr
-        .unwrap_or_else(|| SocketAddr::from(DEFAULT_ADMIN_ADDR));
-    let metrics = ferrule::metrics::install().map_err(Fail::Runtime)?;
-    let admin = ferrule::bind_admin(admin_addr)
-        .await
-        .map_err(Fail::Runtime)?;
-    let fatal = match workload {
-        Some(workload) => {
-            let (feed, fatal) = workload.spawn();
-            source = source.with_identity(feed);
-            Some(fatal)
-        }
-        None => None,
-    };
-    let snapshots = source.spawn();
-    serve(
-        admin,
-        snapshots,
-        metrics,
-        provider,
-        fatal,
-        args.drain_timeout,
-    )
-    .await
+    Ok((source.into(), None))
+}
+
+/// Reads the static config; with `--workload-api` the identity files may be left out.
+fn load_config(path: &Path, workload_api: bool) -> Result<StaticConfig, ConfigError> {
+    if workload_api {
+        StaticConfig::load_for_workload_api(path)
+    } else {
+        StaticConfig::load(path)
+    }
 }
 
 /// The config file read again on each SIGHUP; one that does not parse is logged and
@@ -390,12 +381,7 @@ fn reload_on_sighup(
                 }
             };
             while hangups.recv().await.is_some() {
-                let read = if workload_api {
-                    StaticConfig::load_for_workload_api(&path)
-                } else {
-                    StaticConfig::load(&path)
-                };
-                match read {
+                match load_config(&path, workload_api) {
                     Ok(config) => {
                         if tx.send(config).await.is_err() {
                             return;
@@ -416,9 +402,9 @@ fn reload_on_sighup(
 /// The data plane until a signal, or until the Workload API fails for good (exit 1).
 async fn serve(
     admin: tokio::net::TcpListener,
-    snapshots: watch::Receiver<std::sync::Arc<Snapshot>>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
-    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+    provider: Arc<CryptoProvider>,
     fatal: Option<Fatal>,
     drain_timeout: Duration,
 ) -> Result<(), Fail> {

@@ -5,12 +5,24 @@ use std::time::Duration;
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 
+use super::agent_self::{
+    SOURCE_ACL_POLICY, SOURCE_ACLS_OFF, SOURCE_FLAG, SOURCE_HEADER, SOURCE_INTENTION_POLICY,
+    default_from_self,
+};
 use super::*;
+use crate::api::agent::AgentService;
 use crate::api::agent::{AgentServiceConnectProxyConfig, Upstream};
+use crate::api::agent_self::AgentSelf;
 use crate::api::ca::CARoot;
+use crate::api::ca::{IndexedCARoots, IssuedCert};
 use crate::consul::http::AgentAddr;
+use crate::consul::http::AgentClientConfig;
 use crate::consul::testing::FakeAgent;
+use crate::identity::ServiceId;
+use crate::model::{self, Protocol};
+use crate::publish::same_arc;
 use ferrule_dev::ca::{DevCa, LeafSpec};
+use serde_json::Value;
 
 const REGISTRATION: &str = "/v1/agent/service/web-sidecar-proxy";
 const LEAF_PATH: &str = "/v1/agent/connect/ca/leaf/web";
@@ -68,7 +80,7 @@ fn leaf_of(ca: &DevCa, service: &str) -> IssuedCert {
     }
 }
 
-fn upstream(name: &str, port: u16) -> Upstream {
+pub(super) fn upstream(name: &str, port: u16) -> Upstream {
     Upstream {
         destination_type: "service".into(),
         destination_name: name.into(),
@@ -77,7 +89,7 @@ fn upstream(name: &str, port: u16) -> Upstream {
     }
 }
 
-fn sidecar(upstreams: Vec<Upstream>) -> AgentService {
+pub(super) fn sidecar(upstreams: Vec<Upstream>) -> AgentService {
     AgentService {
         kind: "connect-proxy".into(),
         id: "web-sidecar-proxy".into(),
@@ -557,145 +569,6 @@ async fn the_snapshot_is_empty_but_published_while_the_agent_is_away() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!rx.borrow().is_complete());
     drop(world);
-}
-
-#[test]
-fn registration_reads_proxy_config() {
-    let mut svc = sidecar(vec![
-        Upstream {
-            datacenter: "dc2".into(),
-            local_bind_address: "127.0.0.5".into(),
-            config: json!({ "connect_timeout_ms": "2500", "protocol": "HTTP" })
-                .as_object()
-                .cloned()
-                .unwrap(),
-            ..upstream("db", 9191)
-        },
-        Upstream {
-            destination_type: "prepared_query".into(),
-            ..upstream("geo-db", 9292)
-        },
-        Upstream {
-            centrally_configured: true,
-            ..upstream("audit", 0)
-        },
-        Upstream {
-            local_bind_address: "127.0.0.5".into(),
-            ..upstream("dup", 9191)
-        },
-    ]);
-    svc.address = "10.1.1.1".into();
-    let proxy = svc.proxy.as_mut().unwrap();
-    proxy.config = json!({
-        "bind_port": 21500, "protocol": "http", "local_connect_timeout_ms": 250.0,
-        "handshake_timeout_ms": "3000"
-    })
-    .as_object()
-    .cloned()
-    .unwrap();
-    proxy.local_service_address = "::1".into();
-    let reg = registration(&svc).unwrap();
-    let inbound = reg.inbound.unwrap();
-    assert_eq!(inbound.bind, "10.1.1.1:21500".parse().unwrap());
-    assert_eq!(inbound.local_app, "[::1]:8080");
-    assert_eq!(inbound.protocol, Protocol::Http);
-    assert_eq!(inbound.local_connect_timeout, Duration::from_millis(250));
-    assert_eq!(inbound.handshake_timeout, Duration::from_millis(3000));
-    assert_eq!(reg.upstreams.len(), 1, "{:?}", reg.upstreams);
-    let db = &reg.upstreams[0];
-    assert_eq!(db.key.datacenter, "dc2");
-    assert_eq!(db.bind, "127.0.0.5:9191".parse().unwrap());
-    assert_eq!(db.protocol, Protocol::Http);
-    assert_eq!(db.connect_timeout, Duration::from_millis(2500));
-
-    let mut plain = sidecar(vec![]);
-    plain.kind = String::new();
-    assert!(
-        registration(&plain)
-            .unwrap_err()
-            .contains("not a connect-proxy")
-    );
-    let mut nameless = sidecar(vec![]);
-    nameless
-        .proxy
-        .as_mut()
-        .unwrap()
-        .destination_service_name
-        .clear();
-    assert!(registration(&nameless).is_err());
-    let mut portless = sidecar(vec![]);
-    portless.port = 0;
-    assert!(registration(&portless).unwrap().inbound.is_none());
-}
-
-#[test]
-fn endpoints_are_the_remote_sidecars_by_the_spec_rules() {
-    let entry: ServiceEntry = serde_json::from_value(json!({
-        "Node": { "Node": "box", "Address": "10.0.0.1", "Datacenter": "dc2",
-                  "TaggedAddresses": { "wan": "198.51.100.1" } },
-        "Service": { "Service": "db-sidecar-proxy", "Address": "", "Port": 21001,
-                     "TaggedAddresses": { "wan": { "Address": "203.0.113.9", "Port": 8443 } },
-                     "Proxy": { "DestinationServiceName": "db", "LocalServicePort": 5432 } }
-    }))
-    .unwrap();
-    let local = endpoint(&entry, "", "dc1", "td.consul").unwrap();
-    assert_eq!(
-        local.addr, "10.0.0.1:21001",
-        "never the app's LocalServicePort"
-    );
-    assert_eq!(
-        local.identity,
-        ServiceId::new("td.consul", "default", "dc2", "db")
-    );
-    let remote = endpoint(&entry, "dc2", "dc1", "td.consul").unwrap();
-    assert_eq!(remote.addr, "203.0.113.9:8443");
-
-    let mut no_svc_wan = entry.clone();
-    no_svc_wan.service.tagged_addresses.clear();
-    assert_eq!(
-        endpoint(&no_svc_wan, "dc2", "dc1", "td.consul")
-            .unwrap()
-            .addr,
-        "198.51.100.1:21001"
-    );
-
-    let native: ServiceEntry = serde_json::from_value(json!({
-        "Node": { "Address": "10.0.0.2", "Datacenter": "dc1" },
-        "Service": { "Service": "db", "Address": "fd00::2", "Port": 6000,
-                     "Connect": { "Native": true } }
-    }))
-    .unwrap();
-    let ep = endpoint(&native, "", "dc1", "td.consul").unwrap();
-    assert_eq!(ep.addr, "[fd00::2]:6000");
-    assert_eq!(ep.identity.service, "db");
-
-    let mut portless = native;
-    portless.service.port = 0;
-    assert!(endpoint(&portless, "", "dc1", "td.consul").is_none());
-}
-
-#[test]
-fn the_leaf_is_refreshed_at_ninety_percent_of_its_life() {
-    let now = time::OffsetDateTime::now_utc();
-    let cert = IssuedCert {
-        valid_after: (now - time::Duration::hours(1)).format(&Rfc3339).unwrap(),
-        valid_before: (now + time::Duration::hours(9)).format(&Rfc3339).unwrap(),
-        ..Default::default()
-    };
-    let at = refresh_deadline(&cert, 0).unwrap();
-    let ahead = at - Instant::now();
-    // 10 h of life: refresh 1 h before the end, i.e. 8 h from now.
-    assert!(
-        ahead > Duration::from_secs(8 * 3600 - 60) && ahead <= Duration::from_secs(8 * 3600),
-        "{ahead:?}"
-    );
-    let late = IssuedCert {
-        valid_after: (now - time::Duration::hours(10)).format(&Rfc3339).unwrap(),
-        valid_before: (now + time::Duration::minutes(1)).format(&Rfc3339).unwrap(),
-        ..Default::default()
-    };
-    assert!(refresh_deadline(&late, 0).unwrap() <= Instant::now());
-    assert!(refresh_deadline(&IssuedCert::default(), 0).is_none());
 }
 
 /// The Workload API's identity for `service`, from `ca`.

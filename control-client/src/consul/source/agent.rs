@@ -1,0 +1,60 @@
+//! How the run loop hears from the agent: the events every watch and one-shot task
+//! sends it, and the handle that starts them.
+
+use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::agent_self::SelfAnswer;
+use super::registration::UpstreamKey;
+use crate::api::agent::AgentService;
+use crate::api::ca::{IndexedCARoots, IssuedCert};
+use crate::api::health::ServiceEntry;
+use crate::api::intentions::IntentionMatchResponse;
+use crate::consul::http::AgentClient;
+use crate::consul::watch::{Tuning, Update, WatchSpec, Watcher};
+
+/// What reaches the run loop. Answers about a destination or an upstream carry it, so
+/// that a late answer for one no longer followed is dropped.
+pub(super) enum Event {
+    /// `--sidecar-for`: the registration to follow was found.
+    ProxyId(String),
+    SelfAnswer(SelfAnswer),
+    Service(Update<Box<AgentService>>),
+    Roots(Update<IndexedCARoots>),
+    Leaf(String, Update<Box<IssuedCert>>),
+    Intentions(String, Update<IntentionMatchResponse>),
+    Endpoints(UpstreamKey, Update<Vec<ServiceEntry>>),
+}
+
+/// The agent client, the tuning of its watches, and the channel they all report into.
+#[derive(Clone)]
+pub(super) struct Agent {
+    pub(super) client: AgentClient,
+    pub(super) tuning: Tuning,
+    pub(super) events: mpsc::Sender<Event>,
+}
+
+impl Agent {
+    /// Watches `spec` with blocking queries, each update wrapped into an [`Event`].
+    pub(super) fn watch<T, F>(&self, spec: WatchSpec, wrap: F) -> Watcher
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+        F: Fn(Update<T>) -> Event + Send + 'static,
+    {
+        Watcher::spawn(
+            self.client.clone(),
+            spec,
+            self.tuning.clone(),
+            self.events.clone(),
+            wrap,
+        )
+    }
+
+    /// Runs `task` until the returned handle is dropped.
+    pub(super) fn spawn<F>(&self, task: F) -> AbortOnDropHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        AbortOnDropHandle::new(tokio::spawn(task))
+    }
+}

@@ -1,0 +1,60 @@
+//! The staleness bookkeeping of the run loop: every answer is counted in the control
+//! metrics (an `ok` moves the last-update timestamp, which is how staleness shows while
+//! the agent is away), and a failure is logged at warn when it starts, at debug while it
+//! lasts, and at info when the agent answers again. The last good state stays in force
+//! meanwhile; that is the callers' part.
+
+use std::collections::HashSet;
+
+use crate::consul::watch::{Meta, Update};
+use crate::telemetry::{Resource, record_update};
+
+/// What is failing now, by the name used in the logs.
+#[derive(Default)]
+pub(super) struct Failures {
+    failing: HashSet<String>,
+}
+
+impl Failures {
+    /// Counts and logs a watch update. `None` if it failed; else its headers' facts, and
+    /// the new value if there is one (the caller counts that once it has used it).
+    pub(super) fn answered<T>(
+        &mut self,
+        resource: Resource,
+        what: &str,
+        update: Update<T>,
+    ) -> Option<(Option<T>, Meta)> {
+        match update {
+            Update::Changed { value, meta } => {
+                self.recovered(what);
+                Some((Some(value), meta))
+            }
+            Update::Unchanged { meta } => {
+                self.recovered(what);
+                record_update(resource, true);
+                Some((None, meta))
+            }
+            Update::Failed(e) => {
+                record_update(resource, false);
+                if self.started(what) {
+                    tracing::warn!(error = %e, "cannot get {what} from the agent; keeping the last good state and retrying");
+                } else {
+                    tracing::debug!(error = %e, "still cannot get {what}");
+                }
+                None
+            }
+        }
+    }
+
+    /// `what` failed; says whether that is news (it was not failing before).
+    pub(super) fn started(&mut self, what: &str) -> bool {
+        self.failing.insert(what.to_owned())
+    }
+
+    /// `what` answered; logs the recovery if it was failing.
+    pub(super) fn recovered(&mut self, what: &str) {
+        if self.failing.remove(what) {
+            tracing::info!("{what}: the agent answers again");
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The proxy's registration (`/v1/agent/service/<id>`), validated and turned into the
+//! listeners it asks for; see `docs/consul-semantics.md#sidecar-registration`. Values a
+//! registration gets wrong but that have a sane default are warned about and defaulted;
+//! only what makes the proxy meaningless is refused.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use serde_json::{Map, Value};
+
+use crate::api::agent::{
+    AgentService, AgentServiceConnectProxyConfig, DESTINATION_PREPARED_QUERY, DESTINATION_SERVICE,
+    Upstream,
+};
+use crate::identity::DEFAULT;
+use crate::model::{InboundConfig, Protocol};
+use crate::publish::{self, InboundLimits, UpstreamLimits, UpstreamListener};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// One discovery watch: a service in a datacenter (`""` = local).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) struct UpstreamKey {
+    pub(super) name: String,
+    pub(super) datacenter: String,
+}
+
+/// One upstream of the registration: what to discover, and the listener in front of it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct UpstreamSpec {
+    pub(super) key: UpstreamKey,
+    pub(super) listener: UpstreamListener,
+}
+
+/// What the proxy's registration says, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Registration {
+    /// `Proxy.DestinationServiceName`: the identity of leaf, intentions and peers.
+    pub(super) destination: String,
+    /// The agent's datacenter, as the registration reports it (`""` if it does not).
+    pub(super) datacenter: String,
+    pub(super) inbound: Option<InboundConfig>,
+    pub(super) upstreams: Vec<UpstreamSpec>,
+}
+
+/// Validates a registration and derives the proxy's configuration from it.
+pub(super) fn registration(svc: &AgentService) -> Result<Registration, String> {
+    if !svc.is_connect_proxy() {
+        return Err(format!(
+            "service {:?} is not a connect-proxy (Kind {:?})",
+            svc.id, svc.kind
+        ));
+    }
+    let Some(proxy) = &svc.proxy else {
+        return Err(format!("connect-proxy {:?} has no Proxy block", svc.id));
+    };
+    if proxy.destination_service_name.is_empty() {
+        return Err(format!(
+            "connect-proxy {:?} has no Proxy.DestinationServiceName",
+            svc.id
+        ));
+    }
+    let inbound = inbound_of(svc, proxy);
+    let mut upstreams = Vec::new();
+    let mut binds = HashSet::new();
+    for up in &proxy.upstreams {
+        match upstream_of(up, &mut binds) {
+            Ok(Some(spec)) => upstreams.push(spec),
+            Ok(None) => {}
+            Err(why) => {
+                tracing::warn!(upstream = %up.destination_name, "upstream skipped: {why}");
+            }
+        }
+    }
+    Ok(Registration {
+        destination: proxy.destination_service_name.clone(),
+        datacenter: svc.datacenter.clone(),
+        inbound,
+        upstreams,
+    })
+}
+
+/// The public listener, unless the registration leaves it without a port or the
+/// application without one.
+fn inbound_of(svc: &AgentService, proxy: &AgentServiceConnectProxyConfig) -> Option<InboundConfig> {
+    let config = &proxy.config;
+    let address = config_str(config, "bind_address").unwrap_or(&svc.address);
+    let ip = match address {
+        "" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        a => a.parse().unwrap_or_else(|_| {
+            tracing::warn!(address = %a, "the public listener address is not an IP address; binding 0.0.0.0");
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        }),
+    };
+    let port = config_u64(config, "bind_port")
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(svc.port);
+    if port == 0 {
+        tracing::warn!(proxy_id = %svc.id, "no public listener port: inbound disabled");
+        return None;
+    }
+    if proxy.local_service_port == 0 {
+        tracing::warn!(proxy_id = %svc.id, "no Proxy.LocalServicePort (unix-socket applications are not supported): inbound disabled");
+        return None;
+    }
+    let local = match proxy.local_service_address.as_str() {
+        "" => LOCALHOST.to_string(),
+        a => a.to_owned(),
+    };
+    let protocol = protocol(config, "Proxy.Config");
+    let limits = InboundLimits {
+        handshake_timeout_ms: config_u64(config, "handshake_timeout_ms"),
+        local_connect_timeout_ms: config_u64(config, "local_connect_timeout_ms"),
+        local_request_timeout_ms: config_u64(config, "local_request_timeout_ms"),
+        idle_timeout_ms: config_u64(config, "idle_timeout_ms"),
+        // Envoy's key for the public listener's connection limit.
+        max_connections: config_u64(config, "max_inbound_connections"),
+    };
+    Some(publish::inbound(
+        SocketAddr::new(ip, port),
+        host_port(&local, proxy.local_service_port),
+        protocol,
+        &limits,
+    ))
+}
+
+/// One upstream: `Ok(None)` if it is quietly not ours (centrally configured without a
+/// port), `Err` with the reason it is skipped. `binds` holds the listeners taken so far.
+fn upstream_of(
+    up: &Upstream,
+    binds: &mut HashSet<SocketAddr>,
+) -> Result<Option<UpstreamSpec>, String> {
+    let name = &up.destination_name;
+    match up.destination_type.as_str() {
+        "" | DESTINATION_SERVICE => {}
+        DESTINATION_PREPARED_QUERY => {
+            return Err("prepared-query upstreams are not supported".into());
+        }
+        other => return Err(format!("unknown DestinationType {other:?}")),
+    }
+    if up.local_bind_port == 0 {
+        return if !up.local_bind_socket_path.is_empty() {
+            Err("unix-socket upstream listeners are not supported".into())
+        } else if !up.centrally_configured {
+            Err("no LocalBindPort".into())
+        } else {
+            Ok(None)
+        };
+    }
+    if name.is_empty() || name == "*" {
+        return Err("no DestinationName".into());
+    }
+    if !up.destination_peer.is_empty() {
+        return Err("cluster-peering upstreams are not supported".into());
+    }
+    let ent = |v: &str| !v.is_empty() && v != DEFAULT;
+    if ent(&up.destination_namespace) || ent(&up.destination_partition) {
+        return Err("namespaces and partitions other than default need Consul Enterprise".into());
+    }
+    let ip = match up.local_bind_address.as_str() {
+        "" | "localhost" => LOCALHOST,
+        a => a
+            .parse()
+            .map_err(|_| format!("LocalBindAddress {a:?} is not an IP address"))?,
+    };
+    let bind = SocketAddr::new(ip, up.local_bind_port);
+    if !binds.insert(bind) {
+        return Err(format!("{bind} is already used by another upstream"));
+    }
+    Ok(Some(upstream_spec(up, bind)))
+}
+
+fn upstream_spec(up: &Upstream, bind: SocketAddr) -> UpstreamSpec {
+    let name = &up.destination_name;
+    let config = &up.config;
+    let protocol = protocol(config, name);
+    let limits = UpstreamLimits {
+        connect_timeout_ms: config_u64(config, "connect_timeout_ms"),
+        request_timeout_ms: config_u64(config, "request_timeout_ms"),
+        idle_timeout_ms: config_u64(config, "idle_timeout_ms"),
+        max_connections: config_u64(config, "max_connections"),
+    };
+    UpstreamSpec {
+        key: UpstreamKey {
+            name: name.clone(),
+            datacenter: up.datacenter.clone(),
+        },
+        listener: UpstreamListener::new(name.clone(), bind, protocol, &limits),
+    }
+}
+
+fn config_str<'a>(config: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    config
+        .get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// A non-negative integer given as a JSON number or a numeric string (both appear in
+/// real registrations: HCL and JSON write them differently).
+fn config_u64(config: &Map<String, Value>, key: &str) -> Option<u64> {
+    let value = config.get(key)?;
+    let parsed = match value {
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| *f >= 0.0 && f.is_finite())
+                .map(|f| f as u64)
+        }),
+        Value::String(s) => s.trim().parse::<u64>().ok().or_else(|| {
+            s.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|f| *f >= 0.0 && f.is_finite())
+                .map(|f| f as u64)
+        }),
+        Value::Null => return None,
+        _ => None,
+    };
+    if parsed.is_none() {
+        tracing::warn!(key, value = %value, "not a non-negative number; using the default");
+    }
+    parsed
+}
+
+fn protocol(config: &Map<String, Value>, whose: &str) -> Protocol {
+    match config_str(config, "protocol")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("tcp") => Protocol::Tcp,
+        Some("http") => Protocol::Http,
+        Some("http2") => Protocol::Http2,
+        Some("grpc") => Protocol::Grpc,
+        Some(other) => {
+            tracing::warn!(protocol = %other, "{whose}: unknown protocol; using tcp");
+            Protocol::Tcp
+        }
+    }
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+pub(super) fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::agent::Upstream;
+    use crate::consul::source::tests::{sidecar, upstream};
+
+    #[test]
+    fn registration_reads_proxy_config() {
+        let mut svc = sidecar(vec![
+            Upstream {
+                datacenter: "dc2".into(),
+                local_bind_address: "127.0.0.5".into(),
+                config: json!({ "connect_timeout_ms": "2500", "protocol": "HTTP" })
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+                ..upstream("db", 9191)
+            },
+            Upstream {
+                destination_type: "prepared_query".into(),
+                ..upstream("geo-db", 9292)
+            },
+            Upstream {
+                centrally_configured: true,
+                ..upstream("audit", 0)
+            },
+            Upstream {
+                local_bind_address: "127.0.0.5".into(),
+                ..upstream("dup", 9191)
+            },
+        ]);
+        svc.address = "10.1.1.1".into();
+        let proxy = svc.proxy.as_mut().unwrap();
+        proxy.config = json!({
+            "bind_port": 21500, "protocol": "http", "local_connect_timeout_ms": 250.0,
+            "handshake_timeout_ms": "3000"
+        })
+        .as_object()
+        .cloned()
+        .unwrap();
+        proxy.local_service_address = "::1".into();
+        let reg = registration(&svc).unwrap();
+        let inbound = reg.inbound.unwrap();
+        assert_eq!(inbound.bind, "10.1.1.1:21500".parse().unwrap());
+        assert_eq!(inbound.local_app, "[::1]:8080");
+        assert_eq!(inbound.protocol, Protocol::Http);
+        assert_eq!(inbound.local_connect_timeout, Duration::from_millis(250));
+        assert_eq!(inbound.handshake_timeout, Duration::from_millis(3000));
+        assert_eq!(reg.upstreams.len(), 1, "{:?}", reg.upstreams);
+        let db = &reg.upstreams[0];
+        assert_eq!(db.key.datacenter, "dc2");
+        assert_eq!(db.listener.bind, "127.0.0.5:9191".parse().unwrap());
+        assert_eq!(db.listener.protocol, Protocol::Http);
+        assert_eq!(db.listener.connect_timeout, Duration::from_millis(2500));
+
+        let mut plain = sidecar(vec![]);
+        plain.kind = String::new();
+        assert!(
+            registration(&plain)
+                .unwrap_err()
+                .contains("not a connect-proxy")
+        );
+        let mut nameless = sidecar(vec![]);
+        nameless
+            .proxy
+            .as_mut()
+            .unwrap()
+            .destination_service_name
+            .clear();
+        assert!(registration(&nameless).is_err());
+        let mut portless = sidecar(vec![]);
+        portless.port = 0;
+        assert!(registration(&portless).unwrap().inbound.is_none());
+    }
+}
