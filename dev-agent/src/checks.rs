@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use ferrule_control::api::agent::AgentServiceCheck;
 use ferrule_control::api::health::{HealthCheck, PASSING};
+use ferrule_control::duration;
 
-use super::blocking::{format_go_duration, instant_after, parse_go_duration};
+use super::blocking::instant_after;
 use super::http::{ApiError, Call, Reply};
 use super::state::{Shared, State};
 
@@ -73,7 +74,7 @@ impl CheckKind {
 
     /// `HealthCheck.Definition`: the definition's set fields, Go durations as strings.
     fn definition(&self) -> Map<String, Value> {
-        let text = |d: &Duration| Value::String(format_go_duration(*d));
+        let text = |d: &Duration| Value::String(duration::format(*d));
         let mut out = Map::new();
         match self {
             CheckKind::Tcp {
@@ -158,12 +159,9 @@ impl CheckDef {
             if text.is_empty() {
                 return Ok(None);
             }
-            let nanos = parse_go_duration(text)
-                .ok_or_else(|| ApiError::bad_request(format!("invalid {field} {text:?}")))?;
-            Ok(u64::try_from(nanos)
-                .ok()
-                .filter(|n| *n > 0)
-                .map(Duration::from_nanos))
+            duration::parse(text)
+                .map(duration::positive)
+                .map_err(|_| ApiError::bad_request(format!("invalid {field} {text:?}")))
         };
         let interval = duration("Interval", &check.interval)?;
         let check_timeout = duration("Timeout", &check.timeout)?;
@@ -279,8 +277,8 @@ impl LocalCheck {
             service_name: service_name.to_owned(),
             service_tags: service_tags.to_vec(),
             r#type: def.kind.type_name().to_owned(),
-            interval: interval.map(format_go_duration).unwrap_or_default(),
-            timeout: check_timeout.map(format_go_duration).unwrap_or_default(),
+            interval: interval.map(duration::format).unwrap_or_default(),
+            timeout: check_timeout.map(duration::format).unwrap_or_default(),
             definition: def.kind.definition(),
             create_index: index,
             modify_index: index,

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::ca::{CaError, DevCa, LeafSpec};
 use ferrule_control::api::ca::{CARoot, IndexedCARoots, IssuedCert};
+use ferrule_control::duration;
 
 use super::blocking::{self, DEFAULT_WAIT, LEAF_DEFAULT_WAIT};
 use super::http::{ApiError, Call, Reply, decode_strict};
@@ -78,7 +79,7 @@ pub(super) struct CaState {
 impl CaState {
     pub(super) fn new(ca: DevCa, datacenter: &str, leaf_ttl: Duration, index: u64) -> CaState {
         let provider_config = match json!({
-            "LeafCertTTL": blocking::format_go_duration(leaf_ttl),
+            "LeafCertTTL": duration::format(leaf_ttl),
             "IntermediateCertTTL": "8760h",
             "RootCertTTL": "87600h",
             "RotationPeriod": "2160h",
@@ -457,9 +458,9 @@ pub(super) async fn set_configuration(shared: &Shared, call: &Call) -> Result<Re
     let leaf_ttl = match str_key("LeafCertTTL").filter(|s| !s.is_empty()) {
         None => None,
         Some(text) => Some(
-            blocking::parse_go_duration(text)
-                .and_then(|n| u64::try_from(n).ok())
-                .map(Duration::from_nanos)
+            duration::parse(text)
+                .ok()
+                .and_then(duration::positive)
                 .filter(|ttl| (Duration::from_secs(1)..=MAX_LEAF_TTL).contains(ttl))
                 .ok_or_else(|| {
                     ApiError::bad_request(format!(

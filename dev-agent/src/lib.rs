@@ -157,15 +157,6 @@ pub enum DevError {
     Task(String),
 }
 
-/// A positive duration in Go's syntax (`72h`, `90s`, `1h30m`), as Consul spells TTLs:
-/// for `--leaf-ttl`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    blocking::parse_go_duration(text)
-        .and_then(|nanos| u64::try_from(nanos).ok())
-        .filter(|nanos| *nanos > 0)
-        .map(Duration::from_nanos)
-}
-
 /// Binds `config.addr` and serves until `shutdown` completes: what `ferrule dev` runs.
 pub async fn run(
     config: DevAgentConfig,
