@@ -1,6 +1,7 @@
-//! Blocking queries (spec §2): the `index`/`wait`/`hash` parameters, the wait Consul would
-//! apply (default 5 min, at most 10 min, plus up to 1/16 of random jitter), and the two
-//! waiting loops, one on a resource's index and one on a content hash.
+//! Blocking queries (`docs/consul-semantics.md#blocking-queries`): the `index`/`wait`/`hash`
+//! parameters, the wait Consul would apply (default 5 min, at most 10 min, plus up to 1/16
+//! of random jitter), and the two waiting loops, one on a resource's index and one on a
+//! content hash. `wait` is read with `ferrule_control::duration`, Go's syntax.
 //!
 //! Every write to the dev agent's state bumps one raft-like index and publishes it on a
 //! `watch` channel. A blocked reader re-reads its resource after each publication and
@@ -23,7 +24,8 @@ pub(super) const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 pub(super) const MAX_WAIT: Duration = Duration::from_secs(600);
 /// Consul adds up to `wait / 16` of random jitter (`structs.JitterFraction`).
 const JITTER_FRACTION: u32 = 16;
-/// The leaf endpoint's own default (`leafcert.DefaultQueryTimeout`, spec §2.4).
+/// The leaf endpoint's own default (`leafcert.DefaultQueryTimeout` in Consul): it holds
+/// a blocked leaf read for ten minutes, twice the other endpoints' default.
 pub(super) const LEAF_DEFAULT_WAIT: Duration = Duration::from_secs(600);
 
 /// The blocking parameters of one request.
@@ -129,7 +131,8 @@ pub(super) async fn by_index<T>(
 }
 
 /// Reads a resource, holding the request while its content hash equals `opts.hash`
-/// (spec §2.2). Without a `hash` parameter it answers at once.
+/// (the agent-local reads' hash blocking, `docs/consul-semantics.md#blocking-queries`).
+/// Without a `hash` parameter it answers at once.
 pub(super) async fn by_hash<T>(
     shared: &Shared,
     opts: &Blocking,

@@ -1,5 +1,5 @@
 //! The development certificate authority: a root and the service leaves it signs, shaped
-//! like the certificates of Consul's built-in CA (spec 4.2).
+//! like the certificates of Consul's built-in CA (`docs/consul-semantics.md#identity`).
 //!
 //! `cargo xtask certs` writes its output to disk, the end-to-end tests mint good and
 //! deliberately bad leaves with it (the `LeafSpec` knobs), and the embedded dev agent
@@ -120,7 +120,8 @@ impl LeafSpec {
     }
 }
 
-/// A signed leaf and its key, with the fields of Consul's `IssuedCert` (spec 3.2).
+/// A signed leaf and its key, with the fields of Consul's `IssuedCert` (the leaf
+/// endpoint's answer, `docs/consul-semantics.md#agent-api`).
 #[derive(Clone)]
 pub struct IssuedLeaf {
     /// The leaf, followed by intermediates (none: the dev CA signs with its root).

@@ -1,5 +1,6 @@
 //! The dev agent's Connect CA: the trust roots it publishes, the service leaves it signs
-//! with `crate::ca::DevCa`, their renewal, and root rotation (spec 3.1, 3.2, 4.2–4.5).
+//! with `crate::ca::DevCa`, their renewal, and root rotation, as Consul's built-in CA
+//! does them (`docs/consul-semantics.md#identity`, `#dev-agent`).
 //!
 //! Leaves are cached per service name. The agent renews a leaf at a random point between
 //! 60 % and 90 % of its lifetime (a background task calls [`State::ca_maintenance`]), so a

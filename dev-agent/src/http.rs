@@ -1,6 +1,6 @@
 //! The dev agent's HTTP/1.1 front: routing, query and body parsing, and the answer's
-//! shape: Consul's headers (spec 1.2), plain-text errors with Consul's status codes
-//! (spec 1.4), the Community Edition refusals (spec 1.3) and JSON indented as a
+//! shape: Consul's headers, plain-text errors with Consul's status codes, the Community
+//! Edition refusals (all in `docs/consul-semantics.md#agent-api`) and JSON indented as a
 //! `consul agent -dev` indents it.
 //!
 //! Handlers live with the state they serve (`services`, `checks`, `ca`, `intentions`);
@@ -322,7 +322,7 @@ pub(super) async fn handle(
     let mut response = Response::new(Full::new(reply.body));
     *response.status_mut() = reply.status;
     *response.headers_mut() = reply.headers;
-    // Sent on every answer, ACLs or not (spec 1.2).
+    // Consul sends it on every answer, ACLs enabled or not.
     response.headers_mut().insert(
         HeaderName::from_static("x-consul-default-acl-policy"),
         HeaderValue::from_static("allow"),

@@ -9,14 +9,26 @@
 //! root), the registrations, the intentions and the checks' last statuses, but starts
 //! the indexes low again: what a restarted Consul agent looks like to its proxies.
 //!
-//! Modules: `state` (the state and its lock), `blocking` (index and hash waits),
-//! `http` (routing and Consul's HTTP conventions), `services` (registration, agent and
-//! health views), `checks` (health checks that really run), `ca` (the development
-//! certificate authority: a root and the leaves it signs, also used by `cargo xtask certs`
-//! and the tests), `connect_ca` (the CA endpoints: roots, leaves, renewal, rotation),
-//! `intentions` (config entries and the intentions API), `persist` (the
-//! data dir's state file), `workload` (the SPIFFE Workload API on unix sockets, for
-//! proxies that take their identity from SPIFFE).
+//! What it emulates, and how, is described in `docs/consul-semantics.md#dev-agent`.
+//!
+//! Modules:
+//! - `state`: the whole state in memory and its one lock;
+//! - `blocking`: blocking queries, index and hash waits;
+//! - `http`: routing and Consul's HTTP conventions (headers, errors, refusals);
+//! - `services`: registration, deregistration, the agent and health views;
+//! - `checks`: health checks that really run (TCP, HTTP, TTL, alias);
+//! - `defaults`: `service-defaults` and `proxy-defaults`, merged into sidecars;
+//! - `intentions`: `service-intentions` config entries, the intentions API and authorize;
+//! - `ca`: the development certificate authority, a root and the leaves it signs (also
+//!   used by `cargo xtask certs` and the tests);
+//! - `connect_ca`: the CA endpoints: roots, leaves, renewal, rotation, CA configuration;
+//! - `persist`: the data dir's state file;
+//! - `workload`: the SPIFFE Workload API on unix sockets, for proxies that take their
+//!   identity from SPIFFE;
+//! - `tests`: the agent seen from outside over HTTP, one file per topic.
+//!
+//! Durations (`wait`, check intervals and TTLs, the leaf TTL) are Go durations read and
+//! written by `ferrule_control::duration`, the same code as the proxy's flags.
 
 mod blocking;
 pub mod ca;

@@ -1,7 +1,8 @@
-//! Locally registered services: registration (with Consul's sidecar defaults, spec 3.4),
-//! deregistration, the agent's views (`/v1/agent/services`, `/v1/agent/service/:id` with
-//! hash blocking) and the catalog's health view (`/v1/health/service/:name`,
-//! `/v1/health/connect/:name`, spec 3.6).
+//! Locally registered services: registration (with Consul's sidecar defaults,
+//! `docs/consul-semantics.md#sidecar-registration`), deregistration, the agent's views
+//! (`/v1/agent/services`, `/v1/agent/service/:id` with hash blocking) and the catalog's
+//! health view (`/v1/health/service/:name`, `/v1/health/connect/:name`,
+//! `docs/consul-semantics.md#upstream-discovery`).
 //!
 //! A sidecar registered through `Connect.SidecarService` becomes a `connect-proxy`
 //! service `<id>-sidecar-proxy` with the defaults of `agent/sidecar_service.go`: the
@@ -229,7 +230,7 @@ pub(super) async fn health(
         .collect();
     let reply = Reply::json(&entries)?.index(answer.index);
     // With an index Consul answers from its streaming backend, which sends no leader
-    // headers (spec 2.3).
+    // headers (`X-Consul-KnownLeader`, `X-Consul-LastContact`) but says it streamed.
     Ok(if opts.index > 0 {
         reply
             .header("X-Consul-Query-Backend", "streaming")
