@@ -57,7 +57,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -363,14 +363,7 @@ async fn accept_loop(
     workload: WorkloadApi,
     shutdown: impl Future<Output = ()>,
 ) {
-    let saver = match shared.config.data_dir.clone() {
-        Some(dir) => {
-            // Before the first accept: no client ever sees a half-restored agent.
-            persist::restore(&shared, &dir).await;
-            Some(tokio::spawn(persist::keep_saved(Arc::clone(&shared), dir)))
-        }
-        None => None,
-    };
+    let saver = restore_and_keep_saved(&shared).await;
     let maintenance = tokio::spawn(maintain_ca(Arc::clone(&shared)));
     // Stops by itself once `shared.shutdown` is cancelled, and removes its sockets.
     let workload = tokio::spawn(workload.serve(Arc::clone(&shared)));
@@ -380,21 +373,7 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let shared = Arc::clone(&shared);
-                    connections.spawn(async move {
-                        let service = service_fn(move |request| {
-                            http::handle(Arc::clone(&shared), request)
-                        });
-                        // The timer enables hyper's header read timeout, so a client
-                        // that never finishes its request headers is let go.
-                        if let Err(e) = http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
-                        {
-                            tracing::debug!(error = %e, "dev agent: connection ended");
-                        }
-                    });
+                    connections.spawn(serve_connection(stream, Arc::clone(&shared)));
                 }
                 Err(e) => {
                     // Per-connection failures and descriptor exhaustion pass; keep
@@ -422,6 +401,28 @@ async fn accept_loop(
     // The last save is done before the agent counts as stopped.
     if let Some(saver) = saver {
         let _ = saver.await;
+    }
+}
+
+/// With a data dir, restores the state kept there and starts the task that keeps it
+/// saved. Called before the first accept: no client ever sees a half-restored agent.
+async fn restore_and_keep_saved(shared: &Arc<Shared>) -> Option<JoinHandle<()>> {
+    let dir = shared.config.data_dir.clone()?;
+    persist::restore(shared, &dir).await;
+    Some(tokio::spawn(persist::keep_saved(Arc::clone(shared), dir)))
+}
+
+/// Serves the agent API on one accepted connection until the client closes it.
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+    let service = service_fn(move |request| http::handle(Arc::clone(&shared), request));
+    // The timer enables hyper's header read timeout, so a client that never finishes its
+    // request headers is let go.
+    if let Err(e) = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "dev agent: connection ended");
     }
 }
 
