@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod consul;
+pub mod duration;
 pub mod file;
 pub mod identity;
 pub mod intentions;

@@ -1,6 +1,7 @@
-//! Blocking queries (spec §2): the `index`/`wait`/`hash` parameters, the wait Consul would
-//! apply (default 5 min, at most 10 min, plus up to 1/16 of random jitter), and the two
-//! waiting loops, one on a resource's index and one on a content hash.
+//! Blocking queries (`docs/consul-semantics.md#blocking-queries`): the `index`/`wait`/`hash`
+//! parameters, the wait Consul would apply (default 5 min, at most 10 min, plus up to 1/16
+//! of random jitter), and the two waiting loops, one on a resource's index and one on a
+//! content hash. `wait` is read with `ferrule_control::duration`, Go's syntax.
 //!
 //! Every write to the dev agent's state bumps one raft-like index and publishes it on a
 //! `watch` channel. A blocked reader re-reads its resource after each publication and
@@ -11,6 +12,7 @@
 
 use std::time::Duration;
 
+use ferrule_control::duration;
 use tokio::time::{Instant, sleep_until};
 
 use super::http::{ApiError, Query};
@@ -22,7 +24,8 @@ pub(super) const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 pub(super) const MAX_WAIT: Duration = Duration::from_secs(600);
 /// Consul adds up to `wait / 16` of random jitter (`structs.JitterFraction`).
 const JITTER_FRACTION: u32 = 16;
-/// The leaf endpoint's own default (`leafcert.DefaultQueryTimeout`, spec §2.4).
+/// The leaf endpoint's own default (`leafcert.DefaultQueryTimeout` in Consul): it holds
+/// a blocked leaf read for ten minutes, twice the other endpoints' default.
 pub(super) const LEAF_DEFAULT_WAIT: Duration = Duration::from_secs(600);
 
 /// The blocking parameters of one request.
@@ -42,14 +45,9 @@ impl Blocking {
     pub(super) fn parse(query: &Query) -> Result<Blocking, ApiError> {
         let wait = match query.get("wait").filter(|w| !w.is_empty()) {
             None => None,
-            Some(text) => {
-                let nanos = parse_go_duration(text)
-                    .ok_or_else(|| ApiError::bad_request("Invalid wait time"))?;
-                u64::try_from(nanos)
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .map(Duration::from_nanos)
-            }
+            Some(text) => duration::parse(text)
+                .map(duration::positive)
+                .map_err(|_| ApiError::bad_request("Invalid wait time"))?,
         };
         let index = match query.get("index").filter(|i| !i.is_empty()) {
             None => 0,
@@ -133,7 +131,8 @@ pub(super) async fn by_index<T>(
 }
 
 /// Reads a resource, holding the request while its content hash equals `opts.hash`
-/// (spec §2.2). Without a `hash` parameter it answers at once.
+/// (the agent-local reads' hash blocking, `docs/consul-semantics.md#blocking-queries`).
+/// Without a `hash` parameter it answers at once.
 pub(super) async fn by_hash<T>(
     shared: &Shared,
     opts: &Blocking,
@@ -160,150 +159,9 @@ pub(super) async fn by_hash<T>(
     }
 }
 
-/// Go's `time.ParseDuration`, in nanoseconds: `300ms`, `1.5h`, `2h45m`, `-10s`, `0`.
-pub(super) fn parse_go_duration(text: &str) -> Option<i128> {
-    let (negative, mut rest) = match text.as_bytes().first()? {
-        b'-' => (true, &text[1..]),
-        b'+' => (false, &text[1..]),
-        _ => (false, text),
-    };
-    if rest == "0" {
-        return Some(0);
-    }
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total: i128 = 0;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(rest.len());
-        let number = &rest[..digits];
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let scale: i128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            _ => return None,
-        };
-        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-        let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-        if (whole.is_empty() && fraction.is_empty())
-            || !digits_only(whole)
-            || !digits_only(fraction)
-        {
-            return None;
-        }
-        let whole: i128 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse().ok()?
-        };
-        let mut part = whole.checked_mul(scale)?;
-        let mut unit_scale = scale;
-        for digit in fraction.bytes() {
-            unit_scale /= 10;
-            part = part.checked_add(i128::from(digit.saturating_sub(b'0')) * unit_scale)?;
-        }
-        total = total.checked_add(part)?;
-    }
-    // Go refuses durations beyond ~292 years.
-    if total > i128::from(i64::MAX) {
-        return None;
-    }
-    Some(if negative { -total } else { total })
-}
-
-/// Go's `time.Duration.String()`: `0s`, `500ms`, `1.5s`, `1m30s`, `72h0m0s`.
-pub(super) fn format_go_duration(duration: Duration) -> String {
-    let nanos = duration.as_nanos();
-    if nanos == 0 {
-        return "0s".to_owned();
-    }
-    if nanos < 1_000_000_000 {
-        let (scale, unit) = if nanos < 1_000 {
-            (1, "ns")
-        } else if nanos < 1_000_000 {
-            (1_000, "µs")
-        } else {
-            (1_000_000, "ms")
-        };
-        return format!("{}{unit}", fraction(nanos, scale));
-    }
-    let hours = nanos / 3_600_000_000_000;
-    let minutes = (nanos / 60_000_000_000) % 60;
-    let seconds = fraction(nanos % 60_000_000_000, 1_000_000_000);
-    if hours > 0 {
-        format!("{hours}h{minutes}m{seconds}s")
-    } else if minutes > 0 {
-        format!("{minutes}m{seconds}s")
-    } else {
-        format!("{seconds}s")
-    }
-}
-
-/// `value / scale` as a decimal without trailing zeros.
-fn fraction(value: u128, scale: u128) -> String {
-    let whole = value / scale;
-    let rest = value % scale;
-    if rest == 0 {
-        return whole.to_string();
-    }
-    let width = scale.ilog10() as usize;
-    let digits = format!("{rest:0width$}");
-    format!("{whole}.{}", digits.trim_end_matches('0'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn go_durations_parse_like_go() {
-        let s = 1_000_000_000i128;
-        assert_eq!(parse_go_duration("10s"), Some(10 * s));
-        assert_eq!(parse_go_duration("5m"), Some(300 * s));
-        assert_eq!(parse_go_duration("300000ms"), Some(300 * s));
-        assert_eq!(parse_go_duration("1h2m3s"), Some(3723 * s));
-        assert_eq!(parse_go_duration("1.5s"), Some(1_500_000_000));
-        assert_eq!(parse_go_duration(".5s"), Some(500_000_000));
-        assert_eq!(parse_go_duration("2µs"), Some(2_000));
-        assert_eq!(parse_go_duration("-10s"), Some(-10 * s));
-        assert_eq!(parse_go_duration("0"), Some(0));
-        for bad in ["", "10", "s", "10x", "1.2.3s", "ten seconds", "-", "."] {
-            assert_eq!(parse_go_duration(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn go_durations_format_like_go() {
-        let cases = [
-            (Duration::ZERO, "0s"),
-            (Duration::from_millis(500), "500ms"),
-            (Duration::from_micros(1500), "1.5ms"),
-            (Duration::from_secs(10), "10s"),
-            (Duration::from_millis(1500), "1.5s"),
-            (Duration::from_secs(90), "1m30s"),
-            (Duration::from_secs(3600), "1h0m0s"),
-            (Duration::from_secs(72 * 3600), "72h0m0s"),
-        ];
-        for (duration, text) in cases {
-            assert_eq!(format_go_duration(duration), text);
-            assert_eq!(
-                parse_go_duration(text),
-                Some(duration.as_nanos() as i128),
-                "{text} round-trips"
-            );
-        }
-    }
 
     #[test]
     fn wait_is_clamped_and_jitter_bounded() {

@@ -1,5 +1,5 @@
 //! The development certificate authority: a root and the service leaves it signs, shaped
-//! like the certificates of Consul's built-in CA (spec 4.2).
+//! like the certificates of Consul's built-in CA (`docs/consul-semantics.md#identity`).
 //!
 //! `cargo xtask certs` writes its output to disk, the end-to-end tests mint good and
 //! deliberately bad leaves with it (the `LeafSpec` knobs), and the embedded dev agent
@@ -21,6 +21,7 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
+use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 
 use ferrule_control::identity::{DEFAULT, ServiceId};
@@ -120,7 +121,8 @@ impl LeafSpec {
     }
 }
 
-/// A signed leaf and its key, with the fields of Consul's `IssuedCert` (spec 3.2).
+/// A signed leaf and its key, with the fields of Consul's `IssuedCert` (the leaf
+/// endpoint's answer, `docs/consul-semantics.md#agent-api`).
 #[derive(Clone)]
 pub struct IssuedLeaf {
     /// The leaf, followed by intermediates (none: the dev CA signs with its root).
@@ -207,17 +209,8 @@ impl DevCa {
 
         let key = EcKey::generate()?;
         let key_id = sha256(&key.pair.subject_public_key_info());
-        let mut name = DistinguishedName::new();
-        name.push(
-            DnType::CommonName,
-            format!(
-                "pri-{}.consul.ca.{}.consul",
-                hex(&random_bytes::<4>()?),
-                &cluster_id[..8]
-            ),
-        );
         let mut params = CertificateParams::default();
-        params.distinguished_name = name;
+        params.distinguished_name = root_name(&cluster_id)?;
         params.subject_alt_names = vec![uri_san(&format!("spiffe://{cluster_id}.consul"))?];
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
@@ -267,20 +260,7 @@ impl DevCa {
         if x509.public_key().raw != key.pair.subject_public_key_info().as_slice() {
             return Err(CaError::KeyMismatch);
         }
-        let trust_domain = x509
-            .subject_alternative_name()
-            .map_err(|e| CaError::CaCert(e.to_string()))?
-            .into_iter()
-            .flat_map(|san| san.value.general_names.iter())
-            .find_map(|name| match name {
-                GeneralName::URI(uri) => uri.strip_prefix("spiffe://"),
-                _ => None,
-            })
-            .ok_or_else(|| bad("no spiffe://<cluster-id>.consul URI SAN"))?;
-        let cluster_id = trust_domain
-            .strip_suffix(".consul")
-            .ok_or_else(|| bad("trust domain does not end in .consul"))?;
-        let cluster_id = normalize_cluster_id(cluster_id)?;
+        let cluster_id = root_cluster_id(&x509)?;
         let serial = serial_to_u64(x509.raw_serial())
             .ok_or_else(|| bad("serial number does not fit in 64 bits"))?;
         let key_id = x509
@@ -367,22 +347,7 @@ impl DevCa {
         let not_after = validity_end(not_before, spec.ttl)
             .ok_or_else(|| leaf_err(format!("ttl {} is not usable", spec.ttl)))?;
 
-        let service_uri = match &spec.uri_override {
-            Some(uri) => uri.clone(),
-            None => {
-                let mut id = ServiceId::new(
-                    &self.trust_domain(),
-                    &spec.namespace,
-                    &spec.datacenter,
-                    &spec.service,
-                );
-                id.partition = spec.partition.clone();
-                let uri = id.to_uri();
-                // Without a knob asking for it, never mint an identity no verifier accepts.
-                ServiceId::parse(&uri).map_err(|e| leaf_err(e.to_string()))?;
-                uri
-            }
-        };
+        let service_uri = self.leaf_uri(spec).map_err(leaf_err)?;
         let mut sans = vec![uri_san(&service_uri)?];
         for uri in &spec.extra_uri_sans {
             sans.push(uri_san(uri)?);
@@ -394,27 +359,8 @@ impl DevCa {
         let key = EcKey::generate()?;
         let serial = self.next_serial()?;
 
-        let mut params = CertificateParams::default();
-        // Consul leaves (since 1.11) have an empty subject; rcgen then marks the SAN
-        // extension critical, as RFC 5280 4.2.1.6 requires and Consul does.
-        params.distinguished_name = DistinguishedName::new();
+        let mut params = leaf_profile(spec.is_ca);
         params.subject_alt_names = sans;
-        params.is_ca = if spec.is_ca {
-            IsCa::Ca(BasicConstraints::Unconstrained)
-        } else {
-            // ExplicitNoCa writes basicConstraints CA=false (and the SKI), as Go does.
-            IsCa::ExplicitNoCa
-        };
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-            KeyUsagePurpose::DataEncipherment,
-            KeyUsagePurpose::KeyAgreement,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        ];
         params.key_identifier_method =
             KeyIdMethod::PreSpecified(sha256(&key.pair.subject_public_key_info()));
         params.use_authority_key_identifier_extension = true;
@@ -433,6 +379,24 @@ impl DevCa {
             valid_before: not_after,
             service: spec.service.clone(),
         })
+    }
+
+    /// The leaf's SPIFFE ID: the service's in this trust domain, or the spec's override.
+    fn leaf_uri(&self, spec: &LeafSpec) -> Result<String, String> {
+        if let Some(uri) = &spec.uri_override {
+            return Ok(uri.clone());
+        }
+        let mut id = ServiceId::new(
+            &self.trust_domain(),
+            &spec.namespace,
+            &spec.datacenter,
+            &spec.service,
+        );
+        id.partition = spec.partition.clone();
+        let uri = id.to_uri();
+        // Without a knob asking for it, never mint an identity no verifier accepts.
+        ServiceId::parse(&uri).map_err(|e| e.to_string())?;
+        Ok(uri)
     }
 
     /// Cross-signs `newer` (another root of this cluster) with this root's key, as
@@ -480,6 +444,65 @@ impl DevCa {
             .and_then(next)
             .ok_or(CaError::SerialExhausted)
     }
+}
+
+/// A root's subject, as Consul's built-in CA names its roots:
+/// `pri-<random>.consul.ca.<first 8 of the cluster ID>.consul`.
+fn root_name(cluster_id: &str) -> Result<DistinguishedName, CaError> {
+    let mut name = DistinguishedName::new();
+    name.push(
+        DnType::CommonName,
+        format!(
+            "pri-{}.consul.ca.{}.consul",
+            hex(&random_bytes::<4>()?),
+            &cluster_id[..8]
+        ),
+    );
+    Ok(name)
+}
+
+/// The cluster ID of a root, from its `spiffe://<cluster-id>.consul` URI SAN.
+fn root_cluster_id(x509: &X509Certificate<'_>) -> Result<String, CaError> {
+    let bad = |reason: &str| CaError::CaCert(reason.to_owned());
+    let trust_domain = x509
+        .subject_alternative_name()
+        .map_err(|e| CaError::CaCert(e.to_string()))?
+        .into_iter()
+        .flat_map(|san| san.value.general_names.iter())
+        .find_map(|name| match name {
+            GeneralName::URI(uri) => uri.strip_prefix("spiffe://"),
+            _ => None,
+        })
+        .ok_or_else(|| bad("no spiffe://<cluster-id>.consul URI SAN"))?;
+    let cluster_id = trust_domain
+        .strip_suffix(".consul")
+        .ok_or_else(|| bad("trust domain does not end in .consul"))?;
+    normalize_cluster_id(cluster_id)
+}
+
+/// Consul's leaf profile: an empty subject (since Consul 1.11; rcgen then marks the SAN
+/// extension critical, as RFC 5280 4.2.1.6 requires and Consul does), CA=false unless
+/// asked, and the key usages and both EKUs of Consul's leaves.
+fn leaf_profile(is_ca: bool) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.is_ca = if is_ca {
+        IsCa::Ca(BasicConstraints::Unconstrained)
+    } else {
+        // ExplicitNoCa writes basicConstraints CA=false (and the SKI), as Go does.
+        IsCa::ExplicitNoCa
+    };
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+        KeyUsagePurpose::DataEncipherment,
+        KeyUsagePurpose::KeyAgreement,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ClientAuth,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    ];
+    params
 }
 
 /// Consul's `EncodeSerialNumber`: the minimal big-endian bytes, colon-separated.

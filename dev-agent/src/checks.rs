@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use ferrule_control::api::agent::AgentServiceCheck;
 use ferrule_control::api::health::{HealthCheck, PASSING};
+use ferrule_control::duration;
 
-use super::blocking::{format_go_duration, instant_after, parse_go_duration};
+use super::blocking::instant_after;
 use super::http::{ApiError, Call, Reply};
 use super::state::{Shared, State};
 
@@ -73,7 +74,7 @@ impl CheckKind {
 
     /// `HealthCheck.Definition`: the definition's set fields, Go durations as strings.
     fn definition(&self) -> Map<String, Value> {
-        let text = |d: &Duration| Value::String(format_go_duration(*d));
+        let text = |d: &Duration| Value::String(duration::format(*d));
         let mut out = Map::new();
         match self {
             CheckKind::Tcp {
@@ -136,38 +137,77 @@ impl CheckDef {
         default_id: String,
         default_name: String,
     ) -> Result<CheckDef, ApiError> {
-        let unsupported = |what: &str| {
-            ApiError::bad_request(format!(
-                "the dev agent runs TCP, HTTP, TTL and alias checks only, not {what} checks"
-            ))
-        };
-        if !check.script_args.is_empty() {
-            return Err(unsupported("script"));
+        refuse_unsupported(check)?;
+        let kind = CheckKind::from_wire(check)?;
+        if !check.status.is_empty()
+            && ![PASSING, WARNING, CRITICAL].contains(&check.status.as_str())
+        {
+            return Err(ApiError::bad_request(format!(
+                "Invalid check status {:?}",
+                check.status
+            )));
         }
-        for (what, set) in [
-            ("UDP", &check.udp),
-            ("gRPC", &check.grpc),
-            ("H2PING", &check.h2ping),
-            ("node alias", &check.alias_node),
-        ] {
-            if !set.is_empty() {
-                return Err(unsupported(what));
-            }
+        Ok(CheckDef {
+            id: if check.check_id.is_empty() {
+                default_id
+            } else {
+                check.check_id.clone()
+            },
+            name: if check.name.is_empty() {
+                default_name
+            } else {
+                check.name.clone()
+            },
+            notes: check.notes.clone(),
+            initial_status: check.status.clone(),
+            kind,
+        })
+    }
+}
+
+/// The refusal of a check type the dev agent does not run.
+fn unsupported(what: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "the dev agent runs TCP, HTTP, TTL and alias checks only, not {what} checks"
+    ))
+}
+
+/// Refuses, by name, the check types Consul has and the dev agent does not run.
+fn refuse_unsupported(check: &AgentServiceCheck) -> Result<(), ApiError> {
+    if !check.script_args.is_empty() {
+        return Err(unsupported("script"));
+    }
+    for (what, set) in [
+        ("UDP", &check.udp),
+        ("gRPC", &check.grpc),
+        ("H2PING", &check.h2ping),
+        ("node alias", &check.alias_node),
+    ] {
+        if !set.is_empty() {
+            return Err(unsupported(what));
         }
-        let duration = |field: &str, text: &str| -> Result<Option<Duration>, ApiError> {
-            if text.is_empty() {
-                return Ok(None);
-            }
-            let nanos = parse_go_duration(text)
-                .ok_or_else(|| ApiError::bad_request(format!("invalid {field} {text:?}")))?;
-            Ok(u64::try_from(nanos)
-                .ok()
-                .filter(|n| *n > 0)
-                .map(Duration::from_nanos))
-        };
-        let interval = duration("Interval", &check.interval)?;
-        let check_timeout = duration("Timeout", &check.timeout)?;
-        let ttl = duration("TTL", &check.ttl)?;
+    }
+    Ok(())
+}
+
+/// One of the check's duration fields: unset when empty or not positive, as Consul reads
+/// them; a 400 naming the field when it is not a Go duration.
+fn duration_field(field: &str, text: &str) -> Result<Option<Duration>, ApiError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    duration::parse(text)
+        .map(duration::positive)
+        .map_err(|_| ApiError::bad_request(format!("invalid {field} {text:?}")))
+}
+
+impl CheckKind {
+    /// Which check a registration asks for, by the first of its fields that is set, in
+    /// Consul's order: TCP, HTTP, TTL, alias.
+    fn from_wire(check: &AgentServiceCheck) -> Result<CheckKind, ApiError> {
+        let interval = duration_field("Interval", &check.interval)?;
+        let check_timeout = duration_field("Timeout", &check.timeout)?;
+        let ttl = duration_field("TTL", &check.ttl)?;
         let need_interval = || {
             interval.map(|i| i.max(MIN_USER_INTERVAL)).ok_or_else(|| {
                 ApiError::bad_request(
@@ -175,7 +215,7 @@ impl CheckDef {
                 )
             })
         };
-        let kind = if !check.tcp.is_empty() {
+        Ok(if !check.tcp.is_empty() {
             if check.tcp_use_tls {
                 return Err(unsupported("TCP+TLS"));
             }
@@ -205,30 +245,20 @@ impl CheckDef {
             return Err(ApiError::bad_request(
                 "Check must be a TCP, HTTP, TTL or alias check",
             ));
-        };
-        if !check.status.is_empty()
-            && ![PASSING, WARNING, CRITICAL].contains(&check.status.as_str())
-        {
-            return Err(ApiError::bad_request(format!(
-                "Invalid check status {:?}",
-                check.status
-            )));
-        }
-        Ok(CheckDef {
-            id: if check.check_id.is_empty() {
-                default_id
-            } else {
-                check.check_id.clone()
-            },
-            name: if check.name.is_empty() {
-                default_name
-            } else {
-                check.name.clone()
-            },
-            notes: check.notes.clone(),
-            initial_status: check.status.clone(),
-            kind,
         })
+    }
+
+    /// The interval and timeout of a check that runs on a schedule.
+    fn schedule(&self) -> (Option<Duration>, Option<Duration>) {
+        match self {
+            CheckKind::Tcp {
+                interval, timeout, ..
+            }
+            | CheckKind::Http {
+                interval, timeout, ..
+            } => (Some(*interval), *timeout),
+            _ => (None, None),
+        }
     }
 }
 
@@ -254,15 +284,7 @@ impl LocalCheck {
         index: u64,
         cancel: CancellationToken,
     ) -> LocalCheck {
-        let (interval, check_timeout) = match &def.kind {
-            CheckKind::Tcp {
-                interval, timeout, ..
-            }
-            | CheckKind::Http {
-                interval, timeout, ..
-            } => (Some(*interval), *timeout),
-            _ => (None, None),
-        };
+        let (interval, check_timeout) = def.kind.schedule();
         let status = if def.initial_status.is_empty() {
             CRITICAL.to_owned()
         } else {
@@ -279,8 +301,8 @@ impl LocalCheck {
             service_name: service_name.to_owned(),
             service_tags: service_tags.to_vec(),
             r#type: def.kind.type_name().to_owned(),
-            interval: interval.map(format_go_duration).unwrap_or_default(),
-            timeout: check_timeout.map(format_go_duration).unwrap_or_default(),
+            interval: interval.map(duration::format).unwrap_or_default(),
+            timeout: check_timeout.map(duration::format).unwrap_or_default(),
             definition: def.kind.definition(),
             create_index: index,
             modify_index: index,
@@ -513,15 +535,19 @@ async fn http_probe(
                 "HTTP {method} {url}: {status} Output: {}",
                 String::from_utf8_lossy(&body)
             );
-            let result = if status.is_success() {
-                PASSING
-            } else if status == StatusCode::TOO_MANY_REQUESTS {
-                WARNING
-            } else {
-                CRITICAL
-            };
-            (result, output)
+            (http_status(status), output)
         }
+    }
+}
+
+/// What an HTTP check's answer means, as Consul reads it: 2xx passes, 429 warns.
+fn http_status(status: StatusCode) -> &'static str {
+    if status.is_success() {
+        PASSING
+    } else if status == StatusCode::TOO_MANY_REQUESTS {
+        WARNING
+    } else {
+        CRITICAL
     }
 }
 

@@ -1,5 +1,6 @@
 //! The dev agent's Connect CA: the trust roots it publishes, the service leaves it signs
-//! with `crate::ca::DevCa`, their renewal, and root rotation (spec 3.1, 3.2, 4.2–4.5).
+//! with `crate::ca::DevCa`, their renewal, and root rotation, as Consul's built-in CA
+//! does them (`docs/consul-semantics.md#identity`, `#dev-agent`).
 //!
 //! Leaves are cached per service name. The agent renews a leaf at a random point between
 //! 60 % and 90 % of its lifetime (a background task calls [`State::ca_maintenance`]), so a
@@ -25,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::ca::{CaError, DevCa, LeafSpec};
 use ferrule_control::api::ca::{CARoot, IndexedCARoots, IssuedCert};
+use ferrule_control::duration;
 
 use super::blocking::{self, DEFAULT_WAIT, LEAF_DEFAULT_WAIT};
 use super::http::{ApiError, Call, Reply, decode_strict};
@@ -78,7 +80,7 @@ pub(super) struct CaState {
 impl CaState {
     pub(super) fn new(ca: DevCa, datacenter: &str, leaf_ttl: Duration, index: u64) -> CaState {
         let provider_config = match json!({
-            "LeafCertTTL": blocking::format_go_duration(leaf_ttl),
+            "LeafCertTTL": duration::format(leaf_ttl),
             "IntermediateCertTTL": "8760h",
             "RootCertTTL": "87600h",
             "RotationPeriod": "2160h",
@@ -456,40 +458,10 @@ pub(super) async fn set_configuration(shared: &Shared, call: &Call) -> Result<Re
     let str_key = |key: &str| body.config.get(key).and_then(Value::as_str);
     let leaf_ttl = match str_key("LeafCertTTL").filter(|s| !s.is_empty()) {
         None => None,
-        Some(text) => Some(
-            blocking::parse_go_duration(text)
-                .and_then(|n| u64::try_from(n).ok())
-                .map(Duration::from_nanos)
-                .filter(|ttl| (Duration::from_secs(1)..=MAX_LEAF_TTL).contains(ttl))
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "invalid LeafCertTTL {text:?}: want a duration from 1s to 8760h"
-                    ))
-                })?,
-        ),
+        Some(text) => Some(leaf_ttl(text)?),
     };
     let cluster_id = shared.with(|state| state.ca.cluster_id.clone());
-    let new = match (str_key("PrivateKey"), str_key("RootCert")) {
-        (Some(key), Some(cert)) => {
-            let ca = DevCa::from_pem(cert, key)
-                .map_err(|e| ApiError::bad_request(format!("Config.RootCert/PrivateKey: {e}")))?;
-            if ca.cluster_id() != cluster_id {
-                return Err(ApiError::bad_request(format!(
-                    "Config.RootCert is for trust domain {}, not this cluster's {cluster_id}.consul",
-                    ca.trust_domain()
-                )));
-            }
-            ca
-        }
-        (None, None) => {
-            DevCa::generate(Some(&cluster_id)).map_err(|e| ApiError::internal(e.to_string()))?
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "Config.PrivateKey and Config.RootCert must be given together",
-            ));
-        }
-    };
+    let new = next_root(&cluster_id, str_key("PrivateKey"), str_key("RootCert"))?;
     let force = body.force_without_cross_signing;
     let active = shared.with(|state| {
         if let Some(ttl) = leaf_ttl {
@@ -509,4 +481,41 @@ pub(super) async fn set_configuration(shared: &Shared, call: &Call) -> Result<Re
         super::persist_ca(dir, &active).map_err(|e| ApiError::internal(e.to_string()))?;
     }
     Ok(Reply::empty())
+}
+
+/// `Config.LeafCertTTL`: a Go duration within what Consul accepts for a leaf.
+fn leaf_ttl(text: &str) -> Result<Duration, ApiError> {
+    duration::parse(text)
+        .ok()
+        .and_then(duration::positive)
+        .filter(|ttl| (Duration::from_secs(1)..=MAX_LEAF_TTL).contains(ttl))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid LeafCertTTL {text:?}: want a duration from 1s to 8760h"
+            ))
+        })
+}
+
+/// The root to rotate to: the one given (`Config.PrivateKey` with `Config.RootCert`), which
+/// must be for this cluster's trust domain, or a new one for the same cluster.
+fn next_root(cluster_id: &str, key: Option<&str>, cert: Option<&str>) -> Result<DevCa, ApiError> {
+    match (key, cert) {
+        (Some(key), Some(cert)) => {
+            let ca = DevCa::from_pem(cert, key)
+                .map_err(|e| ApiError::bad_request(format!("Config.RootCert/PrivateKey: {e}")))?;
+            if ca.cluster_id() != cluster_id {
+                return Err(ApiError::bad_request(format!(
+                    "Config.RootCert is for trust domain {}, not this cluster's {cluster_id}.consul",
+                    ca.trust_domain()
+                )));
+            }
+            Ok(ca)
+        }
+        (None, None) => {
+            DevCa::generate(Some(cluster_id)).map_err(|e| ApiError::internal(e.to_string()))
+        }
+        _ => Err(ApiError::bad_request(
+            "Config.PrivateKey and Config.RootCert must be given together",
+        )),
+    }
 }

@@ -1,6 +1,6 @@
 //! The dev agent's HTTP/1.1 front: routing, query and body parsing, and the answer's
-//! shape: Consul's headers (spec 1.2), plain-text errors with Consul's status codes
-//! (spec 1.4), the Community Edition refusals (spec 1.3) and JSON indented as a
+//! shape: Consul's headers, plain-text errors with Consul's status codes, the Community
+//! Edition refusals (all in `docs/consul-semantics.md#agent-api`) and JSON indented as a
 //! `consul agent -dev` indents it.
 //!
 //! Handlers live with the state they serve (`services`, `checks`, `ca`, `intentions`);
@@ -322,7 +322,7 @@ pub(super) async fn handle(
     let mut response = Response::new(Full::new(reply.body));
     *response.status_mut() = reply.status;
     *response.headers_mut() = reply.headers;
-    // Sent on every answer, ACLs or not (spec 1.2).
+    // Consul sends it on every answer, ACLs enabled or not.
     response.headers_mut().insert(
         HeaderName::from_static("x-consul-default-acl-policy"),
         HeaderValue::from_static("allow"),
@@ -362,104 +362,102 @@ fn only(call: &Call, methods: &[Method], allow: &'static str) -> Result<(), ApiE
 }
 
 async fn route(shared: &Arc<Shared>, path: &str, call: &Call) -> Result<Reply, ApiError> {
-    const GET: &[Method] = &[Method::GET];
-    const PUT: &[Method] = &[Method::PUT];
-    let rest = |prefix: &str| path.strip_prefix(prefix).filter(|r| !r.is_empty());
+    let routed = if path.starts_with("/v1/agent/") {
+        agent_route(shared, path, call).await?
+    } else if path.starts_with("/v1/connect/") {
+        connect_route(shared, path, call).await?
+    } else {
+        catalog_route(shared, path, call).await?
+    };
+    routed.ok_or_else(|| ApiError::not_found("404 page not found"))
+}
 
-    if path == "/v1/agent/self" {
+const GET: &[Method] = &[Method::GET];
+const PUT: &[Method] = &[Method::PUT];
+
+/// What follows `prefix` in `path`, when something does.
+fn tail<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    path.strip_prefix(prefix).filter(|r| !r.is_empty())
+}
+
+/// `/v1/agent/...`: the local agent's own state. `None` when no route matches.
+async fn agent_route(
+    shared: &Arc<Shared>,
+    path: &str,
+    call: &Call,
+) -> Result<Option<Reply>, ApiError> {
+    let reply = if path == "/v1/agent/self" {
         only(call, GET, "GET")?;
-        return agent_self(shared);
-    }
-    if path == "/v1/agent/services" {
+        agent_self(shared)
+    } else if path == "/v1/agent/services" {
         only(call, GET, "GET")?;
-        return services::list(shared, call).await;
-    }
-    if path == "/v1/agent/checks" {
+        services::list(shared, call).await
+    } else if path == "/v1/agent/checks" {
         only(call, GET, "GET")?;
-        return services::checks(shared, call).await;
-    }
-    if path == "/v1/agent/service/register" {
+        services::checks(shared, call).await
+    } else if path == "/v1/agent/service/register" {
         only(call, PUT, "PUT")?;
-        return services::register(shared, call).await;
-    }
-    if let Some(id) = rest("/v1/agent/service/deregister/") {
+        services::register(shared, call).await
+    } else if let Some(id) = tail(path, "/v1/agent/service/deregister/") {
         only(call, PUT, "PUT")?;
-        return services::deregister(shared, call, id).await;
-    }
-    if let Some(id) = rest("/v1/agent/service/") {
+        services::deregister(shared, call, id).await
+    } else if let Some(id) = tail(path, "/v1/agent/service/") {
         only(call, GET, "GET")?;
-        return services::get(shared, call, id).await;
-    }
-    for (prefix, status) in [
+        services::get(shared, call, id).await
+    } else if let Some((id, status)) = ttl_update(path) {
+        only(call, PUT, "PUT")?;
+        checks::update_ttl(shared, call, status, id).await
+    } else if path == "/v1/agent/connect/ca/roots" {
+        only(call, GET, "GET")?;
+        connect_ca::roots(shared, call, true).await
+    } else if let Some(service) = path.strip_prefix("/v1/agent/connect/ca/leaf/") {
+        only(call, GET, "GET")?;
+        connect_ca::leaf(shared, call, service).await
+    } else if path == "/v1/agent/connect/authorize" {
+        only(call, &[Method::POST, Method::PUT], "POST, PUT")?;
+        intentions::authorize(shared, call).await
+    } else {
+        return Ok(None);
+    };
+    reply.map(Some)
+}
+
+/// `/v1/agent/check/{pass,warn,fail}/:id`: the check and the status it reports.
+fn ttl_update(path: &str) -> Option<(&str, &'static str)> {
+    [
         ("/v1/agent/check/pass/", PASSING),
         ("/v1/agent/check/warn/", WARNING),
         ("/v1/agent/check/fail/", CRITICAL),
-    ] {
-        if let Some(id) = rest(prefix) {
-            only(call, PUT, "PUT")?;
-            return checks::update_ttl(shared, call, status, id).await;
+    ]
+    .into_iter()
+    .find_map(|(prefix, status)| tail(path, prefix).map(|id| (id, status)))
+}
+
+/// `/v1/connect/...`: the CA and the intentions, as the servers answer them.
+async fn connect_route(
+    shared: &Arc<Shared>,
+    path: &str,
+    call: &Call,
+) -> Result<Option<Reply>, ApiError> {
+    let reply = match path {
+        "/v1/connect/ca/roots" => {
+            only(call, GET, "GET")?;
+            connect_ca::roots(shared, call, false).await
         }
-    }
-    if path == "/v1/agent/connect/ca/roots" {
-        only(call, GET, "GET")?;
-        return connect_ca::roots(shared, call, true).await;
-    }
-    if let Some(service) = path.strip_prefix("/v1/agent/connect/ca/leaf/") {
-        only(call, GET, "GET")?;
-        return connect_ca::leaf(shared, call, service).await;
-    }
-    if path == "/v1/agent/connect/authorize" {
-        only(call, &[Method::POST, Method::PUT], "POST, PUT")?;
-        return intentions::authorize(shared, call).await;
-    }
-    if path == "/v1/connect/ca/roots" {
-        only(call, GET, "GET")?;
-        return connect_ca::roots(shared, call, false).await;
-    }
-    if path == "/v1/connect/ca/configuration" {
-        return match call.method {
+        "/v1/connect/ca/configuration" => match call.method {
             Method::GET => connect_ca::configuration(shared, call).await,
             Method::PUT => connect_ca::set_configuration(shared, call).await,
             _ => Err(ApiError::method_not_allowed(&call.method, "GET, PUT")),
-        };
-    }
-    if let Some(name) = rest("/v1/health/connect/") {
-        only(call, GET, "GET")?;
-        return services::health(shared, call, name, true).await;
-    }
-    if let Some(name) = rest("/v1/health/service/") {
-        only(call, GET, "GET")?;
-        return services::health(shared, call, name, false).await;
-    }
-    if path == "/v1/config" {
-        only(call, &[Method::PUT, Method::POST], "POST, PUT")?;
-        return intentions::put_config(shared, call).await;
-    }
-    if let Some(kind_and_name) = rest("/v1/config/") {
-        return match (kind_and_name.split_once('/'), &call.method) {
-            (Some((kind, name)), &Method::GET) => {
-                intentions::get_config(shared, call, kind, name).await
-            }
-            (Some((kind, name)), &Method::DELETE) => {
-                intentions::delete_config(shared, call, kind, name).await
-            }
-            (None, &Method::GET) => intentions::list_config(shared, call, kind_and_name).await,
-            (None, &Method::DELETE) => Err(ApiError::not_found(
-                "Must provide both a kind and name to delete",
-            )),
-            _ => Err(ApiError::method_not_allowed(&call.method, "GET, DELETE")),
-        };
-    }
-    if path == "/v1/connect/intentions/match" {
-        only(call, GET, "GET")?;
-        return intentions::matches(shared, call).await;
-    }
-    if path == "/v1/connect/intentions/check" {
-        only(call, GET, "GET")?;
-        return intentions::check(shared, call).await;
-    }
-    if path == "/v1/connect/intentions/exact" {
-        return match call.method {
+        },
+        "/v1/connect/intentions/match" => {
+            only(call, GET, "GET")?;
+            intentions::matches(shared, call).await
+        }
+        "/v1/connect/intentions/check" => {
+            only(call, GET, "GET")?;
+            intentions::check(shared, call).await
+        }
+        "/v1/connect/intentions/exact" => match call.method {
             Method::GET => intentions::exact_get(shared, call).await,
             Method::PUT => intentions::exact_put(shared, call).await,
             Method::DELETE => intentions::exact_delete(shared, call).await,
@@ -467,25 +465,67 @@ async fn route(shared: &Arc<Shared>, path: &str, call: &Call) -> Result<Reply, A
                 &call.method,
                 "GET, PUT, DELETE",
             )),
-        };
-    }
-    if path == "/v1/connect/intentions" {
+        },
+        "/v1/connect/intentions" => {
+            only(call, GET, "GET")?;
+            intentions::list(shared, call).await
+        }
+        _ => return Ok(None),
+    };
+    reply.map(Some)
+}
+
+/// The rest: health views, config entries, the catalog and the status endpoints.
+async fn catalog_route(
+    shared: &Arc<Shared>,
+    path: &str,
+    call: &Call,
+) -> Result<Option<Reply>, ApiError> {
+    let reply = if let Some(name) = tail(path, "/v1/health/connect/") {
         only(call, GET, "GET")?;
-        return intentions::list(shared, call).await;
-    }
-    if path == "/v1/catalog/datacenters" {
+        services::health(shared, call, name, true).await
+    } else if let Some(name) = tail(path, "/v1/health/service/") {
         only(call, GET, "GET")?;
-        return Reply::json(&[&shared.config.datacenter]);
-    }
-    if path == "/v1/status/leader" {
+        services::health(shared, call, name, false).await
+    } else if path == "/v1/config" {
+        only(call, &[Method::PUT, Method::POST], "POST, PUT")?;
+        intentions::put_config(shared, call).await
+    } else if let Some(kind_and_name) = tail(path, "/v1/config/") {
+        config_entry(shared, call, kind_and_name).await
+    } else if path == "/v1/catalog/datacenters" {
         only(call, GET, "GET")?;
-        return Reply::json(SERVER_ADDR);
-    }
-    if path == "/v1/status/peers" {
+        Reply::json(&[&shared.config.datacenter])
+    } else if path == "/v1/status/leader" {
         only(call, GET, "GET")?;
-        return Reply::json(&[SERVER_ADDR]);
+        Reply::json(SERVER_ADDR)
+    } else if path == "/v1/status/peers" {
+        only(call, GET, "GET")?;
+        Reply::json(&[SERVER_ADDR])
+    } else {
+        return Ok(None);
+    };
+    reply.map(Some)
+}
+
+/// `/v1/config/:kind` (list) and `/v1/config/:kind/:name` (read, delete).
+async fn config_entry(
+    shared: &Arc<Shared>,
+    call: &Call,
+    kind_and_name: &str,
+) -> Result<Reply, ApiError> {
+    match (kind_and_name.split_once('/'), &call.method) {
+        (Some((kind, name)), &Method::GET) => {
+            intentions::get_config(shared, call, kind, name).await
+        }
+        (Some((kind, name)), &Method::DELETE) => {
+            intentions::delete_config(shared, call, kind, name).await
+        }
+        (None, &Method::GET) => intentions::list_config(shared, call, kind_and_name).await,
+        (None, &Method::DELETE) => Err(ApiError::not_found(
+            "Must provide both a kind and name to delete",
+        )),
+        _ => Err(ApiError::method_not_allowed(&call.method, "GET, DELETE")),
     }
-    Err(ApiError::not_found("404 page not found"))
 }
 
 /// The server RPC address the dev agent reports as the leader's.

@@ -9,14 +9,26 @@
 //! root), the registrations, the intentions and the checks' last statuses, but starts
 //! the indexes low again: what a restarted Consul agent looks like to its proxies.
 //!
-//! Modules: `state` (the state and its lock), `blocking` (index and hash waits),
-//! `http` (routing and Consul's HTTP conventions), `services` (registration, agent and
-//! health views), `checks` (health checks that really run), `ca` (the development
-//! certificate authority: a root and the leaves it signs, also used by `cargo xtask certs`
-//! and the tests), `connect_ca` (the CA endpoints: roots, leaves, renewal, rotation),
-//! `intentions` (config entries and the intentions API), `persist` (the
-//! data dir's state file), `workload` (the SPIFFE Workload API on unix sockets, for
-//! proxies that take their identity from SPIFFE).
+//! What it emulates, and how, is described in `docs/consul-semantics.md#dev-agent`.
+//!
+//! Modules:
+//! - `state`: the whole state in memory and its one lock;
+//! - `blocking`: blocking queries, index and hash waits;
+//! - `http`: routing and Consul's HTTP conventions (headers, errors, refusals);
+//! - `services`: registration, deregistration, the agent and health views;
+//! - `checks`: health checks that really run (TCP, HTTP, TTL, alias);
+//! - `defaults`: `service-defaults` and `proxy-defaults`, merged into sidecars;
+//! - `intentions`: `service-intentions` config entries, the intentions API and authorize;
+//! - `ca`: the development certificate authority, a root and the leaves it signs (also
+//!   used by `cargo xtask certs` and the tests);
+//! - `connect_ca`: the CA endpoints: roots, leaves, renewal, rotation, CA configuration;
+//! - `persist`: the data dir's state file;
+//! - `workload`: the SPIFFE Workload API on unix sockets, for proxies that take their
+//!   identity from SPIFFE;
+//! - `tests`: the agent seen from outside over HTTP, one file per topic.
+//!
+//! Durations (`wait`, check intervals and TTLs, the leaf TTL) are Go durations read and
+//! written by `ferrule_control::duration`, the same code as the proxy's flags.
 
 mod blocking;
 pub mod ca;
@@ -45,7 +57,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -155,15 +167,6 @@ pub enum DevError {
     WorkloadApi { path: PathBuf, source: io::Error },
     #[error("the dev agent stopped abnormally: {0}")]
     Task(String),
-}
-
-/// A positive duration in Go's syntax (`72h`, `90s`, `1h30m`), as Consul spells TTLs:
-/// for `--leaf-ttl`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    blocking::parse_go_duration(text)
-        .and_then(|nanos| u64::try_from(nanos).ok())
-        .filter(|nanos| *nanos > 0)
-        .map(Duration::from_nanos)
 }
 
 /// Binds `config.addr` and serves until `shutdown` completes: what `ferrule dev` runs.
@@ -360,14 +363,7 @@ async fn accept_loop(
     workload: WorkloadApi,
     shutdown: impl Future<Output = ()>,
 ) {
-    let saver = match shared.config.data_dir.clone() {
-        Some(dir) => {
-            // Before the first accept: no client ever sees a half-restored agent.
-            persist::restore(&shared, &dir).await;
-            Some(tokio::spawn(persist::keep_saved(Arc::clone(&shared), dir)))
-        }
-        None => None,
-    };
+    let saver = restore_and_keep_saved(&shared).await;
     let maintenance = tokio::spawn(maintain_ca(Arc::clone(&shared)));
     // Stops by itself once `shared.shutdown` is cancelled, and removes its sockets.
     let workload = tokio::spawn(workload.serve(Arc::clone(&shared)));
@@ -377,21 +373,7 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let shared = Arc::clone(&shared);
-                    connections.spawn(async move {
-                        let service = service_fn(move |request| {
-                            http::handle(Arc::clone(&shared), request)
-                        });
-                        // The timer enables hyper's header read timeout, so a client
-                        // that never finishes its request headers is let go.
-                        if let Err(e) = http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
-                        {
-                            tracing::debug!(error = %e, "dev agent: connection ended");
-                        }
-                    });
+                    connections.spawn(serve_connection(stream, Arc::clone(&shared)));
                 }
                 Err(e) => {
                     // Per-connection failures and descriptor exhaustion pass; keep
@@ -419,6 +401,28 @@ async fn accept_loop(
     // The last save is done before the agent counts as stopped.
     if let Some(saver) = saver {
         let _ = saver.await;
+    }
+}
+
+/// With a data dir, restores the state kept there and starts the task that keeps it
+/// saved. Called before the first accept: no client ever sees a half-restored agent.
+async fn restore_and_keep_saved(shared: &Arc<Shared>) -> Option<JoinHandle<()>> {
+    let dir = shared.config.data_dir.clone()?;
+    persist::restore(shared, &dir).await;
+    Some(tokio::spawn(persist::keep_saved(Arc::clone(shared), dir)))
+}
+
+/// Serves the agent API on one accepted connection until the client closes it.
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+    let service = service_fn(move |request| http::handle(Arc::clone(&shared), request));
+    // The timer enables hyper's header read timeout, so a client that never finishes its
+    // request headers is let go.
+    if let Err(e) = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "dev agent: connection ended");
     }
 }
 

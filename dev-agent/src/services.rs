@@ -1,7 +1,8 @@
-//! Locally registered services: registration (with Consul's sidecar defaults, spec 3.4),
-//! deregistration, the agent's views (`/v1/agent/services`, `/v1/agent/service/:id` with
-//! hash blocking) and the catalog's health view (`/v1/health/service/:name`,
-//! `/v1/health/connect/:name`, spec 3.6).
+//! Locally registered services: registration (with Consul's sidecar defaults,
+//! `docs/consul-semantics.md#sidecar-registration`), deregistration, the agent's views
+//! (`/v1/agent/services`, `/v1/agent/service/:id` with hash blocking) and the catalog's
+//! health view (`/v1/health/service/:name`, `/v1/health/connect/:name`,
+//! `docs/consul-semantics.md#upstream-discovery`).
 //!
 //! A sidecar registered through `Connect.SidecarService` becomes a `connect-proxy`
 //! service `<id>-sidecar-proxy` with the defaults of `agent/sidecar_service.go`: the
@@ -13,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_lc_rs::digest;
 use serde_json::Value;
@@ -229,7 +231,7 @@ pub(super) async fn health(
         .collect();
     let reply = Reply::json(&entries)?.index(answer.index);
     // With an index Consul answers from its streaming backend, which sends no leader
-    // headers (spec 2.3).
+    // headers (`X-Consul-KnownLeader`, `X-Consul-LastContact`) but says it streamed.
     Ok(if opts.index > 0 {
         reply
             .header("X-Consul-Query-Backend", "streaming")
@@ -261,35 +263,10 @@ fn to_service(reg: &AgentServiceRegistration) -> Result<AgentService, ApiError> 
     if reg.name.is_empty() {
         return Err(ApiError::bad_request("Missing service name"));
     }
-    let invalid = |reason: &str| ApiError::bad_request(format!("Validation failed: {reason}"));
     let native = reg.connect.as_ref().is_some_and(|c| c.native);
     let proxy = match reg.kind.as_str() {
         "" => None,
-        KIND_CONNECT_PROXY => {
-            let mut proxy = reg.proxy.clone().unwrap_or_default();
-            if proxy.destination_service_name.is_empty() {
-                return Err(invalid(
-                    "Proxy.DestinationServiceName must be non-empty for Connect proxy services",
-                ));
-            }
-            if reg.port == 0 && reg.socket_path.is_empty() {
-                return Err(invalid(
-                    "Port or SocketPath must be set for a Connect proxy",
-                ));
-            }
-            if native {
-                return Err(invalid("A Proxy cannot also be Connect Native"));
-            }
-            if reg
-                .connect
-                .as_ref()
-                .is_some_and(|c| c.sidecar_service.is_some())
-            {
-                return Err(invalid("A Proxy cannot have SidecarService set"));
-            }
-            fill_upstream_defaults(&mut proxy).map_err(|e| invalid(&e))?;
-            Some(proxy)
-        }
+        KIND_CONNECT_PROXY => Some(proxy_config(reg, native)?),
         other => {
             return Err(ApiError::bad_request(format!(
                 "the dev agent registers plain services and connect-proxy services, not {other:?}"
@@ -320,6 +297,38 @@ fn to_service(reg: &AgentServiceRegistration) -> Result<AgentService, ApiError> 
         }),
         ..AgentService::default()
     })
+}
+
+/// The `Proxy` of a connect-proxy registration, validated as Consul validates it and
+/// with its upstreams' defaults filled in.
+fn proxy_config(
+    reg: &AgentServiceRegistration,
+    native: bool,
+) -> Result<AgentServiceConnectProxyConfig, ApiError> {
+    let invalid = |reason: &str| ApiError::bad_request(format!("Validation failed: {reason}"));
+    let mut proxy = reg.proxy.clone().unwrap_or_default();
+    if proxy.destination_service_name.is_empty() {
+        return Err(invalid(
+            "Proxy.DestinationServiceName must be non-empty for Connect proxy services",
+        ));
+    }
+    if reg.port == 0 && reg.socket_path.is_empty() {
+        return Err(invalid(
+            "Port or SocketPath must be set for a Connect proxy",
+        ));
+    }
+    if native {
+        return Err(invalid("A Proxy cannot also be Connect Native"));
+    }
+    if reg
+        .connect
+        .as_ref()
+        .is_some_and(|c| c.sidecar_service.is_some())
+    {
+        return Err(invalid("A Proxy cannot have SidecarService set"));
+    }
+    fill_upstream_defaults(&mut proxy).map_err(|e| invalid(&e))?;
+    Ok(proxy)
 }
 
 /// The agent fills in `DestinationType` and checks each upstream can be bound.
@@ -420,6 +429,108 @@ fn health_keys(service: &AgentService) -> Vec<String> {
     keys
 }
 
+/// A `Connect.SidecarService` with what Consul's agent fills in from the parent
+/// (`agent/sidecar_service.go`): ID, kind, name, address, meta, tags and the proxy's
+/// destination and local service. The port is left to the caller.
+fn sidecar_registration(
+    parent: &AgentService,
+    def: &AgentServiceRegistration,
+) -> AgentServiceRegistration {
+    let mut def = def.clone();
+    // Always `<parent-id>-sidecar-proxy`: the agent relies on it to find the
+    // sidecar of a parent again.
+    def.id = format!("{}{SIDECAR_SUFFIX}", parent.id);
+    if def.kind.is_empty() {
+        def.kind = KIND_CONNECT_PROXY.to_owned();
+    }
+    if def.name.is_empty() {
+        def.name = format!("{}{SIDECAR_SUFFIX}", parent.service);
+    }
+    if def.address.is_empty() {
+        def.address = parent.address.clone();
+    }
+    if def.meta.is_empty() {
+        def.meta = parent.meta.clone();
+    }
+    if def.tags.is_empty() {
+        def.tags = parent.tags.clone();
+    }
+    let mut proxy = def.proxy.take().unwrap_or_default();
+    sidecar_proxy_defaults(parent, &mut proxy);
+    def.proxy = Some(proxy);
+    def
+}
+
+/// The sidecar proxy's destination is its parent, and its local service the parent's
+/// socket, else the parent's port on loopback.
+fn sidecar_proxy_defaults(parent: &AgentService, proxy: &mut AgentServiceConnectProxyConfig) {
+    if proxy.destination_service_name.is_empty() {
+        proxy.destination_service_name = parent.service.clone();
+    }
+    if proxy.destination_service_id.is_empty() {
+        proxy.destination_service_id = parent.id.clone();
+    }
+    if proxy.local_service_socket_path.is_empty()
+        && (proxy.local_service_address.is_empty() || proxy.local_service_port == 0)
+    {
+        if !parent.socket_path.is_empty() {
+            proxy.local_service_socket_path = parent.socket_path.clone();
+        } else {
+            if proxy.local_service_address.is_empty() {
+                proxy.local_service_address = "127.0.0.1".to_owned();
+            }
+            if proxy.local_service_port == 0 {
+                proxy.local_service_port = parent.port;
+            }
+        }
+    }
+}
+
+/// The two checks Consul gives a sidecar registered without checks: a TCP check on its
+/// listener and an alias of its parent, so a sidecar that does not listen, or whose
+/// service is unhealthy, is never discovered.
+fn sidecar_checks(
+    parent: &AgentService,
+    sidecar: &AgentService,
+    interval: Duration,
+) -> Vec<CheckDef> {
+    let check_host = if sidecar.address.is_empty() {
+        sidecar
+            .proxy
+            .as_ref()
+            .map(|p| p.local_service_address.clone())
+            .unwrap_or_default()
+    } else {
+        sidecar.address.clone()
+    };
+    let addr = match check_host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => format!("[{ip}]:{}", sidecar.port),
+        _ => format!("{check_host}:{}", sidecar.port),
+    };
+    vec![
+        CheckDef {
+            id: format!("service:{}:1", sidecar.id),
+            name: "Connect Sidecar Listening".to_owned(),
+            notes: String::new(),
+            initial_status: String::new(),
+            kind: CheckKind::Tcp {
+                addr,
+                interval,
+                timeout: None,
+            },
+        },
+        CheckDef {
+            id: format!("service:{}:2", sidecar.id),
+            name: format!("Connect Sidecar Aliasing {}", parent.id),
+            notes: String::new(),
+            initial_status: String::new(),
+            kind: CheckKind::Alias {
+                service_id: parent.id.clone(),
+            },
+        },
+    ]
+}
+
 impl State {
     /// Builds the sidecar service of `parent` from its `Connect.SidecarService`.
     fn sidecar_for(
@@ -428,88 +539,14 @@ impl State {
         def: &AgentServiceRegistration,
         config: &DevAgentConfig,
     ) -> Result<(AgentService, Vec<CheckDef>), ApiError> {
-        let mut def = def.clone();
-        // Always `<parent-id>-sidecar-proxy`: the agent relies on it to find the
-        // sidecar of a parent again.
-        def.id = format!("{}{SIDECAR_SUFFIX}", parent.id);
-        if def.kind.is_empty() {
-            def.kind = KIND_CONNECT_PROXY.to_owned();
-        }
-        if def.name.is_empty() {
-            def.name = format!("{}{SIDECAR_SUFFIX}", parent.service);
-        }
-        if def.address.is_empty() {
-            def.address = parent.address.clone();
-        }
-        if def.meta.is_empty() {
-            def.meta = parent.meta.clone();
-        }
-        if def.tags.is_empty() {
-            def.tags = parent.tags.clone();
-        }
-        let mut proxy = def.proxy.take().unwrap_or_default();
-        if proxy.destination_service_name.is_empty() {
-            proxy.destination_service_name = parent.service.clone();
-        }
-        if proxy.destination_service_id.is_empty() {
-            proxy.destination_service_id = parent.id.clone();
-        }
-        if proxy.local_service_socket_path.is_empty()
-            && (proxy.local_service_address.is_empty() || proxy.local_service_port == 0)
-        {
-            if !parent.socket_path.is_empty() {
-                proxy.local_service_socket_path = parent.socket_path.clone();
-            } else {
-                if proxy.local_service_address.is_empty() {
-                    proxy.local_service_address = "127.0.0.1".to_owned();
-                }
-                if proxy.local_service_port == 0 {
-                    proxy.local_service_port = parent.port;
-                }
-            }
-        }
-        def.proxy = Some(proxy);
+        let mut def = sidecar_registration(parent, def);
         if def.port == 0 {
             def.port = self.sidecar_port(&def.id, config)?;
         }
         let sidecar = to_service(&def)?;
         let mut defs = check_defs(&def, &sidecar)?;
         if defs.is_empty() {
-            let check_host = if sidecar.address.is_empty() {
-                sidecar
-                    .proxy
-                    .as_ref()
-                    .map(|p| p.local_service_address.clone())
-                    .unwrap_or_default()
-            } else {
-                sidecar.address.clone()
-            };
-            let addr = match check_host.parse::<IpAddr>() {
-                Ok(IpAddr::V6(ip)) => format!("[{ip}]:{}", sidecar.port),
-                _ => format!("{check_host}:{}", sidecar.port),
-            };
-            defs = vec![
-                CheckDef {
-                    id: format!("service:{}:1", sidecar.id),
-                    name: "Connect Sidecar Listening".to_owned(),
-                    notes: String::new(),
-                    initial_status: String::new(),
-                    kind: CheckKind::Tcp {
-                        addr,
-                        interval: config.check_interval,
-                        timeout: None,
-                    },
-                },
-                CheckDef {
-                    id: format!("service:{}:2", sidecar.id),
-                    name: format!("Connect Sidecar Aliasing {}", parent.id),
-                    notes: String::new(),
-                    initial_status: String::new(),
-                    kind: CheckKind::Alias {
-                        service_id: parent.id.clone(),
-                    },
-                },
-            ];
+            defs = sidecar_checks(parent, &sidecar, config.check_interval);
         }
         Ok((sidecar, defs))
     }
@@ -571,13 +608,36 @@ impl State {
                 self.remove_check(old, index);
             }
         }
+        let (check_ids, started) = self.put_checks(&service, defs, index);
+        self.services.insert(
+            id,
+            LocalService {
+                service,
+                create_index,
+                modify_index,
+                sidecar_of,
+                check_ids,
+            },
+        );
+        started
+    }
+
+    /// Adds or replaces the checks of `service` at `index`: their IDs in order, and the
+    /// checks that need a task started (new or changed ones).
+    fn put_checks(
+        &mut self,
+        service: &AgentService,
+        defs: Vec<CheckDef>,
+        index: u64,
+    ) -> (Vec<String>, Vec<NewCheck>) {
+        let id = &service.id;
         let mut started = Vec::new();
         let mut check_ids = Vec::with_capacity(defs.len());
         for def in defs {
             check_ids.push(def.id.clone());
             let keep = self.checks.get(&def.id).is_some_and(|c| {
                 c.def == def
-                    && c.health.service_id == id
+                    && c.health.service_id == *id
                     && c.health.service_name == service.service
                     && c.health.service_tags == service.tags
             });
@@ -589,7 +649,7 @@ impl State {
             let check = LocalCheck::new(
                 def.clone(),
                 &self.node.node.node,
-                &id,
+                id,
                 &service.service,
                 &service.tags,
                 index,
@@ -602,17 +662,7 @@ impl State {
                 cancel,
             });
         }
-        self.services.insert(
-            id,
-            LocalService {
-                service,
-                create_index,
-                modify_index,
-                sidecar_of,
-                check_ids,
-            },
-        );
-        started
+        (check_ids, started)
     }
 
     fn remove_service(&mut self, id: &str, index: u64) {
@@ -660,7 +710,6 @@ impl State {
             if !health_keys(&local.service).contains(&key) {
                 continue;
             }
-            let svc = &local.service;
             let mut checks = vec![self.node.serf_check.clone()];
             checks.extend(
                 local
@@ -675,30 +724,36 @@ impl State {
                 .fold(index.max(local.modify_index), u64::max);
             entries.push(ServiceEntry {
                 node: self.node.node.clone(),
-                service: NodeService {
-                    kind: svc.kind.clone(),
-                    id: svc.id.clone(),
-                    service: svc.service.clone(),
-                    tags: svc.tags.clone(),
-                    address: svc.address.clone(),
-                    tagged_addresses: svc.tagged_addresses.clone(),
-                    meta: svc.meta.clone(),
-                    port: svc.port,
-                    socket_path: svc.socket_path.clone(),
-                    weights: Some(svc.weights),
-                    enable_tag_override: svc.enable_tag_override,
-                    locality: None,
-                    proxy: svc.proxy.clone().unwrap_or_default(),
-                    connect: svc.connect.clone().unwrap_or_default(),
-                    peer_name: String::new(),
-                    namespace: String::new(),
-                    partition: String::new(),
-                    create_index: local.create_index,
-                    modify_index: local.modify_index,
-                },
+                service: catalog_view(local),
                 checks,
             });
         }
         (entries, index)
+    }
+}
+
+/// A local service as the catalog's health view shows it.
+fn catalog_view(local: &LocalService) -> NodeService {
+    let svc = &local.service;
+    NodeService {
+        kind: svc.kind.clone(),
+        id: svc.id.clone(),
+        service: svc.service.clone(),
+        tags: svc.tags.clone(),
+        address: svc.address.clone(),
+        tagged_addresses: svc.tagged_addresses.clone(),
+        meta: svc.meta.clone(),
+        port: svc.port,
+        socket_path: svc.socket_path.clone(),
+        weights: Some(svc.weights),
+        enable_tag_override: svc.enable_tag_override,
+        locality: None,
+        proxy: svc.proxy.clone().unwrap_or_default(),
+        connect: svc.connect.clone().unwrap_or_default(),
+        peer_name: String::new(),
+        namespace: String::new(),
+        partition: String::new(),
+        create_index: local.create_index,
+        modify_index: local.modify_index,
     }
 }

@@ -270,7 +270,9 @@ async fn keep_reading(federation: &[Federation], bundles: &watch::Sender<Arc<Bun
     }
 }
 
-/// SPIFFE Workload API §5.1 (and SPIRE's wording): no header, no answer.
+/// No security header, no answer: the Workload API standard requires the
+/// `workload.spiffe.io: true` metadata on every call and SPIRE refuses a call without it
+/// in these words (`docs/consul-semantics.md#workload-api`).
 fn require_header(request: Request<()>) -> Result<Request<()>, Status> {
     match request.metadata().get(SECURITY_HEADER) {
         Some(value) if value == "true" => Ok(request),

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ferrule_control::consul::{
     AgentAddr, AgentClientConfig, ConsulConfig, ConsulSource, ProxySelector,
 };
+use ferrule_control::duration;
 use ferrule_control::file::{ConfigError, FileSource, StaticConfig};
 use ferrule_control::intentions::Action;
 use ferrule_control::model::Snapshot;
@@ -54,10 +55,10 @@ struct DevArgs {
     #[arg(long, default_value = "dc1")]
     datacenter: String,
     /// Lifetime of service leaf certificates, in Go's duration syntax (72h, 90s).
-    #[arg(long, default_value = "72h", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "72h", value_parser = duration::flag)]
     leaf_ttl: Duration,
     /// How often the sidecars' TCP health checks run.
-    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "10s", value_parser = duration::flag)]
     check_interval: Duration,
     /// The agent's default_intention_policy [default: unset, i.e. allow with ACLs off].
     #[arg(long, value_enum)]
@@ -80,15 +81,12 @@ struct DevArgs {
 
 #[derive(clap::Args)]
 struct DemoArgs {
-    /// Stop after this many seconds [default: run until Ctrl-C].
-    #[arg(long, value_name = "SECS")]
-    duration: Option<u64>,
+    /// Stop after this long, in Go's duration syntax (90s, 2m) or a bare number of
+    /// seconds [default: run until Ctrl-C].
+    #[arg(long, value_name = "DURATION", value_parser = duration::flag_or_seconds)]
+    duration: Option<Duration>,
     #[arg(long, env = "FERRULE_LOG", default_value = "warn")]
     log_level: String,
-}
-
-fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    ferrule_dev::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 72h or 90s"))
 }
 
 #[derive(clap::Args)]
@@ -133,7 +131,7 @@ struct ProxyArgs {
     admin_addr: Option<SocketAddr>,
     /// On SIGTERM or SIGINT, how long connections and requests in flight get to finish
     /// once the listeners are closed, in Go's duration syntax.
-    #[arg(long, default_value = "15s", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "15s", value_parser = duration::flag)]
     drain_timeout: Duration,
     /// Log filter, in tracing's filter syntax (e.g. `info`, `ferrule=debug`).
     #[arg(long, env = "FERRULE_LOG", default_value = "info")]
@@ -243,7 +241,7 @@ fn demo(args: DemoArgs) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let metrics = ferrule::metrics::install()?;
-        ferrule::demo::run(args.duration.map(Duration::from_secs), metrics).await
+        ferrule::demo::run(args.duration, metrics).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -210,7 +210,7 @@ async fn run<T, U, F>(
     let mut failures: u32 = 0;
     let mut bucket = TokenBucket::new(tuning.burst, tuning.refill);
     let mut force_at: Option<Instant> = None;
-    let wait = go_duration(tuning.wait);
+    let wait = crate::duration::format_query(tuning.wait);
     // Another watcher failing to reach the agent means it may have restarted: an index
     // held from before would be held for the whole wait by a restarted agent, so any
     // blocking call is abandoned for a fresh read (spec 2.5).
@@ -365,15 +365,6 @@ async fn changed_some(rx: &mut Option<watch::Receiver<Option<Instant>>>) -> bool
     match rx {
         Some(rx) => rx.changed().await.is_ok(),
         None => std::future::pending().await,
-    }
-}
-
-/// A Go duration string for `wait`: whole seconds when exact, else milliseconds.
-pub(crate) fn go_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis().max(1))
     }
 }
 
@@ -760,12 +751,6 @@ mod tests {
             assert!(started.elapsed() < Duration::from_secs(3));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
-
-    #[test]
-    fn wait_is_a_go_duration() {
-        assert_eq!(go_duration(Duration::from_secs(300)), "300s");
-        assert_eq!(go_duration(Duration::from_millis(1500)), "1500ms");
     }
 
     #[test]

@@ -1,0 +1,161 @@
+//! The Connect CA endpoints: leaves with Consul's certificate profile and their renewal,
+//! cross-signed root rotation, and the pruning of a rotated-out root.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use serde_json::json;
+use x509_parser::extensions::GeneralName;
+
+use super::{Agent, certs, verify};
+use crate::DevAgentConfig;
+use ferrule_control::api::ca::{IndexedCARoots, IssuedCert};
+
+#[tokio::test]
+async fn leaves_have_consuls_profile_and_blocking_readers_get_the_renewal() {
+    let agent = Agent::with(DevAgentConfig {
+        leaf_ttl: Duration::from_secs(3),
+        ..DevAgentConfig::default()
+    })
+    .await;
+    let answer = agent.get("/v1/agent/connect/ca/leaf/web").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let leaf: IssuedCert = answer.json();
+    assert_eq!(answer.index(), leaf.modify_index);
+    let td = agent.agent.trust_domain().to_owned();
+    let uri = format!("spiffe://{td}/ns/default/dc/dc1/svc/web");
+    assert_eq!(leaf.service_uri, uri);
+    assert_eq!(leaf.service, "web");
+    assert!(
+        leaf.private_key_pem
+            .starts_with("-----BEGIN EC PRIVATE KEY-----")
+    );
+    assert!(
+        answer.value().get("Namespace").is_none(),
+        "CE has no Namespace"
+    );
+
+    let chain = certs(&leaf.cert_pem);
+    assert_eq!(chain.len(), 1, "no intermediates before any rotation");
+    let (_, cert) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+    assert_eq!(cert.subject().iter().count(), 0, "empty subject");
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    assert!(san.critical);
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .map(|n| match n {
+            GeneralName::URI(u) => *u,
+            other => panic!("unexpected SAN {other:?}"),
+        })
+        .collect();
+    assert_eq!(uris, [uri.as_str()]);
+    assert_eq!(leaf.serial_number, cert.raw_serial_as_string());
+
+    // A non-blocking read of a fresh leaf gets the same one.
+    let again: IssuedCert = agent.get("/v1/agent/connect/ca/leaf/web").await.json();
+    assert_eq!(again.serial_number, leaf.serial_number);
+
+    // Renewed between 60 % and 90 % of the 3 s lifetime.
+    let started = Instant::now();
+    let renewed = agent
+        .get(&format!(
+            "/v1/agent/connect/ca/leaf/web?index={}&wait=20s",
+            leaf.modify_index
+        ))
+        .await;
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    let new: IssuedCert = renewed.json();
+    assert_ne!(new.serial_number, leaf.serial_number);
+    assert!(renewed.index() > leaf.modify_index);
+    assert_eq!(renewed.index(), new.modify_index);
+}
+
+#[tokio::test]
+async fn a_root_rotation_is_cross_signed_and_both_roots_are_published() {
+    let agent = Agent::start().await;
+    let before: IndexedCARoots = agent.get("/v1/agent/connect/ca/roots").await.json();
+    assert_eq!(before.roots.len(), 1);
+    assert_eq!(before.trust_domain, agent.agent.trust_domain());
+    let old_root = before.roots[0].clone();
+    assert!(old_root.active && old_root.intermediate_certs.is_empty());
+    assert_eq!(old_root.id, before.active_root_id);
+    assert_eq!(old_root.name, "Consul CA Primary Cert");
+    let old_leaf: IssuedCert = agent.get("/v1/agent/connect/ca/leaf/web").await.json();
+
+    let rotated = agent
+        .put(
+            "/v1/connect/ca/configuration",
+            json!({ "Provider": "consul", "Config": { "LeafCertTTL": "72h" } }),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text());
+
+    let after: IndexedCARoots = agent.get("/v1/agent/connect/ca/roots").await.json();
+    assert_eq!(after.roots.len(), 2, "both roots during the overlap");
+    assert_eq!(after.trust_domain, before.trust_domain);
+    let new_root = after.roots.iter().find(|r| r.active).unwrap();
+    let kept = after.roots.iter().find(|r| !r.active).unwrap();
+    assert_eq!(kept.id, old_root.id);
+    assert_eq!(after.active_root_id, new_root.id);
+    assert_ne!(new_root.id, old_root.id);
+    assert_eq!(
+        new_root.external_trust_domain,
+        old_root.external_trust_domain
+    );
+    assert_eq!(new_root.intermediate_certs.len(), 1);
+
+    let leaf: IssuedCert = agent.get("/v1/agent/connect/ca/leaf/web").await.json();
+    assert_ne!(leaf.serial_number, old_leaf.serial_number, "re-issued");
+    assert!(leaf.modify_index > old_leaf.modify_index);
+    let chain = certs(&leaf.cert_pem);
+    assert_eq!(chain.len(), 2, "leaf + cross-signed intermediate");
+    assert_eq!(
+        certs(&new_root.intermediate_certs[0])[0],
+        chain[1],
+        "the intermediate is the one the roots list"
+    );
+    verify(&chain, &new_root.root_cert).expect("verifies against the new root");
+    verify(&chain, &old_root.root_cert).expect("verifies against the old root");
+    assert!(
+        verify(&chain[..1], &old_root.root_cert).is_err(),
+        "only through the cross-signed certificate"
+    );
+
+    let config = agent.get("/v1/connect/ca/configuration").await.value();
+    assert_eq!(config["Provider"], "consul");
+    assert_eq!(config["Config"]["LeafCertTTL"], "72h");
+    assert_eq!(
+        format!("{}.consul", config["ClusterID"].as_str().unwrap()),
+        agent.agent.trust_domain()
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_out_root_is_pruned_after_twice_the_leaf_ttl() {
+    let agent = Agent::with(DevAgentConfig {
+        leaf_ttl: Duration::from_secs(1),
+        ..DevAgentConfig::default()
+    })
+    .await;
+    let rotated = agent
+        .put("/v1/connect/ca/configuration", json!({ "Config": {} }))
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK);
+    let during = agent.get("/v1/agent/connect/ca/roots").await;
+    let roots: IndexedCARoots = during.json();
+    assert_eq!(roots.roots.len(), 2);
+    let started = Instant::now();
+    let path = format!(
+        "/v1/agent/connect/ca/roots?index={}&wait=10s",
+        during.index()
+    );
+    let after = agent.get(&path).await;
+    let waited = started.elapsed();
+    let roots: IndexedCARoots = after.json();
+    assert_eq!(roots.roots.len(), 1, "pruned after {waited:?}");
+    assert!(roots.roots[0].active);
+    assert!(waited > Duration::from_millis(1500) && waited < Duration::from_secs(4));
+}

@@ -1,0 +1,93 @@
+//! The other side of the contract: ferrule's own Consul client against the dev agent.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use super::Agent;
+
+async fn wait_for(
+    snapshots: &mut tokio::sync::watch::Receiver<std::sync::Arc<ferrule_control::model::Snapshot>>,
+    check: impl Fn(&ferrule_control::model::Snapshot) -> bool,
+) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if check(&snapshots.borrow_and_update()) {
+                return;
+            }
+            snapshots.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the snapshot never got there");
+}
+
+/// The other side of the contract: ferrule's own Consul client follows the dev agent to a
+/// complete snapshot, and sees a root rotation.
+#[tokio::test]
+async fn the_consul_source_follows_the_dev_agent() {
+    use std::sync::Arc;
+
+    use ferrule_control::consul::{AgentClientConfig, ConsulConfig, ConsulSource, ProxySelector};
+    use ferrule_control::identity::ServiceId;
+
+    let agent = Agent::start().await;
+    let db_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let db_port = db_listener.local_addr().unwrap().port();
+    agent
+        .register(json!({ "Name": "db", "Port": 5432,
+                          "Connect": { "SidecarService": { "Port": db_port } } }))
+        .await;
+    agent
+        .register(
+            json!({ "Name": "web", "Port": 8080, "Connect": { "SidecarService": {
+            "Proxy": { "Upstreams": [ { "DestinationName": "db", "LocalBindPort": 19191 } ] }
+        } } }),
+        )
+        .await;
+    let written = agent
+        .put(
+            "/v1/config",
+            json!({ "Kind": "service-intentions", "Name": "web",
+                    "Sources": [ { "Name": "api", "Action": "allow" } ] }),
+        )
+        .await;
+    assert_eq!(written.status, StatusCode::OK);
+
+    let mut config = ConsulConfig::new(
+        AgentClientConfig::new(agent.agent.url().parse().unwrap()),
+        ProxySelector::SidecarFor("web".to_owned()),
+    );
+    config.wait = Duration::from_secs(5);
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut snapshots = ConsulSource::new(config, provider).unwrap().spawn();
+
+    let td = agent.agent.trust_domain().to_owned();
+    wait_for(&mut snapshots, |s| {
+        s.is_complete() && s.upstreams.first().is_some_and(|u| !u.endpoints.is_empty())
+    })
+    .await;
+    let snapshot = snapshots.borrow_and_update().clone();
+    let leaf = snapshot.leaf.as_ref().unwrap();
+    assert_eq!(leaf.id, ServiceId::new(&td, "default", "dc1", "web"));
+    assert_eq!(snapshot.bundle.as_ref().unwrap().trust_domain, td);
+    let upstream = &snapshot.upstreams[0];
+    assert_eq!(upstream.name, "db");
+    assert_eq!(upstream.endpoints[0].addr, format!("127.0.0.1:{db_port}"));
+    assert_eq!(upstream.endpoints[0].identity.service, "db");
+    assert_eq!(snapshot.inbound.as_ref().unwrap().bind.port(), 21000);
+
+    let old_serial = leaf.serial.clone();
+    let rotated = agent
+        .put("/v1/connect/ca/configuration", json!({ "Config": {} }))
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK);
+    wait_for(&mut snapshots, |s| {
+        s.bundle.as_ref().is_some_and(|b| b.roots.len() == 2)
+            && s.leaf.as_ref().is_some_and(|l| l.serial != old_serial)
+    })
+    .await;
+    drop(db_listener);
+}
