@@ -38,7 +38,8 @@ enum Command {
         /// Comma-separated service names.
         #[arg(long, value_delimiter = ',', default_value = "web,api")]
         services: Vec<String>,
-        /// Leaf lifetime: `72h` or a number of hours (Consul allows 1h..8760h).
+        /// Leaf lifetime: a Go duration such as `72h`, or a number of hours (Consul allows
+        /// 1h..8760h).
         #[arg(long, default_value = "72h", value_parser = parse_ttl)]
         ttl: Duration,
         /// Cluster UUID for a new CA (trust domain `<UUID>.consul`); random by default.
@@ -159,16 +160,17 @@ fn check_service_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A Go duration (`72h`, `90m`), or a bare number of hours as before; Consul's range.
 fn parse_ttl(s: &str) -> Result<Duration, String> {
-    let hours: i64 = s
-        .strip_suffix('h')
-        .unwrap_or(s)
-        .parse()
-        .map_err(|_| format!("{s:?}: want hours, such as 72h or 72"))?;
-    if !(1..=8760).contains(&hours) {
+    let ttl = match s.parse::<u64>() {
+        Ok(hours) => std::time::Duration::from_secs(hours.saturating_mul(3600)),
+        Err(_) => ferrule_control::duration::flag(s).map_err(|e| e.to_string())?,
+    };
+    let (min, max) = (3600, 8760 * 3600);
+    if !(min..=max).contains(&ttl.as_secs()) {
         return Err(format!("{s:?}: Consul allows 1h to 8760h"));
     }
-    Ok(Duration::hours(hours))
+    Duration::try_from(ttl).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// Writes through a temporary file and a rename, so a proxy watching DIR never loads
