@@ -263,12 +263,22 @@ async fn a_leaf_rotation_under_steady_traffic_loses_no_request() {
         .expect("traffic flows after the rotation");
 
     traffic.stop().await.assert_none_failed("leaf rotation");
-    let web_leaf = mesh.web_proxy.leaf_serial().await.expect("web's /config");
-    assert_eq!(
-        web_leaf,
-        mesh.agent.leaf_serial(WEB).await.expect("web's leaf"),
-        "web's sidecar follows its renewals too"
-    );
+    // The 8 s leaf keeps renewing: compare within one poll, and poll until they agree.
+    eventually(
+        "web's sidecar follows its renewals too",
+        APPLIES_WITHIN,
+        || async {
+            let presented = mesh.web_proxy.leaf_serial().await?;
+            let issued = mesh.agent.leaf_serial(WEB).await?;
+            anyhow::ensure!(
+                presented == issued,
+                "web serves {presented}, the agent issued {issued}"
+            );
+            Ok(())
+        },
+    )
+    .await
+    .expect("web's sidecar serves the agent's newest leaf");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
