@@ -12,7 +12,9 @@
 //! - `order`: precedence and evaluation order (also what the dev agent normalizes and
 //!   sorts its answers with);
 //! - `decide`: the pure decision, with its tables of tests;
-//! - `error`: why a document is refused.
+//! - `error`: why a document is refused;
+//! - `cases`: the L4 rows of the decision's tables as data, shared by the tests of the
+//!   proxy's side and the dev agent's.
 //!
 //! Construction does everything that can fail or cost: it computes precedence itself (the
 //! input's value is never trusted), compiles regexes with a size limit and anchors them for
@@ -25,6 +27,8 @@
 //! display string says so, for the logs.
 
 mod build;
+#[doc(hidden)]
+pub mod cases;
 mod decide;
 mod error;
 mod order;

@@ -1,14 +1,17 @@
-//! decide's tables: Consul's precedence rows, L4 cases, L7 matching, and order
-//! independence.
+//! decide's tables: the shared L4 rows (Consul's precedence table, origins, wildcards,
+//! defaults), L7 matching, and order independence.
 
 use super::*;
 use crate::api::intentions as wire;
-use crate::intentions::{Action, Destination};
+use crate::intentions::{Action, Destination, cases};
 use http::HeaderValue;
 use serde_json::{Value, json};
 
 const ALLOW: Action = Action::Allow;
 const DENY: Action = Action::Deny;
+
+/// The proxy's own trust domain in these tests.
+const LOCAL_TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 
 fn dest(name: &str) -> Destination {
     Destination::new("", "", name)
@@ -44,15 +47,6 @@ fn in_partition(partition: &str, namespace: &str, service: &str) -> Peer {
         peer: String::new(),
         partition: partition.into(),
         namespace: namespace.into(),
-        service: service.into(),
-    }
-}
-
-fn peered(peer: &str, service: &str) -> Peer {
-    Peer {
-        peer: peer.into(),
-        partition: "default".into(),
-        namespace: "default".into(),
         service: service.into(),
     }
 }
@@ -93,141 +87,50 @@ fn matched_precedence(ixns: &Intentions, d: &Decision) -> Option<u32> {
     d.matched.map(|i| ixns.rules()[i].precedence())
 }
 
-// Consul's precedence table (docs/consul-semantics.md#intentions), row by row. Each case installs the rows from 1 up to `p`, all matching
-// `default/web` calling `default/api`: row `p` has `action` and every lower row the
-// opposite, so the decision shows that the highest row governs.
-
-/// (destination ns, destination name, source ns, source name) per precedence 1..=9.
-const ROWS: [(&str, &str, &str, &str); 9] = [
-    ("*", "*", "*", "*"),
-    ("*", "*", "default", "*"),
-    ("*", "*", "default", "web"),
-    ("default", "*", "*", "*"),
-    ("default", "*", "default", "*"),
-    ("default", "*", "default", "web"),
-    ("default", "api", "*", "*"),
-    ("default", "api", "default", "*"),
-    ("default", "api", "default", "web"),
-];
-
-fn rows_up_to(p: u32, action: Action) -> Intentions {
-    let opposite = if action.is_allow() { DENY } else { ALLOW };
-    let mut by_dest: Vec<((&str, &str), Vec<Value>)> = Vec::new();
-    for (i, (dst_ns, dst_name, src_ns, src_name)) in ROWS.iter().enumerate().take(p as usize) {
-        let act = if i + 1 == p as usize {
-            action
-        } else {
-            opposite
+/// The L4 rows (Consul's precedence table row by row, origins, wildcards, namespaces,
+/// defaults, L7 intentions on a connection), shared with the dev agent's authorize test:
+/// `control-client/tests/data/intentions-l4.json`. Precedence rows install every row from
+/// 1 up to `p`, all matching `default/web` calling `default/api`: row `p` has the action
+/// and every lower row the opposite (the default too), so the decision shows that the
+/// highest row governs and sorts first.
+#[test]
+fn l4_table() {
+    let cases = cases::l4().unwrap();
+    assert!(!cases.is_empty());
+    for case in &cases {
+        let name = &case.name;
+        let ixns = case.intentions().unwrap_or_else(|e| panic!("{name}: {e}"));
+        let d = l4(&ixns, &case.caller.peer(LOCAL_TD));
+        let want = &case.want;
+        let reason = match want.reason.as_str() {
+            "matched_l4" => Reason::MatchedL4 {
+                allow: want.allowed,
+            },
+            "l7_intention_on_l4" => Reason::L7IntentionOnL4,
+            "default" => Reason::Default,
+            other => panic!("{name}: {other:?} is not a connection-level reason"),
         };
-        let src = json!({ "Name": src_name, "Namespace": src_ns, "Action": act.to_string() });
-        match by_dest.iter_mut().find(|(d, _)| *d == (*dst_ns, *dst_name)) {
-            Some((_, srcs)) => srcs.push(src),
-            None => by_dest.push(((*dst_ns, *dst_name), vec![src])),
+        assert_eq!(
+            (d.allowed, d.reason),
+            (want.allowed, reason),
+            "{name}: {d:?}"
+        );
+        assert_eq!(
+            d.matched.is_none(),
+            reason == Reason::Default,
+            "{name}: {d:?}"
+        );
+        if let Some(p) = want.precedence {
+            assert_eq!(matched_precedence(&ixns, &d), Some(p), "{name}");
+        }
+        if let Some(i) = want.matched {
+            assert_eq!(
+                d.matched,
+                Some(i),
+                "{name}: the governing rule sorts at {i}"
+            );
         }
     }
-    let entries: Vec<Value> = by_dest
-        .into_iter()
-        .map(|((ns, name), srcs)| {
-            json!({ "Kind": "service-intentions", "Name": name, "Namespace": ns, "Sources": srcs })
-        })
-        .collect();
-    // The opposite default, so a fall-through would show.
-    ixns(opposite, Value::Array(entries))
-}
-
-macro_rules! precedence_rows {
-    ($($name:ident: $p:expr, $action:expr;)*) => {$(
-        #[test]
-        fn $name() {
-            let ixns = rows_up_to($p, $action);
-            let d = l4(&ixns, &web());
-            assert_eq!(d.allowed, $action.is_allow());
-            assert_eq!(d.reason, Reason::MatchedL4 { allow: $action.is_allow() });
-            assert_eq!(matched_precedence(&ixns, &d), Some($p));
-            assert_eq!(d.matched, Some(0), "the governing rule sorts first");
-        }
-    )*};
-}
-
-precedence_rows! {
-    row9_exact_to_exact_allow: 9, ALLOW;
-    row9_exact_to_exact_deny: 9, DENY;
-    row8_any_name_to_exact_allow: 8, ALLOW;
-    row8_any_name_to_exact_deny: 8, DENY;
-    row7_any_ns_to_exact_allow_ent: 7, ALLOW;
-    row7_any_ns_to_exact_deny_ent: 7, DENY;
-    row6_exact_to_any_name_allow: 6, ALLOW;
-    row6_exact_to_any_name_deny: 6, DENY;
-    row5_any_name_to_any_name_allow: 5, ALLOW;
-    row5_any_name_to_any_name_deny: 5, DENY;
-    row4_any_ns_to_any_name_allow_ent: 4, ALLOW;
-    row4_any_ns_to_any_name_deny_ent: 4, DENY;
-    row3_exact_to_any_ns_allow_ent: 3, ALLOW;
-    row3_exact_to_any_ns_deny_ent: 3, DENY;
-    row2_any_name_to_any_ns_allow_ent: 2, ALLOW;
-    row2_any_name_to_any_ns_deny_ent: 2, DENY;
-    row1_everything_allow_ent: 1, ALLOW;
-    row1_everything_deny_ent: 1, DENY;
-}
-
-macro_rules! l4_cases {
-    ($($name:ident: $ixns:expr, $peer:expr => $allowed:expr, $reason:expr;)*) => {$(
-        #[test]
-        fn $name() {
-            let d = l4(&$ixns, &$peer);
-            assert_eq!((d.allowed, d.reason), ($allowed, $reason), "{d:?}");
-        }
-    )*};
-}
-
-fn partitioned() -> Intentions {
-    api_entry(
-        DENY,
-        json!([{ "Name": "web", "Partition": "retail", "Action": "allow" }]),
-    )
-}
-
-fn peering() -> Intentions {
-    api_entry(
-        DENY,
-        json!([
-            { "Name": "web", "Peer": "east", "Action": "allow" },
-            { "Name": "db", "Action": "allow" }
-        ]),
-    )
-}
-
-fn namespaced() -> Intentions {
-    api_entry(
-        DENY,
-        json!([{ "Name": "web", "Namespace": "frontend", "Action": "allow" }]),
-    )
-}
-
-l4_cases! {
-    no_intentions_default_deny: api_entry(DENY, json!([{ "Name": "x", "Action": "allow" }])), web()
-        => false, Reason::Default;
-    no_intentions_default_allow: ixns(ALLOW, json!([])), web() => true, Reason::Default;
-    no_match_default_allow: api_entry(ALLOW, json!([{ "Name": "x", "Action": "deny" }])), web()
-        => true, Reason::Default;
-    partition_must_match: partitioned(), web() => false, Reason::Default;
-    partition_matches: partitioned(), in_partition("retail", "default", "web")
-        => true, Reason::MatchedL4 { allow: true };
-    peer_must_match: peering(), peered("west", "web") => false, Reason::Default;
-    local_caller_is_not_a_peer: peering(), web() => false, Reason::Default;
-    peer_matches: peering(), peered("east", "web") => true, Reason::MatchedL4 { allow: true };
-    peer_does_not_match_local_source: peering(), peered("east", "db") => false, Reason::Default;
-    namespace_must_match: namespaced(), web() => false, Reason::Default;
-    namespace_matches: namespaced(), local("frontend", "web") => true, Reason::MatchedL4 { allow: true };
-    wildcard_namespace_source_ent: api_entry(DENY, json!([{ "Name": "*", "Namespace": "*", "Action": "allow" }])),
-        local("anything", "x") => true, Reason::MatchedL4 { allow: true };
-    wildcard_name_stays_in_its_namespace: api_entry(DENY, json!([{ "Name": "*", "Action": "allow" }])),
-        local("frontend", "web") => false, Reason::Default;
-    sameness_group_never_allows: api_entry(ALLOW, json!([{ "Name": "web", "SamenessGroup": "g", "Action": "allow" }])),
-        peered("east", "web") => false, Reason::MatchedL4 { allow: false };
-    jwt_intention_never_allows: ixns(DENY, json!([{ "Kind": "service-intentions", "Name": "api",
-        "JWT": { "Providers": [{ "Name": "okta" }] }, "Sources": [{ "Name": "web", "Action": "allow" }] }])),
-        web() => false, Reason::MatchedL4 { allow: false };
 }
 
 #[test]
