@@ -818,3 +818,16 @@ fn validates_match_intentions_too() {
         "intentions match[0] (default/web => default/api): Action must be set to 'allow' or 'deny'"
     );
 }
+
+/// Moved from the dev agent, which stores this as `Precedence` on every write.
+#[test]
+fn precedence_of_wire_names_follows_the_table() {
+    assert_eq!(precedence_of("default", "db", "default", "web"), 9);
+    assert_eq!(precedence_of("default", "db", "default", "*"), 8);
+    assert_eq!(precedence_of("default", "db", "*", "*"), 7);
+    assert_eq!(precedence_of("default", "*", "default", "web"), 6);
+    assert_eq!(precedence_of("default", "*", "default", "*"), 5);
+    assert_eq!(precedence_of("*", "*", "*", "*"), 1);
+    // An empty namespace is `default`: exact.
+    assert_eq!(precedence_of("", "db", "", "*"), 8);
+}
