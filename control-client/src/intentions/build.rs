@@ -315,28 +315,7 @@ fn build(
     jwt: bool,
     id: &str,
 ) -> Result<Intention, Invalid> {
-    let mut any_permission_jwt = false;
-    let rule = if permissions.is_empty() {
-        if action.is_empty() {
-            return Err(Invalid::MissingAction);
-        }
-        Rule::Action(action.parse().map_err(Invalid::Action)?)
-    } else {
-        if !action.is_empty() {
-            return Err(Invalid::ActionWithPermissions);
-        }
-        if !target.namespace.is_exact() || !target.name.is_exact() {
-            return Err(Invalid::PermissionsOnWildcardDestination);
-        }
-        let mut out = Vec::with_capacity(permissions.len());
-        for (index, perm) in permissions.iter().enumerate() {
-            let (perm, perm_jwt) =
-                permission(perm).map_err(|problem| Invalid::Permission { index, problem })?;
-            any_permission_jwt |= perm_jwt;
-            out.push(perm);
-        }
-        Rule::Permissions(out)
-    };
+    let (rule, any_permission_jwt) = written_rule(&target, action, permissions)?;
     let precedence = precedence(&source, &target);
     let unenforced = if !source.sameness_group.is_empty() {
         Some(Unenforced::SamenessGroup)
@@ -359,6 +338,39 @@ fn build(
         unenforced,
         display,
     })
+}
+
+/// The rule as written: an action (L4) or permissions (L7), never both; and whether a
+/// permission carried its own JWT requirement.
+fn written_rule(
+    target: &Target,
+    action: &str,
+    permissions: &[wire::IntentionPermission],
+) -> Result<(Rule, bool), Invalid> {
+    if permissions.is_empty() {
+        if action.is_empty() {
+            return Err(Invalid::MissingAction);
+        }
+        return Ok((
+            Rule::Action(action.parse().map_err(Invalid::Action)?),
+            false,
+        ));
+    }
+    if !action.is_empty() {
+        return Err(Invalid::ActionWithPermissions);
+    }
+    if !target.namespace.is_exact() || !target.name.is_exact() {
+        return Err(Invalid::PermissionsOnWildcardDestination);
+    }
+    let mut any_jwt = false;
+    let mut out = Vec::with_capacity(permissions.len());
+    for (index, perm) in permissions.iter().enumerate() {
+        let (perm, perm_jwt) =
+            permission(perm).map_err(|problem| Invalid::Permission { index, problem })?;
+        any_jwt |= perm_jwt;
+        out.push(perm);
+    }
+    Ok((Rule::Permissions(out), any_jwt))
 }
 
 fn never_allow(rule: Rule) -> Rule {
@@ -409,54 +421,14 @@ fn permission(perm: &wire::IntentionPermission) -> Result<(Permission, bool), Pe
     }
     let action: Action = perm.action.parse().map_err(PermissionInvalid::Action)?;
     let http = perm.http.as_ref().ok_or(PermissionInvalid::MissingHttp)?;
-
-    let paths = [&http.path_exact, &http.path_prefix, &http.path_regex];
-    if paths.iter().filter(|p| !p.is_empty()).count() > 1 {
-        return Err(PermissionInvalid::MultiplePaths);
-    }
-    for (field, value) in [
-        ("PathExact", &http.path_exact),
-        ("PathPrefix", &http.path_prefix),
-    ] {
-        if !value.is_empty() && !value.starts_with('/') {
-            return Err(PermissionInvalid::RelativePath {
-                field,
-                value: value.clone(),
-            });
-        }
-    }
-    let path = if !http.path_exact.is_empty() {
-        Some(PathMatch::Exact(http.path_exact.clone()))
-    } else if !http.path_prefix.is_empty() {
-        Some(PathMatch::Prefix(http.path_prefix.clone()))
-    } else if !http.path_regex.is_empty() {
-        Some(PathMatch::Regex(full_match_regex(
-            "PathRegex",
-            &http.path_regex,
-        )?))
-    } else {
-        None
-    };
-
+    let path = path_match(http)?;
     let headers = http
         .header
         .iter()
         .enumerate()
         .map(|(index, hdr)| header(index, hdr))
         .collect::<Result<Vec<_>, _>>()?;
-
-    let mut methods: Vec<String> = Vec::with_capacity(http.methods.len());
-    for method in &http.methods {
-        let method = method.to_ascii_uppercase();
-        if !HTTP_METHODS.contains(&method.as_str()) {
-            return Err(PermissionInvalid::Method(method));
-        }
-        if methods.contains(&method) {
-            return Err(PermissionInvalid::DuplicateMethod(method));
-        }
-        methods.push(method);
-    }
-
+    let methods = methods(&http.methods)?;
     if path.is_none() && headers.is_empty() && methods.is_empty() {
         return Err(PermissionInvalid::EmptyHttp);
     }
@@ -473,6 +445,55 @@ fn permission(perm: &wire::IntentionPermission) -> Result<(Permission, bool), Pe
         },
         jwt,
     ))
+}
+
+/// At most one of `PathExact`, `PathPrefix`, `PathRegex`; the first two absolute.
+fn path_match(
+    http: &wire::IntentionHttpPermission,
+) -> Result<Option<PathMatch>, PermissionInvalid> {
+    let paths = [&http.path_exact, &http.path_prefix, &http.path_regex];
+    if paths.iter().filter(|p| !p.is_empty()).count() > 1 {
+        return Err(PermissionInvalid::MultiplePaths);
+    }
+    for (field, value) in [
+        ("PathExact", &http.path_exact),
+        ("PathPrefix", &http.path_prefix),
+    ] {
+        if !value.is_empty() && !value.starts_with('/') {
+            return Err(PermissionInvalid::RelativePath {
+                field,
+                value: value.clone(),
+            });
+        }
+    }
+    Ok(if !http.path_exact.is_empty() {
+        Some(PathMatch::Exact(http.path_exact.clone()))
+    } else if !http.path_prefix.is_empty() {
+        Some(PathMatch::Prefix(http.path_prefix.clone()))
+    } else if !http.path_regex.is_empty() {
+        Some(PathMatch::Regex(full_match_regex(
+            "PathRegex",
+            &http.path_regex,
+        )?))
+    } else {
+        None
+    })
+}
+
+/// Upper-cased, each one of Consul's methods, none twice.
+fn methods(listed: &[String]) -> Result<Vec<String>, PermissionInvalid> {
+    let mut methods: Vec<String> = Vec::with_capacity(listed.len());
+    for method in listed {
+        let method = method.to_ascii_uppercase();
+        if !HTTP_METHODS.contains(&method.as_str()) {
+            return Err(PermissionInvalid::Method(method));
+        }
+        if methods.contains(&method) {
+            return Err(PermissionInvalid::DuplicateMethod(method));
+        }
+        methods.push(method);
+    }
+    Ok(methods)
 }
 
 fn header(
@@ -502,6 +523,19 @@ fn header(
             name: hdr.name.clone(),
         });
     }
+    Ok(HeaderMatch {
+        name: hdr.name.to_ascii_lowercase(),
+        test: header_test(index, hdr)?,
+        invert: hdr.invert,
+        ignore_case: hdr.ignore_case,
+    })
+}
+
+/// The one test `header` found set; with `IgnoreCase`, its string lower-cased once here.
+fn header_test(
+    index: usize,
+    hdr: &wire::IntentionHttpHeaderPermission,
+) -> Result<HeaderTest, PermissionInvalid> {
     let fold = |s: &str| {
         if hdr.ignore_case {
             s.to_ascii_lowercase()
@@ -509,7 +543,7 @@ fn header(
             s.to_owned()
         }
     };
-    let test = if hdr.present {
+    Ok(if hdr.present {
         HeaderTest::Present
     } else if !hdr.exact.is_empty() {
         HeaderTest::Exact(fold(&hdr.exact))
@@ -524,12 +558,6 @@ fn header(
             &format!("Header[{index}].Regex"),
             &hdr.regex,
         )?)
-    };
-    Ok(HeaderMatch {
-        name: hdr.name.to_ascii_lowercase(),
-        test,
-        invert: hdr.invert,
-        ignore_case: hdr.ignore_case,
     })
 }
 
