@@ -3,12 +3,13 @@
 //! `decide`'s own test reads): sameness groups, peers, wildcards, namespaces, default
 //! actions, L7 intentions on a connection.
 //!
-//! Each row's config entries go through the agent's write path (`store`: validation,
-//! normalization, storage, as for `PUT /v1/config`), the question through its HTTP API,
-//! and the answer is compared with `decide` over the same entries as the proxy's file
-//! source builds them: `Authorized` must be the proxy's `allowed` and `Reason` the
-//! proxy's reason in Consul's words. Enterprise-shaped entries (namespaces, partitions)
-//! cannot be sent over the CE API, which is why the write goes to `store` directly.
+//! Each row's config entries go through the agent's write path: `PUT /v1/config` when
+//! the entry is one Consul CE accepts, else `store` (the validation, normalization and
+//! storage behind that endpoint), since the CE API refuses Enterprise keys (namespaces,
+//! partitions) before it gets there. The question goes through the HTTP API, and the
+//! answer is compared with `decide` over the same entries as the proxy's file source
+//! builds them: `Authorized` must be the proxy's `allowed` and `Reason` the proxy's
+//! reason in Consul's words.
 
 use std::net::SocketAddr;
 
@@ -20,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
+use ferrule_control::api::intentions::ServiceIntentionsEntry;
 use ferrule_control::intentions::cases::{self, Case};
 use ferrule_control::intentions::{Action, Reason, decide};
 
@@ -76,6 +78,16 @@ async fn call(
     (status, value)
 }
 
+/// Whether Consul CE (and so the dev agent's HTTP API) accepts this entry's keys.
+fn is_ce(entry: &ServiceIntentionsEntry) -> bool {
+    entry.namespace.is_empty()
+        && entry.partition.is_empty()
+        && entry
+            .sources
+            .iter()
+            .all(|s| s.namespace.is_empty() && s.partition.is_empty())
+}
+
 /// A fresh agent holding exactly the row's intentions (and, for destinations with L7
 /// permissions, the `service-defaults` that lets the agent accept them).
 async fn agent_for(case: &Case, client: &HttpClient, policy: Option<Action>) -> DevAgent {
@@ -97,6 +109,12 @@ async fn agent_for(case: &Case, client: &HttpClient, policy: Option<Action>) -> 
         assert_eq!(status, StatusCode::OK, "{}: {body}", case.name);
     }
     for entry in &case.entries {
+        if is_ce(entry) {
+            let body = serde_json::to_value(entry).unwrap();
+            let answer = call(client, agent.addr(), Method::PUT, "/v1/config", &body).await;
+            assert_eq!(answer, (StatusCode::OK, json!(true)), "{}", case.name);
+            continue;
+        }
         let written = agent.shared.with(|state| store(state, entry.clone(), None));
         assert!(
             matches!(written, Ok(true)),
