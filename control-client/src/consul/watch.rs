@@ -131,8 +131,8 @@ impl Cursor {
         self.index > 0 || self.hash.is_some()
     }
 
-    /// Spec 2.5: missing index reads as 0; an index that went backwards resets to a fresh
-    /// read; otherwise take it, clamped to at least 1 so the next call blocks instead of
+    /// Consul's rules for `X-Consul-Index` (docs/consul-semantics.md#blocking-queries):
+    /// missing reads as 0; an index that went backwards resets to a fresh read; otherwise take it, clamped to at least 1 so the next call blocks instead of
     /// spinning.
     fn advance(&mut self, blocking: Blocking, answer: &Answer) {
         match blocking {
@@ -200,150 +200,226 @@ async fn run<T, U, F>(
     client: AgentClient,
     spec: WatchSpec,
     tuning: Tuning,
-    mut force_rx: Option<watch::Receiver<Option<Instant>>>,
+    force_rx: Option<watch::Receiver<Option<Instant>>>,
     tx: mpsc::Sender<U>,
     wrap: F,
 ) where
     T: DeserializeOwned,
     F: Fn(Update<T>) -> U,
 {
-    let mut cursor = Cursor::default();
-    let mut last_body: Option<Bytes> = None;
-    let mut failures: u32 = 0;
-    let mut bucket = TokenBucket::new(tuning.burst, tuning.refill);
-    let mut force_at: Option<Instant> = None;
-    let wait = crate::duration::format_query(tuning.wait);
-    // Another watcher failing to reach the agent means it may have restarted: an index
-    // held from before would be held for the whole wait by a restarted agent, so any
-    // blocking call is abandoned for a fresh read.
-    let mut outages = client.outages();
-    outages.borrow_and_update();
-    if let Some(rx) = &mut force_rx {
-        force_at = *rx.borrow_and_update();
+    let mut watch = Loop::new(client, spec, tuning, force_rx, tx, wrap);
+    while watch.turn::<T>().await.is_some() {}
+}
+
+/// One watch's state between requests.
+struct Loop<U, F> {
+    client: AgentClient,
+    spec: WatchSpec,
+    tuning: Tuning,
+    /// `tuning.wait` as the `wait` parameter.
+    wait: String,
+    tx: mpsc::Sender<U>,
+    wrap: F,
+    cursor: Cursor,
+    /// The last body delivered as [`Update::Changed`].
+    last_body: Option<Bytes>,
+    /// Consecutive failures, for the backoff.
+    failures: u32,
+    bucket: TokenBucket,
+    force_rx: Option<watch::Receiver<Option<Instant>>>,
+    /// When the blocking call in flight is to be abandoned for a fresh read.
+    force_at: Option<Instant>,
+    /// Another watcher failing to reach the agent means it may have restarted: an index
+    /// held from before would be held for the whole wait by a restarted agent, so any
+    /// blocking call is abandoned for a fresh read.
+    outages: watch::Receiver<u64>,
+}
+
+/// `None` ends the loop: the receiver of the updates is gone.
+type Turn = Option<()>;
+
+impl<U, F> Loop<U, F> {
+    fn new(
+        client: AgentClient,
+        spec: WatchSpec,
+        tuning: Tuning,
+        mut force_rx: Option<watch::Receiver<Option<Instant>>>,
+        tx: mpsc::Sender<U>,
+        wrap: F,
+    ) -> Self {
+        let mut outages = client.outages();
+        outages.borrow_and_update();
+        let force_at = force_rx.as_mut().and_then(|rx| *rx.borrow_and_update());
+        Loop {
+            wait: crate::duration::format_query(tuning.wait),
+            bucket: TokenBucket::new(tuning.burst, tuning.refill),
+            client,
+            spec,
+            tuning,
+            tx,
+            wrap,
+            cursor: Cursor::default(),
+            last_body: None,
+            failures: 0,
+            force_rx,
+            force_at,
+            outages,
+        }
     }
 
-    loop {
+    /// One request and what follows from its answer.
+    async fn turn<T>(&mut self) -> Turn
+    where
+        T: DeserializeOwned,
+        F: Fn(Update<T>) -> U,
+    {
         tokio::select! {
-            () = bucket.take() => {}
-            () = tx.closed() => return,
+            () = self.bucket.take() => {}
+            () = self.tx.closed() => return None,
         }
-        // Only a new deadline replaces ours: after a forced read that brought nothing
-        // new, our own later retry must stand, or a past deadline would force forever.
-        if let Some(rx) = &mut force_rx
+        self.take_signals();
+        let blocking = self.cursor.is_blocking();
+        if !blocking && self.force_at.is_some_and(|at| at <= Instant::now()) {
+            // This read is fresh anyway; count it as the forced one.
+            self.force_at = Some(Instant::now() + self.tuning.force_retry);
+        }
+        match self.request(blocking).await? {
+            Ok(result) => {
+                let update = self.interpret::<T>(result);
+                self.deliver(update).await
+            }
+            Err(Abandoned::Forced) => {
+                tracing::debug!(path = %self.spec.path, "forcing a fresh read");
+                self.cursor.reset();
+                self.force_at = Some(Instant::now() + self.tuning.force_retry);
+                Some(())
+            }
+            Err(Abandoned::Outage) => {
+                tracing::debug!(path = %self.spec.path, "the agent was unreachable meanwhile; reading afresh");
+                self.cursor.reset();
+                Some(())
+            }
+        }
+    }
+
+    /// Takes what changed since the last turn: a new forced-read deadline (only a new
+    /// one replaces ours: after a forced read that brought nothing new, our own later
+    /// retry must stand, or a past deadline would force forever) and outages.
+    fn take_signals(&mut self) {
+        if let Some(rx) = &mut self.force_rx
             && rx.has_changed().unwrap_or(false)
         {
-            force_at = *rx.borrow_and_update();
+            self.force_at = *rx.borrow_and_update();
         }
-        if outages.has_changed().unwrap_or(false) {
-            outages.borrow_and_update();
-            cursor.reset();
+        if self.outages.has_changed().unwrap_or(false) {
+            self.outages.borrow_and_update();
+            self.cursor.reset();
         }
-        let blocking = cursor.is_blocking();
-        if !blocking && force_at.is_some_and(|at| at <= Instant::now()) {
-            // This read is fresh anyway; count it as the forced one.
-            force_at = Some(Instant::now() + tuning.force_retry);
-        }
+    }
 
-        let mut query: Vec<(&str, &str)> = spec
-            .query
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let index = cursor.index.to_string();
-        let hash = cursor.hash.clone();
-        match (&hash, spec.blocking) {
-            (Some(hash), Blocking::Hash) => {
-                query.extend([("hash", hash.as_str()), ("wait", &wait)])
-            }
-            (_, Blocking::Index) if cursor.index > 0 => {
-                query.extend([("index", index.as_str()), ("wait", &wait)])
-            }
-            _ => {}
-        }
-
-        let request = client.get(&spec.path, &query, tuning.timeout(blocking));
+    /// Sends the request and waits for its answer, unless a forced read or an outage
+    /// abandons a blocking call first. `None`: the receiver is gone.
+    async fn request(
+        &mut self,
+        blocking: bool,
+    ) -> Option<Result<Result<Answer, AgentError>, Abandoned>> {
+        let query = query(&self.spec, &self.cursor, &self.wait);
+        let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let request = self
+            .client
+            .get(&self.spec.path, &query, self.tuning.timeout(blocking));
         tokio::pin!(request);
-        let result = loop {
-            let deadline = force_at.filter(|_| blocking);
+        loop {
+            let deadline = self.force_at.filter(|_| blocking);
             tokio::select! {
-                result = &mut request => break Ok(result),
-                () = sleep_until_some(deadline) => break Err(Abandoned::Forced),
-                changed = outages.changed(), if blocking => {
+                result = &mut request => return Some(Ok(result)),
+                () = sleep_until_some(deadline) => return Some(Err(Abandoned::Forced)),
+                changed = self.outages.changed(), if blocking => {
                     if changed.is_ok() {
-                        outages.borrow_and_update();
-                        break Err(Abandoned::Outage);
+                        self.outages.borrow_and_update();
+                        return Some(Err(Abandoned::Outage));
                     }
                 }
-                changed = changed_some(&mut force_rx) => {
+                changed = changed_some(&mut self.force_rx) => {
                     if changed {
-                        if let Some(rx) = &mut force_rx {
-                            force_at = *rx.borrow_and_update();
+                        if let Some(rx) = &mut self.force_rx {
+                            self.force_at = *rx.borrow_and_update();
                         }
                     } else {
                         // The owner of the deadline is gone; nothing will force again.
-                        force_rx = None;
+                        self.force_rx = None;
                     }
                 }
-                () = tx.closed() => return,
+                () = self.tx.closed() => return None,
             }
-        };
-        let result = match result {
-            Ok(result) => result,
-            Err(Abandoned::Forced) => {
-                tracing::debug!(path = %spec.path, "forcing a fresh read");
-                cursor.reset();
-                force_at = Some(Instant::now() + tuning.force_retry);
-                continue;
-            }
-            Err(Abandoned::Outage) => {
-                tracing::debug!(path = %spec.path, "the agent was unreachable meanwhile; reading afresh");
-                cursor.reset();
-                continue;
-            }
-        };
+        }
+    }
 
-        let update = match result {
-            Ok(answer) if last_body.as_ref() == Some(&answer.body) => {
-                cursor.advance(spec.blocking, &answer);
-                Ok(Update::Unchanged {
-                    meta: Meta::from_answer(&answer),
-                })
-            }
-            Ok(answer) => match decode::<T>(&spec.path, &answer.body) {
-                Ok(value) => {
-                    cursor.advance(spec.blocking, &answer);
-                    let meta = Meta::from_answer(&answer);
-                    last_body = Some(answer.body);
-                    Ok(Update::Changed { value, meta })
-                }
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
+    /// What an answer means: unchanged, changed (decoded), or a failure.
+    fn interpret<T: DeserializeOwned>(
+        &mut self,
+        result: Result<Answer, AgentError>,
+    ) -> Result<Update<T>, AgentError> {
+        let answer = result?;
+        if self.last_body.as_ref() == Some(&answer.body) {
+            self.cursor.advance(self.spec.blocking, &answer);
+            return Ok(Update::Unchanged {
+                meta: Meta::from_answer(&answer),
+            });
+        }
+        let value = decode::<T>(&self.spec.path, &answer.body)?;
+        self.cursor.advance(self.spec.blocking, &answer);
+        let meta = Meta::from_answer(&answer);
+        self.last_body = Some(answer.body);
+        Ok(Update::Changed { value, meta })
+    }
+
+    /// Sends the update; after a failure, starts again from a fresh read (the agent may
+    /// have restarted with lower indexes, and an old index would be held for the whole
+    /// wait) once the backoff has passed.
+    async fn deliver<T>(&mut self, update: Result<Update<T>, AgentError>) -> Turn
+    where
+        F: Fn(Update<T>) -> U,
+    {
         match update {
             Ok(update) => {
-                failures = 0;
-                if tx.send(wrap(update)).await.is_err() {
-                    return;
-                }
+                self.failures = 0;
+                self.tx.send((self.wrap)(update)).await.ok()
             }
             Err(e) => {
-                // Start again from a fresh read: the agent may have restarted with lower
-                // indexes, and an old index would be held for the whole wait.
-                cursor.reset();
-                failures = failures.saturating_add(1);
-                let delay = backoff(failures, tuning.backoff_base, tuning.backoff_cap);
-                tracing::debug!(path = %spec.path, error = %e, retry_in = ?delay, "watch failed");
-                if tx.send(wrap(Update::Failed(e))).await.is_err() {
-                    return;
-                }
+                self.cursor.reset();
+                self.failures = self.failures.saturating_add(1);
+                let tuning = &self.tuning;
+                let delay = backoff(self.failures, tuning.backoff_base, tuning.backoff_cap);
+                tracing::debug!(path = %self.spec.path, error = %e, retry_in = ?delay, "watch failed");
+                self.tx.send((self.wrap)(Update::Failed(e))).await.ok()?;
                 tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = tx.closed() => return,
+                    () = tokio::time::sleep(delay) => Some(()),
+                    () = self.tx.closed() => None,
                 }
             }
         }
     }
+}
+
+/// The query of the next request: the spec's fixed parameters, then the cursor's.
+fn query<'a>(spec: &'a WatchSpec, cursor: &Cursor, wait: &str) -> Vec<(&'a str, String)> {
+    let mut query: Vec<(&str, String)> = spec
+        .query
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    match (&cursor.hash, spec.blocking) {
+        (Some(hash), Blocking::Hash) => {
+            query.extend([("hash", hash.clone()), ("wait", wait.to_owned())])
+        }
+        (_, Blocking::Index) if cursor.index > 0 => query.extend([
+            ("index", cursor.index.to_string()),
+            ("wait", wait.to_owned()),
+        ]),
+        _ => {}
+    }
+    query
 }
 
 /// Why a blocking call was given up before the agent answered.
