@@ -78,96 +78,11 @@ async fn demo(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     println!("ferrule demo: a service mesh in one process\n");
-
-    let consul = AgentClient::new(
-        &AgentClientConfig::new(agent.url().parse::<AgentAddr>()?),
-        crate::tls::provider(),
-    )?;
-
-    let api_app = start_api_app(stop.clone()).await?;
-    let upstream_port = free_port().await?;
-    register(&consul, api_app, upstream_port).await?;
-    set_intention(&consul, "allow").await?;
-
-    let api_admin = start_sidecar(agent, "api", &metrics, sidecars, &stop).await?;
-    let web_admin = start_sidecar(agent, "web", &metrics, sidecars, &stop).await?;
-    let client = Client::new(SocketAddr::from(([127, 0, 0, 1], upstream_port)));
-    wait_ready(&client, &[api_admin, web_admin]).await?;
-    // web's sidecar learns of api's only once the agent's health check has seen it.
-    client.eventually_ok(TIMEOUT * 3).await;
-
-    println!(
-        "  dev agent       {} (trust domain {})",
-        agent.url(),
-        agent.trust_domain()
-    );
-    println!("  api app         {api_app}, behind api's sidecar (mTLS)");
-    println!("  web calls       127.0.0.1:{upstream_port}, web's sidecar upstream \"api\"");
-    println!(
-        "  metrics         http://{api_admin}/metrics  (both sidecars run in this process and share it)"
-    );
-    println!(
-        "  api's sidecar   http://{api_admin}/config   web's sidecar http://{web_admin}/config\n"
-    );
-
-    let ok = client.burst(10).await;
-    println!("[1] web calls api over mutual TLS: {ok} of 10 requests answered {GREETING:?}");
-
-    let mut live = client.keep_alive().await?;
-    let live_ok = live.call().await.is_ok();
-    println!("    a keep-alive connection is open too (first request ok: {live_ok})");
-
-    set_intention(&consul, "deny").await?;
-    let changed = Instant::now();
-    println!("\n[2] intention web => api set to deny (PUT /v1/config)");
-    let closed_after = live.until_closed(TIMEOUT).await;
-    match closed_after {
-        Some(()) => println!(
-            "    the open connection was closed by api's sidecar {} ms after the change",
-            changed.elapsed().as_millis()
-        ),
-        None => println!("    unexpected: the open connection is still up"),
-    }
-    let refused = 10 - client.burst(10).await;
-    println!("    new connections: {refused} of 10 refused");
-
-    set_intention(&consul, "allow").await?;
-    println!("\n[3] intention back to allow");
-    let ok = client.eventually_ok(TIMEOUT).await;
-    println!(
-        "    calls flow again after {} ms: {} of 10 answered",
-        ok.as_millis(),
-        client.burst(10).await
-    );
-
-    let before = leaf_serial(&client, api_admin).await;
-    let counts = client.background(traffic);
-    consul
-        .put_json(
-            "/v1/connect/ca/configuration",
-            &[],
-            &json!({"Provider": "consul", "Config": {"LeafCertTTL": "72h"}}),
-            TIMEOUT,
-        )
-        .await
-        .context("rotating the CA root")?;
-    println!("\n[4] CA root rotated (PUT /v1/connect/ca/configuration): every leaf is re-issued");
-    let rotated = Instant::now();
-    let mut after = before.clone();
-    while after == before && rotated.elapsed() < TIMEOUT * 3 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        after = leaf_serial(&client, api_admin).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (ok, failed) = counts.counts();
-    println!(
-        "    api's sidecar leaf {} -> {} after {} ms",
-        before.as_deref().unwrap_or("?"),
-        after.as_deref().unwrap_or("?"),
-        rotated.elapsed().as_millis()
-    );
-    println!("    requests meanwhile: {ok} ok, {failed} failed");
-
+    let scene = Scene::set_up(agent, &metrics, sidecars, &stop).await?;
+    scene.describe(agent);
+    scene.calls_flow().await?;
+    scene.allow_again().await?;
+    let counts = scene.rotate_root(traffic).await?;
     println!("\nTraffic keeps flowing; a line every 5 s (Ctrl-C to stop).");
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
@@ -175,6 +90,148 @@ async fn demo(
         tick.tick().await;
         let (ok, failed) = counts.counts();
         println!("    requests so far: {ok} ok, {failed} failed");
+    }
+}
+
+/// What the demo set up: the agent's client, the `api` app, both sidecars' admin
+/// listeners and web's caller on its upstream port.
+struct Scene {
+    consul: AgentClient,
+    api_app: SocketAddr,
+    upstream_port: u16,
+    api_admin: SocketAddr,
+    web_admin: SocketAddr,
+    client: Client,
+}
+
+impl Scene {
+    /// Registers both services, allows web => api, starts both sidecars and waits
+    /// until web's calls reach api.
+    async fn set_up(
+        agent: &DevAgent,
+        metrics: &PrometheusHandle,
+        sidecars: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Scene> {
+        let consul = AgentClient::new(
+            &AgentClientConfig::new(agent.url().parse::<AgentAddr>()?),
+            crate::tls::provider(),
+        )?;
+        let api_app = start_api_app(stop.clone()).await?;
+        let upstream_port = free_port().await?;
+        register(&consul, api_app, upstream_port).await?;
+        set_intention(&consul, "allow").await?;
+
+        let api_admin = start_sidecar(agent, "api", metrics, sidecars, stop).await?;
+        let web_admin = start_sidecar(agent, "web", metrics, sidecars, stop).await?;
+        let client = Client::new(SocketAddr::from(([127, 0, 0, 1], upstream_port)));
+        wait_ready(&client, &[api_admin, web_admin]).await?;
+        // web's sidecar learns of api's only once the agent's health check has seen it.
+        client.eventually_ok(TIMEOUT * 3).await;
+        Ok(Scene {
+            consul,
+            api_app,
+            upstream_port,
+            api_admin,
+            web_admin,
+            client,
+        })
+    }
+
+    fn describe(&self, agent: &DevAgent) {
+        let Scene {
+            api_app,
+            upstream_port,
+            api_admin,
+            web_admin,
+            ..
+        } = self;
+        println!(
+            "  dev agent       {} (trust domain {})",
+            agent.url(),
+            agent.trust_domain()
+        );
+        println!("  api app         {api_app}, behind api's sidecar (mTLS)");
+        println!("  web calls       127.0.0.1:{upstream_port}, web's sidecar upstream \"api\"");
+        println!(
+            "  metrics         http://{api_admin}/metrics  (both sidecars run in this process and share it)"
+        );
+        println!(
+            "  api's sidecar   http://{api_admin}/config   web's sidecar http://{web_admin}/config\n"
+        );
+    }
+
+    /// [1] and [2]: calls flow over mTLS; a deny closes the open connection and
+    /// refuses new ones.
+    async fn calls_flow(&self) -> anyhow::Result<()> {
+        let ok = self.client.burst(10).await;
+        println!("[1] web calls api over mutual TLS: {ok} of 10 requests answered {GREETING:?}");
+
+        let mut live = self.client.keep_alive().await?;
+        let live_ok = live.call().await.is_ok();
+        println!("    a keep-alive connection is open too (first request ok: {live_ok})");
+
+        set_intention(&self.consul, "deny").await?;
+        let changed = Instant::now();
+        println!("\n[2] intention web => api set to deny (PUT /v1/config)");
+        match live.until_closed(TIMEOUT).await {
+            Some(()) => println!(
+                "    the open connection was closed by api's sidecar {} ms after the change",
+                changed.elapsed().as_millis()
+            ),
+            None => println!("    unexpected: the open connection is still up"),
+        }
+        let refused = 10 - self.client.burst(10).await;
+        println!("    new connections: {refused} of 10 refused");
+        Ok(())
+    }
+
+    /// [3]: back to allow; calls flow again.
+    async fn allow_again(&self) -> anyhow::Result<()> {
+        set_intention(&self.consul, "allow").await?;
+        println!("\n[3] intention back to allow");
+        let ok = self.client.eventually_ok(TIMEOUT).await;
+        println!(
+            "    calls flow again after {} ms: {} of 10 answered",
+            ok.as_millis(),
+            self.client.burst(10).await
+        );
+        Ok(())
+    }
+
+    /// [4]: the CA root rotates under steady traffic; every leaf is re-issued and no
+    /// request fails. Returns the background traffic's counts.
+    async fn rotate_root(&self, traffic: &Traffic) -> anyhow::Result<Counts> {
+        let before = leaf_serial(&self.client, self.api_admin).await;
+        let counts = self.client.background(traffic);
+        self.consul
+            .put_json(
+                "/v1/connect/ca/configuration",
+                &[],
+                &json!({"Provider": "consul", "Config": {"LeafCertTTL": "72h"}}),
+                TIMEOUT,
+            )
+            .await
+            .context("rotating the CA root")?;
+        println!(
+            "\n[4] CA root rotated (PUT /v1/connect/ca/configuration): every leaf is re-issued"
+        );
+        let rotated = Instant::now();
+        let mut after = before.clone();
+        while after == before && rotated.elapsed() < TIMEOUT * 3 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            after = leaf_serial(&self.client, self.api_admin).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (ok, failed) = counts.counts();
+        println!(
+            "    api's sidecar leaf {} -> {} after {} ms",
+            before.as_deref().unwrap_or("?"),
+            after.as_deref().unwrap_or("?"),
+            rotated.elapsed().as_millis()
+        );
+        println!("    requests meanwhile: {ok} ok, {failed} failed");
+        Ok(counts)
     }
 }
 
