@@ -2,11 +2,15 @@
 //!
 //! `CARGO_BIN_EXE_ferrule` exists only for tests inside the `ferrule` package, so this
 //! package builds the binary itself, once per test process, with the same cargo, target
-//! directory and profile as the test executable (so the build is a no-op when the outer
-//! `cargo test --workspace` already built it). Cargo releases its build lock before it
-//! runs test executables (both `cargo test` and `cargo nextest run`), so the nested
-//! build does not deadlock; concurrent nested builds (nextest runs each test in its own
-//! process) queue on that lock and all but the first find nothing to do.
+//! directory and profile as the test executable. It builds it the way `cargo test
+//! --workspace` resolves features (every member selected, dev-dependencies on: `cargo
+//! build --workspace --tests --bin ferrule`), so after the README's test command the
+//! build is a link at most. Asking for the `ferrule` package alone would resolve
+//! features without the dev-dependencies (tokio's `test-util`, tonic's `router`, ...)
+//! and rebuild most of the dependency tree a second time. Cargo releases its build lock
+//! before it runs test executables (both `cargo test` and `cargo nextest run`), so the
+//! nested build does not deadlock; concurrent nested builds (nextest runs each test in
+//! its own process) queue on that lock and all but the first find nothing to do.
 //!
 //! `FERRULE_BIN=/path/to/ferrule` skips the build and runs that binary instead.
 
@@ -51,8 +55,8 @@ fn locate_or_build() -> Result<PathBuf, String> {
         .args([
             "build",
             "--quiet",
-            "--package",
-            "ferrule",
+            "--workspace",
+            "--tests",
             "--bin",
             "ferrule",
         ])
