@@ -27,6 +27,7 @@ pub mod http;
 pub mod inbound;
 pub mod limits;
 pub mod listeners;
+pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod splice;

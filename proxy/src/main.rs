@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ferrule::logging::{self, Format as LogFormat};
 use ferrule_control::consul::{
     AgentAddr, AgentClientConfig, ConsulConfig, ConsulSource, ProxySelector,
 };
@@ -50,8 +51,11 @@ enum Command {
 
 #[derive(clap::Args)]
 struct DevArgs {
-    #[arg(long, default_value = "127.0.0.1:8500")]
+    /// Where the agent's HTTP API listens (`localhost:PORT` and `:PORT` mean
+    /// 127.0.0.1:PORT; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8500", value_parser = addr_flag)]
     addr: SocketAddr,
+    /// The datacenter the agent is in: part of every SPIFFE ID it signs.
     #[arg(long, default_value = "dc1")]
     datacenter: String,
     /// Lifetime of service leaf certificates, in Go's duration syntax (72h, 90s).
@@ -75,8 +79,10 @@ struct DevArgs {
     /// bundle on the Workload API. Repeatable.
     #[arg(long, value_name = "TRUST_DOMAIN=FILE")]
     federate_with: Vec<Federation>,
-    #[arg(long, env = "FERRULE_LOG", default_value = "info")]
-    log_level: String,
+    /// Log filter: a level (trace, debug, info, warn, error, off) or tracing's filter
+    /// syntax (`info,ferrule=debug`) [default: RUST_LOG, else info].
+    #[arg(long, env = "FERRULE_LOG", value_name = "FILTER")]
+    log_level: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -85,8 +91,10 @@ struct DemoArgs {
     /// seconds [default: run until Ctrl-C].
     #[arg(long, value_name = "DURATION", value_parser = duration::flag_or_seconds)]
     duration: Option<Duration>,
-    #[arg(long, env = "FERRULE_LOG", default_value = "warn")]
-    log_level: String,
+    /// Log filter: a level (trace, debug, info, warn, error, off) or tracing's filter
+    /// syntax (`info,ferrule=debug`) [default: RUST_LOG, else warn].
+    #[arg(long, env = "FERRULE_LOG", value_name = "FILTER")]
+    log_level: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -101,7 +109,8 @@ struct ProxyArgs {
     /// Consul mode: serve this registered connect-proxy service.
     #[arg(long, value_name = "PROXY_SERVICE_ID", env = "CONNECT_PROXY_ID")]
     proxy_id: Option<String>,
-    /// The local Consul agent: host:port, http://, https:// or unix:///path.
+    /// The local Consul agent: host:port (`:PORT` is 127.0.0.1:PORT), http://, https://
+    /// or unix:///path.
     #[arg(
         long,
         env = "CONSUL_HTTP_ADDR",
@@ -125,17 +134,20 @@ struct ProxyArgs {
     /// What applies when no intention matches [default: learned from the agent].
     #[arg(long, value_enum)]
     default_action: Option<DefaultActionArg>,
-    /// Address of the admin listener (/metrics, /ready, /config) [default: admin_addr
-    /// from the config file, else 127.0.0.1:19100].
-    #[arg(long, value_name = "ADDR")]
+    /// Address of the admin listener (/metrics, /ready, /config); `localhost:PORT` and
+    /// `:PORT` mean 127.0.0.1:PORT [default: admin_addr from the config file, else
+    /// 127.0.0.1:19100].
+    #[arg(long, value_name = "ADDR", value_parser = addr_flag)]
     admin_addr: Option<SocketAddr>,
     /// On SIGTERM or SIGINT, how long connections and requests in flight get to finish
     /// once the listeners are closed, in Go's duration syntax.
     #[arg(long, default_value = "15s", value_parser = duration::flag)]
     drain_timeout: Duration,
-    /// Log filter, in tracing's filter syntax (e.g. `info`, `ferrule=debug`).
-    #[arg(long, env = "FERRULE_LOG", default_value = "info")]
-    log_level: String,
+    /// Log filter: a level (trace, debug, info, warn, error, off) or tracing's filter
+    /// syntax (`info,ferrule=debug`) [default: RUST_LOG, else info].
+    #[arg(long, env = "FERRULE_LOG", value_name = "FILTER")]
+    log_level: Option<String>,
+    /// How log lines are written: text for people, json for log pipelines.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Runtime worker threads [default: one per CPU]. One is enough for a sidecar
@@ -152,12 +164,6 @@ struct ProxyArgs {
 enum Switch {
     On,
     Off,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -200,9 +206,8 @@ fn runtime_with(worker_threads: Option<u16>) -> Result<tokio::runtime::Runtime, 
 }
 
 fn dev(args: DevArgs) -> ExitCode {
-    if let Err(e) = init_logging(&args.log_level, LogFormat::Text) {
-        eprintln!("ferrule: --log-level: {e}");
-        return ExitCode::from(2);
+    if let Err(code) = init_logging(args.log_level.as_deref(), "info", LogFormat::Text) {
+        return code;
     }
     let config = DevAgentConfig {
         addr: args.addr,
@@ -231,9 +236,8 @@ fn dev(args: DevArgs) -> ExitCode {
 }
 
 fn demo(args: DemoArgs) -> ExitCode {
-    if let Err(e) = init_logging(&args.log_level, LogFormat::Text) {
-        eprintln!("ferrule: --log-level: {e}");
-        return ExitCode::from(2);
+    if let Err(code) = init_logging(args.log_level.as_deref(), "warn", LogFormat::Text) {
+        return code;
     }
     let runtime = match runtime() {
         Ok(rt) => rt,
@@ -259,9 +263,8 @@ enum Fail {
 }
 
 fn proxy(args: ProxyArgs) -> ExitCode {
-    if let Err(e) = init_logging(&args.log_level, args.log_format) {
-        eprintln!("ferrule: --log-level: {e}");
-        return ExitCode::from(2);
+    if let Err(code) = init_logging(args.log_level.as_deref(), "info", args.log_format) {
+        return code;
     }
     ferrule::tls::set_session_resumption(args.tls_resumption == Switch::On);
     let runtime = match runtime_with(args.worker_threads) {
@@ -420,15 +423,29 @@ async fn serve(
     }
 }
 
-fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+/// Installs the log: the flag's filter, else `RUST_LOG`'s, else `default`. A filter that
+/// is not one exits 2 with the reason.
+fn init_logging(flag: Option<&str>, default: &str, format: LogFormat) -> Result<(), ExitCode> {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let text = logging::choose(flag, rust_log.as_deref(), default);
+    match logging::filter(text) {
+        Ok(filter) => {
+            logging::init(filter, format);
+            Ok(())
+        }
+        Err(e) => {
+            let source = if flag.is_some() {
+                "--log-level"
+            } else {
+                "RUST_LOG"
+            };
+            eprintln!("ferrule: {source}: {e}");
+            Err(ExitCode::from(2))
+        }
     }
-    Ok(())
+}
+
+/// An address flag: `IP:PORT`, `localhost:PORT` or `:PORT`.
+fn addr_flag(text: &str) -> Result<SocketAddr, ferrule_control::addr::AddrError> {
+    ferrule_control::addr::parse(text)
 }

@@ -255,7 +255,9 @@ impl ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         gauge!(ACTIVE_CONNECTIONS, "direction" => self.direction.as_str()).decrement(1.0);
-        tracing::info!(
+        // One record per connection: at debug, so a steady state logs nothing at info
+        // (probes and refusals are counted in the metrics).
+        tracing::debug!(
             target: "ferrule::access",
             direction = self.direction.as_str(),
             peer = %self.peer,

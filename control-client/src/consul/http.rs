@@ -99,6 +99,12 @@ impl FromStr for AgentAddr {
         if authority.is_empty() {
             return Err(bad("no host"));
         }
+        // `:8500`, as Go's tools read it: this host.
+        let authority = match authority.strip_prefix(':') {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => authority.to_owned(),
+        };
+        let authority = authority.as_str();
         // Go's client lets the scheme's port apply when none is given.
         let authority = if has_port(authority) {
             authority.to_owned()

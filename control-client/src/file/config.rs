@@ -15,6 +15,7 @@ use crate::publish::{self, InboundLimits, UpstreamLimits, UpstreamListener};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    #[serde(default, deserialize_with = "crate::addr::deserialize_opt")]
     admin_addr: Option<SocketAddr>,
     #[serde(default)]
     default_action: Option<Action>,
@@ -41,6 +42,7 @@ struct RawIdentity {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawInbound {
+    #[serde(deserialize_with = "crate::addr::deserialize")]
     bind: SocketAddr,
     local_app: toml::Spanned<String>,
     #[serde(default = "tcp")]
@@ -57,6 +59,7 @@ struct RawInbound {
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     name: toml::Spanned<String>,
+    #[serde(deserialize_with = "crate::addr::deserialize")]
     bind: SocketAddr,
     endpoints: Vec<toml::Spanned<String>>,
     #[serde(default = "tcp")]

@@ -28,6 +28,9 @@ fn parses_every_address_form() {
         Ok(http("consul.local:80", ""))
     );
     assert_eq!("[::1]:8500".parse(), Ok(http("[::1]:8500", "")));
+    assert_eq!("localhost:8500".parse(), Ok(http("localhost:8500", "")));
+    assert_eq!(":8500".parse(), Ok(http("127.0.0.1:8500", "")));
+    assert_eq!("http://:8501/x".parse(), Ok(http("127.0.0.1:8501", "/x")));
     assert_eq!("http://[::1]".parse(), Ok(http("[::1]:80", "")));
     assert_eq!(
         "http://10.0.0.1:8500/consul/".parse(),
@@ -53,7 +56,15 @@ fn parses_every_address_form() {
             path: "/var/run/consul.sock".into()
         })
     );
-    for bad in ["ftp://x:1", "http://", "unix://", "http://a b:1", ""] {
+    for bad in [
+        "ftp://x:1",
+        "http://",
+        "unix://",
+        "http://a b:1",
+        "",
+        ":",
+        ":x",
+    ] {
         assert!(bad.parse::<AgentAddr>().is_err(), "{bad:?}");
     }
 }
