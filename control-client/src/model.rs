@@ -27,6 +27,11 @@ pub struct TrustBundle {
     pub roots: Vec<CertificateDer<'static>>,
     /// Colon-hex serial numbers of the roots, for `/config` and logs.
     pub root_serials: Vec<String>,
+    /// Certificates a peer's chain may pass through, never anchors: the roots'
+    /// `IntermediateCerts` (a secondary datacenter's signing CA, a rotation's
+    /// cross-signed root). A peer should send its own; these cover one that does not.
+    #[serde(skip)]
+    pub intermediates: Vec<CertificateDer<'static>>,
     /// The bundles of other trust domains this proxy federates with (from the Workload
     /// API), by trust domain name. A peer is verified against the bundle of the trust
     /// domain its own SPIFFE ID names, never against another's.
@@ -256,6 +261,7 @@ pub fn bundle_from_der(
         trust_domain: trust_domain.to_owned(),
         roots,
         root_serials,
+        intermediates: Vec::new(),
         federated: BTreeMap::new(),
     })
 }

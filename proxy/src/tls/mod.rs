@@ -21,6 +21,8 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
+#[cfg(test)]
+mod chain_tests;
 mod tickets;
 mod verify;
 
@@ -473,7 +475,10 @@ mod tests {
 
     /// Moves records between the two ends until neither has anything to say: the
     /// handshake is done and the server's tickets have reached the client.
-    fn complete(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
+    pub(super) fn complete(
+        client: &mut rustls::ClientConnection,
+        server: &mut rustls::ServerConnection,
+    ) {
         for _ in 0..20 {
             let mut moved = false;
             let mut buf = Vec::new();
