@@ -116,17 +116,21 @@ async fn listeners_advertise_alpn_as_consuls_envoy_and_take_tls12_callers() {
     }
 }
 
+/// A ClientHello's server name and ALPN offer.
+type Hello = (Option<String>, Vec<String>);
+type Hellos = Arc<Mutex<Vec<Hello>>>;
+
 /// A server that records the server name and ALPN list of every ClientHello, then
 /// answers with `presents` (or fails the handshake without one).
 struct HelloRecorder {
     addr: SocketAddr,
-    hellos: Arc<Mutex<Vec<(Option<String>, Vec<String>)>>>,
+    hellos: Hellos,
     task: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Debug)]
 struct Recording {
-    hellos: Arc<Mutex<Vec<(Option<String>, Vec<String>)>>>,
+    hellos: Hellos,
     presents: Option<Arc<CertifiedKey>>,
 }
 
@@ -182,7 +186,7 @@ impl HelloRecorder {
         HelloRecorder { addr, hellos, task }
     }
 
-    fn hellos(&self) -> Vec<(Option<String>, Vec<String>)> {
+    fn hellos(&self) -> Vec<Hello> {
         self.hellos.lock().clone()
     }
 }
