@@ -85,8 +85,13 @@ pub(crate) enum Why {
     Timeout,
     UnknownCa,
     Expired,
-    IdentityMismatch { expected: String, got: String },
+    IdentityMismatch {
+        expected: String,
+        got: String,
+    },
     NoAlpnOverlap,
+    /// The server's alert about our certificate (unknown CA, bad, expired...).
+    RefusedOurs(AlertDescription),
     ResumedExpired,
     Tls(String),
 }
@@ -108,6 +113,9 @@ impl fmt::Display for Why {
             }
             Why::NoAlpnOverlap => {
                 f.write_str("no ALPN overlap: the server speaks none of the protocols offered")
+            }
+            Why::RefusedOurs(alert) => {
+                write!(f, "the server refused our certificate (alert {alert:?})")
             }
             Why::ResumedExpired => f.write_str("resumed a session of an expired certificate"),
             Why::Tls(e) => write!(f, "TLS handshake failed: {e}"),
@@ -137,6 +145,14 @@ impl Why {
             }
             rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol)
             | rustls::Error::NoApplicationProtocol => Why::NoAlpnOverlap,
+            rustls::Error::AlertReceived(
+                alert @ (AlertDescription::UnknownCA
+                | AlertDescription::BadCertificate
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::CertificateExpired
+                | AlertDescription::CertificateRequired
+                | AlertDescription::AccessDenied),
+            ) => Why::RefusedOurs(*alert),
             other => Why::Tls(other.to_string()),
         }
     }
@@ -282,6 +298,10 @@ mod tests {
             (
                 rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol),
                 Why::NoAlpnOverlap,
+            ),
+            (
+                rustls::Error::AlertReceived(AlertDescription::UnknownCA),
+                Why::RefusedOurs(AlertDescription::UnknownCA),
             ),
         ];
         for (error, want) in cases {

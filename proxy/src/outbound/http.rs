@@ -307,25 +307,11 @@ async fn send(
         let Some(sender) = pool.sender(endpoint, upstream, tls).await else {
             continue;
         };
-        let answered = match sender {
-            Sender::H2(mut h2) => {
-                if let Err(e) = back_to_http2(&mut req) {
-                    tracing::debug!(upstream = %upstream.name, error = %e, "request not expressible in HTTP/2");
-                    return local_reply(StatusCode::BAD_REQUEST, "bad request", grpc);
-                }
-                within(upstream.request_timeout, h2.try_send_request(req)).await
-            }
-            Sender::H1(mut h1) => {
-                if let Err(e) = for_http1(&mut req) {
-                    tracing::debug!(upstream = %upstream.name, error = %e, "request not expressible in HTTP/1.1");
-                    return local_reply(StatusCode::BAD_REQUEST, "bad request", grpc);
-                }
-                let ready = h1.ready().await.is_ok();
-                let answer = within(upstream.request_timeout, h1.try_send_request(req)).await;
-                if ready && matches!(answer, Some(Ok(_))) {
-                    pool.give_back(endpoint, h1).await;
-                }
-                answer
+        let answered = match exchange(pool, endpoint, sender, req, upstream.request_timeout).await {
+            Ok(answered) => answered,
+            Err(e) => {
+                tracing::debug!(upstream = %upstream.name, error = %e, "request not expressible in the hop's HTTP version");
+                return local_reply(StatusCode::BAD_REQUEST, "bad request", grpc);
             }
         };
         match answered {
@@ -355,6 +341,35 @@ async fn send(
     }
     tracing::warn!(upstream = %upstream.name, "no endpoint could be reached");
     unavailable("no healthy upstream", grpc)
+}
+
+type Answered =
+    Option<Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Incoming>>>>;
+
+/// Sends `req` on `sender` in the connection's HTTP version, within `timeout`; an
+/// HTTP/1.1 connection goes back to the pool once its response has arrived.
+async fn exchange(
+    pool: &MeshPool,
+    endpoint: &Endpoint,
+    sender: Sender,
+    mut req: Request<Incoming>,
+    timeout: Option<Duration>,
+) -> Result<Answered, http::Error> {
+    match sender {
+        Sender::H2(mut h2) => {
+            back_to_http2(&mut req)?;
+            Ok(within(timeout, h2.try_send_request(req)).await)
+        }
+        Sender::H1(mut h1) => {
+            for_http1(&mut req)?;
+            let ready = h1.ready().await.is_ok();
+            let answer = within(timeout, h1.try_send_request(req)).await;
+            if ready && matches!(answer, Some(Ok(_))) {
+                pool.give_back(endpoint, h1).await;
+            }
+            Ok(answer)
+        }
+    }
 }
 
 /// An HTTP/2-shaped request (absolute URI, no `Host`) as HTTP/1.1 wants it: the path and
