@@ -171,6 +171,9 @@ pub struct DevCa {
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     last_serial: AtomicU64,
+    /// What follows every leaf in `IssuedLeaf::cert_pem`: nothing for a root, the
+    /// intermediate itself for [`DevCa::intermediate`].
+    chain_pem: String,
 }
 
 impl fmt::Debug for DevCa {
@@ -238,6 +241,7 @@ impl DevCa {
             not_before,
             not_after,
             last_serial: AtomicU64::new(serial),
+            chain_pem: String::new(),
         })
     }
 
@@ -285,6 +289,7 @@ impl DevCa {
             not_before,
             not_after,
             last_serial: AtomicU64::new(serial),
+            chain_pem: String::new(),
         })
     }
 
@@ -370,7 +375,7 @@ impl DevCa {
 
         let cert = params.signed_by(&key.pair, &self.issuer)?;
         Ok(IssuedLeaf {
-            cert_pem: encode_pem(CERT_TAG, cert.der()),
+            cert_pem: encode_pem(CERT_TAG, cert.der()) + &self.chain_pem,
             key_pem: encode_pem(SEC1_TAG, &key.sec1_der),
             key_pkcs8_pem: encode_pem(PKCS8_TAG, key.pair.serialized_der()),
             serial_hex: serial_hex(serial),
@@ -433,6 +438,47 @@ impl DevCa {
         params.not_after = newer.not_after.min(self.not_after);
         let cert = params.signed_by(&public_key, &self.issuer)?;
         Ok(encode_pem(CERT_TAG, cert.der()))
+    }
+
+    /// A secondary datacenter's signing CA under this root, shaped as Consul's built-in
+    /// provider signs it: an empty subject, the URI SAN `spiffe://<trust domain>`, CA
+    /// with path length 0, and the root as issuer. Its leaves carry it after themselves
+    /// in `cert_pem`, as the agent's `CertPEM` does there; peers still trust only the
+    /// root (`cert_pem()` of the returned CA is the intermediate, not a trust anchor).
+    pub fn intermediate(&self) -> Result<DevCa, CaError> {
+        let key = EcKey::generate()?;
+        let key_id = sha256(&key.pair.subject_public_key_info());
+        let serial = self.next_serial()?;
+        let not_before = (OffsetDateTime::now_utc() - BACKDATE).truncate_to_second();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![uri_san(&format!("spiffe://{}", self.trust_domain()))?];
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.key_identifier_method = KeyIdMethod::PreSpecified(key_id.clone());
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(SerialNumber::from(serial));
+        params.not_before = not_before;
+        params.not_after = self.not_after;
+        let cert = params.signed_by(&key.pair, &self.issuer)?;
+        let cert_pem = encode_pem(CERT_TAG, cert.der());
+        Ok(DevCa {
+            chain_pem: cert_pem.clone(),
+            cert_pem,
+            cert_der: cert.der().clone(),
+            key_pem: encode_pem(SEC1_TAG, &key.sec1_der),
+            issuer: Issuer::new(params, key.pair),
+            cluster_id: self.cluster_id.clone(),
+            key_id,
+            serial,
+            not_before,
+            not_after: self.not_after,
+            last_serial: AtomicU64::new(serial),
+        })
     }
 
     fn next_serial(&self) -> Result<u64, CaError> {
@@ -663,6 +709,7 @@ mod tests {
     use super::*;
 
     use rustls_pki_types::UnixTime;
+    use rustls_pki_types::pem::PemObject;
     use webpki::{EndEntityCert, KeyUsage, anchor_from_trusted_cert};
     use x509_parser::certificate::X509Certificate;
 
@@ -980,6 +1027,48 @@ mod tests {
         assert_eq!(leaf.service_uri, first_leaf.service_uri);
         verify(&second, &leaf, UnixTime::now()).unwrap();
         assert!(verify(&first, &leaf, UnixTime::now()).is_err());
+    }
+
+    #[test]
+    fn an_intermediate_has_an_empty_subject_and_its_leaves_chain_to_the_root() {
+        let root = DevCa::generate(None).unwrap();
+        let dc2 = root.intermediate().unwrap();
+        let parsed = parse(dc2.cert_der());
+        assert_eq!(parsed.subject().iter().count(), 0, "empty subject");
+        assert_eq!(parsed.issuer(), parse(root.cert_der()).subject());
+        assert_eq!(aki(&parsed), ski(&parse(root.cert_der())));
+        let bc = parsed.basic_constraints().unwrap().unwrap().value;
+        assert!(bc.ca);
+        assert_eq!(bc.path_len_constraint, Some(0));
+        assert_eq!(
+            uris(&parsed),
+            vec![format!("spiffe://{}", root.trust_domain())]
+        );
+
+        let mut spec = LeafSpec::service("api");
+        spec.datacenter = "dc2".into();
+        let leaf = dc2.issue(&spec).unwrap();
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        assert_eq!(chain.len(), 2, "the leaf, then the intermediate");
+        assert_eq!(&chain[1], dc2.cert_der());
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let anchors = [anchor_from_trusted_cert(root.cert_der()).unwrap()];
+        let ee = EndEntityCert::try_from(&chain[0]).unwrap();
+        for usage in [KeyUsage::client_auth(), KeyUsage::server_auth()] {
+            ee.verify_for_usage(
+                provider.signature_verification_algorithms.all,
+                &anchors,
+                &chain[1..],
+                UnixTime::now(),
+                usage,
+                None,
+                None,
+            )
+            .unwrap();
+        }
     }
 
     #[test]

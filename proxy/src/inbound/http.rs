@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferrule_control::intentions::Peer;
-use ferrule_control::model::{InboundConfig, Protocol, Snapshot};
+use ferrule_control::model::{InboundConfig, Snapshot};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
@@ -23,6 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
@@ -40,21 +41,14 @@ const APP_POOL_IDLE: Duration = Duration::from_secs(60);
 /// Who is calling on one mTLS connection, worked out once at the handshake.
 pub(super) struct Caller {
     pub(super) peer: Peer,
-    /// `By=<our ID>;Hash=<SHA-256 of the caller's certificate>;URI=<the caller's ID>`.
+    /// The `x-forwarded-client-cert` value the app gets (see `super::xfcc`).
     pub(super) xfcc: HeaderValue,
 }
 
 impl Caller {
-    pub(super) fn new(
-        peer: Peer,
-        caller_uri: &str,
-        our_uri: &str,
-        caller_cert_der: &[u8],
-    ) -> Caller {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, caller_cert_der);
-        let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        let value = format!("By={our_uri};Hash={hash};URI={caller_uri}");
-        // SPIFFE IDs are URIs and the hash is hex: the value is always a valid header.
+    pub(super) fn new(peer: Peer, our_uri: &str, chain: &[CertificateDer<'_>]) -> Caller {
+        let value = super::xfcc::value(our_uri, chain);
+        // Every byte outside printable ASCII is escaped: the value is always valid.
         let xfcc = HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""));
         Caller { peer, xfcc }
     }
@@ -113,11 +107,10 @@ struct Connection {
 }
 
 /// Serves HTTP on one authenticated connection until the caller closes it, or until
-/// a drain or `idle` has let its requests in flight finish. For `http` the caller may speak
-/// HTTP/1.1 or HTTP/2 (as ALPN chose); `http2` and `grpc` speak only HTTP/2.
+/// a drain or `idle` has let its requests in flight finish. Whatever the protocol, the
+/// caller may speak HTTP/1.1 or HTTP/2 (as ALPN chose, or told by the preface).
 pub(super) async fn serve_connection<S>(
     stream: S,
-    protocol: Protocol,
     caller: Caller,
     state: State,
     app: Arc<LocalApp>,
@@ -135,7 +128,9 @@ pub(super) async fn serve_connection<S>(
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(req, &conn).await) }
     });
-    let builder = crate::http::server(protocol);
+    // The mesh side serves HTTP/1.1 and HTTP/2 callers whatever the protocol, as
+    // Consul's Envoy does on `http2` and `grpc` listeners.
+    let builder = crate::http::server(false);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     crate::http::serve_to_end(connection, &draining, idle, Direction::Inbound).await;
 }

@@ -46,10 +46,26 @@ pub struct PeerIdentityMismatch {
 /// the crypto to check with.
 pub(super) struct Anchors {
     trust_domain: String,
-    anchors: Vec<TrustAnchor<'static>>,
+    own: DomainRoots,
     /// By trust domain name.
-    federated: HashMap<String, Vec<TrustAnchor<'static>>>,
+    federated: HashMap<String, DomainRoots>,
     algorithms: WebPkiSupportedAlgorithms,
+}
+
+/// One trust domain's roots: every root is an anchor (active or not), and the bundle's
+/// intermediates are candidates for the path, after those the peer sent.
+struct DomainRoots {
+    anchors: Vec<TrustAnchor<'static>>,
+    intermediates: Vec<CertificateDer<'static>>,
+}
+
+impl DomainRoots {
+    fn of(bundle: &TrustBundle) -> DomainRoots {
+        DomainRoots {
+            anchors: trust_anchors(&bundle.roots),
+            intermediates: bundle.intermediates.clone(),
+        }
+    }
 }
 
 fn trust_anchors(roots: &[CertificateDer<'static>]) -> Vec<TrustAnchor<'static>> {
@@ -69,22 +85,22 @@ impl Anchors {
     pub(super) fn new(bundle: &TrustBundle, provider: &CryptoProvider) -> Anchors {
         Anchors {
             trust_domain: bundle.trust_domain.clone(),
-            anchors: trust_anchors(&bundle.roots),
+            own: DomainRoots::of(bundle),
             federated: bundle
                 .federated
                 .iter()
-                .map(|(td, b)| (td.clone(), trust_anchors(&b.roots)))
+                .map(|(td, b)| (td.clone(), DomainRoots::of(b)))
                 .collect(),
             algorithms: provider.signature_verification_algorithms,
         }
     }
 
-    /// The anchors of `trust_domain`, if we trust it at all.
-    fn of(&self, trust_domain: &str) -> Option<&[TrustAnchor<'static>]> {
+    /// The roots of `trust_domain`, if we trust it at all.
+    fn of(&self, trust_domain: &str) -> Option<&DomainRoots> {
         if trust_domain == self.trust_domain {
-            Some(&self.anchors)
+            Some(&self.own)
         } else {
-            self.federated.get(trust_domain).map(Vec::as_slice)
+            self.federated.get(trust_domain)
         }
     }
 
@@ -99,15 +115,27 @@ impl Anchors {
         let cert = webpki::EndEntityCert::try_from(end_entity).map_err(SvidError::Chain)?;
         // Unverified until the chain is: only used to choose whose roots must vouch.
         let id = peer_identity(end_entity)?;
-        let anchors = self
+        let roots = self
             .of(&id.trust_domain)
             .ok_or_else(|| SvidError::ForeignTrustDomain {
                 want: self.trust_domain.clone(),
                 got: id.to_uri(),
             })?;
+        // What the peer sent first, then the bundle's own intermediates.
+        let candidates: Vec<CertificateDer<'_>>;
+        let intermediates = if roots.intermediates.is_empty() {
+            intermediates
+        } else {
+            candidates = intermediates
+                .iter()
+                .chain(&roots.intermediates)
+                .map(|c| CertificateDer::from(c.as_ref()))
+                .collect();
+            &candidates
+        };
         cert.verify_for_usage(
             self.algorithms.all,
-            anchors,
+            &roots.anchors,
             intermediates,
             now,
             usage,

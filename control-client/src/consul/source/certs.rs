@@ -129,9 +129,12 @@ impl Certs {
             .map(|r| format!("{}\n", r.root_cert.trim_end()))
             .collect();
         match model::parse_bundle(pem.as_bytes(), &trust_domain) {
-            Ok(bundle) => {
+            Ok(mut bundle) => {
+                bundle.intermediates = intermediates(roots);
                 let same = self.bundle.as_ref().is_some_and(|b| {
-                    b.roots == bundle.roots && b.trust_domain == bundle.trust_domain
+                    b.roots == bundle.roots
+                        && b.trust_domain == bundle.trust_domain
+                        && b.intermediates == bundle.intermediates
                 });
                 if !same {
                     tracing::info!(trust_domain = %bundle.trust_domain, roots = bundle.roots.len(), "trust bundle loaded");
@@ -145,6 +148,21 @@ impl Certs {
             }
         }
     }
+}
+
+/// Every root's `IntermediateCerts`, as path-building candidates; one that does not
+/// parse is skipped (peers normally send their intermediates themselves).
+fn intermediates(roots: &IndexedCARoots) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    let mut out = Vec::new();
+    for pem in roots.roots.iter().flat_map(|r| &r.intermediate_certs) {
+        match model::parse_certificates(pem.as_bytes()) {
+            Ok(certs) => out.extend(certs),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring an intermediate certificate of the CA roots")
+            }
+        }
+    }
+    out
 }
 
 /// Once 90 % of the leaf's life has passed without a new one, the watcher forces a
@@ -195,5 +213,26 @@ mod tests {
         };
         assert!(refresh_deadline(&late, 0).unwrap() <= Instant::now());
         assert!(refresh_deadline(&IssuedCert::default(), 0).is_none());
+    }
+
+    #[test]
+    fn every_roots_intermediate_certs_are_path_candidates() {
+        let root = ferrule_dev::ca::DevCa::generate(None).unwrap();
+        let dc2 = root.intermediate().unwrap();
+        let roots = IndexedCARoots {
+            roots: vec![
+                crate::api::ca::CARoot {
+                    root_cert: root.cert_pem().to_owned(),
+                    intermediate_certs: vec![dc2.cert_pem().to_owned(), "not PEM".to_owned()],
+                    ..Default::default()
+                },
+                crate::api::ca::CARoot {
+                    root_cert: root.cert_pem().to_owned(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(intermediates(&roots), [dc2.cert_der().clone()]);
     }
 }
