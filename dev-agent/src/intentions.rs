@@ -1,14 +1,19 @@
-//! Intentions, stored as `service-intentions` config entries (spec 3.7, 3.8, 5): the
-//! config entry endpoints, the legacy `exact` endpoints that edit one source of an
-//! entry, `match`, the list, `check` and `/v1/agent/connect/authorize`.
+//! Intentions, stored as `service-intentions` config entries: the config entry
+//! endpoints, the legacy `exact` endpoints that edit one source of an entry, `match`, the
+//! list, `check` and `/v1/agent/connect/authorize` (`docs/consul-semantics.md#intentions`,
+//! https://developer.hashicorp.com/consul/api-docs/connect/intentions).
 //!
-//! Writes are validated with the same code the proxy builds its model with
-//! (`ferrule_control::intentions`), then normalized as Consul's server does it: `Type` defaulted,
+//! What intentions mean is not decided here: writes are validated with the code the proxy
+//! builds its model with, precedence and order come from `ferrule_control::intentions`,
+//! and `check` and `authorize` call the proxy's own `decide`, then put its decision in
+//! Consul's words. Writes are normalized as Consul's server does it: `Type` defaulted,
 //! `Precedence` computed, HTTP methods upper-cased, sources re-sorted by precedence
 //! (stable). An unchanged write is a no-op, as in Consul, so it wakes nobody. Every
 //! intention read is answered with the config-entry table's index.
 
-use std::cmp::Ordering;
+#[cfg(test)]
+mod agreement;
+
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -18,7 +23,10 @@ use ferrule_control::api::intentions::{
     Intention, IntentionMatchResponse, KIND, ServiceIntentionsEntry, SourceIntention,
 };
 use ferrule_control::identity::{DEFAULT, IdError, ServiceId};
-use ferrule_control::intentions::{Action, Destination, Intentions, Rule, validate_config_entries};
+use ferrule_control::intentions::{
+    Action, Decision, Destination, Intentions, OrderKey, Peer, Reason, decide, precedence_of,
+    validate_config_entries,
+};
 
 use super::blocking::{self, DEFAULT_WAIT};
 use super::defaults;
@@ -33,20 +41,18 @@ fn or_default(s: &str) -> &str {
     if s.is_empty() { DEFAULT } else { s }
 }
 
-/// Spec §5.1: the destination's exact parts set the band, the source's missing ones
-/// lower it.
-fn precedence(dest_ns: &str, dest_name: &str, src_ns: &str, src_name: &str) -> i32 {
-    let exact = |ns: &str, name: &str| match (ns, name) {
-        (WILDCARD, _) => 0,
-        (_, WILDCARD) => 1,
-        _ => 2,
-    };
-    let band = match exact(dest_ns, dest_name) {
-        2 => 9,
-        1 => 6,
-        _ => 3,
-    };
-    band - (2 - exact(src_ns, src_name))
+/// Where an entry is kept: by destination name, as Consul CE addresses it. An entry with
+/// an Enterprise namespace or partition (only a state file or a test can hold one: the
+/// HTTP API refuses those keys) is kept under its full name, so it never replaces the
+/// entry of the same name in the default namespace.
+fn entry_key(entry: &ServiceIntentionsEntry) -> String {
+    let partition = or_default(&entry.partition);
+    let namespace = or_default(&entry.namespace);
+    if partition == DEFAULT && namespace == DEFAULT {
+        entry.name.clone()
+    } else {
+        format!("{partition}/{namespace}/{}", entry.name)
+    }
 }
 
 /// Consul's `ServiceIntentionsConfigEntry.normalize`.
@@ -57,12 +63,10 @@ fn normalize(entry: &mut ServiceIntentionsEntry) {
             src.source_type = "consul".to_owned();
         }
         src.action = src.action.to_ascii_lowercase();
-        src.precedence = precedence(
-            or_default(&entry.namespace),
-            &entry.name,
-            or_default(&src.namespace),
-            &src.name,
-        );
+        // 1..=9: always fits.
+        src.precedence = precedence_of(&entry.namespace, &entry.name, &src.namespace, &src.name)
+            .try_into()
+            .unwrap_or(i32::MAX);
         for perm in &mut src.permissions {
             perm.action = perm.action.to_ascii_lowercase();
             if let Some(http) = &mut perm.http {
@@ -101,7 +105,8 @@ pub(super) fn store(
         defaults::check_l7_allowed(state, &entry.name)?;
     }
     normalize(&mut entry);
-    let existing = state.intentions.get(&entry.name);
+    let key = entry_key(&entry);
+    let existing = state.intentions.get(&key);
     match (cas, existing) {
         (Some(0), Some(_)) => return Ok(false),
         (Some(n), Some(old)) if n != 0 && old.modify_index != n => return Ok(false),
@@ -122,20 +127,39 @@ pub(super) fn store(
         entry.create_index = index;
     }
     entry.modify_index = index;
-    state.intentions.insert(entry.name.clone(), entry);
+    state.intentions.insert(key, entry);
     state.intentions_index = index;
     Ok(true)
 }
 
-/// One source of an entry as the intentions API shows it.
+/// One source of an entry as the intentions API shows it. A local source without a
+/// namespace or partition has its destination's (Consul's normalization); on CE both are
+/// always the defaults.
 fn to_intention(entry: &ServiceIntentionsEntry, src: &SourceIntention) -> Intention {
+    let local = src.peer.is_empty() && src.sameness_group.is_empty();
+    let inherited_ns = match entry.namespace.as_str() {
+        ns if local && ns != WILDCARD => ns,
+        _ => "",
+    };
+    let source_partition = if local && src.partition.is_empty() {
+        &entry.partition
+    } else {
+        &src.partition
+    };
     Intention {
         id: src.legacy_id.clone(),
         description: src.description.clone(),
-        source_ns: or_default(&src.namespace).to_owned(),
+        source_ns: or_default(if src.namespace.is_empty() {
+            inherited_ns
+        } else {
+            &src.namespace
+        })
+        .to_owned(),
         source_name: src.name.clone(),
+        source_partition: source_partition.clone(),
         destination_ns: or_default(&entry.namespace).to_owned(),
         destination_name: entry.name.clone(),
+        destination_partition: entry.partition.clone(),
         source_peer: src.peer.clone(),
         source_sameness_group: src.sameness_group.clone(),
         source_type: src.source_type.clone(),
@@ -148,27 +172,12 @@ fn to_intention(entry: &ServiceIntentionsEntry, src: &SourceIntention) -> Intent
         updated_at: src.legacy_update_time.clone(),
         create_index: entry.create_index,
         modify_index: entry.modify_index,
-        ..Intention::default()
     }
 }
 
-/// `IntentionPrecedenceSorter`: precedence descending, then the names.
-fn evaluation_order(a: &Intention, b: &Intention) -> Ordering {
-    let key = |i: &Intention| {
-        [
-            i.source_sameness_group.clone(),
-            i.source_peer.clone(),
-            i.source_partition.clone(),
-            i.source_ns.clone(),
-            i.source_name.clone(),
-            i.destination_partition.clone(),
-            i.destination_ns.clone(),
-            i.destination_name.clone(),
-        ]
-    };
-    b.precedence
-        .cmp(&a.precedence)
-        .then_with(|| key(a).cmp(&key(b)))
+/// Consul's `IntentionPrecedenceSorter`, as the model sorts its rules.
+fn sort_for_evaluation(list: &mut [Intention]) {
+    list.sort_by(|a, b| OrderKey::of_wire(a).cmp(&OrderKey::of_wire(b)));
 }
 
 impl State {
@@ -178,7 +187,7 @@ impl State {
             .values()
             .flat_map(|e| e.sources.iter().map(move |s| to_intention(e, s)))
             .collect();
-        all.sort_by(evaluation_order);
+        sort_for_evaluation(&mut all);
         all
     }
 
@@ -198,42 +207,46 @@ impl State {
                 }
             })
             .collect();
-        out.sort_by(evaluation_order);
+        sort_for_evaluation(&mut out);
         out
     }
 
-    /// The default intention action: `default_intention_policy` when configured, else
-    /// allow (ACLs are off in the dev agent).
-    fn decide(
+    /// Whether `caller` may connect to `target`, and why in Consul's words: the proxy's
+    /// own decision over the intentions this agent's `match` endpoint lists for `target`
+    /// (what a proxy in front of `target` builds its model from). The default action is
+    /// `default_intention_policy` when configured, else allow (ACLs are off here).
+    fn authorize_caller(
         &self,
         default: Option<Action>,
-        client: &ServiceId,
+        caller: &Peer,
         target: &str,
     ) -> Result<(bool, String), ApiError> {
         let default_action = default.unwrap_or(Action::Allow);
         let list = self.matching(false, target);
         let ixns = Intentions::from_match(list, Destination::new("", "", target), default_action)
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        let governing = ixns.rules().iter().find(|rule| {
-            let src = rule.source();
-            src.peer.is_empty()
-                && src.sameness_group.is_empty()
-                && or_default(&src.partition) == client.partition
-                && src.namespace.matches(&client.namespace)
-                && src.name.matches(&client.service)
-        });
-        Ok(match governing {
-            Some(rule) => match rule.rule() {
-                Rule::Action(action) => {
-                    (action.is_allow(), format!("Matched L4 intention: {rule}"))
-                }
-                Rule::Permissions(_) => (false, format!("Matched L7 intention: {rule}")),
-            },
-            None => match default {
-                Some(action) => (action.is_allow(), "Default intention policy".to_owned()),
-                None => (true, "Default behavior configured by ACLs".to_owned()),
-            },
-        })
+        let decision = decide(&ixns, caller, None);
+        Ok((decision.allowed, consul_reason(&ixns, &decision, default)))
+    }
+}
+
+/// The `Reason` `/v1/agent/connect/authorize` answers with for a connection-level
+/// decision (`docs/consul-semantics.md#intentions`): the governing intention in Consul's
+/// `Intention.String()` form, or which default applied.
+fn consul_reason(ixns: &Intentions, decision: &Decision, default: Option<Action>) -> String {
+    let governing = decision.matched.and_then(|i| ixns.rules().get(i));
+    match (decision.reason, governing) {
+        (Reason::MatchedL4 { .. }, Some(rule)) => format!("Matched L4 intention: {rule}"),
+        // Only `L7IntentionOnL4` can come from a check without a request; the others are
+        // named for completeness.
+        (
+            Reason::L7IntentionOnL4
+            | Reason::MatchedPermission { .. }
+            | Reason::NoPermissionMatched,
+            Some(rule),
+        ) => format!("Matched L7 intention: {rule}"),
+        _ if default.is_some() => "Default intention policy".to_owned(),
+        _ => "Default behavior configured by ACLs".to_owned(),
     }
 }
 
@@ -656,9 +669,14 @@ pub(super) async fn check(shared: &Shared, call: &Call) -> Result<Reply, ApiErro
             // modelled as callers here, so the default applies.
             return Ok(default.unwrap_or(Action::Allow).is_allow());
         }
-        let client = ServiceId::new(&state.ca.trust_domain(), DEFAULT, &datacenter, &source);
+        let trust_domain = state.ca.trust_domain();
+        let client = ServiceId::new(&trust_domain, DEFAULT, &datacenter, &source);
         state
-            .decide(default, &client, &destination)
+            .authorize_caller(
+                default,
+                &Peer::of_caller(&client, &trust_domain),
+                &destination,
+            )
             .map(|(allowed, _)| allowed)
     })?;
     Reply::json(&json!({ "Allowed": allowed }))
@@ -674,7 +692,9 @@ struct AuthorizeRequest {
     client_cert_serial: String,
 }
 
-/// `POST /v1/agent/connect/authorize` (spec 3.3): L4 only; a governing L7 intention denies.
+/// `POST /v1/agent/connect/authorize`: L4 only; a governing L7 intention denies. The
+/// caller is who the proxy would see after the handshake: a certificate of another trust
+/// domain is a cluster peer named after it (`Peer::of_caller`).
 pub(super) async fn authorize(shared: &Arc<Shared>, call: &Call) -> Result<Reply, ApiError> {
     call.reject_enterprise()?;
     let (req, _) = decode_strict::<AuthorizeRequest>(&call.body, "Request decode failed")?;
@@ -697,23 +717,16 @@ pub(super) async fn authorize(shared: &Arc<Shared>, call: &Call) -> Result<Reply
         )));
     }
     let default = shared.config.default_intention_policy;
-    let (authorized, reason) = shared.with(|state| state.decide(default, &client, &req.target))?;
+    let (authorized, reason) = shared.with(|state| {
+        let caller = Peer::of_caller(&client, &state.ca.trust_domain());
+        state.authorize_caller(default, &caller, &req.target)
+    })?;
     Ok(Reply::json(&json!({ "Authorized": authorized, "Reason": reason }))?.cache(true))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn precedence_follows_the_table() {
-        assert_eq!(precedence("default", "db", "default", "web"), 9);
-        assert_eq!(precedence("default", "db", "default", "*"), 8);
-        assert_eq!(precedence("default", "db", "*", "*"), 7);
-        assert_eq!(precedence("default", "*", "default", "web"), 6);
-        assert_eq!(precedence("default", "*", "default", "*"), 5);
-        assert_eq!(precedence("*", "*", "*", "*"), 1);
-    }
 
     #[test]
     fn names_take_the_ce_spellings() {

@@ -12,7 +12,8 @@
 //!   over pooled mesh connections.
 //! - beneath both: `http/` (what both directions' HTTP shares: local replies,
 //!   hop-by-hop headers, path normalization, the request guard), `tls/` (configs and
-//!   sessions; `verify.rs` the SVID verifiers), `authz` (the pure intentions decision),
+//!   sessions; `verify.rs` the SVID verifiers; what intentions decide is
+//!   `ferrule_control::intentions`),
 //!   `balance` (which endpoint to dial), `limits` (connection limits, idle timeouts),
 //!   `splice` (moving bytes), `metrics` (names, typed outcomes and their labels, the
 //!   per-connection guard).
@@ -20,7 +21,6 @@
 //!   `admin` (`/metrics`, `/ready`, `/config`).
 
 pub mod admin;
-pub mod authz;
 pub mod balance;
 pub mod demo;
 pub mod http;

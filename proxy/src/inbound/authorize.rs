@@ -3,14 +3,13 @@
 //! intentions are loaded, counts every decision, and says why a caller was denied: the
 //! decision's reason and, when an intention governed, that intention in Consul's string
 //! form (its source and precedence) and, for L7, the index of the permission that
-//! decided. What the rules mean is `crate::authz`'s business; see
+//! decided. What the rules mean is `ferrule_control::intentions`'s business; see
 //! `docs/consul-semantics.md#intentions`.
 
 use std::fmt;
 
-use ferrule_control::intentions::{Intention, Intentions, Peer};
+use ferrule_control::intentions::{self as rules, Decision, Intention, Intentions, Peer, Reason};
 
-use crate::authz::{self, Decision, Reason};
 use crate::metrics::{self, Layer};
 
 /// The answer for one caller (and one request, at L7), with what decided it.
@@ -67,10 +66,10 @@ impl fmt::Display for Governing<'_> {
 pub(crate) fn decide<'a>(
     intentions: Option<&'a Intentions>,
     caller: &Peer,
-    request: Option<&authz::Request<'_>>,
+    request: Option<&rules::Request<'_>>,
 ) -> Verdict<'a> {
     Verdict {
-        decision: intentions.map(|ixns| authz::decide(ixns, caller, request)),
+        decision: intentions.map(|ixns| rules::decide(ixns, caller, request)),
         intentions,
     }
 }
@@ -80,7 +79,7 @@ pub(crate) fn authorize<'a>(
     layer: Layer,
     intentions: Option<&'a Intentions>,
     caller: &Peer,
-    request: Option<&authz::Request<'_>>,
+    request: Option<&rules::Request<'_>>,
 ) -> Verdict<'a> {
     let verdict = decide(intentions, caller, request);
     metrics::authz_decision(layer, verdict.allowed(), &caller.service);
@@ -139,7 +138,7 @@ mod tests {
             ] }"#,
         );
         let headers = HeaderMap::new();
-        let request = authz::Request {
+        let request = rules::Request {
             method: "GET",
             path: "/admin/users",
             headers: &headers,

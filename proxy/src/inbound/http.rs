@@ -28,7 +28,6 @@ use tokio::sync::watch;
 
 use super::authorize::authorize;
 use crate::State;
-use crate::authz;
 use crate::http::{
     DENIED_BODY, RequestGuard, ResponseBody, XFCC, is_grpc, local_reply, rebuild_uri,
     requested_authority, strip_hop_by_hop, within,
@@ -188,7 +187,7 @@ fn present_caller(req: &mut Request<Incoming>, caller: &Caller) {
 
 /// Whether the newest intentions let `caller` make this request (`path` normalized).
 fn permitted(req: &Request<Incoming>, path: &str, snapshot: &Snapshot, caller: &Caller) -> bool {
-    let request = authz::Request {
+    let request = ferrule_control::intentions::Request {
         method: req.method().as_str(),
         path,
         headers: req.headers(),

@@ -63,7 +63,7 @@ pub(crate) struct BenchArgs {
     /// MiB for scenario bulk [default: 1024, or 256 with --quick].
     #[arg(long)]
     bulk_mib: Option<u64>,
-    /// Also run the criterion microbenches (`cargo bench -p ferrule`) at the end.
+    /// Also run the criterion microbenches (`cargo bench -p ferrule -p ferrule-control`) at the end.
     #[arg(long)]
     micro: bool,
     /// Where the report is written, besides stdout [default: target/bench/report.md].
@@ -158,12 +158,12 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
 
     if args.micro {
         let status = Command::new(cargo())
-            .args(["bench", "-p", "ferrule"])
+            .args(["bench", "-p", "ferrule", "-p", "ferrule-control"])
             .current_dir(&root)
             .status()
             .context("running cargo bench")?;
         if !status.success() {
-            bail!("cargo bench -p ferrule failed");
+            bail!("cargo bench -p ferrule -p ferrule-control failed");
         }
     }
     Ok(())

@@ -1,14 +1,14 @@
-//! The intentions decision: per connection (L4) against 10 and 1,000 intentions, and
-//! per request (L7) against one intention with 20 permissions. The callers are chosen
-//! so the decision scans everything: the last source in evaluation order, or nobody.
+//! The intentions decision (`ferrule_control::intentions::decide`): per connection (L4)
+//! against 10 and 1,000 intentions, and per request (L7) against one intention with 20
+//! permissions. The callers are chosen so the decision scans everything: the last source
+//! in evaluation order, or nobody.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ferrule::authz::{Request, decide};
 use ferrule_control::api::intentions::ServiceIntentionsEntry;
 use ferrule_control::identity::ServiceId;
-use ferrule_control::intentions::{Action, Destination, Intentions, Peer};
+use ferrule_control::intentions::{Action, Destination, Intentions, Peer, Request, decide};
 use http::HeaderMap;
 
 const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
