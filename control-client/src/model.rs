@@ -120,6 +120,40 @@ pub struct Endpoint {
     pub identity: ServiceId,
 }
 
+impl Endpoint {
+    /// The TLS server name a dial to this endpoint sends: Consul's name for the
+    /// destination, computed from the identity it must prove (no service subset).
+    pub fn sni(&self) -> String {
+        service_sni(&self.identity, None)
+    }
+}
+
+/// The server name Consul's Envoy sidecars send when they dial a service, and that mesh
+/// gateways route on: `[<subset>.]<svc>.<ns>.<dc>.internal.<trust-domain>`, or
+/// `[<subset>.]<svc>.<ns>.<partition>.<dc>.internal-v1.<trust-domain>` outside the
+/// default partition. An empty namespace or partition is `default`. See
+/// `docs/consul-semantics.md#on-the-wire`.
+pub fn service_sni(id: &ServiceId, subset: Option<&str>) -> String {
+    let or_default = |s: &str| {
+        if s.is_empty() {
+            crate::identity::DEFAULT.to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    let (namespace, partition) = (or_default(&id.namespace), or_default(&id.partition));
+    let (svc, dc, td) = (&id.service, &id.datacenter, &id.trust_domain);
+    let name = if partition == crate::identity::DEFAULT {
+        format!("{svc}.{namespace}.{dc}.internal.{td}")
+    } else {
+        format!("{svc}.{namespace}.{partition}.{dc}.internal-v1.{td}")
+    };
+    match subset.filter(|s| !s.is_empty()) {
+        Some(subset) => format!("{subset}.{name}"),
+        None => name,
+    }
+}
+
 /// A local plaintext listener that carries the application's calls to a destination.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpstreamConfig {
@@ -324,6 +358,54 @@ fn optional_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sni_is_consuls_service_name() {
+        let id = |ap: &str, ns: &str| ServiceId {
+            trust_domain: "11111111-2222-3333-4444-555555555555.consul".to_owned(),
+            partition: ap.to_owned(),
+            namespace: ns.to_owned(),
+            datacenter: "dc2".to_owned(),
+            service: "api".to_owned(),
+        };
+        let td = "11111111-2222-3333-4444-555555555555.consul";
+        let cases = [
+            (
+                id("default", "default"),
+                None,
+                format!("api.default.dc2.internal.{td}"),
+            ),
+            (id("", ""), None, format!("api.default.dc2.internal.{td}")),
+            (
+                id("", "team"),
+                Some("v2"),
+                format!("v2.api.team.dc2.internal.{td}"),
+            ),
+            (
+                id("default", "default"),
+                Some(""),
+                format!("api.default.dc2.internal.{td}"),
+            ),
+            (
+                id("part1", ""),
+                None,
+                format!("api.default.part1.dc2.internal-v1.{td}"),
+            ),
+            (
+                id("part1", "ns1"),
+                Some("v1"),
+                format!("v1.api.ns1.part1.dc2.internal-v1.{td}"),
+            ),
+        ];
+        for (id, subset, want) in cases {
+            assert_eq!(service_sni(&id, subset), want, "{id:?} {subset:?}");
+        }
+        let endpoint = Endpoint {
+            addr: "127.0.0.1:1".to_owned(),
+            identity: id("default", "default"),
+        };
+        assert_eq!(endpoint.sni(), format!("api.default.dc2.internal.{td}"));
+    }
 
     #[test]
     fn colon_hex_matches_consul() {

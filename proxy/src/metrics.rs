@@ -188,8 +188,9 @@ pub fn outbound_attempt(upstream: &str, result: Attempt) {
         .increment(1);
 }
 
-/// Records one completed mTLS handshake: how long it took, and whether it resumed an
-/// earlier session (no certificates sent, signed or verified) or was a full one.
+/// Records one completed mTLS handshake: how long it took, whether it resumed an
+/// earlier session (no certificates sent, signed or verified) or was a full one, and
+/// what it negotiated: the TLS version and the ALPN protocol (`none` when nothing was).
 pub fn handshake(direction: Direction, session: &rustls::CommonState, started: Instant) {
     histogram!(TLS_HANDSHAKE_DURATION, "direction" => direction.as_str())
         .record(started.elapsed().as_secs_f64());
@@ -197,7 +198,32 @@ pub fn handshake(direction: Direction, session: &rustls::CommonState, started: I
         Some(rustls::HandshakeKind::Resumed) => "resumed",
         _ => "full",
     };
-    counter!(TLS_HANDSHAKES, "direction" => direction.as_str(), "kind" => kind).increment(1);
+    let (version, alpn) = negotiated(session);
+    counter!(
+        TLS_HANDSHAKES,
+        "direction" => direction.as_str(),
+        "kind" => kind,
+        "version" => version,
+        "alpn" => alpn
+    )
+    .increment(1);
+}
+
+/// The `version` and `alpn` labels of a handshake: a handful of fixed values, whatever
+/// the peer sent.
+pub fn negotiated(session: &rustls::CommonState) -> (&'static str, &'static str) {
+    let version = match session.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1_3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1_2",
+        _ => "other",
+    };
+    let alpn = match session.alpn_protocol() {
+        None => "none",
+        Some(b"h2") => "h2",
+        Some(b"http/1.1") => "http/1.1",
+        Some(_) => "other",
+    };
+    (version, alpn)
 }
 
 /// Owns one connection's metrics: the active gauge while it lives, and, when it ends,

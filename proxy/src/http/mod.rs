@@ -19,7 +19,6 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::metrics::{self, Direction};
-use ferrule_control::model::Protocol;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -52,12 +51,15 @@ pub const MAX_HEADERS: usize = 100;
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The server side of an HTTP-family listener, in either direction: HTTP/1.1 or
-/// HTTP/2 told apart by the connection preface for `http`, HTTP/2 only otherwise.
-/// Served with `serve_connection`, and on drain told to `graceful_shutdown`: HTTP/1.1
-/// closes after the response in flight, HTTP/2 sends GOAWAY and finishes its streams.
-pub fn server(protocol: Protocol) -> auto::Builder<TokioExecutor> {
+/// HTTP/2 told apart by the connection preface, or HTTP/2 only when `http2_only`.
+/// The mesh side always takes both (Consul's Envoy serves HTTP/1.1 callers on `http2`
+/// and `grpc` listeners too); an app's `http2`/`grpc` upstream listener takes only
+/// HTTP/2. Served with `serve_connection`, and on drain told to `graceful_shutdown`:
+/// HTTP/1.1 closes after the response in flight, HTTP/2 sends GOAWAY and finishes its
+/// streams.
+pub fn server(http2_only: bool) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    if protocol.is_http2_only() {
+    if http2_only {
         builder = builder.http2_only();
     }
     builder

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferrule_control::intentions::Peer;
-use ferrule_control::model::{InboundConfig, Protocol, Snapshot};
+use ferrule_control::model::{InboundConfig, Snapshot};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
@@ -113,11 +113,10 @@ struct Connection {
 }
 
 /// Serves HTTP on one authenticated connection until the caller closes it, or until
-/// a drain or `idle` has let its requests in flight finish. For `http` the caller may speak
-/// HTTP/1.1 or HTTP/2 (as ALPN chose); `http2` and `grpc` speak only HTTP/2.
+/// a drain or `idle` has let its requests in flight finish. Whatever the protocol, the
+/// caller may speak HTTP/1.1 or HTTP/2 (as ALPN chose, or told by the preface).
 pub(super) async fn serve_connection<S>(
     stream: S,
-    protocol: Protocol,
     caller: Caller,
     state: State,
     app: Arc<LocalApp>,
@@ -135,7 +134,9 @@ pub(super) async fn serve_connection<S>(
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(req, &conn).await) }
     });
-    let builder = crate::http::server(protocol);
+    // The mesh side serves HTTP/1.1 and HTTP/2 callers whatever the protocol, as
+    // Consul's Envoy does on `http2` and `grpc` listeners.
+    let builder = crate::http::server(false);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     crate::http::serve_to_end(connection, &draining, idle, Direction::Inbound).await;
 }

@@ -62,7 +62,7 @@ pub(crate) async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, a
         let caller = http::Caller::new(caller, &id.to_uri(), &our_uri(&snapshot), &cert);
         let tls = Metered::new(tls, guard.bytes());
         // Boxed, so that the tasks of L4 connections are not sized for this branch.
-        let serve = http::serve_connection(tls, inbound.protocol, caller, state, app, idle);
+        let serve = http::serve_connection(tls, caller, state, app, idle);
         return Box::pin(serve).await;
     }
 

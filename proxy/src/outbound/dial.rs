@@ -1,12 +1,18 @@
 //! The one dial of the outbound direction, for L4 connections and L7 pools alike: TCP
-//! connect and mTLS handshake within the upstream's connect timeout, the server's SVID
-//! exactly the endpoint's expected identity, and everything a dial records: the
-//! handshake metric, the endpoint's standing with the balancer, and a failed attempt
-//! on the connection's guard.
+//! connect and mTLS handshake within the upstream's connect timeout, sending Consul's
+//! server name for the destination (SNI) and the ALPN the upstream's protocol allows,
+//! the server's SVID exactly the endpoint's expected identity, and everything a dial
+//! records: the handshake metric, the endpoint's standing with the balancer, a failed
+//! attempt on the connection's guard, and why it failed, in a rate-limited warning.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use ferrule_control::model::{Endpoint, UpstreamConfig};
+use parking_lot::Mutex;
+use rustls::{AlertDescription, CertificateError};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -14,7 +20,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::balance::Balancer;
 use crate::metrics::{self, Attempt, ConnGuard, DialError, Direction};
-use crate::tls::{TlsState, is_identity_mismatch, resumed_with_expired_peer};
+use crate::tls::{PeerIdentityMismatch, TlsState, resumed_with_expired_peer};
 
 /// Dials `endpoint` and records the outcome. A failure is counted on `guard` as a
 /// failed attempt and the endpoint goes to the back of the balancer's order; a success
@@ -33,9 +39,19 @@ pub(crate) async fn dial(
             metrics::handshake(Direction::Outbound, stream.get_ref().1, started);
             Some(stream)
         }
-        Err(e) => {
-            tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.addr, result = e.label(), "dial failed");
-            guard.attempt(Attempt::Failed(e));
+        Err(failure) => {
+            tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.addr, result = failure.error.label(), why = %failure.why, "dial failed");
+            if let Some(suppressed) = WARNINGS.admit(&upstream.name, Instant::now()) {
+                tracing::warn!(
+                    upstream = %upstream.name,
+                    endpoint = %endpoint.addr,
+                    result = failure.error.label(),
+                    suppressed,
+                    "dial failed: {}",
+                    failure.why
+                );
+            }
+            guard.attempt(Attempt::Failed(failure.error));
             balancer.failed(&endpoint.addr);
             None
         }
@@ -48,40 +64,244 @@ pub(crate) fn connected(guard: &mut ConnGuard, endpoint: &Endpoint) {
     guard.set_identity(endpoint.identity.to_uri());
 }
 
+/// The server name sent to `endpoint`: Consul's name for its service, or, should that
+/// not be a valid DNS name, the address dialed (which rustls never sends as SNI).
+fn server_name(endpoint: &Endpoint, ip: IpAddr) -> ServerName<'static> {
+    ServerName::try_from(endpoint.sni()).unwrap_or_else(|_| ServerName::IpAddress(ip.into()))
+}
+
+/// A failed dial: its metric label and, for the log, why.
+struct Failure {
+    error: DialError,
+    why: Why,
+}
+
+/// Why a dial failed, in the terms an operator acts on.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Why {
+    NoConfig,
+    Refused,
+    Connect(std::io::ErrorKind),
+    Timeout,
+    UnknownCa,
+    Expired,
+    IdentityMismatch { expected: String, got: String },
+    NoAlpnOverlap,
+    ResumedExpired,
+    Tls(String),
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Why::NoConfig => f.write_str("no leaf or trust bundle loaded yet"),
+            Why::Refused => f.write_str("connection refused"),
+            Why::Connect(kind) => write!(f, "TCP connect failed: {kind}"),
+            Why::Timeout => f.write_str("connect or handshake timed out"),
+            Why::UnknownCa => f.write_str("the server's certificate is not signed by a trusted CA"),
+            Why::Expired => f.write_str("the server's certificate has expired"),
+            Why::IdentityMismatch { expected, got } => {
+                write!(
+                    f,
+                    "identity mismatch: expected {expected}, the server presented {got}"
+                )
+            }
+            Why::NoAlpnOverlap => {
+                f.write_str("no ALPN overlap: the server speaks none of the protocols offered")
+            }
+            Why::ResumedExpired => f.write_str("resumed a session of an expired certificate"),
+            Why::Tls(e) => write!(f, "TLS handshake failed: {e}"),
+        }
+    }
+}
+
+impl Why {
+    /// Sorts a failed handshake's error.
+    fn of_handshake(e: &std::io::Error) -> Why {
+        let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+            return Why::Tls(e.to_string());
+        };
+        match tls {
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => Why::UnknownCa,
+            rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. },
+            ) => Why::Expired,
+            rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+                match other.0.downcast_ref::<PeerIdentityMismatch>() {
+                    Some(m) => Why::IdentityMismatch {
+                        expected: m.expected.clone(),
+                        got: m.got.clone(),
+                    },
+                    None => Why::Tls(tls.to_string()),
+                }
+            }
+            rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol)
+            | rustls::Error::NoApplicationProtocol => Why::NoAlpnOverlap,
+            other => Why::Tls(other.to_string()),
+        }
+    }
+
+    fn error(&self) -> DialError {
+        match self {
+            Why::Refused | Why::Connect(_) | Why::Timeout => DialError::ConnectError,
+            Why::IdentityMismatch { .. } => DialError::IdentityMismatch,
+            _ => DialError::TlsError,
+        }
+    }
+
+    fn failure(self) -> Failure {
+        Failure {
+            error: self.error(),
+            why: self,
+        }
+    }
+}
+
 /// TCP connect and mTLS handshake, both within the upstream's connect timeout.
 async fn connect(
     endpoint: &Endpoint,
     tls: &TlsState,
     upstream: &UpstreamConfig,
-) -> Result<TlsStream<TcpStream>, DialError> {
-    let Some(config) = tls.client_for(&endpoint.identity, upstream.protocol) else {
+) -> Result<TlsStream<TcpStream>, Failure> {
+    let Some(config) = tls.client_for(endpoint, upstream.protocol) else {
         // No leaf or bundle yet: fail closed.
-        return Err(DialError::TlsError);
+        return Err(Why::NoConfig.failure());
     };
     let attempt = async {
-        let tcp = TcpStream::connect(&endpoint.addr)
-            .await
-            .map_err(|_| DialError::ConnectError)?;
+        let tcp = TcpStream::connect(&endpoint.addr).await.map_err(|e| {
+            match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => Why::Refused,
+                kind => Why::Connect(kind),
+            }
+            .failure()
+        })?;
         let _ = tcp.set_nodelay(true);
-        let ip = tcp.peer_addr().map_err(|_| DialError::ConnectError)?.ip();
+        let ip = tcp
+            .peer_addr()
+            .map_err(|e| Why::Connect(e.kind()).failure())?
+            .ip();
         let tls = TlsConnector::from(config)
-            .connect(ServerName::IpAddress(ip.into()), tcp)
+            .connect(server_name(endpoint, ip), tcp)
             .await
-            .map_err(|e| {
-                if is_identity_mismatch(&e) {
-                    tracing::warn!(endpoint = %endpoint.addr, error = %e, "upstream presented another service's identity");
-                    DialError::IdentityMismatch
-                } else {
-                    DialError::TlsError
-                }
-            })?;
+            .map_err(|e| Why::of_handshake(&e).failure())?;
         if resumed_with_expired_peer(tls.get_ref().1) {
-            tracing::debug!(endpoint = %endpoint.addr, "resumed session of an expired certificate");
-            return Err(DialError::TlsError);
+            return Err(Why::ResumedExpired.failure());
         }
         Ok(tls)
     };
     tokio::time::timeout(upstream.connect_timeout, attempt)
         .await
-        .unwrap_or(Err(DialError::ConnectError))
+        .unwrap_or_else(|_| Err(Why::Timeout.failure()))
+}
+
+/// At most one warning per upstream per this long; the next says how many were held back.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+static WARNINGS: WarnLimiter = WarnLimiter::new(WARN_EVERY);
+
+/// Rate-limits a warning per key: a black-holed upstream under load fails thousands of
+/// dials a second, and one line with a count says as much as all of them.
+pub(crate) struct WarnLimiter {
+    every: Duration,
+    /// Per key: when the last line was written, and how many were held back since.
+    last: Mutex<Option<HashMap<String, (Instant, u64)>>>,
+}
+
+impl WarnLimiter {
+    const fn new(every: Duration) -> WarnLimiter {
+        WarnLimiter {
+            every,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Whether to write a line for `key` at `now`, and if so how many were held back
+    /// since the last one.
+    fn admit(&self, key: &str, now: Instant) -> Option<u64> {
+        let mut last = self.last.lock();
+        let map = last.get_or_insert_with(HashMap::new);
+        match map.get_mut(key) {
+            Some((at, held)) if now.saturating_duration_since(*at) < self.every => {
+                *held += 1;
+                None
+            }
+            Some((at, held)) => {
+                let suppressed = *held;
+                (*at, *held) = (now, 0);
+                Some(suppressed)
+            }
+            None => {
+                // Bounded by the upstreams configured; a removed one's entry is tiny.
+                map.insert(key.to_owned(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrule_control::identity::ServiceId;
+
+    #[test]
+    fn warnings_are_one_per_upstream_per_period_with_a_count() {
+        let limiter = WarnLimiter::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(limiter.admit("api", t0), Some(0));
+        assert_eq!(limiter.admit("api", t0 + Duration::from_secs(1)), None);
+        assert_eq!(limiter.admit("db", t0 + Duration::from_secs(1)), Some(0));
+        assert_eq!(limiter.admit("api", t0 + Duration::from_secs(9)), None);
+        assert_eq!(limiter.admit("api", t0 + Duration::from_secs(10)), Some(2));
+        assert_eq!(limiter.admit("api", t0 + Duration::from_secs(11)), None);
+    }
+
+    #[test]
+    fn the_server_name_is_consuls_and_never_the_address() {
+        let endpoint = Endpoint {
+            addr: "127.0.0.1:21000".to_owned(),
+            identity: ServiceId::new("abc.consul", "default", "dc1", "api"),
+        };
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let name = server_name(&endpoint, ip);
+        assert_eq!(name.to_str(), "api.default.dc1.internal.abc.consul");
+    }
+
+    #[test]
+    fn failures_say_why() {
+        let io = |e: rustls::Error| std::io::Error::other(e);
+        let cases = [
+            (
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                Why::UnknownCa,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Expired),
+                Why::Expired,
+            ),
+            (
+                rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol),
+                Why::NoAlpnOverlap,
+            ),
+        ];
+        for (error, want) in cases {
+            assert_eq!(Why::of_handshake(&io(error)), want);
+        }
+        let mismatch = PeerIdentityMismatch {
+            expected: "spiffe://td/ns/default/dc/dc1/svc/api".to_owned(),
+            got: "spiffe://td/ns/default/dc/dc1/svc/web".to_owned(),
+        };
+        let other = rustls::OtherError(std::sync::Arc::new(mismatch));
+        let why = Why::of_handshake(&io(rustls::Error::InvalidCertificate(
+            CertificateError::Other(other),
+        )));
+        assert_eq!(why.error(), DialError::IdentityMismatch);
+        let line = why.to_string();
+        assert!(
+            line.contains("svc/api") && line.contains("svc/web"),
+            "{line}"
+        );
+        assert_eq!(Why::Timeout.error(), DialError::ConnectError);
+        assert_eq!(Why::Refused.error(), DialError::ConnectError);
+    }
 }

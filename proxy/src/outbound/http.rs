@@ -19,33 +19,39 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferrule_control::identity::ServiceId;
 use ferrule_control::model::{Endpoint, Protocol, UpstreamConfig};
-use http::header;
-use http::{Request, Response, StatusCode, Version};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http2;
+use hyper::client::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use super::dial;
 use crate::State;
 use crate::balance::Balancer;
 use crate::http::{
-    RequestError, RequestGuard, ResponseBody, XFCC, is_grpc, local_reply, rebuild_uri,
-    requested_authority, strip_hop_by_hop, within,
+    MAX_HEADER_BYTES, RequestError, RequestGuard, ResponseBody, XFCC, is_grpc, local_reply,
+    rebuild_uri, requested_authority, strip_hop_by_hop, within,
 };
 use crate::limits::Watched;
 use crate::metrics::{self, Attempt, ConnGuard, DialError, Direction, Metered};
-use crate::tls::TlsState;
+use crate::tls::{H2, TlsState};
 
 /// A pooled connection that has been silent this long is pinged, and closed if the
 /// ping goes unanswered for `KEEPALIVE_TIMEOUT`: a black-holed endpoint is noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Sender = http2::SendRequest<Incoming>;
+/// A request's way to one endpoint: the endpoint's one multiplexed HTTP/2 connection,
+/// or one of its pooled HTTP/1.1 connections, taken for this request alone.
+enum Sender {
+    H2(http2::SendRequest<Incoming>),
+    H1(http1::SendRequest<Incoming>),
+}
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct SlotKey {
@@ -53,11 +59,23 @@ struct SlotKey {
     identity: ServiceId,
 }
 
-/// The connection to one endpoint, if open. The async lock makes concurrent requests
-/// wait for one dial instead of each dialing its own.
-type Slot = Arc<tokio::sync::Mutex<Option<Sender>>>;
+/// The connections to one endpoint: an HTTP/2 one if the endpoint speaks HTTP/2, idle
+/// HTTP/1.1 ones otherwise.
+#[derive(Default)]
+struct Open {
+    h2: Option<http2::SendRequest<Incoming>>,
+    idle_h1: Vec<http1::SendRequest<Incoming>>,
+}
 
-/// The mesh connections of one upstream listener, one per endpoint.
+/// How many idle HTTP/1.1 connections one endpoint keeps; beyond them a connection
+/// closes once its response is done.
+const MAX_IDLE_H1: usize = 64;
+
+/// The connections to one endpoint. The async lock makes concurrent requests wait for
+/// one dial instead of each dialing its own.
+type Slot = Arc<tokio::sync::Mutex<Open>>;
+
+/// The mesh connections of one upstream listener, per endpoint.
 pub(super) struct MeshPool {
     upstream: String,
     balancer: Arc<Balancer>,
@@ -81,7 +99,8 @@ impl MeshPool {
         self.slots.lock().entry(key).or_default().clone()
     }
 
-    /// The open connection to `endpoint`, dialed now if there is none.
+    /// A connection to `endpoint` ready for one request: the open HTTP/2 one, an idle
+    /// HTTP/1.1 one, or one dialed now.
     async fn sender(
         &self,
         endpoint: &Endpoint,
@@ -90,29 +109,53 @@ impl MeshPool {
     ) -> Option<Sender> {
         let slot = self.slot(endpoint);
         let mut open = slot.lock().await;
-        if let Some(sender) = open.as_ref().filter(|s| !s.is_closed()) {
-            return Some(sender.clone());
+        if let Some(sender) = open.h2.as_ref().filter(|s| !s.is_closed()) {
+            return Some(Sender::H2(sender.clone()));
         }
-        *open = None;
+        open.h2 = None;
+        open.idle_h1.retain(|s| !s.is_closed());
+        if let Some(i) = open.idle_h1.iter().position(http1::SendRequest::is_ready) {
+            return Some(Sender::H1(open.idle_h1.swap_remove(i)));
+        }
         self.forget_departed(upstream);
+        let sender = self.connect(endpoint, upstream, tls).await?;
+        if let Sender::H2(h2) = &sender {
+            open.h2 = Some(h2.clone());
+        }
+        Some(sender)
+    }
+
+    /// Dials `endpoint` and speaks the HTTP version the handshake chose: HTTP/2 when
+    /// ALPN said `h2`, HTTP/1.1 when it said `http/1.1`; when it said nothing (the
+    /// callee's listener is TCP, or not ALPN-aware), HTTP/1.1 for `http`, so the app
+    /// behind it gets what its clients send, and HTTP/2 with prior knowledge for
+    /// `http2` and `grpc`. See `docs/consul-semantics.md#on-the-wire`.
+    async fn connect(
+        &self,
+        endpoint: &Endpoint,
+        upstream: &UpstreamConfig,
+        tls: &TlsState,
+    ) -> Option<Sender> {
         let peer = endpoint
             .addr
             .parse()
             .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
         let mut guard = ConnGuard::new(Direction::Outbound, Some(self.upstream.clone()), peer);
         let stream = dial::dial(endpoint, tls, upstream, &self.balancer, &mut guard).await?;
+        let http2 = match stream.get_ref().1.alpn_protocol() {
+            Some(alpn) => alpn == H2,
+            None => upstream.protocol.is_http2_only(),
+        };
         let io = TokioIo::new(Metered::new(stream, guard.bytes()));
-        let handshake = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .adaptive_window(true)
-            .keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .handshake(io)
-            .await;
+        let handshake = if http2 {
+            http2_handshake(io).await
+        } else {
+            http1_handshake(io).await
+        };
         let (sender, connection) = match handshake {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::debug!(upstream = %self.upstream, endpoint = %endpoint.addr, error = %e, "HTTP/2 handshake failed");
+                tracing::debug!(upstream = %self.upstream, endpoint = %endpoint.addr, error = %e, "HTTP handshake failed");
                 guard.attempt(Attempt::Failed(DialError::ConnectError));
                 return None;
             }
@@ -122,11 +165,20 @@ impl MeshPool {
             // The guard lives as long as the connection: its gauge, bytes and log line.
             let _guard = guard;
             if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "mesh HTTP/2 connection ended with an error");
+                tracing::debug!(error = %e, "mesh HTTP connection ended with an error");
             }
         });
-        *open = Some(sender.clone());
         Some(sender)
+    }
+
+    /// Puts an HTTP/1.1 connection whose response has arrived back in the pool; it takes
+    /// a new request once that response's body is done.
+    async fn give_back(&self, endpoint: &Endpoint, sender: http1::SendRequest<Incoming>) {
+        let slot = self.slot(endpoint);
+        let mut open = slot.lock().await;
+        if open.idle_h1.len() < MAX_IDLE_H1 && !sender.is_closed() {
+            open.idle_h1.push(sender);
+        }
     }
 
     /// Endpoints that left the upstream lose their connections (they close once their
@@ -140,14 +192,36 @@ impl MeshPool {
         });
     }
 
-    /// Drops a connection that turned out to be closed.
+    /// Drops an HTTP/2 connection that turned out to be closed.
     async fn forget(&self, endpoint: &Endpoint) {
         let slot = self.slot(endpoint);
         let mut open = slot.lock().await;
-        if open.as_ref().is_some_and(|s| s.is_closed()) {
-            *open = None;
+        if open.h2.as_ref().is_some_and(|s| s.is_closed()) {
+            open.h2 = None;
         }
     }
+}
+
+type MeshIo = TokioIo<Metered<TlsStream<TcpStream>>>;
+type Driven = std::pin::Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+async fn http2_handshake(io: MeshIo) -> hyper::Result<(Sender, Driven)> {
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .adaptive_window(true)
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .handshake(io)
+        .await?;
+    Ok((Sender::H2(sender), Box::pin(connection)))
+}
+
+async fn http1_handshake(io: MeshIo) -> hyper::Result<(Sender, Driven)> {
+    let (sender, connection) = http1::Builder::new()
+        .max_buf_size(MAX_HEADER_BYTES.max(8192))
+        .handshake(io)
+        .await?;
+    Ok((Sender::H1(sender), Box::pin(connection)))
 }
 
 /// Serves one app connection until the app closes it, or until a drain or `idle` has
@@ -165,7 +239,7 @@ pub(super) async fn serve_connection(
         let state = state.clone();
         async move { Ok::<_, Infallible>(handle(req, &pool, &state).await) }
     });
-    let builder = crate::http::server(protocol);
+    let builder = crate::http::server(protocol.is_http2_only());
     let connection = builder.serve_connection(TokioIo::new(app), service);
     crate::http::serve_to_end(connection, &draining, idle, Direction::Outbound).await;
 }
@@ -230,11 +304,30 @@ async fn send(
     let endpoints = &upstream.endpoints;
     for i in pool.balancer.order(endpoints) {
         let endpoint = &endpoints[i];
-        let Some(mut sender) = pool.sender(endpoint, upstream, tls).await else {
+        let Some(sender) = pool.sender(endpoint, upstream, tls).await else {
             continue;
         };
-        let sent = sender.try_send_request(req);
-        let answered = within(upstream.request_timeout, sent).await;
+        let answered = match sender {
+            Sender::H2(mut h2) => {
+                if let Err(e) = back_to_http2(&mut req) {
+                    tracing::debug!(upstream = %upstream.name, error = %e, "request not expressible in HTTP/2");
+                    return local_reply(StatusCode::BAD_REQUEST, "bad request", grpc);
+                }
+                within(upstream.request_timeout, h2.try_send_request(req)).await
+            }
+            Sender::H1(mut h1) => {
+                if let Err(e) = for_http1(&mut req) {
+                    tracing::debug!(upstream = %upstream.name, error = %e, "request not expressible in HTTP/1.1");
+                    return local_reply(StatusCode::BAD_REQUEST, "bad request", grpc);
+                }
+                let ready = h1.ready().await.is_ok();
+                let answer = within(upstream.request_timeout, h1.try_send_request(req)).await;
+                if ready && matches!(answer, Some(Ok(_))) {
+                    pool.give_back(endpoint, h1).await;
+                }
+                answer
+            }
+        };
         match answered {
             Some(Ok(mut response)) => {
                 strip_hop_by_hop(response.headers_mut());
@@ -262,4 +355,35 @@ async fn send(
     }
     tracing::warn!(upstream = %upstream.name, "no endpoint could be reached");
     unavailable("no healthy upstream", grpc)
+}
+
+/// An HTTP/2-shaped request (absolute URI, no `Host`) as HTTP/1.1 wants it: the path and
+/// query as the target, the authority as `Host`.
+fn for_http1(req: &mut Request<Incoming>) -> Result<(), http::Error> {
+    let uri = req.uri().clone();
+    if let Some(authority) = uri.authority() {
+        let host = HeaderValue::from_str(authority.as_str())?;
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    *req.uri_mut() = Uri::builder().path_and_query(target).build()?;
+    *req.version_mut() = Version::HTTP_11;
+    Ok(())
+}
+
+/// Undoes `for_http1` for a request that came back unsent from an HTTP/1.1 connection
+/// and goes on to an HTTP/2 one: the authority back in the URI, no `Host`.
+fn back_to_http2(req: &mut Request<Incoming>) -> Result<(), http::Error> {
+    if req.uri().authority().is_none() {
+        let host = req.headers_mut().remove(header::HOST);
+        let authority = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        *req.uri_mut() = Uri::builder()
+            .scheme("https")
+            .authority(authority)
+            .path_and_query(target)
+            .build()?;
+    }
+    *req.version_mut() = Version::HTTP_2;
+    Ok(())
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferrule_control::identity::ServiceId;
-use ferrule_control::model::{Leaf, Protocol, Snapshot, TrustBundle};
+use ferrule_control::model::{Endpoint, Leaf, Protocol, Snapshot, TrustBundle};
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -53,23 +53,58 @@ impl ResolvesClientCert for OurLeaf {
     }
 }
 
-/// The ALPN protocols a listener of this protocol speaks, most preferred first: none for
-/// TCP (the bytes are the app's business), both HTTP versions for `http`, and only
-/// HTTP/2 for `http2` and `grpc`.
-fn alpn(protocol: Protocol) -> Vec<Vec<u8>> {
+pub const H2: &[u8] = b"h2";
+pub const HTTP_11: &[u8] = b"http/1.1";
+
+/// The ALPN protocols a listener of this protocol advertises, most preferred first: none
+/// for TCP (the bytes are the app's business), both HTTP versions for every HTTP family.
+/// Consul's Envoy callers offer exactly one (`http/1.1` for `http`, `h2` for `http2` and
+/// `grpc`), and rustls, unlike BoringSSL, aborts a handshake whose lists do not overlap:
+/// the list must hold both. HTTP/2 first keeps two ferrule sidecars on one multiplexed
+/// connection. See `docs/consul-semantics.md#on-the-wire`.
+fn server_alpn(protocol: Protocol) -> Vec<Vec<u8>> {
     match protocol {
         Protocol::Tcp => Vec::new(),
-        Protocol::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-        Protocol::Http2 | Protocol::Grpc => vec![b"h2".to_vec()],
+        Protocol::Http | Protocol::Http2 | Protocol::Grpc => vec![H2.to_vec(), HTTP_11.to_vec()],
     }
 }
 
-/// A client config is per expected identity, and per layer: L7 upstreams carry their
-/// requests over HTTP/2 and say so in ALPN, L4 ones offer nothing.
+/// What a dial offers in ALPN, by the upstream's protocol: nothing for TCP, both HTTP
+/// versions for `http` (a ferrule callee picks HTTP/2, an Envoy one HTTP/1.1), and only
+/// HTTP/2 for `http2` and `grpc`, whose requests cannot travel over HTTP/1.1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Offer {
+    Nothing,
+    EitherHttp,
+    Http2,
+}
+
+impl Offer {
+    fn of(protocol: Protocol) -> Offer {
+        match protocol {
+            Protocol::Tcp => Offer::Nothing,
+            Protocol::Http => Offer::EitherHttp,
+            Protocol::Http2 | Protocol::Grpc => Offer::Http2,
+        }
+    }
+
+    fn alpn(self) -> Vec<Vec<u8>> {
+        match self {
+            Offer::Nothing => Vec::new(),
+            Offer::EitherHttp => vec![H2.to_vec(), HTTP_11.to_vec()],
+            Offer::Http2 => vec![H2.to_vec()],
+        }
+    }
+}
+
+/// A client config is per endpoint (its session tickets are that endpoint's alone: every
+/// endpoint of a service is dialed with the same server name), per expected identity and
+/// per ALPN offer.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct ClientKey {
+    addr: String,
     expected: ServiceId,
-    http2: bool,
+    offer: Offer,
 }
 
 /// The rustls configs for one (leaf, bundle) pair. Absent pieces mean no handshakes:
@@ -83,16 +118,13 @@ pub struct TlsState {
 }
 
 impl TlsState {
-    /// The client config that dials `expected` for an upstream of `protocol`, if we
+    /// The client config that dials `endpoint` for an upstream of `protocol`, if we
     /// have one.
-    pub fn client_for(
-        &self,
-        expected: &ServiceId,
-        protocol: Protocol,
-    ) -> Option<Arc<ClientConfig>> {
+    pub fn client_for(&self, endpoint: &Endpoint, protocol: Protocol) -> Option<Arc<ClientConfig>> {
         let key = ClientKey {
-            expected: expected.clone(),
-            http2: protocol.is_http(),
+            addr: endpoint.addr.clone(),
+            expected: endpoint.identity.clone(),
+            offer: Offer::of(protocol),
         };
         self.clients.get(&key).cloned()
     }
@@ -119,7 +151,7 @@ impl TlsState {
         let server_alpn = snapshot
             .inbound
             .as_ref()
-            .map_or_else(Vec::new, |ib| alpn(ib.protocol));
+            .map_or_else(Vec::new, |ib| server_alpn(ib.protocol));
         let wanted = wanted_clients(snapshot);
         if same_inputs
             && server_alpn == prev.server_alpn
@@ -149,15 +181,17 @@ impl TlsState {
     }
 }
 
-/// One client config per expected identity and layer of the snapshot's upstreams.
+/// One client config per endpoint, expected identity and offer of the snapshot's
+/// upstreams.
 fn wanted_clients(snapshot: &Snapshot) -> Vec<ClientKey> {
     snapshot
         .upstreams
         .iter()
         .flat_map(|u| {
             u.endpoints.iter().map(|e| ClientKey {
+                addr: e.addr.clone(),
                 expected: e.identity.clone(),
-                http2: u.protocol.is_http(),
+                offer: Offer::of(u.protocol),
             })
         })
         .collect()
@@ -260,12 +294,11 @@ fn client_config(
                 .dangerous()
                 .with_custom_certificate_verifier(verifier)
                 .with_client_cert_resolver(resolver);
-            // Consul sidecars route on nothing but the certificate; SNI would only leak
-            // the address we dialed.
-            config.enable_sni = false;
-            if key.http2 {
-                config.alpn_protocols = vec![b"h2".to_vec()];
-            }
+            // The dial names Consul's server name for the destination (mesh gateways and
+            // SNI-matching listeners route on it); the server is still verified by its
+            // SPIFFE ID alone.
+            config.enable_sni = true;
+            config.alpn_protocols = key.offer.alpn();
             config.resumption = if SESSION_RESUMPTION.load(Ordering::Relaxed) {
                 rustls::client::Resumption::store(Arc::new(tickets::Tickets::new()))
             } else {
@@ -419,8 +452,9 @@ mod tests {
         )
         .unwrap();
         let key = ClientKey {
+            addr: "127.0.0.1:1".to_owned(),
             expected: api.id.clone(),
-            http2: false,
+            offer: Offer::Nothing,
         };
         let client = client_config(
             &anchors,
