@@ -3,11 +3,11 @@
 //! Envoy and one ferrule, and the two apps must see the same fields with the same
 //! values (By, Hash, Cert, Chain, Subject, URI, DNS as Envoy sets them).
 
-use ferrule_tests::DevCa;
 use ferrule_tests::envoy::app::{AppClient, EchoApp};
 use ferrule_tests::envoy::hop::{Callee, Caller, Kind, Proxy, Svid, intentions};
 use ferrule_tests::envoy::{self, Protocol};
 use ferrule_tests::mesh::{API, WEB};
+use ferrule_tests::{DevCa, LeafSpec};
 
 /// The XFCC value as `(key, value)` pairs in order; `;` inside quotes does not split.
 fn fields(xfcc: &str) -> Vec<(String, String)> {
@@ -87,16 +87,31 @@ async fn same_xfcc_behind_both(caller: Kind, protocol: Protocol) {
         return;
     }
     let ca = DevCa::generate(None).expect("a CA");
-    let api = Svid::issue(&ca, API);
     let web = Svid::issue(&ca, WEB);
-    let from_envoy = xfcc_behind(Kind::Envoy, caller, protocol, &api, &web).await;
-    let from_ferrule = xfcc_behind(Kind::Ferrule, caller, protocol, &api, &web).await;
+    same_xfcc_for(caller, protocol, &ca, &web).await;
+}
+
+/// `web` presents `web` (a leaf of `ca`'s trust domain, maybe under an intermediate).
+async fn same_xfcc_for(caller: Kind, protocol: Protocol, ca: &DevCa, web: &Svid) {
+    let api = Svid::issue(ca, API);
+    let from_envoy = xfcc_behind(Kind::Envoy, caller, protocol, &api, web).await;
+    let from_ferrule = xfcc_behind(Kind::Ferrule, caller, protocol, &api, web).await;
     println!("XFCC behind Envoy:   {from_envoy}\nXFCC behind ferrule: {from_ferrule}");
     let keys: Vec<String> = fields(&from_envoy).into_iter().map(|(k, _)| k).collect();
     assert_eq!(
         keys,
         ["By", "Hash", "Cert", "Chain", "Subject", "URI"],
         "what Envoy sets for a Consul leaf (no DNS SAN, so no DNS field)"
+    );
+    let chain = fields(&from_envoy)
+        .into_iter()
+        .find(|(k, _)| k == "Chain")
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    assert_eq!(
+        chain.matches("BEGIN%20CERTIFICATE").count(),
+        web.leaf.cert_pem.matches("BEGIN CERTIFICATE").count(),
+        "Envoy's Chain holds the caller's whole chain: {chain}"
     );
     assert_eq!(
         fields(&from_ferrule),
@@ -119,4 +134,18 @@ async fn http_from_a_ferrule_caller() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_from_a_ferrule_caller() {
     same_xfcc_behind_both(Kind::Ferrule, Protocol::Http2).await;
+}
+
+/// A caller from a secondary datacenter: `Chain` holds its leaf and the intermediate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_from_an_envoy_caller_with_a_secondary_dc_chain() {
+    if !envoy::available() {
+        return;
+    }
+    let root = DevCa::generate(None).expect("a CA");
+    let dc2 = root.intermediate().expect("an intermediate");
+    let mut spec = LeafSpec::service(WEB);
+    spec.datacenter = "dc2".into();
+    let web = Svid::under(&root, &dc2, &spec);
+    same_xfcc_for(Kind::Envoy, Protocol::Http, &root, &web).await;
 }
