@@ -61,6 +61,13 @@ async fn keep_alive_and_a_mebibyte(protocol: Protocol, caller: Kind, callee: Kin
             "{case}: {request:?}"
         );
     }
+    // The caller kept its mesh connection too: one handshake for all 51 requests.
+    assert_eq!(
+        hop.callee.inbound_handshakes().await,
+        1,
+        "{case}: mesh handshakes for one keep-alive connection\n{}",
+        hop.report(&case).await
+    );
     hop.assert_tls_version(&case).await;
     hop.report(&case).await;
 }

@@ -204,6 +204,21 @@ impl Proxy {
         }
     }
 
+    /// Handshakes completed on a callee's mTLS listener so far.
+    pub async fn inbound_handshakes(&self) -> u64 {
+        match self {
+            Proxy::Envoy(envoy) => envoy
+                .counters("^listener\\..*\\.ssl\\.handshake$")
+                .await
+                .values()
+                .sum(),
+            Proxy::Ferrule(sidecar) => sidecar
+                .metric(TLS_HANDSHAKES, &[("direction", "inbound")])
+                .await
+                .map_or(0, |n| n as u64),
+        }
+    }
+
     /// The number of Envoy handshakes of TLS `version` (e.g. `TLSv1.2`); `None` for
     /// ferrule.
     pub async fn envoy_tls(&self, version: &str) -> Option<u64> {
