@@ -54,6 +54,31 @@ fn cert_sha256(pem: &str) -> String {
         .collect()
 }
 
+/// The `x-forwarded-client-cert` Consul's Envoy gives an HTTP app for a caller that
+/// presented `pem` (a dev CA leaf: empty subject, one URI SAN, no DNS SAN): By, Hash,
+/// Cert and Chain as URL-encoded PEM, quoted empty Subject, URI.
+fn expected_xfcc(by: &str, pem: &str, caller_uri: &str) -> String {
+    let end = "-----END CERTIFICATE-----\n";
+    let blocks: Vec<String> = pem
+        .split_inclusive(end)
+        .map(|b| b.trim_start().to_owned())
+        .filter(|b| b.starts_with("-----BEGIN CERTIFICATE-----\n"))
+        .collect();
+    let encode = |b: &String| {
+        b.replace('\n', "%0A")
+            .replace(' ', "%20")
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D")
+    };
+    format!(
+        "By={by};Hash={};Cert=\"{}\";Chain=\"{}\";Subject=\"\";URI={caller_uri}",
+        cert_sha256(pem),
+        encode(&blocks[0]),
+        blocks.iter().map(encode).collect::<String>(),
+    )
+}
+
 fn spiffe(ca: &ferrule_tests::DevCa, service: &str) -> String {
     format!(
         "spiffe://{}/ns/default/dc/dc1/svc/{service}",
@@ -113,11 +138,10 @@ async fn every_request_is_decided_by_its_path_method_and_headers_over_both_http_
         ("GET", "/public/%zz", &[], 400, None),
     ];
 
-    let xfcc = format!(
-        "By={};Hash={};URI={}",
-        spiffe(&mesh.ca, API),
-        cert_sha256(&mesh.web_leaf.cert_pem),
-        spiffe(&mesh.ca, WEB)
+    let xfcc = expected_xfcc(
+        &spiffe(&mesh.ca, API),
+        &mesh.web_leaf.cert_pem,
+        &spiffe(&mesh.ca, WEB),
     );
     for version in ["--http1.1", "--http2-prior-knowledge"] {
         for (method, path, extra, want, forwarded) in cases {
@@ -235,11 +259,10 @@ async fn the_mtls_listener_speaks_the_http_version_alpn_chose_and_l4_allows_admi
             .get_all("x-forwarded-client-cert")
             .iter()
             .collect();
-        let ours = format!(
-            "By={};Hash={};URI={}",
-            spiffe(&mesh.ca, API),
-            cert_sha256(&std::fs::read_to_string(&ops.cert).expect("read ops's cert")),
-            spiffe(&mesh.ca, "ops")
+        let ours = expected_xfcc(
+            &spiffe(&mesh.ca, API),
+            &std::fs::read_to_string(&ops.cert).expect("read ops's cert"),
+            &spiffe(&mesh.ca, "ops"),
         );
         assert_eq!(xfcc, [ours.as_str()], "the caller's own header is replaced");
 

@@ -23,6 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
@@ -40,21 +41,14 @@ const APP_POOL_IDLE: Duration = Duration::from_secs(60);
 /// Who is calling on one mTLS connection, worked out once at the handshake.
 pub(super) struct Caller {
     pub(super) peer: Peer,
-    /// `By=<our ID>;Hash=<SHA-256 of the caller's certificate>;URI=<the caller's ID>`.
+    /// The `x-forwarded-client-cert` value the app gets (see `super::xfcc`).
     pub(super) xfcc: HeaderValue,
 }
 
 impl Caller {
-    pub(super) fn new(
-        peer: Peer,
-        caller_uri: &str,
-        our_uri: &str,
-        caller_cert_der: &[u8],
-    ) -> Caller {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, caller_cert_der);
-        let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        let value = format!("By={our_uri};Hash={hash};URI={caller_uri}");
-        // SPIFFE IDs are URIs and the hash is hex: the value is always a valid header.
+    pub(super) fn new(peer: Peer, our_uri: &str, chain: &[CertificateDer<'_>]) -> Caller {
+        let value = super::xfcc::value(our_uri, chain);
+        // Every byte outside printable ASCII is escaped: the value is always valid.
         let xfcc = HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""));
         Caller { peer, xfcc }
     }

@@ -10,6 +10,7 @@
 
 mod authorize;
 mod http;
+mod xfcc;
 
 pub use self::http::LocalApp;
 
@@ -20,7 +21,6 @@ use std::time::{Duration, Instant};
 use ferrule_control::identity::ServiceId;
 use ferrule_control::intentions::{Intentions, Peer};
 use ferrule_control::model::{InboundConfig, Snapshot};
-use rustls_pki_types::CertificateDer;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -50,7 +50,7 @@ pub(crate) async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, a
         Ok(tls) => tls,
         Err(outcome) => return guard.set_result(outcome),
     };
-    let Some((id, cert)) = identity(&tls) else {
+    let Some(id) = identity(&tls) else {
         return guard.set_result(InboundOutcome::TlsError);
     };
     guard.set_identity(id.to_uri());
@@ -59,7 +59,8 @@ pub(crate) async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, a
     if inbound.protocol.is_http() {
         // Every request is decided on its own; the connection itself is let in.
         guard.set_result(InboundOutcome::Accepted);
-        let caller = http::Caller::new(caller, &id.to_uri(), &our_uri(&snapshot), &cert);
+        let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        let caller = http::Caller::new(caller, &our_uri(&snapshot), chain);
         let tls = Metered::new(tls, guard.bytes());
         // Boxed, so that the tasks of L4 connections are not sized for this branch.
         let serve = http::serve_connection(tls, caller, state, app, idle);
@@ -120,12 +121,11 @@ async fn handshake(
     Ok(tls)
 }
 
-/// Who is calling, and the certificate that says so. The verifier already proved it;
-/// it is parsed again to know who it is.
-fn identity(tls: &Mesh) -> Option<(ServiceId, CertificateDer<'static>)> {
-    let cert = tls.get_ref().1.peer_certificates()?.first()?.clone();
-    let id = peer_identity(&cert).ok()?;
-    Some((id, cert))
+/// Who is calling. The verifier already proved it; the leaf is parsed again to know
+/// who it is.
+fn identity(tls: &Mesh) -> Option<ServiceId> {
+    let cert = tls.get_ref().1.peer_certificates()?.first()?;
+    peer_identity(cert).ok()
 }
 
 fn local_trust_domain(snapshot: &Snapshot) -> &str {
