@@ -143,8 +143,13 @@ impl TargetLayout {
             .ok_or_else(unexpected)?
             .to_owned();
         let above = profile_dir.parent().ok_or_else(unexpected)?;
-        // Cargo tags the root of a target directory; a cross build adds a <triple> level.
-        let (target_dir, target_triple) = if above.join("CACHEDIR.TAG").is_file() {
+        // Cargo tags the root of a target directory (only when it creates it, so a
+        // `target/` made earlier, e.g. for CI's Envoy venv, has just its
+        // `.rustc_info.json`); a cross build adds a <triple> level.
+        let is_root = ["CACHEDIR.TAG", ".rustc_info.json"]
+            .iter()
+            .any(|marker| above.join(marker).is_file());
+        let (target_dir, target_triple) = if is_root {
             (above.to_owned(), None)
         } else {
             let root = above.parent().ok_or_else(unexpected)?;

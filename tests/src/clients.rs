@@ -202,13 +202,33 @@ pub async fn s_client_tls12(
     identity: Option<&LeafFiles>,
     input: &[u8],
 ) -> anyhow::Result<SClientOutput> {
+    s_client(addr, identity, &["-tls1_2"], input).await
+}
+
+/// `openssl s_client` to `addr` sending `server_name` as SNI, presenting `identity` if
+/// given, sending `input` once connected.
+pub async fn s_client_sni(
+    addr: SocketAddr,
+    identity: Option<&LeafFiles>,
+    server_name: &str,
+    input: &[u8],
+) -> anyhow::Result<SClientOutput> {
+    s_client(addr, identity, &["-servername", server_name], input).await
+}
+
+async fn s_client(
+    addr: SocketAddr,
+    identity: Option<&LeafFiles>,
+    args: &[&str],
+    input: &[u8],
+) -> anyhow::Result<SClientOutput> {
     require_tool("openssl");
     let mut command = Command::new("openssl");
     command
         .arg("s_client")
         .arg("-connect")
         .arg(addr.to_string())
-        .arg("-tls1_2");
+        .args(args);
     if let Some(files) = identity {
         command.arg("-cert").arg(&files.cert);
         command.arg("-key").arg(&files.key);

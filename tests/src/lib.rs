@@ -8,6 +8,7 @@
 //!   watched files, and its admin endpoints (`/ready`, `/metrics`).
 //! - `backends`: the local applications (HTTP echo, HTTP recorder, counting TCP echo).
 //! - `consul`: a `ferrule proxy --sidecar-for` process fed by a dev agent.
+//! - `envoy`: real Envoy as a Consul-configured sidecar next to ferrule (interop tests).
 //! - `faulty_agent`: a fault injector between a sidecar and its agent.
 //! - `grpc`: a tonic gRPC service (unary and streaming calls) and its client.
 //! - `clients`: `curl`, `openssl s_client`, and a rustls caller presenting an SVID.
@@ -27,6 +28,7 @@ pub mod backends;
 pub mod binary;
 pub mod clients;
 pub mod consul;
+pub mod envoy;
 pub mod faulty_agent;
 pub mod grpc;
 pub mod http;

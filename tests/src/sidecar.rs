@@ -78,11 +78,17 @@ struct Upstream {
 impl SidecarConfig {
     /// A sidecar presenting `leaf` and trusting `ca`, with no listeners yet.
     pub fn new(ca: &DevCa, leaf: &IssuedLeaf) -> SidecarConfig {
+        SidecarConfig::with_bundle(leaf, ca.cert_pem())
+    }
+
+    /// A sidecar presenting `leaf` (followed by its intermediates, if any) and trusting
+    /// `roots_pem`, every root's certificate concatenated.
+    pub fn with_bundle(leaf: &IssuedLeaf, roots_pem: &str) -> SidecarConfig {
         SidecarConfig {
             service: leaf.service.clone(),
             cert_pem: leaf.cert_pem.clone(),
             key_pem: Some(leaf.key_pem.clone()),
-            bundle_pem: ca.cert_pem().to_owned(),
+            bundle_pem: roots_pem.to_owned(),
             inbound: None,
             upstreams: Vec::new(),
             drain_timeout: None,
