@@ -143,8 +143,13 @@ impl TargetLayout {
             .ok_or_else(unexpected)?
             .to_owned();
         let above = profile_dir.parent().ok_or_else(unexpected)?;
-        // Cargo tags the root of a target directory; a cross build adds a <triple> level.
-        let (target_dir, target_triple) = if above.join("CACHEDIR.TAG").is_file() {
+        // Cargo tags the root of a target directory (only when it creates it: `.ci/run`
+        // may create it first, for its tools' venv) and keeps its rustc cache there; a
+        // cross build adds a <triple> level.
+        let is_root = |dir: &Path| {
+            dir.join("CACHEDIR.TAG").is_file() || dir.join(".rustc_info.json").is_file()
+        };
+        let (target_dir, target_triple) = if is_root(above) {
             (above.to_owned(), None)
         } else {
             let root = above.parent().ok_or_else(unexpected)?;

@@ -103,7 +103,7 @@ async fn py_consul_does_what_a_mesh_user_does() {
         "config entries with CAS",
         "CA roots, leaf",
         "intentions and authorize",
-        "blocking query woken",
+        "a blocking query woken",
         "deregister",
     ] {
         assert!(out.contains(&format!("ok: {step}")), "{step}: {out}");

@@ -11,7 +11,6 @@ const Consul = require("consul");
 
 const [host, port] = process.argv.slice(2);
 const consul = new Consul({ host, port: Number(port) });
-const withResponse = { ctx: { includeResponse: true } };
 
 function hasKeys(value, names, what) {
   const missing = names.filter((n) => !(n in value));
@@ -61,8 +60,10 @@ async function catalogAndHealth() {
 
 async function configEntriesWithCas() {
   const entry = { Kind: "service-defaults", Name: "api", Protocol: "grpc" };
-  const put = (query, body) => consul._put({ name: "config.set", path: "/config", query, type: "json", body },
-    (request, next) => next(false, undefined, request.res.body));
+  // The answer is a bare `true`/`false`; wrapped, since the library drops a falsy result.
+  const put = async (query, body) => (await consul._put(
+    { name: "config.set", path: "/config", query, type: "json", body },
+    (request, next) => next(false, undefined, { answer: request.res.body }))).answer;
   assert.equal(await put({ cas: 0 }, entry), true, "cas=0 creates");
   assert.equal(await put({ cas: 0 }, entry), false, "cas=0 only creates");
   const stored = await consul._get({ name: "config.get", path: "/config/service-defaults/api" },
@@ -74,17 +75,36 @@ async function configEntriesWithCas() {
   assert.equal(sidecar.Proxy.Config.local_connect_timeout_ms, 300);
 }
 
-async function blockingQueryWoken() {
-  const [res] = await consul.catalog.service.list(withResponse);
-  const index = res.headers["x-consul-index"];
-  const started = Date.now();
-  const blocked = consul.catalog.service.list({ index, wait: "20s", ...withResponse });
-  setTimeout(() => consul.agent.service.register({ name: "cache", port: 6379 }), 300);
-  const [after, services] = await blocked;
-  const waited = Date.now() - started;
-  assert.ok("cache" in services, `woken with ${JSON.stringify(services)}`);
-  assert.ok(BigInt(after.headers["x-consul-index"]) > BigInt(index));
-  assert.ok(waited > 200 && waited < 10000, `woken by the write after ${waited} ms`);
+// The library's watch: a blocking query loop on the index; the second change must come
+// from the registration, well before the wait ends.
+function blockingQueryWoken() {
+  return new Promise((resolve, reject) => {
+    const watch = consul.watch({ method: consul.catalog.service.list, options: { wait: "20s" } });
+    let first = null;
+    let written = 0;
+    const fail = (e) => { watch.end(); reject(e); };
+    watch.on("error", fail);
+    watch.on("change", (services, res) => {
+      try {
+        const index = BigInt(res.headers["x-consul-index"]);
+        if (first === null) {
+          first = index;
+          assert.ok(!("cache" in services));
+          written = Date.now();
+          consul.agent.service.register({ name: "cache", port: 6379 }).catch(fail);
+          return;
+        }
+        const waited = Date.now() - written;
+        assert.ok("cache" in services, `woken with ${JSON.stringify(services)}`);
+        assert.ok(index > first, `index moved: ${first} -> ${index}`);
+        assert.ok(waited < 10000, `woken by the write after ${waited} ms`);
+        watch.end();
+        resolve();
+      } catch (e) {
+        fail(e);
+      }
+    });
+  });
 }
 
 async function deregister() {

@@ -94,7 +94,7 @@ def config_entries_with_cas(c):
     expect(cfg.get("protocol") == "http" and cfg.get("local_connect_timeout_ms") == 250
            and cfg.get("max_inbound_connections") == 50, f"merged into the sidecar: {cfg}")
     expect(sidecar["Proxy"]["MeshGateway"] == {"Mode": "local"}, f"mesh gateway: {sidecar}")
-    listed = c.config.list("service-defaults")
+    listed = c.config.list("service-defaults", filter_expr='Name == "web"')
     expect([e["Name"] for e in listed] == ["web"], f"config list: {listed}")
     current = c.config.get("service-defaults", "web")["ModifyIndex"]
     expect(c.config.delete("service-defaults", "web", cas=current + 1000) is False, "stale delete")
