@@ -152,12 +152,21 @@ async fn forward_requests(
             }
             (Some(_), _) => return Err(invalid("a frame interleaved in a header block")),
             (None, _) => {
-                write_frame(&mut to, frame.kind, frame.flags, frame.stream, &frame.payload)
-                    .await?;
+                write_frame(
+                    &mut to,
+                    frame.kind,
+                    frame.flags,
+                    frame.stream,
+                    &frame.payload,
+                )
+                .await?;
                 continue;
             }
         }
-        if pending.as_ref().is_some_and(|(_, _, b)| b.len() > MAX_BLOCK) {
+        if pending
+            .as_ref()
+            .is_some_and(|(_, _, b)| b.len() > MAX_BLOCK)
+        {
             return Err(invalid("header block too large"));
         }
         if frame.flags & END_HEADERS != 0
@@ -176,13 +185,12 @@ fn rewrite(decoder: &mut Decoder<'_>, block: &[u8]) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(block.len() * 2);
     decoder
         .decode_with_cb(block, |name, value| {
-            let value: &[u8] = if &*name == b":authority"
-                && http::uri::Authority::try_from(&*value).is_err()
-            {
-                LOCAL
-            } else {
-                &value
-            };
+            let value: &[u8] =
+                if &*name == b":authority" && http::uri::Authority::try_from(&*value).is_err() {
+                    LOCAL
+                } else {
+                    &value
+                };
             // Literal header field without indexing, new name (RFC 7541 §6.2.2).
             out.push(0);
             put_string(&mut out, &name);

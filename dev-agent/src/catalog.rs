@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use ferrule_control::api::agent::{AgentServiceConnect, AgentServiceConnectProxyConfig, AgentWeights, ServiceAddress};
+use ferrule_control::api::agent::{
+    AgentServiceConnect, AgentServiceConnectProxyConfig, AgentWeights, ServiceAddress,
+};
 use ferrule_control::api::health::ServiceEntry;
 
 use super::blocking::{self, DEFAULT_WAIT};
@@ -131,8 +133,11 @@ pub(super) async fn services(shared: &Shared, call: &Call) -> Result<Reply, ApiE
         call,
         |state| {
             let index = state.services_index();
-            let names: BTreeSet<String> =
-                state.services.values().map(|s| s.service.service.clone()).collect();
+            let names: BTreeSet<String> = state
+                .services
+                .values()
+                .map(|s| s.service.service.clone())
+                .collect();
             let nodes = names
                 .iter()
                 .flat_map(|name| state.health_entries(name, false).0)
@@ -176,8 +181,11 @@ pub(super) async fn node(shared: &Shared, call: &Call, name: &str) -> Result<Rep
             if !known {
                 return (Vec::new(), state.services_index());
             }
-            let names: BTreeSet<String> =
-                state.services.values().map(|s| s.service.service.clone()).collect();
+            let names: BTreeSet<String> = state
+                .services
+                .values()
+                .map(|s| s.service.service.clone())
+                .collect();
             let services = names
                 .iter()
                 .flat_map(|name| state.health_entries(name, false).0)

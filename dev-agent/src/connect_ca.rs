@@ -499,8 +499,14 @@ pub(super) async fn set_configuration(shared: &Shared, call: &Call) -> Result<Re
 /// `PrivateKeyType`/`PrivateKeyBits`: Consul's values are `ec` (224, 256, 384, 521) and
 /// `rsa` (2048, 4096); the dev agent's CA makes EC P-256 keys only.
 fn key_type(config: &Map<String, Value>) -> Result<(), ApiError> {
-    let kind = config.get("PrivateKeyType").and_then(Value::as_str).unwrap_or("ec");
-    let bits = config.get("PrivateKeyBits").and_then(Value::as_u64).unwrap_or(256);
+    let kind = config
+        .get("PrivateKeyType")
+        .and_then(Value::as_str)
+        .unwrap_or("ec");
+    let bits = config
+        .get("PrivateKeyBits")
+        .and_then(Value::as_u64)
+        .unwrap_or(256);
     let valid = match kind {
         "ec" => matches!(bits, 224 | 256 | 384 | 521),
         "rsa" => matches!(bits, 2048 | 4096),

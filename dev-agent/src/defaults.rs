@@ -26,8 +26,8 @@ use ferrule_control::api::defaults::{
 
 use super::blocking::{self, DEFAULT_WAIT};
 use super::http::{ApiError, Call, Reply};
-use super::{filter, intentions};
 use super::state::{Shared, State};
+use super::{filter, intentions};
 
 const PROTOCOL: &str = "protocol";
 /// Keys a `GET` answer carries that a `PUT` of the same document may send back.
@@ -116,7 +116,10 @@ pub(super) fn merge(state: &State, service: &mut AgentService) {
 
 /// The central part of a sidecar's `Proxy.Config` and its mesh gateway: proxy-defaults'
 /// `Config` and `MeshGateway`, overridden by what the service's service-defaults set.
-fn proxy_config(state: &State, own: Option<&ServiceDefaultsEntry>) -> (Map<String, Value>, MeshGatewayConfig) {
+fn proxy_config(
+    state: &State,
+    own: Option<&ServiceDefaultsEntry>,
+) -> (Map<String, Value>, MeshGatewayConfig) {
     let mut config = Map::new();
     let mut gateway = MeshGatewayConfig::default();
     if let Some(defaults) = &state.proxy_defaults {
@@ -226,7 +229,10 @@ pub(super) fn put(
         entry.protocol = entry.protocol.to_ascii_lowercase();
         validate_gateway(&entry.mesh_gateway)?;
         shared.with(|state| {
-            let current = state.service_defaults.get(&entry.name).map(|e| e.modify_index);
+            let current = state
+                .service_defaults
+                .get(&entry.name)
+                .map(|e| e.modify_index);
             if !intentions::cas_allows(cas, current) {
                 return Ok(false);
             }

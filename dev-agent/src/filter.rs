@@ -92,7 +92,9 @@ impl Match {
             Op::Empty => found.iter().all(|v| is_empty(v)),
             Op::Equal(want) => found.iter().any(|v| equals(v, want)),
             Op::Contains(want) => found.iter().any(|v| contains(v, want)),
-            Op::Matches(re) => found.iter().any(|v| v.as_str().is_some_and(|s| re.is_match(s))),
+            Op::Matches(re) => found
+                .iter()
+                .any(|v| v.as_str().is_some_and(|s| re.is_match(s))),
         };
         hit != self.negated
     }
@@ -332,9 +334,7 @@ impl Parser {
                 Some(s)
             }
             Some(Token::Word(w)) => {
-                let follows = |k: usize, word: &str| {
-                    matches!(self.tokens.get(self.pos + k), Some(Token::Word(x)) if x == word)
-                };
+                let follows = |k: usize, word: &str| matches!(self.tokens.get(self.pos + k), Some(Token::Word(x)) if x == word);
                 if follows(1, "in") || (follows(1, "not") && follows(2, "in")) {
                     self.pos += 1;
                     Some(w)
@@ -357,7 +357,9 @@ impl Parser {
                     self.pos += 1;
                     match self.next() {
                         Some(Token::Word(w)) => parts.push(w),
-                        other => return Err(format!("expected a field after '.', found {other:?}")),
+                        other => {
+                            return Err(format!("expected a field after '.', found {other:?}"));
+                        }
                     }
                 }
                 Some(Token::Index(key)) => {
@@ -396,10 +398,14 @@ impl Parser {
         }
         if self.eat_word("matches") {
             let pattern = self.value()?;
-            let re = Regex::new(&pattern).map_err(|e| format!("invalid regular expression: {e}"))?;
+            let re =
+                Regex::new(&pattern).map_err(|e| format!("invalid regular expression: {e}"))?;
             return Ok((Op::Matches(re), negated));
         }
-        Err(format!("expected an operator, found {:?}", self.tokens.get(self.pos)))
+        Err(format!(
+            "expected an operator, found {:?}",
+            self.tokens.get(self.pos)
+        ))
     }
 
     fn value(&mut self) -> Result<String, String> {
@@ -437,7 +443,9 @@ mod tests {
     use serde_json::json;
 
     fn check(expr: &str, item: &Value) -> bool {
-        parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}")).eval(item)
+        parse(expr)
+            .unwrap_or_else(|e| panic!("{expr}: {e}"))
+            .eval(item)
     }
 
     #[test]

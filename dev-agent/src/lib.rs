@@ -36,8 +36,8 @@
 
 mod authority;
 mod blocking;
-mod catalog;
 pub mod ca;
+mod catalog;
 mod checks;
 mod connect_ca;
 mod defaults;

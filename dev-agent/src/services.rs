@@ -22,8 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use ferrule_control::api::agent::{
     AgentService, AgentServiceCheck, AgentServiceConnect, AgentServiceConnectProxyConfig,
-    AgentServiceRegistration, DESTINATION_SERVICE, KIND_CONNECT_PROXY,
-    ServiceAddress,
+    AgentServiceRegistration, DESTINATION_SERVICE, KIND_CONNECT_PROXY, ServiceAddress,
 };
 use ferrule_control::api::health::{HealthCheck, NodeService, PASSING, ServiceEntry};
 

@@ -34,7 +34,10 @@ fn runner(language: &str) -> Result<(PathBuf, Vec<(String, PathBuf)>), String> {
             if python.is_file() {
                 Ok((python, Vec::new()))
             } else {
-                Err(format!("no {} (run .ci/run, or python3 -m venv target/ci-venv && target/ci-venv/bin/pip install py-consul spiffe)", python.display()))
+                Err(format!(
+                    "no {} (run .ci/run, or python3 -m venv target/ci-venv && target/ci-venv/bin/pip install py-consul spiffe)",
+                    python.display()
+                ))
             }
         }
         _ => {
@@ -45,9 +48,15 @@ fn runner(language: &str) -> Result<(PathBuf, Vec<(String, PathBuf)>), String> {
                 .status()
                 .is_ok_and(|s| s.success());
             if node_ok && modules.join("consul").is_dir() {
-                Ok((PathBuf::from("node"), vec![("NODE_PATH".to_owned(), modules)]))
+                Ok((
+                    PathBuf::from("node"),
+                    vec![("NODE_PATH".to_owned(), modules)],
+                ))
             } else {
-                Err(format!("no node or no {} (run .ci/run, or npm install --prefix target/ci-npm consul)", modules.join("consul").display()))
+                Err(format!(
+                    "no node or no {} (run .ci/run, or npm install --prefix target/ci-npm consul)",
+                    modules.join("consul").display()
+                ))
             }
         }
     }
@@ -65,7 +74,10 @@ async fn run_script(language: &str, script: &str, args: &[String]) -> Option<Str
             return None;
         }
     };
-    let path = workspace().join("tests/clients").join(language).join(script);
+    let path = workspace()
+        .join("tests/clients")
+        .join(language)
+        .join(script);
     let mut command = tokio::process::Command::new(&program);
     command
         .arg(&path)
@@ -88,7 +100,10 @@ async fn run_script(language: &str, script: &str, args: &[String]) -> Option<Str
 }
 
 fn host_port(agent: &DevAgent) -> Vec<String> {
-    vec![agent.addr().ip().to_string(), agent.addr().port().to_string()]
+    vec![
+        agent.addr().ip().to_string(),
+        agent.addr().port().to_string(),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

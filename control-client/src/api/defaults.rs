@@ -93,7 +93,10 @@ pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
     #[serde(alias = "limits", skip_serializing_if = "Option::is_none")]
     pub limits: Option<serde_json::Value>,
-    #[serde(alias = "passive_health_check", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        alias = "passive_health_check",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub passive_health_check: Option<serde_json::Value>,
     #[serde(
         alias = "mesh_gateway",

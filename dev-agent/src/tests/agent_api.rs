@@ -70,7 +70,8 @@ async fn community_edition_refuses_enterprise_parameters_and_unknown_fields() {
 #[tokio::test]
 async fn methods_are_checked_as_consul_checks_them() {
     let agent = Agent::start().await;
-    let body = json!({ "Target": "db", "ClientCertURI": "spiffe://x.consul/ns/default/dc/dc1/svc/web" });
+    let body =
+        json!({ "Target": "db", "ClientCertURI": "spiffe://x.consul/ns/default/dc/dc1/svc/web" });
     let put = agent
         .call(Method::PUT, "/v1/agent/connect/authorize", Some(body))
         .await;
@@ -91,7 +92,11 @@ async fn methods_are_checked_as_consul_checks_them() {
         (Method::POST, "/v1/connect/ca/configuration", "GET, PUT"),
     ] {
         let answer = agent.call(method.clone(), path, None).await;
-        assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(
+            answer.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
         assert_eq!(answer.header("allow"), Some(allow), "{method} {path}");
     }
 }
