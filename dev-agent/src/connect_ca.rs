@@ -443,10 +443,12 @@ pub(super) async fn configuration(shared: &Shared, call: &Call) -> Result<Reply,
         .leader_meta(consistency))
 }
 
-/// `PUT /v1/connect/ca/configuration`: any valid body rotates to a new root of the same
-/// cluster (a real agent rotates only when the key material changes; here a rotation is
-/// always one call away). `Config.LeafCertTTL` changes the TTL of later leaves;
-/// `Config.PrivateKey` + `Config.RootCert` rotate to that root instead of a generated one.
+/// `PUT /v1/connect/ca/configuration`, as Consul's built-in provider takes it: the root
+/// changes only with the key material. `Config.PrivateKey` + `Config.RootCert` rotate
+/// to that root; a `PrivateKeyType`/`PrivateKeyBits` other than the current ones would
+/// rotate to a root with such a key, which the dev agent cannot make (its CA is EC
+/// P-256 only) and refuses. Anything else (`LeafCertTTL`, ...) is stored, keeps the
+/// root, and `LeafCertTTL` applies to later leaves.
 pub(super) async fn set_configuration(shared: &Shared, call: &Call) -> Result<Reply, ApiError> {
     let (body, _) = decode_strict::<CaConfiguration>(&call.body, "Request decode failed")?;
     if !body.provider.is_empty() && body.provider != "consul" {
@@ -460,10 +462,14 @@ pub(super) async fn set_configuration(shared: &Shared, call: &Call) -> Result<Re
         None => None,
         Some(text) => Some(leaf_ttl(text)?),
     };
+    key_type(&body.config)?;
     let cluster_id = shared.with(|state| state.ca.cluster_id.clone());
-    let new = next_root(&cluster_id, str_key("PrivateKey"), str_key("RootCert"))?;
+    let new = match (str_key("PrivateKey"), str_key("RootCert")) {
+        (None, None) => None,
+        (key, cert) => Some(next_root(&cluster_id, key, cert)?),
+    };
     let force = body.force_without_cross_signing;
-    let active = shared.with(|state| {
+    let rotated = shared.with(|state| {
         if let Some(ttl) = leaf_ttl {
             state.ca.leaf_ttl = ttl;
         }
@@ -474,13 +480,49 @@ pub(super) async fn set_configuration(shared: &Shared, call: &Call) -> Result<Re
             state.ca.provider_config.insert(key, value);
         }
         state.ca.force_without_cross_signing = force;
-        state.rotate(new, !force)
+        match new {
+            Some(new) => state.rotate(new, !force).map(Some),
+            None => {
+                let index = state.bump();
+                state.ca.config_modify_index = index;
+                Ok(None)
+            }
+        }
     });
-    let active = active.map_err(|e| ApiError::internal(e.to_string()))?;
-    if let Some(dir) = &shared.config.data_dir {
+    let rotated = rotated.map_err(|e| ApiError::internal(e.to_string()))?;
+    if let (Some(dir), Some(active)) = (&shared.config.data_dir, rotated) {
         super::persist_ca(dir, &active).map_err(|e| ApiError::internal(e.to_string()))?;
     }
     Ok(Reply::empty())
+}
+
+/// `PrivateKeyType`/`PrivateKeyBits`: Consul's values are `ec` (224, 256, 384, 521) and
+/// `rsa` (2048, 4096); the dev agent's CA makes EC P-256 keys only.
+fn key_type(config: &Map<String, Value>) -> Result<(), ApiError> {
+    let kind = config
+        .get("PrivateKeyType")
+        .and_then(Value::as_str)
+        .unwrap_or("ec");
+    let bits = config
+        .get("PrivateKeyBits")
+        .and_then(Value::as_u64)
+        .unwrap_or(256);
+    let valid = match kind {
+        "ec" => matches!(bits, 224 | 256 | 384 | 521),
+        "rsa" => matches!(bits, 2048 | 4096),
+        _ => false,
+    };
+    if !valid {
+        return Err(ApiError::bad_request(format!(
+            "invalid PrivateKeyType/PrivateKeyBits {kind:?}/{bits}"
+        )));
+    }
+    if (kind, bits) != ("ec", 256) {
+        return Err(ApiError::bad_request(format!(
+            "the dev agent's CA makes EC P-256 keys only, not {kind}/{bits}; rotate with Config.PrivateKey and Config.RootCert"
+        )));
+    }
+    Ok(())
 }
 
 /// `Config.LeafCertTTL`: a Go duration within what Consul accepts for a leaf.
@@ -510,9 +552,6 @@ fn next_root(cluster_id: &str, key: Option<&str>, cert: Option<&str>) -> Result<
                 )));
             }
             Ok(ca)
-        }
-        (None, None) => {
-            DevCa::generate(Some(cluster_id)).map_err(|e| ApiError::internal(e.to_string()))
         }
         _ => Err(ApiError::bad_request(
             "Config.PrivateKey and Config.RootCert must be given together",

@@ -1,19 +1,25 @@
 //! `service-defaults` and `proxy-defaults` config entries, for what they mean to a
-//! sidecar: its protocol.
+//! sidecar: its protocol, timeouts, connection limit, mesh gateway mode and upstream
+//! settings.
 //!
-//! As Consul does, the agent merges them into what `/v1/agent/service/:id` answers for
-//! a sidecar: proxy-defaults' `Config` under the registration's own `Proxy.Config`, and
-//! the protocol (the registration's own, else the destination's service-defaults, else
-//! proxy-defaults) into `Proxy.Config` and into each upstream's `Config` (from the
-//! upstream's destination). And as Consul's servers do, it refuses L7 intentions
-//! (`Permissions`) for a service whose protocol is not HTTP-like, and a protocol change
-//! that would leave such intentions behind. Only `Protocol`, `Config` and `Meta` are
-//! kept; any other key of these entries is refused, naming it.
+//! As Consul's agent does, the dev agent merges them into what `/v1/agent/service/:id`
+//! answers for a sidecar (`docs/consul-semantics.md#sidecar-registration`): the
+//! registration's own `Proxy.Config` first, then the destination's service-defaults
+//! (`Protocol`, `MaxInboundConnections`, `LocalConnectTimeoutMs`,
+//! `LocalRequestTimeoutMs` as `Config` keys, `MeshGateway`), then proxy-defaults
+//! (`Config`, `MeshGateway`); each upstream's `Config` gets its protocol and the
+//! downstream's `UpstreamConfig` (defaults, then the override naming it). And as
+//! Consul's servers do, it refuses L7 intentions (`Permissions`) for a service whose
+//! protocol is not HTTP-like, and a protocol change that would leave such intentions
+//! behind. Writes and deletes honour `?cas=`. Keys that never reach a sidecar are
+//! refused, naming them.
 
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use ferrule_control::api::agent::AgentService;
+use serde_json::Map;
+
+use ferrule_control::api::agent::{AgentService, MeshGatewayConfig};
 use ferrule_control::api::defaults::{
     GLOBAL, PROXY_DEFAULTS, ProxyDefaultsEntry, SERVICE_DEFAULTS, ServiceDefaultsEntry,
 };
@@ -21,6 +27,7 @@ use ferrule_control::api::defaults::{
 use super::blocking::{self, DEFAULT_WAIT};
 use super::http::{ApiError, Call, Reply};
 use super::state::{Shared, State};
+use super::{filter, intentions};
 
 const PROTOCOL: &str = "protocol";
 /// Keys a `GET` answer carries that a `PUT` of the same document may send back.
@@ -67,7 +74,10 @@ pub(super) fn check_l7_allowed(state: &State, destination: &str) -> Result<(), A
     )))
 }
 
-/// The agent's view of a sidecar, with the central defaults merged in.
+/// The agent's view of a sidecar, with the central defaults merged in as Consul's
+/// agent merges them: the registration's own values first, then the destination's
+/// service-defaults, then proxy-defaults; per upstream, the upstream's own `Config`
+/// first, then what [`upstream_config`] resolves.
 pub(super) fn merge(state: &State, service: &mut AgentService) {
     if !service.is_connect_proxy() {
         return;
@@ -75,34 +85,99 @@ pub(super) fn merge(state: &State, service: &mut AgentService) {
     let Some(proxy) = service.proxy.as_mut() else {
         return;
     };
-    let registered = proxy.config.contains_key(PROTOCOL);
-    if let Some(defaults) = &state.proxy_defaults {
-        for (key, value) in &defaults.config {
-            proxy
-                .config
-                .entry(key.clone())
-                .or_insert_with(|| value.clone());
-        }
+    let own = state.service_defaults.get(&proxy.destination_service_name);
+    let (resolved, mesh_gateway) = proxy_config(state, own);
+    // The registration's own mesh gateway, before the central one fills it in.
+    let registered_gateway = proxy.mesh_gateway.clone();
+    for (key, value) in resolved {
+        proxy.config.entry(key).or_insert(value);
     }
-    // The registration's own protocol wins; the destination's service-defaults beat
-    // proxy-defaults.
-    if !registered
-        && let Some(entry) = state.service_defaults.get(&proxy.destination_service_name)
-        && !entry.protocol.is_empty()
-    {
-        proxy
-            .config
-            .insert(PROTOCOL.to_owned(), json!(entry.protocol));
+    if proxy.mesh_gateway.is_empty() {
+        proxy.mesh_gateway = mesh_gateway.clone();
     }
     for upstream in &mut proxy.upstreams {
-        if upstream.config.contains_key(PROTOCOL) {
-            continue;
+        let resolved = upstream_config(
+            state,
+            own,
+            &mesh_gateway,
+            &registered_gateway,
+            &upstream.destination_name,
+        );
+        if upstream.mesh_gateway.is_empty()
+            && let Some(mode) = resolved.get("mesh_gateway").and_then(|m| m.get("Mode"))
+        {
+            upstream.mesh_gateway.mode = mode.as_str().unwrap_or_default().to_owned();
         }
-        let protocol = protocol_of(state, &upstream.destination_name);
-        if !protocol.is_empty() {
-            upstream.config.insert(PROTOCOL.to_owned(), json!(protocol));
+        for (key, value) in resolved {
+            upstream.config.entry(key).or_insert(value);
         }
     }
+}
+
+/// The central part of a sidecar's `Proxy.Config` and its mesh gateway: proxy-defaults'
+/// `Config` and `MeshGateway`, overridden by what the service's service-defaults set.
+fn proxy_config(
+    state: &State,
+    own: Option<&ServiceDefaultsEntry>,
+) -> (Map<String, Value>, MeshGatewayConfig) {
+    let mut config = Map::new();
+    let mut gateway = MeshGatewayConfig::default();
+    if let Some(defaults) = &state.proxy_defaults {
+        config = defaults.config.clone();
+        gateway = defaults.mesh_gateway.clone();
+    }
+    let Some(entry) = own else {
+        return (config, gateway);
+    };
+    if !entry.protocol.is_empty() {
+        config.insert(PROTOCOL.to_owned(), json!(entry.protocol));
+    }
+    for (key, value) in [
+        ("max_inbound_connections", entry.max_inbound_connections),
+        ("local_connect_timeout_ms", entry.local_connect_timeout_ms),
+        ("local_request_timeout_ms", entry.local_request_timeout_ms),
+    ] {
+        if value > 0 {
+            config.insert(key.to_owned(), json!(value));
+        }
+    }
+    if !entry.mesh_gateway.is_empty() {
+        gateway = entry.mesh_gateway.clone();
+    }
+    (config, gateway)
+}
+
+/// One upstream's central `Config`, in Consul's order: the protocol (proxy-defaults',
+/// else the upstream's own service-defaults'), then the downstream's
+/// `UpstreamConfig.Defaults` (its mesh gateway defaulting to the sidecar's), then the
+/// registration's own mesh gateway, then the downstream's override for that upstream.
+fn upstream_config(
+    state: &State,
+    own: Option<&ServiceDefaultsEntry>,
+    gateway: &MeshGatewayConfig,
+    registered_gateway: &MeshGatewayConfig,
+    upstream: &str,
+) -> Map<String, Value> {
+    let mut config = Map::new();
+    let protocol = protocol_of(state, upstream);
+    if !protocol.is_empty() {
+        config.insert(PROTOCOL.to_owned(), json!(protocol));
+    }
+    let central = own.and_then(|e| e.upstream_config.as_ref());
+    if let Some(defaults) = central.and_then(|c| c.defaults.as_ref()) {
+        let mut defaults = defaults.clone();
+        if defaults.mesh_gateway.is_empty() {
+            defaults.mesh_gateway = gateway.clone();
+        }
+        defaults.merge_into(&mut config);
+    }
+    if !registered_gateway.is_empty() {
+        config.insert("mesh_gateway".to_owned(), json!(registered_gateway));
+    }
+    if let Some(over) = central.and_then(|c| c.overrides.iter().find(|o| o.name == upstream)) {
+        over.merge_into(&mut config);
+    }
+    config
 }
 
 impl State {
@@ -128,14 +203,20 @@ fn decode<T: DeserializeOwned>(raw: Value, kind: &str) -> Result<T, ApiError> {
         .collect();
     if !unknown.is_empty() {
         return Err(ApiError::bad_request(format!(
-            "Request decoding failed: the dev agent keeps only Protocol, Config and Meta of {kind} entries, not {unknown:?}"
+            "Request decoding failed: the dev agent keeps only the keys that reach a sidecar of {kind} entries (Protocol, MeshGateway, LocalConnectTimeoutMs, LocalRequestTimeoutMs, MaxInboundConnections, UpstreamConfig; Config, MeshGateway), not {unknown:?}"
         )));
     }
     Ok(entry)
 }
 
 /// `PUT /v1/config` for a defaults kind.
-pub(super) fn put(shared: &Shared, call: &Call, raw: Value, kind: &str) -> Result<Reply, ApiError> {
+pub(super) fn put(
+    shared: &Shared,
+    call: &Call,
+    raw: Value,
+    kind: &str,
+    cas: Option<u64>,
+) -> Result<Reply, ApiError> {
     call.reject_enterprise()?;
     let written = if kind == SERVICE_DEFAULTS {
         let mut entry: ServiceDefaultsEntry = decode(raw, kind)?;
@@ -146,7 +227,15 @@ pub(super) fn put(shared: &Shared, call: &Call, raw: Value, kind: &str) -> Resul
         }
         entry.kind = SERVICE_DEFAULTS.to_owned();
         entry.protocol = entry.protocol.to_ascii_lowercase();
+        validate_gateway(&entry.mesh_gateway)?;
         shared.with(|state| {
+            let current = state
+                .service_defaults
+                .get(&entry.name)
+                .map(|e| e.modify_index);
+            if !intentions::cas_allows(cas, current) {
+                return Ok(false);
+            }
             let old = state
                 .service_defaults
                 .insert(entry.name.clone(), entry.clone());
@@ -168,7 +257,12 @@ pub(super) fn put(shared: &Shared, call: &Call, raw: Value, kind: &str) -> Resul
             )));
         }
         entry.kind = PROXY_DEFAULTS.to_owned();
+        validate_gateway(&entry.mesh_gateway)?;
         shared.with(|state| {
+            let current = state.proxy_defaults.as_ref().map(|e| e.modify_index);
+            if !intentions::cas_allows(cas, current) {
+                return Ok(false);
+            }
             let old = state.proxy_defaults.replace(entry.clone());
             commit(
                 state,
@@ -180,6 +274,16 @@ pub(super) fn put(shared: &Shared, call: &Call, raw: Value, kind: &str) -> Resul
         })?
     };
     Reply::json(&written)
+}
+
+/// Consul's mesh gateway modes (empty: the default).
+fn validate_gateway(gateway: &MeshGatewayConfig) -> Result<(), ApiError> {
+    match gateway.mode.as_str() {
+        "" | "local" | "remote" | "none" => Ok(()),
+        other => Err(ApiError::internal(format!(
+            "Invalid Mode for MeshGatewayConfig: {other}"
+        ))),
+    }
 }
 
 fn restore(
@@ -285,12 +389,16 @@ pub(super) async fn get(
     name: Option<&str>,
 ) -> Result<Reply, ApiError> {
     call.reject_enterprise()?;
+    let filter = filter::of(call)?;
     let consistency = call.consistency()?;
     let opts = call.blocking()?;
-    let answer = blocking::by_index(shared, &opts, DEFAULT_WAIT, |state, _| {
+    let mut answer = blocking::by_index(shared, &opts, DEFAULT_WAIT, |state, _| {
         Ok((defaults_of(state, kind, name), state.intentions_index))
     })
     .await?;
+    if let (None, Value::Array(items)) = (name, &mut answer.value) {
+        filter::retain(filter.as_ref(), items);
+    }
     if let (Some(name), Value::Null) = (name, &answer.value) {
         return Err(
             ApiError::not_found(format!("Config entry not found for {kind:?} / {name:?}"))
@@ -302,38 +410,57 @@ pub(super) async fn get(
         .leader_meta(consistency))
 }
 
-/// `DELETE /v1/config/:kind/:name` for a defaults kind.
+/// `DELETE /v1/config/:kind/:name` for a defaults kind: `{}`, or with `?cas=` whether
+/// the entry was deleted.
 pub(super) fn delete(
     shared: &Shared,
     call: &Call,
     kind: &str,
     name: &str,
+    cas: Option<u64>,
 ) -> Result<Reply, ApiError> {
     call.reject_enterprise()?;
-    shared.with(|state| {
-        if kind == SERVICE_DEFAULTS {
-            let Some(old) = state.service_defaults.remove(name) else {
-                return Ok(());
-            };
-            if let Err(e) = state.check_l7_intentions() {
-                state.service_defaults.insert(name.to_owned(), old);
-                return Err(e);
-            }
+    let deleted = shared.with(|state| {
+        let current = if kind == SERVICE_DEFAULTS {
+            state.service_defaults.get(name).map(|e| e.modify_index)
         } else {
-            if name != GLOBAL {
-                return Ok(());
-            }
-            let Some(old) = state.proxy_defaults.take() else {
-                return Ok(());
-            };
-            if let Err(e) = state.check_l7_intentions() {
-                state.proxy_defaults = Some(old);
-                return Err(e);
-            }
+            state
+                .proxy_defaults
+                .as_ref()
+                .filter(|_| name == GLOBAL)
+                .map(|e| e.modify_index)
+        };
+        if !intentions::cas_allows(cas, current) || (cas == Some(0)) {
+            return Ok(false);
         }
+        if current.is_none() {
+            return Ok(true);
+        }
+        remove(state, kind, name)?;
         let index = state.bump();
         state.intentions_index = index;
-        Ok(())
+        Ok(true)
     })?;
-    Reply::json(&json!({}))
+    match cas {
+        Some(_) => Reply::json(&deleted),
+        None => Reply::json(&json!({})),
+    }
+}
+
+/// Removes a stored entry, unless that would strand an L7 intention.
+fn remove(state: &mut State, kind: &str, name: &str) -> Result<(), ApiError> {
+    if kind == SERVICE_DEFAULTS {
+        if let Some(old) = state.service_defaults.remove(name)
+            && let Err(e) = state.check_l7_intentions()
+        {
+            state.service_defaults.insert(name.to_owned(), old);
+            return Err(e);
+        }
+    } else if let Some(old) = state.proxy_defaults.take()
+        && let Err(e) = state.check_l7_intentions()
+    {
+        state.proxy_defaults = Some(old);
+        return Err(e);
+    }
+    Ok(())
 }

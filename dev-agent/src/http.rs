@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::blocking::Blocking;
 use super::checks::{CRITICAL, WARNING};
 use super::state::Shared;
-use super::{checks, connect_ca, intentions, services};
+use super::{catalog, checks, connect_ca, intentions, services};
 use ferrule_control::api::agent_self::{AgentSelf, AgentSelfConfig};
 use ferrule_control::api::health::PASSING;
 
@@ -113,17 +113,6 @@ impl Call {
         if param("partition") {
             return Err(ApiError::bad_request(
                 "Invalid query parameter: \"partition\" - Partitions are a Consul Enterprise feature",
-            ));
-        }
-        Ok(())
-    }
-
-    /// `?filter=` would need Consul's expression language; refusing it beats answering
-    /// unfiltered.
-    pub(super) fn reject_filter(&self) -> Result<(), ApiError> {
-        if self.query.get("filter").is_some_and(|f| !f.is_empty()) {
-            return Err(ApiError::bad_request(
-                "the dev agent does not evaluate ?filter expressions",
             ));
         }
         Ok(())
@@ -374,6 +363,7 @@ async fn route(shared: &Arc<Shared>, path: &str, call: &Call) -> Result<Reply, A
 
 const GET: &[Method] = &[Method::GET];
 const PUT: &[Method] = &[Method::PUT];
+const POST: &[Method] = &[Method::POST];
 
 /// What follows `prefix` in `path`, when something does.
 fn tail<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
@@ -414,7 +404,7 @@ async fn agent_route(
         only(call, GET, "GET")?;
         connect_ca::leaf(shared, call, service).await
     } else if path == "/v1/agent/connect/authorize" {
-        only(call, &[Method::POST, Method::PUT], "POST, PUT")?;
+        only(call, POST, "POST")?;
         intentions::authorize(shared, call).await
     } else {
         return Ok(None);
@@ -488,10 +478,25 @@ async fn catalog_route(
         only(call, GET, "GET")?;
         services::health(shared, call, name, false).await
     } else if path == "/v1/config" {
-        only(call, &[Method::PUT, Method::POST], "POST, PUT")?;
+        only(call, PUT, "PUT")?;
         intentions::put_config(shared, call).await
     } else if let Some(kind_and_name) = tail(path, "/v1/config/") {
         config_entry(shared, call, kind_and_name).await
+    } else if path == "/v1/catalog/services" {
+        only(call, GET, "GET")?;
+        catalog::services(shared, call).await
+    } else if let Some(name) = tail(path, "/v1/catalog/service/") {
+        only(call, GET, "GET")?;
+        catalog::service(shared, call, name, false).await
+    } else if let Some(name) = tail(path, "/v1/catalog/connect/") {
+        only(call, GET, "GET")?;
+        catalog::service(shared, call, name, true).await
+    } else if path == "/v1/catalog/nodes" {
+        only(call, GET, "GET")?;
+        catalog::nodes(shared, call).await
+    } else if let Some(name) = tail(path, "/v1/catalog/node/") {
+        only(call, GET, "GET")?;
+        catalog::node(shared, call, name).await
     } else if path == "/v1/catalog/datacenters" {
         only(call, GET, "GET")?;
         Reply::json(&[&shared.config.datacenter])

@@ -30,6 +30,7 @@ use ferrule_control::intentions::{
 
 use super::blocking::{self, DEFAULT_WAIT};
 use super::defaults;
+use super::filter;
 use super::http::{ApiError, Call, Reply, decode_strict};
 use super::state::{Shared, State};
 
@@ -107,11 +108,8 @@ pub(super) fn store(
     normalize(&mut entry);
     let key = entry_key(&entry);
     let existing = state.intentions.get(&key);
-    match (cas, existing) {
-        (Some(0), Some(_)) => return Ok(false),
-        (Some(n), Some(old)) if n != 0 && old.modify_index != n => return Ok(false),
-        (Some(n), None) if n != 0 => return Ok(false),
-        _ => {}
+    if !cas_allows(cas, existing.map(|e| e.modify_index)) {
+        return Ok(false);
     }
     if let Some(old) = existing {
         let mut unchanged = old.clone();
@@ -303,6 +301,28 @@ fn check_kind(kind: &str) -> Result<(), ApiError> {
     }
 }
 
+/// `?cas=<index>` of a config entry write or delete.
+fn cas_of(call: &Call) -> Result<Option<u64>, ApiError> {
+    match call.query.get("cas").filter(|c| !c.is_empty()) {
+        None => Ok(None),
+        Some(text) => text.parse::<u64>().map(Some).map_err(|_| {
+            ApiError::internal(format!(
+                "strconv.ParseUint: parsing {text:?}: invalid syntax"
+            ))
+        }),
+    }
+}
+
+/// Whether a check-and-set against an entry whose ModifyIndex is `current` (`None`:
+/// no such entry) may go ahead: `0` only creates, `n` only replaces index `n`.
+pub(super) fn cas_allows(cas: Option<u64>, current: Option<u64>) -> bool {
+    match (cas, current) {
+        (None, _) | (Some(0), None) => true,
+        (Some(n), Some(m)) => n != 0 && n == m,
+        (Some(_), None) => false,
+    }
+}
+
 /// `PUT /v1/config`.
 pub(super) async fn put_config(shared: &Shared, call: &Call) -> Result<Reply, ApiError> {
     let raw: Value = serde_json::from_slice(&call.body)
@@ -322,7 +342,7 @@ pub(super) async fn put_config(shared: &Shared, call: &Call) -> Result<Reply, Ap
         })?;
     if defaults::is_defaults_kind(kind) {
         let kind = kind.to_owned();
-        return defaults::put(shared, call, raw, &kind);
+        return defaults::put(shared, call, raw, &kind, cas_of(call)?);
     }
     check_kind(kind)?;
     call.reject_enterprise()?;
@@ -357,14 +377,7 @@ pub(super) async fn put_config(shared: &Shared, call: &Call) -> Result<Reply, Ap
             )));
         }
     };
-    let cas = match call.query.get("cas").filter(|c| !c.is_empty()) {
-        None => None,
-        Some(text) => Some(text.parse::<u64>().map_err(|_| {
-            ApiError::internal(format!(
-                "strconv.ParseUint: parsing {text:?}: invalid syntax"
-            ))
-        })?),
-    };
+    let cas = cas_of(call)?;
     let written = shared.with(|state| store(state, entry, cas))?;
     Reply::json(&written)
 }
@@ -430,13 +443,15 @@ pub(super) async fn list_config(
     }
     check_kind(kind)?;
     call.reject_enterprise()?;
+    let filter = filter::of(call)?;
     let consistency = call.consistency()?;
     let opts = call.blocking()?;
-    let answer = blocking::by_index(shared, &opts, DEFAULT_WAIT, |state, _| {
+    let mut answer = blocking::by_index(shared, &opts, DEFAULT_WAIT, |state, _| {
         let entries: Vec<ServiceIntentionsEntry> = state.intentions.values().cloned().collect();
         Ok((entries, state.intentions_index))
     })
     .await?;
+    filter::retain(filter.as_ref(), &mut answer.value);
     Ok(Reply::json(&answer.value)?
         .index(answer.index)
         .leader_meta(consistency))
@@ -450,18 +465,11 @@ pub(super) async fn delete_config(
     name: &str,
 ) -> Result<Reply, ApiError> {
     if defaults::is_defaults_kind(kind) {
-        return defaults::delete(shared, call, kind, name);
+        return defaults::delete(shared, call, kind, name, cas_of(call)?);
     }
     check_kind(kind)?;
     call.reject_enterprise()?;
-    let cas = match call.query.get("cas").filter(|c| !c.is_empty()) {
-        None => None,
-        Some(text) => Some(text.parse::<u64>().map_err(|_| {
-            ApiError::internal(format!(
-                "strconv.ParseUint: parsing {text:?}: invalid syntax"
-            ))
-        })?),
-    };
+    let cas = cas_of(call)?;
     let deleted = shared.with(|state| {
         let current = state.intentions.get(name).map(|e| e.modify_index);
         if let Some(n) = cas
@@ -536,13 +544,14 @@ pub(super) async fn matches(shared: &Shared, call: &Call) -> Result<Reply, ApiEr
 /// `GET /v1/connect/intentions`.
 pub(super) async fn list(shared: &Shared, call: &Call) -> Result<Reply, ApiError> {
     call.reject_enterprise()?;
-    call.reject_filter()?;
+    let filter = filter::of(call)?;
     let consistency = call.consistency()?;
     let opts = call.blocking()?;
-    let answer = blocking::by_index(shared, &opts, DEFAULT_WAIT, |state, _| {
+    let mut answer = blocking::by_index(shared, &opts, DEFAULT_WAIT, |state, _| {
         Ok((state.all_intentions(), state.intentions_index))
     })
     .await?;
+    filter::retain(filter.as_ref(), &mut answer.value);
     Ok(Reply::json(&answer.value)?
         .index(answer.index)
         .leader_meta(consistency))

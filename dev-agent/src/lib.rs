@@ -18,6 +18,8 @@
 //! - `services`: registration, deregistration, the agent and health views;
 //! - `checks`: health checks that really run (TCP, HTTP, TTL, alias);
 //! - `defaults`: `service-defaults` and `proxy-defaults`, merged into sidecars;
+//! - `filter`: `?filter=` expressions on list answers;
+//! - `catalog`: the catalog reads (services, nodes, connect-capable instances);
 //! - `intentions`: `service-intentions` config entries, the intentions API and authorize;
 //! - `ca`: the development certificate authority, a root and the leaves it signs (also
 //!   used by `cargo xtask certs` and the tests);
@@ -25,16 +27,21 @@
 //! - `persist`: the data dir's state file;
 //! - `workload`: the SPIFFE Workload API on unix sockets, for proxies that take their
 //!   identity from SPIFFE;
+//! - `authority`: lets the Workload API accept any `:authority` (gRPC C-core and Java
+//!   send the socket path);
 //! - `tests`: the agent seen from outside over HTTP, one file per topic.
 //!
 //! Durations (`wait`, check intervals and TTLs, the leaf TTL) are Go durations read and
 //! written by `ferrule_control::duration`, the same code as the proxy's flags.
 
+mod authority;
 mod blocking;
 pub mod ca;
+mod catalog;
 mod checks;
 mod connect_ca;
 mod defaults;
+mod filter;
 mod http;
 mod intentions;
 mod persist;
@@ -167,6 +174,18 @@ pub enum DevError {
     WorkloadApi { path: PathBuf, source: io::Error },
     #[error("the dev agent stopped abnormally: {0}")]
     Task(String),
+}
+
+/// A `PUT /v1/connect/ca/configuration` body that rotates the CA of `trust_domain`
+/// (`<cluster-id>.consul`) to a new root: new key material, which is what makes Consul's
+/// built-in CA rotate (`LeafCertTTL` and other settings alone keep the root).
+pub fn ca_rotation_body(trust_domain: &str) -> Result<serde_json::Value, CaError> {
+    let cluster_id = trust_domain.strip_suffix(".consul").unwrap_or(trust_domain);
+    let root = DevCa::generate(Some(cluster_id))?;
+    Ok(serde_json::json!({
+        "Provider": "consul",
+        "Config": { "PrivateKey": root.key_pem(), "RootCert": root.cert_pem() },
+    }))
 }
 
 /// Binds `config.addr` and serves until `shutdown` completes: what `ferrule dev` runs.

@@ -22,8 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use ferrule_control::api::agent::{
     AgentService, AgentServiceCheck, AgentServiceConnect, AgentServiceConnectProxyConfig,
-    AgentServiceRegistration, AgentServices, DESTINATION_SERVICE, KIND_CONNECT_PROXY,
-    ServiceAddress,
+    AgentServiceRegistration, DESTINATION_SERVICE, KIND_CONNECT_PROXY, ServiceAddress,
 };
 use ferrule_control::api::health::{HealthCheck, NodeService, PASSING, ServiceEntry};
 
@@ -31,6 +30,7 @@ use super::DevAgentConfig;
 use super::blocking::{self, DEFAULT_WAIT};
 use super::checks::{self, CheckDef, CheckKind, LocalCheck};
 use super::defaults;
+use super::filter;
 use super::http::{ApiError, Call, Reply, decode_strict};
 use super::state::{Shared, State};
 
@@ -144,9 +144,9 @@ pub(super) async fn deregister(shared: &Shared, call: &Call, id: &str) -> Result
 /// `GET /v1/agent/services`.
 pub(super) async fn list(shared: &Shared, call: &Call) -> Result<Reply, ApiError> {
     call.reject_enterprise()?;
-    call.reject_filter()?;
+    let filter = filter::of(call)?;
     let datacenter = &shared.config.datacenter;
-    let services: AgentServices = shared.with(|state| {
+    let mut services: BTreeMap<String, AgentService> = shared.with(|state| {
         state
             .services
             .iter()
@@ -157,6 +157,7 @@ pub(super) async fn list(shared: &Shared, call: &Call) -> Result<Reply, ApiError
             })
             .collect()
     });
+    filter::retain_values(filter.as_ref(), &mut services);
     Reply::json(&services)
 }
 
@@ -183,14 +184,15 @@ pub(super) async fn get(shared: &Shared, call: &Call, id: &str) -> Result<Reply,
 /// `GET /v1/agent/checks`.
 pub(super) async fn checks(shared: &Shared, call: &Call) -> Result<Reply, ApiError> {
     call.reject_enterprise()?;
-    call.reject_filter()?;
-    let checks: BTreeMap<String, HealthCheck> = shared.with(|state| {
+    let filter = filter::of(call)?;
+    let mut checks: BTreeMap<String, HealthCheck> = shared.with(|state| {
         state
             .checks
             .iter()
             .map(|(id, c)| (id.clone(), c.health.clone()))
             .collect()
     });
+    filter::retain_values(filter.as_ref(), &mut checks);
     Reply::json(&checks)
 }
 
@@ -202,7 +204,7 @@ pub(super) async fn health(
     connect: bool,
 ) -> Result<Reply, ApiError> {
     call.reject_enterprise()?;
-    call.reject_filter()?;
+    let filter = filter::of(call)?;
     let consistency = call.consistency()?;
     let opts = call.blocking()?;
     let passing = call
@@ -223,12 +225,13 @@ pub(super) async fn health(
         Ok(state.health_entries(name, connect))
     })
     .await?;
-    let entries: Vec<ServiceEntry> = answer
+    let mut entries: Vec<ServiceEntry> = answer
         .value
         .into_iter()
         .filter(|e| tags.iter().all(|t| e.service.tags.contains(t)))
         .filter(|e| !passing || e.checks.iter().all(|c| c.status == PASSING))
         .collect();
+    filter::retain(filter.as_ref(), &mut entries);
     let reply = Reply::json(&entries)?.index(answer.index);
     // With an index Consul answers from its streaming backend, which sends no leader
     // headers (`X-Consul-KnownLeader`, `X-Consul-LastContact`) but says it streamed.
@@ -684,6 +687,18 @@ impl State {
         }
     }
 
+    /// The index of the catalog's services: the last write to any service, its
+    /// checks, or the node (deregistrations included).
+    pub(super) fn services_index(&self) -> u64 {
+        let services = self.services.values().map(|s| s.modify_index);
+        let checks = self.checks.values().map(|c| c.health.modify_index);
+        let gone = self.tombstones.values().copied();
+        services
+            .chain(checks)
+            .chain(gone)
+            .fold(self.node.node.modify_index, u64::max)
+    }
+
     fn tombstone(&mut self, service: &AgentService, index: u64) {
         for key in health_keys(service) {
             self.tombstones.insert(key, index);
@@ -693,7 +708,7 @@ impl State {
     /// Every instance a health query for `name` answers with (before `?passing`), and
     /// the query's index: the highest index of anything that went into the answer, or
     /// of the last instance that left it.
-    fn health_entries(&self, name: &str, connect: bool) -> (Vec<ServiceEntry>, u64) {
+    pub(super) fn health_entries(&self, name: &str, connect: bool) -> (Vec<ServiceEntry>, u64) {
         let key = if connect {
             format!("connect:{name}")
         } else {

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::{Request, Response, Status};
 
@@ -189,7 +190,8 @@ impl WorkloadApi {
                 let result = tonic::transport::Server::builder()
                     .serve_with_incoming_shutdown(
                         server,
-                        UnixListenerStream::new(listener),
+                        UnixListenerStream::new(listener)
+                            .map(|accepted| accepted.map(super::authority::shield)),
                         shutdown.cancelled_owned(),
                     )
                     .await;

@@ -97,6 +97,7 @@ async fn demo(
 /// listeners and web's caller on its upstream port.
 struct Scene {
     consul: AgentClient,
+    trust_domain: String,
     api_app: SocketAddr,
     upstream_port: u16,
     api_admin: SocketAddr,
@@ -130,6 +131,7 @@ impl Scene {
         client.eventually_ok(TIMEOUT * 3).await;
         Ok(Scene {
             consul,
+            trust_domain: agent.trust_domain().to_owned(),
             api_app,
             upstream_port,
             api_admin,
@@ -204,13 +206,10 @@ impl Scene {
     async fn rotate_root(&self, traffic: &Traffic) -> anyhow::Result<Counts> {
         let before = leaf_serial(&self.client, self.api_admin).await;
         let counts = self.client.background(traffic);
+        // New key material is what rotates the root, as with Consul's built-in CA.
+        let body = ferrule_dev::ca_rotation_body(&self.trust_domain)?;
         self.consul
-            .put_json(
-                "/v1/connect/ca/configuration",
-                &[],
-                &json!({"Provider": "consul", "Config": {"LeafCertTTL": "72h"}}),
-                TIMEOUT,
-            )
+            .put_json("/v1/connect/ca/configuration", &[], &body, TIMEOUT)
             .await
             .context("rotating the CA root")?;
         println!(

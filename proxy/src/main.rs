@@ -79,6 +79,13 @@ struct DevArgs {
     /// bundle on the Workload API. Repeatable.
     #[arg(long, value_name = "TRUST_DOMAIN=FILE")]
     federate_with: Vec<Federation>,
+    /// First port given to sidecars registered without one (Consul's
+    /// ports.sidecar_min_port).
+    #[arg(long, default_value_t = 21000, value_name = "PORT")]
+    sidecar_min_port: u16,
+    /// Last port given to sidecars registered without one (ports.sidecar_max_port).
+    #[arg(long, default_value_t = 21255, value_name = "PORT")]
+    sidecar_max_port: u16,
     /// Log filter: a level (trace, debug, info, warn, error, off) or tracing's filter
     /// syntax (`info,ferrule=debug`) [default: RUST_LOG, else info].
     #[arg(long, env = "FERRULE_LOG", value_name = "FILTER")]
@@ -218,6 +225,7 @@ fn dev(args: DevArgs) -> ExitCode {
         data_dir: args.data_dir,
         workload_api: args.workload_api_socket,
         federate_with: args.federate_with,
+        sidecar_ports: args.sidecar_min_port..=args.sidecar_max_port,
         ..DevAgentConfig::default()
     };
     let runtime = match runtime() {

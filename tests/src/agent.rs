@@ -210,9 +210,15 @@ impl DevAgent {
 
     /// A new CA root (`PUT /v1/connect/ca/configuration`): the old root is kept, cross-
     /// signed, during the overlap, and every leaf is re-issued.
+    /// New key material is what rotates a Consul CA's root (a `LeafCertTTL` alone does not).
     pub async fn rotate_ca(&self) {
-        let config =
-            json!({"Provider": "consul", "Config": {"LeafCertTTL": self.options.leaf_ttl}});
+        let current = self
+            .get_json("/v1/connect/ca/configuration")
+            .await
+            .unwrap_or_else(|e| panic!("read the CA configuration: {e:#}"));
+        let cluster = current["ClusterID"].as_str().unwrap_or_default();
+        let config = ferrule_dev::ca_rotation_body(cluster)
+            .unwrap_or_else(|e| panic!("make a new root: {e}"));
         self.put("/v1/connect/ca/configuration", &config)
             .await
             .unwrap_or_else(|e| panic!("rotate the CA: {e:#}"));

@@ -332,6 +332,13 @@ pub struct MeshGatewayConfig {
     pub mode: String,
 }
 
+impl MeshGatewayConfig {
+    /// No mode: the default, which a more general setting may fill in.
+    pub fn is_empty(&self) -> bool {
+        self.mode.is_empty()
+    }
+}
+
 /// `Expose`: paths exposed without mTLS (health checks).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]

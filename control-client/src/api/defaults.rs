@@ -1,10 +1,14 @@
-//! The `service-defaults` and `proxy-defaults` config entries, as far as a sidecar's
-//! protocol goes: Consul merges their `Protocol` (and proxy-defaults' `Config`) into a
-//! sidecar's `Proxy.Config` and into each upstream's `Config`, which is where ferrule
-//! reads the protocol from. Only these keys are modelled.
+//! The `service-defaults` and `proxy-defaults` config entries, as far as a sidecar goes:
+//! Consul merges them into a sidecar's `Proxy.Config`, `Proxy.MeshGateway` and each
+//! upstream's `Config` (`docs/consul-semantics.md#sidecar-registration`), which is where
+//! ferrule reads its protocol and timeouts from. Only the keys that reach a sidecar
+//! are modelled: `Protocol`, `MeshGateway`, `LocalConnectTimeoutMs`,
+//! `LocalRequestTimeoutMs`, `MaxInboundConnections`, `UpstreamConfig`, and
+//! proxy-defaults' `Config` and `MeshGateway`.
 
 use serde::{Deserialize, Serialize};
 
+use super::agent::MeshGatewayConfig;
 use super::{is_zero, nullable};
 
 pub const SERVICE_DEFAULTS: &str = "service-defaults";
@@ -25,10 +29,115 @@ pub struct ServiceDefaultsEntry {
         skip_serializing_if = "std::collections::BTreeMap::is_empty"
     )]
     pub meta: std::collections::BTreeMap<String, String>,
+    #[serde(
+        default,
+        alias = "mesh_gateway",
+        deserialize_with = "nullable",
+        skip_serializing_if = "MeshGatewayConfig::is_empty"
+    )]
+    pub mesh_gateway: MeshGatewayConfig,
+    #[serde(
+        default,
+        alias = "local_connect_timeout_ms",
+        skip_serializing_if = "is_zero"
+    )]
+    pub local_connect_timeout_ms: u64,
+    #[serde(
+        default,
+        alias = "local_request_timeout_ms",
+        skip_serializing_if = "is_zero"
+    )]
+    pub local_request_timeout_ms: u64,
+    #[serde(
+        default,
+        alias = "max_inbound_connections",
+        skip_serializing_if = "is_zero"
+    )]
+    pub max_inbound_connections: u64,
+    #[serde(
+        default,
+        alias = "upstream_config",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub upstream_config: Option<UpstreamConfiguration>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub create_index: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub modify_index: u64,
+}
+
+/// `UpstreamConfig` of a service-defaults entry: what its sidecar applies to every
+/// upstream (`Defaults`) and to named ones (`Overrides`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct UpstreamConfiguration {
+    #[serde(
+        alias = "overrides",
+        deserialize_with = "nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub overrides: Vec<UpstreamConfig>,
+    #[serde(alias = "defaults", skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<UpstreamConfig>,
+}
+
+/// One upstream's settings (Consul's `UpstreamConfig`); `Name` only in overrides.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct UpstreamConfig {
+    #[serde(alias = "name", skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(alias = "protocol", skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    #[serde(alias = "connect_timeout_ms", skip_serializing_if = "is_zero")]
+    pub connect_timeout_ms: u64,
+    #[serde(alias = "limits", skip_serializing_if = "Option::is_none")]
+    pub limits: Option<serde_json::Value>,
+    #[serde(
+        alias = "passive_health_check",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub passive_health_check: Option<serde_json::Value>,
+    #[serde(
+        alias = "mesh_gateway",
+        deserialize_with = "nullable",
+        skip_serializing_if = "MeshGatewayConfig::is_empty"
+    )]
+    pub mesh_gateway: MeshGatewayConfig,
+    #[serde(
+        alias = "balance_outbound_connections",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub balance_outbound_connections: String,
+}
+
+impl UpstreamConfig {
+    /// Writes what is set into an upstream's resolved `Config`, over what is there
+    /// (Consul's `UpstreamConfig.MergeInto`: unset values never override).
+    pub fn merge_into(&self, config: &mut serde_json::Map<String, serde_json::Value>) {
+        use serde_json::json;
+        if !self.protocol.is_empty() {
+            config.insert("protocol".into(), json!(self.protocol));
+        }
+        if self.connect_timeout_ms != 0 {
+            config.insert("connect_timeout_ms".into(), json!(self.connect_timeout_ms));
+        }
+        if let Some(limits) = &self.limits {
+            config.insert("limits".into(), limits.clone());
+        }
+        if let Some(check) = &self.passive_health_check {
+            config.insert("passive_health_check".into(), check.clone());
+        }
+        if !self.mesh_gateway.is_empty() {
+            config.insert("mesh_gateway".into(), json!(self.mesh_gateway));
+        }
+        if !self.balance_outbound_connections.is_empty() {
+            config.insert(
+                "balance_outbound_connections".into(),
+                json!(self.balance_outbound_connections),
+            );
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -50,6 +159,13 @@ pub struct ProxyDefaultsEntry {
         skip_serializing_if = "std::collections::BTreeMap::is_empty"
     )]
     pub meta: std::collections::BTreeMap<String, String>,
+    #[serde(
+        default,
+        alias = "mesh_gateway",
+        deserialize_with = "nullable",
+        skip_serializing_if = "MeshGatewayConfig::is_empty"
+    )]
+    pub mesh_gateway: MeshGatewayConfig,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub create_index: u64,
     #[serde(default, skip_serializing_if = "is_zero")]

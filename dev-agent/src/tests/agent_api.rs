@@ -64,3 +64,39 @@ async fn community_edition_refuses_enterprise_parameters_and_unknown_fields() {
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(wrong_method.header("allow"), Some("GET"));
 }
+
+/// Consul's method table: the authorize endpoint is POST only and `/v1/config` PUT
+/// only, so a tool that uses the other method fails here as it would against Consul.
+#[tokio::test]
+async fn methods_are_checked_as_consul_checks_them() {
+    let agent = Agent::start().await;
+    let body =
+        json!({ "Target": "db", "ClientCertURI": "spiffe://x.consul/ns/default/dc/dc1/svc/web" });
+    let put = agent
+        .call(Method::PUT, "/v1/agent/connect/authorize", Some(body))
+        .await;
+    assert_eq!(put.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(put.header("allow"), Some("POST"));
+    let entry = json!({ "Kind": "service-defaults", "Name": "web", "Protocol": "http" });
+    let post = agent
+        .call(Method::POST, "/v1/config", Some(entry.clone()))
+        .await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(post.header("allow"), Some("PUT"));
+    assert_eq!(agent.put("/v1/config", entry).await.status, StatusCode::OK);
+    for (method, path, allow) in [
+        (Method::POST, "/v1/catalog/services", "GET"),
+        (Method::PUT, "/v1/catalog/nodes", "GET"),
+        (Method::DELETE, "/v1/health/service/web", "GET"),
+        (Method::GET, "/v1/agent/service/register", "PUT"),
+        (Method::POST, "/v1/connect/ca/configuration", "GET, PUT"),
+    ] {
+        let answer = agent.call(method.clone(), path, None).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(answer.header("allow"), Some(allow), "{method} {path}");
+    }
+}

@@ -128,12 +128,7 @@ async fn blocked_readers_of_roots_match_and_health_wake_on_change() {
     let blocked_health = agent.get(&health_path);
     let writes = async {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let rotated = agent
-            .put(
-                "/v1/connect/ca/configuration",
-                json!({ "Provider": "consul", "Config": {} }),
-            )
-            .await;
+        let rotated = agent.rotate_ca().await;
         assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text());
         let written = agent
             .put(

@@ -85,12 +85,36 @@ async fn a_root_rotation_is_cross_signed_and_both_roots_are_published() {
     assert_eq!(old_root.name, "Consul CA Primary Cert");
     let old_leaf: IssuedCert = agent.get("/v1/agent/connect/ca/leaf/web").await.json();
 
-    let rotated = agent
+    // Only the leaf TTL: the root stays (Consul rotates with new key material only).
+    let ttl_only = agent
         .put(
             "/v1/connect/ca/configuration",
             json!({ "Provider": "consul", "Config": { "LeafCertTTL": "72h" } }),
         )
         .await;
+    assert_eq!(ttl_only.status, StatusCode::OK, "{}", ttl_only.text());
+    let same: IndexedCARoots = agent.get("/v1/agent/connect/ca/roots").await.json();
+    assert_eq!(same.roots.len(), 1, "a TTL change keeps the root");
+    assert_eq!(same.active_root_id, before.active_root_id);
+    let same_leaf: IssuedCert = agent.get("/v1/agent/connect/ca/leaf/web").await.json();
+    assert_eq!(same_leaf.serial_number, old_leaf.serial_number);
+    // A key type the dev agent cannot make is refused, not ignored.
+    let rsa = agent
+        .put(
+            "/v1/connect/ca/configuration",
+            json!({ "Config": { "PrivateKeyType": "rsa", "PrivateKeyBits": 2048 } }),
+        )
+        .await;
+    assert_eq!(rsa.status, StatusCode::BAD_REQUEST, "{}", rsa.text());
+    let invalid = agent
+        .put(
+            "/v1/connect/ca/configuration",
+            json!({ "Config": { "PrivateKeyType": "ec", "PrivateKeyBits": 2048 } }),
+        )
+        .await;
+    assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
+
+    let rotated = agent.rotate_ca().await;
     assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text());
 
     let after: IndexedCARoots = agent.get("/v1/agent/connect/ca/roots").await.json();
@@ -140,9 +164,7 @@ async fn a_rotated_out_root_is_pruned_after_twice_the_leaf_ttl() {
         ..DevAgentConfig::default()
     })
     .await;
-    let rotated = agent
-        .put("/v1/connect/ca/configuration", json!({ "Config": {} }))
-        .await;
+    let rotated = agent.rotate_ca().await;
     assert_eq!(rotated.status, StatusCode::OK);
     let during = agent.get("/v1/agent/connect/ca/roots").await;
     let roots: IndexedCARoots = during.json();

@@ -80,9 +80,7 @@ async fn the_consul_source_follows_the_dev_agent() {
     assert_eq!(snapshot.inbound.as_ref().unwrap().bind.port(), 21000);
 
     let old_serial = leaf.serial.clone();
-    let rotated = agent
-        .put("/v1/connect/ca/configuration", json!({ "Config": {} }))
-        .await;
+    let rotated = agent.rotate_ca().await;
     assert_eq!(rotated.status, StatusCode::OK);
     wait_for(&mut snapshots, |s| {
         s.bundle.as_ref().is_some_and(|b| b.roots.len() == 2)

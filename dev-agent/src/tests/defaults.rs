@@ -81,3 +81,131 @@ async fn defaults_are_merged_into_sidecar_registrations_and_wake_their_watchers(
     let listed = agent.get("/v1/config/service-defaults").await.value();
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
 }
+
+/// The service-defaults keys that reach a sidecar are stored and merged as Consul's
+/// agent merges them: the registration first, then service-defaults, then
+/// proxy-defaults; per upstream, its own config, then the override naming it, then
+/// the downstream's upstream defaults.
+#[tokio::test]
+async fn service_defaults_fields_reach_the_sidecar_in_consuls_order() {
+    let agent = Agent::start().await;
+    agent
+        .register(
+            json!({ "Name": "web", "Port": 8080, "Connect": { "SidecarService": {
+            "Proxy": { "Config": { "max_inbound_connections": 7 }, "Upstreams": [
+                { "DestinationName": "api", "LocalBindPort": 9191 },
+                { "DestinationName": "db", "LocalBindPort": 9192,
+                  "Config": { "connect_timeout_ms": 1 } } ] }
+        } } }),
+        )
+        .await;
+    let proxy_defaults = json!({ "Kind": "proxy-defaults", "Name": "global",
+        "Config": { "local_connect_timeout_ms": 9999, "protocol": "tcp" },
+        "MeshGateway": { "Mode": "remote" } });
+    assert_eq!(
+        agent.put("/v1/config", proxy_defaults).await.status,
+        StatusCode::OK
+    );
+    let web = json!({ "Kind": "service-defaults", "Name": "web", "Protocol": "http",
+        "MeshGateway": { "Mode": "local" }, "LocalConnectTimeoutMs": 250,
+        "LocalRequestTimeoutMs": 3000, "MaxInboundConnections": 100,
+        "UpstreamConfig": {
+            "Defaults": { "ConnectTimeoutMs": 4000, "Limits": { "MaxConnections": 10 } },
+            "Overrides": [ { "Name": "api", "ConnectTimeoutMs": 1500, "Protocol": "http2" } ] } });
+    let written = agent.put("/v1/config", web).await;
+    assert_eq!(written.status, StatusCode::OK, "{}", written.text());
+
+    let stored = agent.get("/v1/config/service-defaults/web").await.value();
+    assert_eq!(stored["LocalConnectTimeoutMs"], 250);
+    assert_eq!(stored["MaxInboundConnections"], 100);
+    assert_eq!(stored["MeshGateway"], json!({ "Mode": "local" }));
+    assert_eq!(stored["UpstreamConfig"]["Overrides"][0]["Name"], "api");
+
+    let proxy = agent
+        .get("/v1/agent/service/web-sidecar-proxy")
+        .await
+        .value()["Proxy"]
+        .clone();
+    assert_eq!(
+        proxy["Config"],
+        json!({ "protocol": "http", "local_connect_timeout_ms": 250,
+                "local_request_timeout_ms": 3000, "max_inbound_connections": 7 }),
+        "the registration's own value wins; service-defaults beat proxy-defaults"
+    );
+    assert_eq!(proxy["MeshGateway"], json!({ "Mode": "local" }));
+    let api = &proxy["Upstreams"][0];
+    assert_eq!(api["Config"]["connect_timeout_ms"], 1500, "the override");
+    assert_eq!(api["Config"]["protocol"], "http2");
+    assert_eq!(api["Config"]["limits"], json!({ "MaxConnections": 10 }));
+    assert_eq!(api["MeshGateway"], json!({ "Mode": "local" }));
+    let db = &proxy["Upstreams"][1];
+    assert_eq!(
+        db["Config"]["connect_timeout_ms"], 1,
+        "the upstream's own value"
+    );
+    assert_eq!(db["Config"]["protocol"], "tcp", "proxy-defaults' protocol");
+
+    let bad = json!({ "Kind": "service-defaults", "Name": "x", "MeshGateway": { "Mode": "far" } });
+    assert_eq!(
+        agent.put("/v1/config", bad).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+}
+
+/// `?cas=` on writes and deletes of every kind: `false` and nothing changed when the
+/// ModifyIndex differs, as Consul answers.
+#[tokio::test]
+async fn check_and_set_guards_config_entry_writes_and_deletes() {
+    let agent = Agent::start().await;
+    for (kind, name, body) in [
+        (
+            "service-defaults",
+            "web",
+            json!({ "Kind": "service-defaults", "Name": "web", "Protocol": "http" }),
+        ),
+        (
+            "proxy-defaults",
+            "global",
+            json!({ "Kind": "proxy-defaults", "Name": "global", "Config": { "protocol": "http" } }),
+        ),
+        (
+            "service-intentions",
+            "web",
+            json!({ "Kind": "service-intentions", "Name": "web",
+            "Sources": [ { "Name": "api", "Action": "allow" } ] }),
+        ),
+    ] {
+        let created = agent.put("/v1/config?cas=0", body.clone()).await;
+        assert_eq!(created.text().trim(), "true", "{kind}: cas=0 creates");
+        let again = agent.put("/v1/config?cas=0", body.clone()).await;
+        assert_eq!(again.text().trim(), "false", "{kind}: cas=0 only creates");
+        let path = format!("/v1/config/{kind}/{name}");
+        let index = agent.get(&path).await.value()["ModifyIndex"]
+            .as_u64()
+            .unwrap();
+        let stale = agent
+            .put(&format!("/v1/config?cas={}", index + 100), body.clone())
+            .await;
+        assert_eq!(stale.text().trim(), "false", "{kind}: stale index");
+        let stale_delete = agent
+            .call(Method::DELETE, &format!("{path}?cas={}", index + 100), None)
+            .await;
+        assert_eq!(stale_delete.text().trim(), "false", "{kind}");
+        assert_eq!(
+            agent.get(&path).await.status,
+            StatusCode::OK,
+            "{kind}: still there"
+        );
+        let deleted = agent
+            .call(Method::DELETE, &format!("{path}?cas={index}"), None)
+            .await;
+        assert_eq!(deleted.text().trim(), "true", "{kind}");
+        assert_eq!(
+            agent.get(&path).await.status,
+            StatusCode::NOT_FOUND,
+            "{kind}: gone"
+        );
+        let plain = agent.call(Method::DELETE, &path, None).await;
+        assert_eq!(plain.text().trim(), "{}", "{kind}: without cas");
+    }
+}

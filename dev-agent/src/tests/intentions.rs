@@ -340,10 +340,10 @@ async fn l7_intentions_need_an_http_like_protocol_as_consuls_servers_require() {
     assert!(stored["ModifyIndex"].as_u64().unwrap_or(0) > 0, "{stored}");
     // What the dev agent does not model is refused by name, not silently dropped.
     let extra = json!({ "Kind": "service-defaults", "Name": "db", "Protocol": "tcp",
-        "MeshGateway": { "Mode": "local" } });
+        "Destination": { "Addresses": ["example.com"] } });
     let refused = agent.put("/v1/config", extra).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
-    assert!(refused.text().contains("MeshGateway"), "{}", refused.text());
+    assert!(refused.text().contains("Destination"), "{}", refused.text());
     let bad_name = json!({ "Kind": "proxy-defaults", "Name": "mine" });
     assert_eq!(
         agent.put("/v1/config", bad_name).await.status,

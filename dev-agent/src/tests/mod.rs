@@ -87,6 +87,12 @@ impl Agent {
         Agent { agent, client }
     }
 
+    /// Rotates the CA to a new root, as a real rotation does: with new key material.
+    async fn rotate_ca(&self) -> Answer {
+        let body = crate::ca_rotation_body(self.agent.trust_domain()).unwrap();
+        self.put("/v1/connect/ca/configuration", body).await
+    }
+
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
         self.call_with(method, path, body, &[]).await
     }

@@ -104,3 +104,198 @@ async fn a_sidecar_registration_has_consuls_shape() {
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 }
+
+/// The catalog reads in Consul's shapes, with `?filter=` and blocking.
+#[tokio::test]
+async fn the_catalog_answers_in_consuls_shapes() {
+    let agent = Agent::start().await;
+    agent
+        .register(
+            json!({ "Name": "web", "Port": 8080, "Tags": ["v1"], "Meta": { "env": "prod" },
+            "Connect": { "SidecarService": {} } }),
+        )
+        .await;
+    agent
+        .register(json!({ "Name": "db", "Port": 5432, "Tags": ["primary"] }))
+        .await;
+
+    let services = agent.get("/v1/catalog/services").await;
+    assert_eq!(services.status, StatusCode::OK);
+    assert_eq!(
+        services.value(),
+        json!({ "db": ["primary"], "web": ["v1"], "web-sidecar-proxy": ["v1"] })
+    );
+    let filtered = agent
+        .get("/v1/catalog/services?filter=ServiceMeta.env%20%3D%3D%20prod")
+        .await;
+    assert_eq!(
+        filtered.value(),
+        json!({ "web": ["v1"], "web-sidecar-proxy": ["v1"] })
+    );
+
+    let web = agent.get("/v1/catalog/service/web").await.value();
+    let node = &web[0];
+    for key in [
+        "ID",
+        "Node",
+        "Address",
+        "Datacenter",
+        "TaggedAddresses",
+        "NodeMeta",
+        "ServiceKind",
+        "ServiceID",
+        "ServiceName",
+        "ServiceTags",
+        "ServiceAddress",
+        "ServiceWeights",
+        "ServiceMeta",
+        "ServicePort",
+        "ServiceEnableTagOverride",
+        "ServiceProxy",
+        "ServiceConnect",
+        "CreateIndex",
+        "ModifyIndex",
+    ] {
+        assert!(node.get(key).is_some(), "{key} in {node}");
+    }
+    assert_eq!(node["ServiceID"], "web");
+    assert_eq!(node["ServicePort"], 8080);
+    assert_eq!(node["Datacenter"], "dc1");
+    let connect = agent.get("/v1/catalog/connect/web").await.value();
+    assert_eq!(connect[0]["ServiceKind"], "connect-proxy");
+    assert_eq!(connect[0]["ServiceProxy"]["DestinationServiceName"], "web");
+    assert_eq!(
+        agent.get("/v1/catalog/service/web?tag=v2").await.value(),
+        json!([])
+    );
+
+    let nodes = agent.get("/v1/catalog/nodes").await.value();
+    let name = nodes[0]["Node"].as_str().unwrap().to_owned();
+    let one = agent.get(&format!("/v1/catalog/node/{name}")).await.value();
+    assert_eq!(one["Node"]["Node"], name);
+    let ids: Vec<&String> = one["Services"].as_object().unwrap().keys().collect();
+    assert_eq!(ids, ["db", "web", "web-sidecar-proxy"]);
+    assert_eq!(
+        agent.get("/v1/catalog/node/nope").await.text().trim(),
+        "null"
+    );
+
+    // A blocked read of the services is woken by a deregistration.
+    let index = agent.get("/v1/catalog/services").await.index();
+    let path = format!("/v1/catalog/services?index={index}&wait=10s");
+    let blocked = agent.get(&path);
+    let write = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let gone = agent
+            .put("/v1/agent/service/deregister/db", json!({}))
+            .await;
+        assert_eq!(gone.status, StatusCode::OK);
+    };
+    let (after, ()) = tokio::join!(blocked, write);
+    assert!(after.index() > index);
+    assert!(after.value().get("db").is_none());
+
+    let invalid = agent
+        .get("/v1/catalog/services?filter=ServiceName%20%3D%3D")
+        .await;
+    assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
+    assert!(
+        invalid
+            .text()
+            .starts_with("Failed to create boolean expression evaluator")
+    );
+}
+
+/// `?filter=` on the agent's lists, the health view and intentions.
+#[tokio::test]
+async fn filters_apply_to_every_list() {
+    let agent = Agent::start().await;
+    agent
+        .register(json!({ "Name": "web", "Port": 8080, "Connect": { "SidecarService": {} } }))
+        .await;
+    let q = |expr: &str| form_urlencoded::byte_serialize(expr.as_bytes()).collect::<String>();
+    let proxies = agent
+        .get(&format!(
+            "/v1/agent/services?filter={}",
+            q(r#"Kind == "connect-proxy""#)
+        ))
+        .await
+        .value();
+    let ids: Vec<&String> = proxies.as_object().unwrap().keys().collect();
+    assert_eq!(ids, ["web-sidecar-proxy"]);
+    let checks = agent
+        .get(&format!(
+            "/v1/agent/checks?filter={}",
+            q(r#"ServiceID == "web""#)
+        ))
+        .await
+        .value();
+    assert!(
+        checks.as_object().unwrap().is_empty(),
+        "web has no checks: {checks}"
+    );
+    let health = agent
+        .get(&format!(
+            "/v1/health/connect/web?filter={}",
+            q(r#"Service.Port == 21000"#)
+        ))
+        .await
+        .value();
+    assert_eq!(health.as_array().unwrap().len(), 1);
+    let none = agent
+        .get(&format!(
+            "/v1/health/service/web?filter={}",
+            q(r#""x" in Service.Tags"#)
+        ))
+        .await
+        .value();
+    assert_eq!(none, json!([]));
+    let entry = json!({ "Kind": "service-intentions", "Name": "web",
+        "Sources": [ { "Name": "api", "Action": "allow" }, { "Name": "bad", "Action": "deny" } ] });
+    assert_eq!(agent.put("/v1/config", entry).await.status, StatusCode::OK);
+    let denies = agent
+        .get(&format!(
+            "/v1/connect/intentions?filter={}",
+            q(r#"Action == deny"#)
+        ))
+        .await
+        .value();
+    assert_eq!(denies.as_array().unwrap().len(), 1);
+    assert_eq!(denies[0]["SourceName"], "bad");
+    let invalid = agent
+        .get(&format!("/v1/agent/services?filter={}", q("Kind =")))
+        .await;
+    assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
+}
+
+/// The sidecar port range is the agent's to set (`--sidecar-min-port`/`-max-port`).
+#[tokio::test]
+async fn sidecar_ports_come_from_the_configured_range() {
+    let agent = Agent::with(crate::DevAgentConfig {
+        sidecar_ports: 30000..=30001,
+        ..crate::DevAgentConfig::default()
+    })
+    .await;
+    for (name, port) in [("a", 30000), ("b", 30001)] {
+        agent
+            .register(json!({ "Name": name, "Port": 1, "Connect": { "SidecarService": {} } }))
+            .await;
+        let sidecar = agent
+            .get(&format!("/v1/agent/service/{name}-sidecar-proxy"))
+            .await
+            .value();
+        assert_eq!(sidecar["Port"], port);
+    }
+    let full = agent
+        .put(
+            "/v1/agent/service/register",
+            json!({ "Name": "c", "Port": 1, "Connect": { "SidecarService": {} } }),
+        )
+        .await;
+    assert_eq!(
+        full.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        full.text()
+    );
+}
