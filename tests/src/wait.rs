@@ -36,12 +36,35 @@ where
     }
 }
 
-/// A port on 127.0.0.1 that was free a moment ago (bound, read, released).
+/// A port on 127.0.0.1 that was free a moment ago (bound, read, released), for a
+/// process the test starts to bind.
+///
+/// It is taken below the kernel's ephemeral range (`ip_local_port_range`), at random:
+/// a port the kernel picked would be handed out again as the local port of some
+/// outgoing connection (another test's, or a sidecar's), which can take it between
+/// this release and the child's bind. Below that range only explicit binds compete.
 pub fn free_port() -> SocketAddr {
+    let low = ephemeral_low().unwrap_or(32768);
+    if low > 11_000 {
+        for _ in 0..200 {
+            let port = fastrand::u16(10_000..low);
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+                return listener
+                    .local_addr()
+                    .expect("local address of a just-bound listener");
+            }
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 for a free port");
     listener
         .local_addr()
         .expect("local address of a just-bound listener")
+}
+
+/// The first port of the kernel's ephemeral range, where Linux says.
+fn ephemeral_low() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 /// Reads (and discards) until the peer closes the stream or resets it, for at most
