@@ -58,7 +58,10 @@ async fn warning_is_a_level_and_an_unknown_level_exits_2() {
         assert_eq!(output.status.code(), Some(2), "{text}");
         assert!(text.contains("--log-level"), "{text}");
         assert!(text.contains(LEVELS), "{text}");
-        assert!(!text.contains("bad config"), "refused before anything else: {text}");
+        assert!(
+            !text.contains("bad config"),
+            "refused before anything else: {text}"
+        );
     }
 }
 
@@ -83,5 +86,8 @@ async fn address_flags_take_the_short_forms() {
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert!(text.contains("--admin-addr"), "{text}");
-    assert!(text.contains("localhost:8080"), "the error shows the forms: {text}");
+    assert!(
+        text.contains("localhost:8080"),
+        "the error shows the forms: {text}"
+    );
 }

@@ -16,6 +16,9 @@ use tokio::sync::watch;
 use crate::model::{DefaultAction, Leaf, Snapshot, TrustBundle};
 use crate::workload::{Identity, IdentityFeed};
 
+/// What `/ready` says while the Workload API has not sent an SVID yet.
+pub(crate) const WAITING_FOR_SVID: &str = "waiting for the first SVID from the Workload API";
+
 /// What a source makes of an SVID from the Workload API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admit {
@@ -167,6 +170,9 @@ impl Publisher {
         if let Some(overlay) = &self.overlay {
             next.leaf = overlay.leaf.clone();
             next.bundle = overlay.bundle.clone();
+            if overlay.latest.is_none() && overlay.leaf.is_none() {
+                next.blocked.push(WAITING_FOR_SVID.to_owned());
+            }
         }
         if same_snapshot(&self.tx.borrow(), &next) {
             return false;
@@ -184,6 +190,7 @@ fn same_snapshot(a: &Snapshot, b: &Snapshot) -> bool {
         && a.inbound == b.inbound
         && a.upstreams == b.upstreams
         && same_default(&a.default_action, &b.default_action)
+        && a.blocked == b.blocked
 }
 
 /// Two defaults are the same when both the action and where it came from are.
