@@ -299,3 +299,27 @@ async fn a_listener_that_cannot_bind_at_start_up_exits_1_naming_the_address() {
         "stderr does not name {taken}\n{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_workload_api_waiting_for_the_first_svid_is_not_an_exit_and_ready_says_so() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    // Nothing serves there (yet): the proxy keeps trying.
+    let socket = format!("unix://{}", dir.path().join("agent.sock").display());
+    let api = Sidecar::spawn(SidecarConfig::from_workload_api(API, &socket));
+    let body = eventually(
+        "/ready names the Workload API",
+        Duration::from_secs(20),
+        || async {
+            let (code, body) = api.ready().await?;
+            anyhow::ensure!(code == 503, "/ready is {code}: {body}");
+            anyhow::ensure!(
+                body.contains("waiting for the first SVID from the Workload API"),
+                "{body}"
+            );
+            Ok(body)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\nstderr:\n{}", api.stderr()));
+    assert!(!body.contains("intentions"), "{body}");
+}

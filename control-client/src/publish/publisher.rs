@@ -166,6 +166,7 @@ impl Publisher {
 
     /// Publishes `next`, with the Workload API's leaf and bundle if it gives the
     /// identity, unless it is the snapshot already published. Says whether it published.
+    /// `next.blocked` is kept only while the snapshot is incomplete.
     pub(crate) fn publish(&self, mut next: Snapshot) -> bool {
         if let Some(overlay) = &self.overlay {
             next.leaf = overlay.leaf.clone();
@@ -173,6 +174,11 @@ impl Publisher {
             if overlay.latest.is_none() && overlay.leaf.is_none() {
                 next.blocked.push(WAITING_FOR_SVID.to_owned());
             }
+        }
+        // What blocks the source matters only until the snapshot is complete; after
+        // that, a failure keeps the last good state without publishing anything new.
+        if next.is_complete() {
+            next.blocked.clear();
         }
         if same_snapshot(&self.tx.borrow(), &next) {
             return false;
