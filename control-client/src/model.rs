@@ -56,9 +56,28 @@ pub struct Leaf {
     /// Colon-hex serial, as Consul writes it (`SerialNumber` of the leaf endpoint).
     pub serial: String,
     /// Seconds since the Unix epoch.
+    pub not_before: i64,
+    /// Seconds since the Unix epoch.
     pub not_after: i64,
     #[serde(skip)]
     pub key: Arc<CertifiedKey>,
+}
+
+impl Leaf {
+    /// Why this leaf cannot be served at `now` (seconds since the Unix epoch): it has
+    /// expired, or is not valid yet. Peers refuse it either way.
+    pub fn validity_problem(&self, now: i64) -> Option<String> {
+        if now > self.not_after {
+            Some(format!("leaf expired at {}", rfc3339(self.not_after)))
+        } else if now < self.not_before {
+            Some(format!(
+                "leaf not valid before {}",
+                rfc3339(self.not_before)
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 impl fmt::Debug for Leaf {
@@ -195,6 +214,11 @@ pub struct Snapshot {
     pub inbound: Option<InboundConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub default_action: Option<DefaultAction>,
+    /// Why the source cannot complete this snapshot yet, as `/ready` says it: the agent
+    /// does not answer (and its error), no such registration, no SVID from the Workload
+    /// API yet. Empty when the source knows of nothing in the way.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocked: Vec<String>,
 }
 
 impl Snapshot {
@@ -300,6 +324,7 @@ pub fn leaf_from_der(
     Ok(Leaf {
         id,
         serial: facts.serial,
+        not_before: facts.not_before,
         not_after: facts.not_after,
         key: Arc::new(key),
     })
@@ -307,6 +332,7 @@ pub fn leaf_from_der(
 
 struct CertFacts {
     serial: String,
+    not_before: i64,
     not_after: i64,
 }
 
@@ -315,6 +341,7 @@ fn cert_facts(der: &CertificateDer<'_>) -> Result<CertFacts, PemError> {
         .map_err(|e| PemError::Certificate(e.to_string()))?;
     Ok(CertFacts {
         serial: colon_hex(cert.raw_serial()),
+        not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
     })
 }
@@ -331,6 +358,24 @@ pub fn colon_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// Seconds since the Unix epoch as RFC 3339 UTC (`2025-01-02T03:04:05Z`), for messages.
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{unix} (Unix time)"))
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Seconds since the Unix epoch, for metrics.

@@ -2,7 +2,8 @@
 //!
 //! It is bound before anything else, so `/ready` answers 503 from the first moment and
 //! turns 200 only when the snapshot is complete, every listener is bound (as
-//! `listeners::Listening` reports) and the TLS configs are built. It accepts through
+//! `listeners::Listening` reports), the leaf is valid now and the TLS configs are built;
+//! a 503 lists every reason, one per line (`readiness`). It accepts through
 //! the same loop as the other listeners, without their limit or drain tracking.
 
 use std::convert::Infallible;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::listeners::{Accepting, Listening, accept};
+use crate::readiness::Readiness;
 
 #[derive(Clone)]
 pub struct Admin {
@@ -74,21 +76,19 @@ fn route(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             );
             resp
         }
-        "/ready" => {
-            let state = admin.listening.get();
-            let mut missing = missing(&state.snapshot, state.all_bound);
-            if !admin.tls.borrow().has_identity() {
-                missing.push("TLS configs");
-            }
-            if state.draining {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
-            } else if missing.is_empty() {
-                text(StatusCode::OK, "ready\n".into())
-            } else {
-                let body = format!("not ready: waiting for {}\n", missing.join(", "));
+        "/ready" => match Readiness::now(&admin.listening, &admin.tls) {
+            Readiness::Ready => text(StatusCode::OK, "ready\n".into()),
+            Readiness::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
+            Readiness::NotReady(causes) => {
+                let mut body = String::from("not ready:\n");
+                for cause in causes {
+                    body.push_str("- ");
+                    body.push_str(&cause);
+                    body.push('\n');
+                }
                 text(StatusCode::SERVICE_UNAVAILABLE, body)
             }
-        }
+        },
         "/config" => {
             let snapshot = admin.snapshots.borrow().clone();
             match serde_json::to_string_pretty(&*snapshot) {
@@ -108,23 +108,6 @@ fn route(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "try /metrics, /ready or /config\n".into(),
         ),
     }
-}
-
-fn missing(snapshot: &Snapshot, listening: bool) -> Vec<&'static str> {
-    let mut missing = Vec::new();
-    if snapshot.leaf.is_none() {
-        missing.push("leaf certificate");
-    }
-    if snapshot.bundle.is_none() {
-        missing.push("trust bundle");
-    }
-    if snapshot.inbound.is_some() && snapshot.intentions.is_none() {
-        missing.push("intentions");
-    }
-    if !listening {
-        missing.push("listeners");
-    }
-    missing
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

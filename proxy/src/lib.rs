@@ -18,7 +18,8 @@
 //!   `splice` (moving bytes), `metrics` (names, typed outcomes and their labels, the
 //!   per-connection guard).
 //! - above them: `listeners` (binding what the snapshot asks for, the one accept loop),
-//!   `admin` (`/metrics`, `/ready`, `/config`).
+//!   `admin` (`/metrics`, `/ready`, `/config`), `readiness` (ready or not, and every
+//!   reason why not, for `/ready` and the periodic not-ready warning).
 
 pub mod admin;
 pub mod balance;
@@ -30,6 +31,7 @@ pub mod listeners;
 pub mod logging;
 pub mod metrics;
 pub mod outbound;
+pub mod readiness;
 pub mod splice;
 pub mod tls;
 
@@ -110,6 +112,10 @@ pub async fn serve(
             listening: listening.clone(),
             tls: tls.clone(),
         },
+    )));
+    let _remind = AbortOnDropHandle::new(tokio::spawn(readiness::remind(
+        listening.clone(),
+        tls.clone(),
     )));
     let state = State {
         snapshots,

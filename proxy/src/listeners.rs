@@ -3,8 +3,9 @@
 //! publishes what is bound for `/ready`.
 //!
 //! A listener that appears is bound, one that moves is rebound, one that disappears is
-//! closed; connections it already accepted carry on. A bind that fails is retried, and
-//! readiness stays off until every listener is bound.
+//! closed; connections it already accepted carry on. A bind that fails before the first
+//! complete snapshot is a start-up error (the binary exits 1 naming the address); after
+//! it, the failure is warned about once, retried, and named by `/ready` until it binds.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -104,8 +105,8 @@ pub async fn accept<C, F>(
     }
 }
 
-/// The last snapshot the listeners were reconciled to, and whether every listener it
-/// asks for is bound. Readiness is judged on this, not on the newest snapshot, so it
+/// The last snapshot the listeners were reconciled to, and the listeners it asks for
+/// that are not bound (why, one line each). Readiness is judged on this, not on the newest snapshot, so it
 /// never runs ahead of the listeners (and never flaps while they catch up).
 /// Once draining, it stays not ready for good.
 #[derive(Clone, Default)]
@@ -114,15 +115,15 @@ pub struct Listening(Arc<Mutex<ListeningState>>);
 #[derive(Clone, Default)]
 pub struct ListeningState {
     pub snapshot: Arc<Snapshot>,
-    pub all_bound: bool,
+    pub unbound: Vec<String>,
     pub draining: bool,
 }
 
 impl Listening {
-    pub fn set(&self, snapshot: Arc<Snapshot>, all_bound: bool) {
+    pub fn set(&self, snapshot: Arc<Snapshot>, unbound: Vec<String>) {
         let mut state = self.0.lock();
         state.snapshot = snapshot;
-        state.all_bound = all_bound;
+        state.unbound = unbound;
     }
 
     /// The process is shutting down: load balancers and health checks must look away.
@@ -269,26 +270,30 @@ fn spawn_upstream(
     tokio::spawn(accept(listener, accepting, failed, connection));
 }
 
-/// Reconciles listeners with every new snapshot. The first reconciliation's bind
-/// errors are returned (a port taken at start-up is a fatal misconfiguration); later
-/// ones are logged and retried.
+/// Reconciles listeners with every new snapshot. Until a complete snapshot has been
+/// served, a bind error is returned (a port taken at start-up is a fatal
+/// misconfiguration, in both modes); after that, a new one is warned about once and
+/// retried every few seconds, and `/ready` names it.
 pub async fn run(mut state: State, listening: Listening) -> Result<(), BindError> {
     let mut listeners = Listeners::default();
-    let mut first = true;
+    let mut started = false;
+    let mut failing: Vec<String> = Vec::new();
     loop {
         let snapshot: Arc<Snapshot> = state.snapshots.borrow_and_update().clone();
         let mut errors = listeners.reconcile(&snapshot, &state).await;
-        if first && !errors.is_empty() {
+        if !started && !errors.is_empty() {
             return Err(errors.remove(0));
         }
-        first = false;
-        for e in &errors {
-            tracing::error!(error = %e, "listener not bound; retrying");
+        started |= snapshot.is_complete();
+        let now: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        for e in now.iter().filter(|e| !failing.contains(e)) {
+            tracing::warn!(error = %e, "listener not bound; keeping the others and retrying");
         }
+        failing.clone_from(&now);
         if let Some(leaf) = &snapshot.leaf {
             ::metrics::gauge!(metrics::LEAF_EXPIRY).set(leaf.not_after as f64);
         }
-        listening.set(snapshot.clone(), errors.is_empty());
+        listening.set(snapshot.clone(), now);
 
         let retry = async {
             if errors.is_empty() {

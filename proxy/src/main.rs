@@ -334,8 +334,12 @@ fn source(
         let config =
             load_config(path, workload_api).map_err(|e| Fail::Usage(format!("bad config: {e}")))?;
         let admin_addr = config.admin_addr;
-        let reloads = reload_on_sighup(path.clone(), workload_api);
-        let source = FileSource::new(config, provider.clone()).with_reloads(reloads);
+        let source = FileSource::new(config, provider.clone());
+        // No last good state to keep yet: a bad file stops the start.
+        source
+            .check(workload_api)
+            .map_err(|e| Fail::Usage(e.to_string()))?;
+        let source = source.with_reloads(reload_on_sighup(path.clone(), workload_api));
         return Ok((source.into(), admin_addr));
     }
     let selector = match (&args.sidecar_for, &args.proxy_id) {

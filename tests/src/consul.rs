@@ -65,6 +65,16 @@ impl ConsulSidecar {
         service_id: &str,
         extra_args: &[&str],
     ) -> ConsulSidecar {
+        ConsulSidecar::spawn_with_env(agent_url, service_id, extra_args, &[])
+    }
+
+    /// As [`ConsulSidecar::spawn_with_args`], with more environment variables.
+    pub fn spawn_with_env(
+        agent_url: &str,
+        service_id: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ConsulSidecar {
         let dir = tempfile::Builder::new()
             .prefix(&format!("ferrule-sidecar-for-{service_id}-"))
             .tempdir()
@@ -83,6 +93,7 @@ impl ConsulSidecar {
             .env_remove("CONSUL_HTTP_TOKEN_FILE")
             .env_remove("CONSUL_HTTP_ADDR")
             .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -124,6 +135,22 @@ impl ConsulSidecar {
         self.admin
             .wait_ready(&mut self.child, READY_TIMEOUT, log)
             .await
+    }
+
+    /// Waits for the process to exit, for at most `within`: its exit code (`None` if
+    /// killed by a signal), or an error if it is still running.
+    pub async fn wait_exit(&mut self, within: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "still running {within:?} later"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The serial of the leaf in force, from `/config`.

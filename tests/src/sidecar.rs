@@ -53,6 +53,10 @@ pub struct SidecarConfig {
     drain_timeout: Option<&'static str>,
     /// `--workload-api`: identity from there, no identity files.
     workload_api: Option<String>,
+    /// Files written (`Some`) or left out (`None`) after the usual ones.
+    overrides: Vec<(&'static str, Option<String>)>,
+    /// More environment variables for the process.
+    env: Vec<(&'static str, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +97,8 @@ impl SidecarConfig {
             upstreams: Vec::new(),
             drain_timeout: None,
             workload_api: None,
+            overrides: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -108,6 +114,8 @@ impl SidecarConfig {
             upstreams: Vec::new(),
             workload_api: Some(addr.to_owned()),
             drain_timeout: None,
+            overrides: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -213,9 +221,16 @@ impl SidecarConfig {
         self
     }
 
-    /// Leaves `key.pem` out of the directory, so the identity is incomplete at start.
-    pub fn without_key_file(mut self) -> SidecarConfig {
-        self.key_pem = None;
+    /// Writes `contents` as the file `name` (`CERT_FILE`, `INTENTIONS_FILE`...) instead
+    /// of what it would hold; `None` leaves it out.
+    pub fn file(mut self, name: &'static str, contents: Option<&str>) -> SidecarConfig {
+        self.overrides.push((name, contents.map(str::to_owned)));
+        self
+    }
+
+    /// Sets an environment variable of the process.
+    pub fn env(mut self, key: &'static str, value: &str) -> SidecarConfig {
+        self.env.push((key, value.to_owned()));
         self
     }
 
@@ -340,6 +355,14 @@ impl Sidecar {
             write(INTENTIONS_FILE, &inbound.intentions_json);
         }
         write(CONFIG_FILE, &config.render_toml(&ports));
+        for (name, contents) in &config.overrides {
+            match contents {
+                Some(contents) => write(name, contents),
+                None => {
+                    let _ = std::fs::remove_file(dir.path().join(name));
+                }
+            }
+        }
 
         let mut command = ferrule_proxy_command(&dir.path().join(CONFIG_FILE), ports.admin);
         if let Some(timeout) = config.drain_timeout {
@@ -349,6 +372,7 @@ impl Sidecar {
             Some(addr) => command.args(["--workload-api", addr]),
             None => command.env_remove("SPIFFE_ENDPOINT_SOCKET"),
         };
+        command.envs(config.env.iter().map(|(k, v)| (k, v)));
         let child = command
             .stdout(Stdio::null())
             .stderr(stderr_file(dir.path()))

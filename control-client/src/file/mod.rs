@@ -7,11 +7,15 @@
 //! logged once and ignored, so the last good state stays in force. Listener defaults and
 //! publishing are the shared kit's (`publish`).
 //!
+//! Before the first snapshot, `first` checks every file strictly: with no good state to
+//! keep yet, a bad file is a start-up error naming it.
+//!
 //! With `--workload-api` the leaf and bundles come from the SPIFFE Workload API instead
 //! (`FileSource::with_identity`); `identity.cert`, `key` and `bundle` may then be left
 //! out, and are ignored if given.
 
 mod config;
+mod first;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +27,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::{ConfigError, StaticConfig};
 use config::{IdentityFiles, IdentityPins};
+pub use first::StartupError;
 
 use crate::api::intentions::ServiceIntentionsEntry;
 use crate::identity::ServiceId;
@@ -62,6 +67,18 @@ impl FileSource {
     pub fn with_reloads(mut self, reloads: mpsc::Receiver<StaticConfig>) -> FileSource {
         self.reloads = Some(reloads);
         self
+    }
+
+    /// Reads every file the config names as the first configuration needs it (the
+    /// identity files only without `workload_api`): a file that is missing, unreadable
+    /// or wrong, or a leaf outside its validity period, is an error naming the file.
+    pub fn check(&self, workload_api: bool) -> Result<(), StartupError> {
+        if workload_api {
+            let mut config = self.config.clone();
+            config.files = None;
+            return first::check(&config, &self.provider);
+        }
+        first::check(&self.config, &self.provider)
     }
 
     /// Takes the leaf and bundles from the Workload API; the identity files, if the
@@ -323,6 +340,7 @@ impl Files {
             inbound: self.config.inbound.clone(),
             upstreams,
             default_action: Some(self.config.default_action.clone()),
+            blocked: Vec::new(),
         }
     }
 

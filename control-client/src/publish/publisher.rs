@@ -16,6 +16,9 @@ use tokio::sync::watch;
 use crate::model::{DefaultAction, Leaf, Snapshot, TrustBundle};
 use crate::workload::{Identity, IdentityFeed};
 
+/// What `/ready` says while the Workload API has not sent an SVID yet.
+pub(crate) const WAITING_FOR_SVID: &str = "waiting for the first SVID from the Workload API";
+
 /// What a source makes of an SVID from the Workload API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admit {
@@ -163,10 +166,19 @@ impl Publisher {
 
     /// Publishes `next`, with the Workload API's leaf and bundle if it gives the
     /// identity, unless it is the snapshot already published. Says whether it published.
+    /// `next.blocked` is kept only while the snapshot is incomplete.
     pub(crate) fn publish(&self, mut next: Snapshot) -> bool {
         if let Some(overlay) = &self.overlay {
             next.leaf = overlay.leaf.clone();
             next.bundle = overlay.bundle.clone();
+            if overlay.latest.is_none() && overlay.leaf.is_none() {
+                next.blocked.push(WAITING_FOR_SVID.to_owned());
+            }
+        }
+        // What blocks the source matters only until the snapshot is complete; after
+        // that, a failure keeps the last good state without publishing anything new.
+        if next.is_complete() {
+            next.blocked.clear();
         }
         if same_snapshot(&self.tx.borrow(), &next) {
             return false;
@@ -184,6 +196,7 @@ fn same_snapshot(a: &Snapshot, b: &Snapshot) -> bool {
         && a.inbound == b.inbound
         && a.upstreams == b.upstreams
         && same_default(&a.default_action, &b.default_action)
+        && a.blocked == b.blocked
 }
 
 /// Two defaults are the same when both the action and where it came from are.

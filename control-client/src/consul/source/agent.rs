@@ -18,6 +18,9 @@ use crate::consul::watch::{Tuning, Update, WatchSpec, Watcher};
 pub(super) enum Event {
     /// `--sidecar-for`: the registration to follow was found.
     ProxyId(String),
+    /// `--sidecar-for`: why it is not found yet (the agent's error, or no such
+    /// registration).
+    SidecarMissing(String),
     SelfAnswer(SelfAnswer),
     Service(Update<Box<AgentService>>),
     Roots(Update<IndexedCARoots>),

@@ -101,7 +101,7 @@ impl AgentSettings {
             }
             SelfAnswer::Failed(e) => {
                 record_update(Resource::Config, false);
-                if failures.started("agent self") {
+                if failures.started("agent self", &e.to_string()) {
                     tracing::warn!(error = %e, "cannot read /v1/agent/self; retrying");
                 }
             }

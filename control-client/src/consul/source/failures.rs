@@ -2,17 +2,18 @@
 //! metrics (an `ok` moves the last-update timestamp, which is how staleness shows while
 //! the agent is away), and a failure is logged at warn when it starts, at debug while it
 //! lasts, and at info when the agent answers again. The last good state stays in force
-//! meanwhile; that is the callers' part.
+//! meanwhile; that is the callers' part. What fails, and its latest error, is kept for
+//! `/ready` (`Failures::blocked`) while the snapshot is not complete.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 
 use crate::consul::watch::{Meta, Update};
 use crate::telemetry::{Resource, record_update};
 
-/// What is failing now, by the name used in the logs.
+/// What is failing now, by the name used in the logs, with its latest error.
 #[derive(Default)]
 pub(super) struct Failures {
-    failing: HashSet<String>,
+    failing: BTreeMap<String, String>,
 }
 
 impl Failures {
@@ -36,7 +37,7 @@ impl Failures {
             }
             Update::Failed(e) => {
                 record_update(resource, false);
-                if self.started(what) {
+                if self.started(what, &e.to_string()) {
                     tracing::warn!(error = %e, "cannot get {what} from the agent; keeping the last good state and retrying");
                 } else {
                     tracing::debug!(error = %e, "still cannot get {what}");
@@ -46,14 +47,23 @@ impl Failures {
         }
     }
 
-    /// `what` failed; says whether that is news (it was not failing before).
-    pub(super) fn started(&mut self, what: &str) -> bool {
-        self.failing.insert(what.to_owned())
+    /// `what` failed with `error`; says whether that is news (it was not failing before).
+    pub(super) fn started(&mut self, what: &str, error: &str) -> bool {
+        self.failing
+            .insert(what.to_owned(), error.to_owned())
+            .is_none()
+    }
+
+    /// Every failure now, one line each: `what: error`.
+    pub(super) fn blocked(&self) -> impl Iterator<Item = String> + '_ {
+        self.failing
+            .iter()
+            .map(|(what, error)| format!("{what}: {error}"))
     }
 
     /// `what` answered; logs the recovery if it was failing.
     pub(super) fn recovered(&mut self, what: &str) {
-        if self.failing.remove(what) {
+        if self.failing.remove(what).is_some() {
             tracing::info!("{what}: the agent answers again");
         }
     }

@@ -44,6 +44,8 @@ pub(super) struct Follower {
     endpoints: Endpoints,
     settings: AgentSettings,
     failures: Failures,
+    /// Why the sidecar registration is not found yet, or the registration is unusable.
+    registration_problem: Option<String>,
 }
 
 impl Follower {
@@ -69,6 +71,7 @@ impl Follower {
             endpoints: Endpoints::default(),
             settings,
             failures: Failures::default(),
+            registration_problem: None,
         }
     }
 
@@ -129,7 +132,11 @@ impl Follower {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::ProxyId(id) => self.follow_proxy(id),
+            Event::ProxyId(id) => {
+                self.registration_problem = None;
+                self.follow_proxy(id);
+            }
+            Event::SidecarMissing(problem) => self.registration_problem = Some(problem),
             Event::SelfAnswer(answer) => {
                 if self.settings.on_self(answer, &mut self.failures) {
                     self.default_changed();
@@ -218,10 +225,12 @@ impl Follower {
             Err(problem) => {
                 record_update(Resource::Config, false);
                 tracing::warn!(proxy_id = %svc.id, "{problem}; keeping the last good configuration");
+                self.registration_problem = Some(format!("registration {}: {problem}", svc.id));
                 return;
             }
         };
         record_update(Resource::Config, true);
+        self.registration_problem = None;
         if self.registration.as_ref() == Some(&reg) {
             return;
         }
@@ -281,7 +290,15 @@ impl Follower {
             inbound: self.registration.as_ref().and_then(|r| r.inbound.clone()),
             upstreams,
             default_action: self.settings.default_action.clone(),
+            blocked: self.blocked(),
         });
+    }
+
+    /// What keeps the snapshot from completing, as far as the agent is concerned.
+    fn blocked(&self) -> Vec<String> {
+        let mut blocked: Vec<String> = self.registration_problem.iter().cloned().collect();
+        blocked.extend(self.failures.blocked());
+        blocked
     }
 }
 

@@ -9,7 +9,8 @@ use crate::consul::watch::backoff;
 use crate::telemetry::{Resource, record_update};
 
 /// Lists the agent's services until exactly one connect-proxy serves `service_id`, then
-/// tells the run loop its ID. The first problem is warned about, the rest are debug.
+/// tells the run loop its ID. The first problem is warned about, the rest are debug;
+/// each is told to the run loop, for `/ready`.
 pub(super) async fn resolve_sidecar(agent: Agent, service_id: String) {
     let mut failures = 0;
     let mut warned = false;
@@ -41,6 +42,7 @@ pub(super) async fn resolve_sidecar(agent: Agent, service_id: String) {
         } else {
             tracing::debug!("{problem}");
         }
+        let _ = agent.events.send(Event::SidecarMissing(problem)).await;
         failures += 1;
         let delay = backoff(
             failures,
