@@ -38,6 +38,7 @@ mod authority;
 mod blocking;
 pub mod ca;
 mod catalog;
+mod chain;
 mod checks;
 mod connect_ca;
 mod defaults;
