@@ -46,6 +46,7 @@ mod filter;
 mod http;
 mod intentions;
 mod persist;
+mod selectors;
 mod services;
 mod state;
 pub mod workload;
