@@ -15,15 +15,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use ferrule_control::api::agent::MeshGatewayConfig;
 use ferrule_control::api::chain::{
     CompiledDiscoveryChain, DiscoveryChainRequest, DiscoveryFailover, DiscoveryGraphNode,
-    DiscoveryResolver, DiscoveryRoute, DiscoverySplit, DiscoveryTarget, GoDuration,
-    HttpHeaderModifiers, NODE_RESOLVER, NODE_ROUTER, NODE_SPLITTER, ServiceResolverEntry,
-    ServiceRoute, ServiceRouteDestination, ServiceRouteHttpMatch, ServiceRouteMatch, ServiceSplit,
-    target_id,
+    DiscoveryResolver, DiscoveryRoute, DiscoverySplit, DiscoveryTarget, GoDuration, NODE_RESOLVER,
+    NODE_ROUTER, NODE_SPLITTER, ServiceResolverEntry, ServiceResolverFailover,
+    ServiceResolverFailoverTarget, ServiceResolverRedirect, ServiceRoute, ServiceRouteDestination,
+    ServiceRouteHttpMatch, ServiceRouteMatch, ServiceSplit, target_id,
 };
 use ferrule_control::identity::{DEFAULT, ServiceId};
 use ferrule_control::model::service_sni;
 
 use super::Config;
+use super::graph;
 
 /// A resolver's connect timeout when it sets none.
 const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
@@ -58,6 +59,49 @@ struct TargetOpts {
     partition: String,
     datacenter: String,
     peer: String,
+}
+
+impl TargetOpts {
+    fn redirect(r: &ServiceResolverRedirect) -> TargetOpts {
+        TargetOpts {
+            service: r.service.clone(),
+            subset: r.service_subset.clone(),
+            namespace: r.namespace.clone(),
+            partition: r.partition.clone(),
+            datacenter: r.datacenter.clone(),
+            peer: r.peer.clone(),
+        }
+    }
+
+    /// What a failover section names, in order: one target per datacenter, the
+    /// listed targets, or the one `Service`/`ServiceSubset` names.
+    fn failover(f: &ServiceResolverFailover) -> Vec<TargetOpts> {
+        let base = TargetOpts {
+            service: f.service.clone(),
+            subset: f.service_subset.clone(),
+            namespace: f.namespace.clone(),
+            ..TargetOpts::default()
+        };
+        if !f.datacenters.is_empty() {
+            let with_dc = |dc: &String| TargetOpts {
+                datacenter: dc.clone(),
+                ..base.clone()
+            };
+            return f.datacenters.iter().map(with_dc).collect();
+        }
+        if f.targets.is_empty() {
+            return vec![base];
+        }
+        let target = |t: &ServiceResolverFailoverTarget| TargetOpts {
+            service: t.service.clone(),
+            subset: t.service_subset.clone(),
+            namespace: t.namespace.clone(),
+            partition: t.partition.clone(),
+            datacenter: t.datacenter.clone(),
+            peer: t.peer.clone(),
+        };
+        f.targets.iter().map(target).collect()
+    }
 }
 
 /// Which request overrides changed the result (`CustomizationHash`).
@@ -278,17 +322,7 @@ impl<'a> Compiler<'a> {
             }
             history.push(target.clone());
             if let Some(redirect) = &resolver.redirect {
-                let redirected = self.rewrite_target(
-                    &target,
-                    TargetOpts {
-                        service: redirect.service.clone(),
-                        subset: redirect.service_subset.clone(),
-                        namespace: redirect.namespace.clone(),
-                        partition: redirect.partition.clone(),
-                        datacenter: redirect.datacenter.clone(),
-                        peer: redirect.peer.clone(),
-                    },
-                );
+                let redirected = self.rewrite_target(&target, TargetOpts::redirect(redirect));
                 if redirected != target {
                     target = redirected;
                     continue;
@@ -373,33 +407,7 @@ impl<'a> Compiler<'a> {
         else {
             return Ok(None);
         };
-        let base = TargetOpts {
-            service: failover.service.clone(),
-            subset: failover.service_subset.clone(),
-            namespace: failover.namespace.clone(),
-            ..TargetOpts::default()
-        };
-        let mut candidates: Vec<TargetOpts> = Vec::new();
-        if !failover.datacenters.is_empty() {
-            for dc in &failover.datacenters {
-                candidates.push(TargetOpts {
-                    datacenter: dc.clone(),
-                    ..base.clone()
-                });
-            }
-        } else if !failover.targets.is_empty() {
-            candidates.extend(failover.targets.iter().map(|t| TargetOpts {
-                service: t.service.clone(),
-                subset: t.service_subset.clone(),
-                namespace: t.namespace.clone(),
-                partition: t.partition.clone(),
-                datacenter: t.datacenter.clone(),
-                peer: t.peer.clone(),
-            }));
-        } else {
-            candidates.push(base);
-        }
-        let rewritten: Vec<String> = candidates
+        let rewritten: Vec<String> = TargetOpts::failover(failover)
             .into_iter()
             .map(|opts| self.rewrite_target(target, opts))
             .filter(|id| id != target)
@@ -581,9 +589,9 @@ impl<'a> Compiler<'a> {
 
     /// The checks and clean-ups after assembly, and the chain itself.
     fn finish(mut self) -> Result<Compiled, String> {
-        self.detect_circular_references(&self.start_node.clone(), &mut Vec::new())?;
-        self.flatten_splitters();
-        self.remove_unused_nodes();
+        graph::detect_circular_references(&self.nodes, &self.start_node, &mut Vec::new())?;
+        graph::flatten_splitters(&mut self.nodes);
+        graph::remove_unused_nodes(&mut self.nodes, &self.start_node);
         let retained = std::mem::take(&mut self.retained);
         self.targets.retain(|id, _| retained.contains(id));
         let mut protocol = self.protocol.clone().unwrap_or_else(|| "tcp".to_owned());
@@ -616,81 +624,6 @@ impl<'a> Compiler<'a> {
             chain,
             read: self.read,
         })
-    }
-
-    /// A loop through routers and splitters (`[a -> b -> a]`).
-    fn detect_circular_references(&self, key: &str, path: &mut Vec<String>) -> Result<(), String> {
-        if path.iter().any(|k| k == key) {
-            path.push(key.to_owned());
-            return Err(format!(
-                "detected circular reference: [{}]",
-                path.join(" -> ")
-            ));
-        }
-        path.push(key.to_owned());
-        for next in self.successors(key) {
-            self.detect_circular_references(&next, path)?;
-        }
-        path.pop();
-        Ok(())
-    }
-
-    fn successors(&self, key: &str) -> Vec<String> {
-        let Some(node) = self.nodes.get(key) else {
-            return Vec::new();
-        };
-        let routes = node.routes.iter().map(|r| r.next_node.clone());
-        let splits = node.splits.iter().map(|s| s.next_node.clone());
-        routes.chain(splits).collect()
-    }
-
-    /// Replaces every split that leads to another splitter by that splitter's splits,
-    /// weighted by the share that reaches it, until no splitter leads to another.
-    fn flatten_splitters(&mut self) {
-        loop {
-            let mut changed = false;
-            let keys: Vec<String> = self.nodes.keys().cloned().collect();
-            for key in keys {
-                let Some(node) = self.nodes.get(&key) else {
-                    continue;
-                };
-                if node.node_type != NODE_SPLITTER {
-                    continue;
-                }
-                let mut flat = Vec::with_capacity(node.splits.len());
-                let mut this_changed = false;
-                for split in &node.splits {
-                    match self.nodes.get(&split.next_node) {
-                        Some(next) if next.node_type == NODE_SPLITTER && next.name != node.name => {
-                            this_changed = true;
-                            flat.extend(next.splits.iter().map(|inner| nested_split(split, inner)));
-                        }
-                        _ => flat.push(split.clone()),
-                    }
-                }
-                if this_changed {
-                    changed = true;
-                    if let Some(node) = self.nodes.get_mut(&key) {
-                        node.splits = flat;
-                    }
-                }
-            }
-            if !changed {
-                return;
-            }
-        }
-    }
-
-    /// Drops the nodes no path from the start reaches (flattened splitters).
-    fn remove_unused_nodes(&mut self) {
-        let mut seen = BTreeSet::new();
-        let mut todo = vec![self.start_node.clone()];
-        while let Some(key) = todo.pop() {
-            if seen.insert(key.clone()) {
-                todo.extend(self.successors(&key));
-            }
-        }
-        self.nodes.retain(|key, _| seen.contains(key));
     }
 
     /// No router, no splitter, and only the default resolution of the service itself.
@@ -738,65 +671,6 @@ impl<'a> Compiler<'a> {
         });
         format!("{hash:016x}")[..8].to_owned()
     }
-}
-
-/// A split of a nested splitter as seen from the outer one: its share of the outer
-/// share, and header changes that act as if the request passed the outer split first.
-fn nested_split(outer: &DiscoverySplit, inner: &DiscoverySplit) -> DiscoverySplit {
-    DiscoverySplit {
-        definition: merge_parent(inner.definition.as_ref(), outer.definition.as_ref()),
-        weight: normalize_weight(outer.weight * inner.weight / 100.0),
-        next_node: inner.next_node.clone(),
-    }
-}
-
-/// Consul's `ServiceSplit.MergeParent`: the child's definition with the parent's
-/// request header changes under its own, and its response changes under the parent's.
-fn merge_parent(
-    child: Option<&ServiceSplit>,
-    parent: Option<&ServiceSplit>,
-) -> Option<ServiceSplit> {
-    let Some(child) = child else {
-        return parent.cloned();
-    };
-    let mut merged = child.clone();
-    let parent_request = parent.and_then(|p| p.request_headers.as_ref());
-    let parent_response = parent.and_then(|p| p.response_headers.as_ref());
-    merged.request_headers = merge_headers(parent_request, child.request_headers.as_ref());
-    merged.response_headers = merge_headers(child.response_headers.as_ref(), parent_response);
-    Some(merged)
-}
-
-/// `base` with `overrides` applied over it (`MergeHTTPHeaderModifiers`).
-fn merge_headers(
-    base: Option<&HttpHeaderModifiers>,
-    overrides: Option<&HttpHeaderModifiers>,
-) -> Option<HttpHeaderModifiers> {
-    let Some(base) = base.filter(|b| !b.is_empty()) else {
-        return overrides.cloned();
-    };
-    let mut merged = base.clone();
-    let Some(overrides) = overrides.filter(|o| !o.is_empty()) else {
-        return Some(merged);
-    };
-    merged.add.extend(overrides.add.clone());
-    merged.set.extend(overrides.set.clone());
-    for name in &overrides.remove {
-        if !merged.remove.contains(name) {
-            merged.remove.push(name.clone());
-        }
-    }
-    Some(merged)
-}
-
-/// A weight rounded to Consul's 0.01 granularity, in `float32` as Consul keeps it.
-pub(crate) fn normalize_weight(weight: f32) -> f32 {
-    scale_weight(weight) as f32 / 100.0
-}
-
-/// A weight in hundredths of a percent (Consul's `scaleWeight`).
-pub(crate) fn scale_weight(weight: f32) -> i64 {
-    (f64::from(weight * 100.0)).round() as i64
 }
 
 /// The catch-all route every router ends with: everything else to the router's service.

@@ -12,6 +12,7 @@
 
 pub(super) mod compile;
 pub(super) mod endpoint;
+mod graph;
 mod validate;
 
 #[cfg(test)]

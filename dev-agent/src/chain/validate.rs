@@ -14,7 +14,7 @@ use ferrule_control::api::chain::{
     ServiceResolverRedirect, ServiceRouterEntry, ServiceSplit, ServiceSplitterEntry,
 };
 
-use super::compile::{normalize_weight, scale_weight};
+use super::graph::{normalize_weight, scale_weight};
 use crate::filter;
 
 const META_MAX_PAIRS: usize = 64;
