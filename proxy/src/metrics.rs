@@ -491,6 +491,73 @@ mod tests {
         }
     }
 
+    /// The value of `ferrule_upstream_active_target` for `target`.
+    fn active(handle: &PrometheusHandle, target: &str) -> Option<String> {
+        let label = format!("target=\"{target}\"");
+        handle
+            .render()
+            .lines()
+            .find(|l| l.starts_with(UPSTREAM_ACTIVE_TARGET) && l.contains(&label))
+            .and_then(|l| l.rsplit(' ').next().map(str::to_owned))
+    }
+
+    #[test]
+    fn the_active_target_follows_failover_and_forgets_what_left() {
+        use ferrule_control::identity::ServiceId;
+        use ferrule_control::model::{Endpoint, Snapshot, UpstreamConfig};
+        use ferrule_control::routing::{Routing, Target};
+        use std::sync::Arc;
+        use std::time::Duration;
+        let id = ServiceId::new("td.consul", "default", "dc1", "api");
+        let endpoint = Endpoint {
+            addr: "127.0.0.1:1".into(),
+            identity: id.clone(),
+        };
+        let snapshot = |primary: bool| {
+            let instances = |up: bool| {
+                if up {
+                    vec![endpoint.clone()]
+                } else {
+                    Vec::new()
+                }
+            };
+            let primary = Target::new(id.clone(), Some("primary"), instances(primary));
+            let backup = Target::new(id.clone(), Some("backup"), instances(true));
+            let mut routing = Routing::direct(primary, Duration::from_secs(1));
+            routing.clusters[0].targets.push(backup);
+            Snapshot {
+                upstreams: vec![UpstreamConfig {
+                    name: "api".into(),
+                    bind: "127.0.0.1:2".parse().unwrap(),
+                    protocol: ferrule_control::model::Protocol::Tcp,
+                    connect_timeout: Duration::from_secs(1),
+                    request_timeout: None,
+                    idle_timeout: None,
+                    max_connections: 1,
+                    routing: Arc::new(routing),
+                }],
+                ..Snapshot::default()
+            }
+        };
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let (primary, backup) = (
+            "primary.api.default.default.dc1",
+            "backup.api.default.default.dc1",
+        );
+        metrics::with_local_recorder(&recorder, || {
+            let mut targets = ActiveTargets::default();
+            targets.update(&snapshot(false));
+            assert_eq!(active(&handle, primary).as_deref(), Some("0"));
+            assert_eq!(active(&handle, backup).as_deref(), Some("1"));
+            targets.update(&snapshot(true));
+            assert_eq!(active(&handle, primary).as_deref(), Some("1"));
+            assert_eq!(active(&handle, backup).as_deref(), Some("0"));
+            targets.update(&Snapshot::default());
+            assert_eq!(active(&handle, primary).as_deref(), Some("0"), "gone: 0");
+        });
+    }
+
     fn active_inbound(handle: &PrometheusHandle) -> f64 {
         handle
             .render()
