@@ -204,10 +204,10 @@ impl TargetBalancer {
 
     /// The ring or Maglev table of `endpoints`, built once per set of instances.
     fn table(&self, endpoints: &[Endpoint], policy: &LbPolicy) -> Arc<Table> {
-        if let Some(table) = self.table.lock().as_ref() {
-            if table.fits(endpoints, policy) {
-                return table.clone();
-            }
+        if let Some(table) = self.table.lock().as_ref()
+            && table.fits(endpoints, policy)
+        {
+            return table.clone();
         }
         // Built outside the lock: a Maglev table takes a millisecond or so.
         let table = Arc::new(Table::new(endpoints, policy));

@@ -138,7 +138,7 @@ impl Body for MeshBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Stream(body) => body.size_hint(),
-            Inner::Replay(replay) => replay.hint.clone(),
+            Inner::Replay(replay) => replay.hint,
         }
     }
 }
@@ -204,7 +204,7 @@ impl Recorder {
             shared: self.shared.clone(),
             generation,
             cursor: 0,
-            hint: self.hint.clone(),
+            hint: self.hint,
         }
     }
 
