@@ -38,6 +38,7 @@ impl Endpoints {
                     path: format!("/v1/health/connect/{}", path_segment(&key.name)),
                     query,
                     blocking: Blocking::Index,
+                    body: None,
                 },
                 move |u| Event::Endpoints(k.clone(), u),
             );

@@ -125,6 +125,7 @@ impl Follower {
                 path: format!("/v1/agent/service/{}", path_segment(&proxy_id)),
                 query: Vec::new(),
                 blocking: Blocking::Hash,
+                body: None,
             },
             Event::Service,
         ));

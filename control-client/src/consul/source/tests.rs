@@ -38,6 +38,7 @@ fn tuning() -> Tuning {
         burst: 100,
         refill: Duration::from_millis(1),
         force_retry: Duration::from_secs(60),
+        unsupported_retry: Duration::from_millis(300),
     }
 }
 
