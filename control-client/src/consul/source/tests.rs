@@ -270,7 +270,14 @@ async fn sidecar_for_fills_the_whole_snapshot_from_the_agent() {
     assert!(asked(
         "/v1/connect/intentions/match?by=destination&name=web"
     ));
-    assert!(asked("/v1/health/connect/db?passing=1"));
+    assert!(
+        asked("/v1/discovery-chain/db?compile-dc=dc1"),
+        "{requests:#?}"
+    );
+    assert!(
+        asked("/v1/health/connect/db?dc=dc1"),
+        "no chain (404): straight to the destination's instances"
+    );
     assert!(
         asked("/v1/agent/service/web-sidecar-proxy?hash="),
         "{requests:#?}"
@@ -644,3 +651,5 @@ async fn with_the_workload_api_identity_comes_from_it_and_the_rest_from_the_agen
     })
     .await;
 }
+
+mod chain;
