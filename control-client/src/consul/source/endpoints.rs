@@ -260,4 +260,33 @@ mod tests {
         portless.service.port = 0;
         assert!(endpoint(&portless, "", "dc1", "td.consul").is_none());
     }
+
+    #[test]
+    fn a_health_query_names_the_datacenter_and_the_subset_filter_and_never_passing() {
+        let key = HealthKey {
+            service: "db v2".into(),
+            datacenter: "dc2".into(),
+            filter: "Service.Meta.version == v2".into(),
+        };
+        let spec = key.spec();
+        assert_eq!(spec.path, "/v1/health/connect/db%20v2");
+        assert_eq!(
+            spec.query,
+            [
+                ("dc".to_owned(), "dc2".to_owned()),
+                ("filter".to_owned(), "Service.Meta.version == v2".to_owned())
+            ]
+        );
+        assert!(spec.body.is_none());
+        assert_eq!(
+            key.what(),
+            "the instances of db v2 in dc2 (Service.Meta.version == v2)"
+        );
+        let local = HealthKey {
+            service: "db".into(),
+            datacenter: String::new(),
+            filter: String::new(),
+        };
+        assert!(local.spec().query.is_empty());
+    }
 }
