@@ -28,7 +28,8 @@ pub(super) enum Event {
     Roots(Update<IndexedCARoots>),
     Leaf(String, Update<Box<IssuedCert>>),
     Intentions(String, Update<IntentionMatchResponse>),
-    Chain(ChainKey, Update<DiscoveryChainResponse>),
+    /// Boxed: a compiled chain is large, and most events are small.
+    Chain(ChainKey, Update<Box<DiscoveryChainResponse>>),
     /// Time to ask again for a chain the agent did not serve.
     ChainRetry(ChainKey),
     Health(HealthKey, Update<Vec<ServiceEntry>>),

@@ -217,7 +217,7 @@ impl Follower {
         }
     }
 
-    fn on_chain(&mut self, key: &ChainKey, update: Update<DiscoveryChainResponse>) {
+    fn on_chain(&mut self, key: &ChainKey, update: Update<Box<DiscoveryChainResponse>>) {
         if !self.chains.follows(key) {
             return;
         }
