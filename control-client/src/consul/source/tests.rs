@@ -375,6 +375,10 @@ async fn an_intentions_change_is_a_new_intentions_arc_and_nothing_else() {
         snap.bundle.as_ref().unwrap()
     ));
     assert_eq!(first.upstreams, snap.upstreams);
+    assert!(
+        Arc::ptr_eq(&first.upstreams[0].routing, &snap.upstreams[0].routing),
+        "an unchanged routing keeps its Arc"
+    );
 }
 
 #[tokio::test]

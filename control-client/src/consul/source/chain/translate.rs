@@ -25,7 +25,8 @@ use super::super::endpoints::{HealthKey, TargetHealth};
 use crate::api::chain::{
     CompiledDiscoveryChain, DiscoveryGraphNode, DiscoverySplit, DiscoveryTarget, GoDuration,
     HttpHeaderModifiers, LoadBalancer as ChainLoadBalancer, NODE_RESOLVER, NODE_ROUTER,
-    NODE_SPLITTER, ServiceRouteDestination, ServiceRouteHttpMatch,
+    NODE_SPLITTER, ServiceRouteDestination, ServiceRouteHttpMatch, ServiceRouteHttpMatchHeader,
+    ServiceRouteHttpMatchQueryParam,
 };
 use crate::identity::{DEFAULT, ServiceId};
 use crate::model::service_sni;
@@ -434,7 +435,26 @@ fn route_match(http: Option<&ServiceRouteHttpMatch>) -> Result<RouteMatch, Strin
     let Some(http) = http.filter(|h| !h.is_empty()) else {
         return Ok(RouteMatch::default());
     };
-    let path = if !http.path_exact.is_empty() {
+    let path = path_match(http)?;
+    // Envoy ignores `case_sensitive` for a regex path.
+    let case_insensitive =
+        http.case_insensitive && matches!(path, PathMatch::Exact(_) | PathMatch::Prefix(_));
+    Ok(RouteMatch {
+        path,
+        case_insensitive,
+        headers: header_matches(&http.header)?,
+        query: query_matches(&http.query_param)?,
+        methods: http
+            .methods
+            .iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect(),
+    })
+}
+
+/// The one path criterion, in Consul's order of precedence.
+fn path_match(http: &ServiceRouteHttpMatch) -> Result<PathMatch, String> {
+    Ok(if !http.path_exact.is_empty() {
         PathMatch::Exact(http.path_exact.clone())
     } else if !http.path_prefix.is_empty() && http.path_prefix != "/" {
         PathMatch::Prefix(http.path_prefix.clone())
@@ -443,19 +463,19 @@ fn route_match(http: Option<&ServiceRouteHttpMatch>) -> Result<RouteMatch, Strin
     } else {
         // No path criterion, or the prefix `/`: every path.
         PathMatch::Any
-    };
-    // Envoy ignores `case_sensitive` for a regex path.
-    let case_insensitive =
-        http.case_insensitive && matches!(path, PathMatch::Exact(_) | PathMatch::Prefix(_));
-    let mut headers = Vec::with_capacity(http.header.len());
-    for header in &http.header {
+    })
+}
+
+/// Header criteria in Consul's order of precedence (exact, regex, prefix, suffix,
+/// present); one that says nothing gets no matcher, as Consul renders none.
+fn header_matches(headers: &[ServiceRouteHttpMatchHeader]) -> Result<Vec<HeaderMatch>, String> {
+    let mut matches = Vec::with_capacity(headers.len());
+    for header in headers {
         let value = if !header.exact.is_empty() {
             ValueMatch::Exact(header.exact.clone())
         } else if !header.regex.is_empty() {
-            ValueMatch::Regex(full_regex(
-                &format!("header {}", header.name),
-                &header.regex,
-            )?)
+            let what = format!("header {}", header.name);
+            ValueMatch::Regex(full_regex(&what, &header.regex)?)
         } else if !header.prefix.is_empty() {
             ValueMatch::Prefix(header.prefix.clone())
         } else if !header.suffix.is_empty() {
@@ -463,42 +483,37 @@ fn route_match(http: Option<&ServiceRouteHttpMatch>) -> Result<RouteMatch, Strin
         } else if header.present {
             ValueMatch::Present
         } else {
-            // Says nothing: Consul renders no matcher for it.
             continue;
         };
-        headers.push(HeaderMatch {
+        matches.push(HeaderMatch {
             name: header.name.to_ascii_lowercase(),
             value,
             invert: header.invert,
         });
     }
-    let mut query = Vec::with_capacity(http.query_param.len());
-    for param in &http.query_param {
+    Ok(matches)
+}
+
+/// Query parameter criteria: exact, regex or present, in that order of precedence.
+fn query_matches(params: &[ServiceRouteHttpMatchQueryParam]) -> Result<Vec<QueryMatch>, String> {
+    let mut matches = Vec::with_capacity(params.len());
+    for param in params {
         let value = if !param.exact.is_empty() {
             ValueMatch::Exact(param.exact.clone())
         } else if !param.regex.is_empty() {
-            ValueMatch::Regex(full_regex(&format!("query {}", param.name), &param.regex)?)
+            let what = format!("query {}", param.name);
+            ValueMatch::Regex(full_regex(&what, &param.regex)?)
         } else if param.present {
             ValueMatch::Present
         } else {
             continue;
         };
-        query.push(QueryMatch {
+        matches.push(QueryMatch {
             name: param.name.clone(),
             value,
         });
     }
-    Ok(RouteMatch {
-        path,
-        case_insensitive,
-        headers,
-        query,
-        methods: http
-            .methods
-            .iter()
-            .map(|m| m.to_ascii_uppercase())
-            .collect(),
-    })
+    Ok(matches)
 }
 
 /// A regex that must match a whole value, as Envoy's `safe_regex` does.
