@@ -7,7 +7,8 @@
 //! reader blocked on the leaf's index receives the new one; a non-blocking read
 //! revalidates (a new leaf if the cached one expired or was signed by a rotated-out root).
 //!
-//! A rotation (`PUT /v1/connect/ca/configuration`) makes a new root for the same cluster,
+//! A rotation (`PUT /v1/connect/ca/configuration` with new key material, or another
+//! `PrivateKeyType`/`PrivateKeyBits`) makes a new root for the same cluster,
 //! cross-signed by the old root's key. The cross-signed certificate is listed in the new
 //! root's `IntermediateCerts` and appended to every leaf's `CertPEM`, so peers that only
 //! trust the old root keep verifying new leaves. The old root stays published, inactive,

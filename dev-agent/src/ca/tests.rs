@@ -1,3 +1,7 @@
+//! The CA's tests: each certificate's profile as Consul's built-in CA makes it, serials,
+//! reloading, cross-signing, intermediates, the knobs for bad certificates, and every key
+//! type signing verifiable leaves.
+
 use super::format::{PKCS8_TAG, SEC1_TAG};
 use super::*;
 
