@@ -516,6 +516,7 @@ fn every_key_type_signs_leaves_with_sha256_and_p256_keys_as_consul_does() {
         let der = der_of(&leaf.cert_pem);
         let cert = parse(&der);
         assert_eq!(cert.signature_algorithm.algorithm.to_id_string(), sig_oid);
+        assert_eq!(aki(&cert), ski(&root), "the leaf names the root's key");
         assert!(leaf.key_pem.starts_with("-----BEGIN EC PRIVATE KEY-----\n"));
         assert_eq!(
             p256_spki(&decode_pem(&leaf.key_pem, &[SEC1_TAG], "t").unwrap()),
@@ -527,12 +528,10 @@ fn every_key_type_signs_leaves_with_sha256_and_p256_keys_as_consul_does() {
         // Reloaded from its PEM, it keeps its type and signs verifiable leaves.
         let again = DevCa::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
         assert_eq!(again.key_type(), key);
-        verify(
-            &ca,
-            &again.issue(&LeafSpec::service("api")).unwrap(),
-            UnixTime::now(),
-        )
-        .unwrap();
+        let reissued = again.issue(&LeafSpec::service("api")).unwrap();
+        verify(&ca, &reissued, UnixTime::now()).unwrap();
+        let reissued_der = der_of(&reissued.cert_pem);
+        assert_eq!(aki(&parse(&reissued_der)), ski(&root));
 
         // Rotating between key types: the old root vouches for the new one.
         let ec = DevCa::generate(Some(ca.cluster_id())).unwrap();
