@@ -2,21 +2,26 @@
 //! `/v1/catalog/services`, `/service/:name`, `/connect/:name`, `/nodes` and
 //! `/node/:node`, in Consul's JSON shapes, with blocking queries (each answer carries
 //! the index of what went into it), `?tag=` where Consul takes it, and `?filter=`
-//! evaluated on each item (`filter`). The dev agent is its one node.
+//! evaluated on each item (`filter`). The dev agent is its one node, and, as a server,
+//! its catalog holds the `consul` service that every Consul server registers (RPC port
+//! 8300, the server's metadata, only the node's `serfHealth` check) beside the services
+//! registered with it; the agent's own `/v1/agent/services` does not list it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use serde_json::Value;
 
+use ferrule_control::api::agent::AgentWeights as Weights;
 use ferrule_control::api::agent::{
     AgentServiceConnect, AgentServiceConnectProxyConfig, AgentWeights, ServiceAddress,
 };
-use ferrule_control::api::health::ServiceEntry;
+use ferrule_control::api::health::{NodeService, ServiceEntry};
 
 use super::blocking::{self, DEFAULT_WAIT};
 use super::filter;
 use super::http::{ApiError, Call, Reply};
+use super::selectors::{self, Shape};
 use super::state::{Shared, State};
 
 /// One instance as `/v1/catalog/service/:name` answers it (`structs.ServiceNode`).
@@ -77,15 +82,17 @@ impl ServiceNode {
     }
 }
 
-/// Answers a catalog read: blocking on `read`'s index, then filtered.
+/// Answers a catalog read: blocking on `read`'s index, then filtered (the filter naming
+/// fields of `items`).
 async fn answer<T: Serialize>(
     shared: &Shared,
     call: &Call,
+    items: Shape,
     read: impl FnMut(&mut State) -> (Vec<T>, u64),
     finish: impl FnOnce(Vec<T>) -> Result<Reply, ApiError>,
 ) -> Result<Reply, ApiError> {
     call.reject_enterprise()?;
-    let filter = filter::of(call)?;
+    let filter = filter::checked(call, items)?;
     let consistency = call.consistency()?;
     let opts = call.blocking()?;
     if call.foreign_datacenter(&shared.config.datacenter) {
@@ -111,6 +118,7 @@ pub(super) async fn service(
     answer(
         shared,
         call,
+        selectors::SERVICE_NODE,
         |state| {
             let (entries, index) = state.health_entries(name, connect);
             let nodes = entries
@@ -131,14 +139,10 @@ pub(super) async fn services(shared: &Shared, call: &Call) -> Result<Reply, ApiE
     answer(
         shared,
         call,
+        selectors::SERVICE_NODE,
         |state| {
             let index = state.services_index();
-            let names: BTreeSet<String> = state
-                .services
-                .values()
-                .map(|s| s.service.service.clone())
-                .collect();
-            let nodes = names
+            let nodes = catalog_names(state)
                 .iter()
                 .flat_map(|name| state.health_entries(name, false).0)
                 .map(ServiceNode::of)
@@ -163,6 +167,7 @@ pub(super) async fn nodes(shared: &Shared, call: &Call) -> Result<Reply, ApiErro
     answer(
         shared,
         call,
+        selectors::CATALOG_NODE,
         |state| (vec![state.node.node.clone()], state.node.node.modify_index),
         |nodes| Reply::json(&nodes),
     )
@@ -177,16 +182,12 @@ pub(super) async fn node(shared: &Shared, call: &Call, name: &str) -> Result<Rep
     answer(
         shared,
         call,
+        selectors::NODE_SERVICE,
         |state| {
             if !known {
                 return (Vec::new(), state.services_index());
             }
-            let names: BTreeSet<String> = state
-                .services
-                .values()
-                .map(|s| s.service.service.clone())
-                .collect();
-            let services = names
+            let services = catalog_names(state)
                 .iter()
                 .flat_map(|name| state.health_entries(name, false).0)
                 .map(|e| e.service)
@@ -203,4 +204,50 @@ pub(super) async fn node(shared: &Shared, call: &Call, name: &str) -> Result<Rep
         },
     )
     .await
+}
+
+/// Every service name in the catalog: `consul`, and those registered with the agent.
+fn catalog_names(state: &State) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = state
+        .services
+        .values()
+        .map(|s| s.service.service.clone())
+        .collect();
+    names.insert(CONSUL.to_owned());
+    names
+}
+
+/// The name of the service every Consul server registers for itself.
+pub(super) const CONSUL: &str = "consul";
+
+/// The `consul` service of the dev agent's node, as a server registers it: port 8300,
+/// the server's metadata, no checks of its own.
+pub(super) fn consul_service(state: &State) -> NodeService {
+    let meta = [
+        ("grpc_port", "8502"),
+        ("grpc_tls_port", "8503"),
+        ("non_voter", "false"),
+        ("raft_version", "3"),
+        ("read_replica", "false"),
+        ("serf_protocol_current", "2"),
+        ("serf_protocol_max", "5"),
+        ("serf_protocol_min", "1"),
+        ("version", super::http::VERSION),
+    ];
+    NodeService {
+        id: CONSUL.to_owned(),
+        service: CONSUL.to_owned(),
+        meta: meta
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        port: 8300,
+        weights: Some(Weights {
+            passing: 1,
+            warning: 1,
+        }),
+        create_index: state.node.node.create_index,
+        modify_index: state.node.node.modify_index,
+        ..NodeService::default()
+    }
 }

@@ -7,7 +7,8 @@
 //! reader blocked on the leaf's index receives the new one; a non-blocking read
 //! revalidates (a new leaf if the cached one expired or was signed by a rotated-out root).
 //!
-//! A rotation (`PUT /v1/connect/ca/configuration`) makes a new root for the same cluster,
+//! A rotation (`PUT /v1/connect/ca/configuration` with new key material, or another
+//! `PrivateKeyType`/`PrivateKeyBits`) makes a new root for the same cluster,
 //! cross-signed by the old root's key. The cross-signed certificate is listed in the new
 //! root's `IntermediateCerts` and appended to every leaf's `CertPEM`, so peers that only
 //! trust the old root keep verifying new leaves. The old root stays published, inactive,
@@ -24,7 +25,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::time::Instant;
 
-use crate::ca::{CaError, DevCa, LeafSpec};
+use crate::ca::{CaError, DevCa, KeyType, KeyTypeError, LeafSpec, RootSpec};
 use ferrule_control::api::ca::{CARoot, IndexedCARoots, IssuedCert};
 use ferrule_control::duration;
 
@@ -84,8 +85,8 @@ impl CaState {
             "IntermediateCertTTL": "8760h",
             "RootCertTTL": "87600h",
             "RotationPeriod": "2160h",
-            "PrivateKeyType": "ec",
-            "PrivateKeyBits": 256,
+            "PrivateKeyType": ca.key_type().kind(),
+            "PrivateKeyBits": ca.key_type().bits(),
         }) {
             Value::Object(map) => map,
             _ => Map::new(),
@@ -138,8 +139,8 @@ impl CaState {
                 root_cert: r.ca.cert_pem().to_owned(),
                 intermediate_certs: r.intermediates.clone(),
                 active: r.active,
-                private_key_type: "ec".to_owned(),
-                private_key_bits: 256,
+                private_key_type: r.ca.key_type().kind().to_owned(),
+                private_key_bits: r.ca.key_type().bits(),
                 create_index: r.create_index,
                 modify_index: r.modify_index,
                 ..CARoot::default()
@@ -362,16 +363,22 @@ impl State {
 pub(super) async fn roots(shared: &Shared, call: &Call, agent: bool) -> Result<Reply, ApiError> {
     let opts = call.blocking()?;
     let consistency = call.consistency()?;
+    let pem = !agent
+        && call.query.flag("pem").map_err(|_| {
+            ApiError::bad_request("The 'pem' query parameter must be a boolean value")
+        })?;
     let answer = blocking::by_index(shared, &opts, DEFAULT_WAIT, |state, _| {
         Ok((state.ca.roots_body(), state.ca.roots_index))
     })
     .await?;
-    if !agent && call.query.flag("pem")? {
+    if pem {
+        // Each root, then the intermediates that go with it, as Consul writes them.
         let pem: String = answer
             .value
             .roots
             .iter()
-            .map(|r| r.root_cert.as_str())
+            .flat_map(|r| std::iter::once(&r.root_cert).chain(&r.intermediate_certs))
+            .map(String::as_str)
             .collect();
         return Ok(Reply::text("application/pem-certificate-chain", pem)
             .index(answer.index)
@@ -445,10 +452,11 @@ pub(super) async fn configuration(shared: &Shared, call: &Call) -> Result<Reply,
 
 /// `PUT /v1/connect/ca/configuration`, as Consul's built-in provider takes it: the root
 /// changes only with the key material. `Config.PrivateKey` + `Config.RootCert` rotate
-/// to that root; a `PrivateKeyType`/`PrivateKeyBits` other than the current ones would
-/// rotate to a root with such a key, which the dev agent cannot make (its CA is EC
-/// P-256 only) and refuses. Anything else (`LeafCertTTL`, ...) is stored, keeps the
-/// root, and `LeafCertTTL` applies to later leaves.
+/// to that root; a `PrivateKeyType`/`PrivateKeyBits` other than the active root's
+/// rotates to a new root with such a key (leaves stay EC P-256, signed by it). Anything
+/// else (`LeafCertTTL`, ...) is stored, keeps the root, and `LeafCertTTL` applies to
+/// later leaves. The body is merged into the configuration in force, so a key type left
+/// out keeps the current one.
 pub(super) async fn set_configuration(shared: &Shared, call: &Call) -> Result<Reply, ApiError> {
     let (body, _) = decode_strict::<CaConfiguration>(&call.body, "Request decode failed")?;
     if !body.provider.is_empty() && body.provider != "consul" {
@@ -462,33 +470,19 @@ pub(super) async fn set_configuration(shared: &Shared, call: &Call) -> Result<Re
         None => None,
         Some(text) => Some(leaf_ttl(text)?),
     };
-    key_type(&body.config)?;
-    let cluster_id = shared.with(|state| state.ca.cluster_id.clone());
-    let new = match (str_key("PrivateKey"), str_key("RootCert")) {
-        (None, None) => None,
-        (key, cert) => Some(next_root(&cluster_id, key, cert)?),
-    };
-    let force = body.force_without_cross_signing;
-    let rotated = shared.with(|state| {
-        if let Some(ttl) = leaf_ttl {
-            state.ca.leaf_ttl = ttl;
-        }
-        let mut config = body.config.clone();
-        config.remove("PrivateKey");
-        config.remove("RootCert");
-        for (key, value) in config {
-            state.ca.provider_config.insert(key, value);
-        }
-        state.ca.force_without_cross_signing = force;
-        match new {
-            Some(new) => state.rotate(new, !force).map(Some),
-            None => {
-                let index = state.bump();
-                state.ca.config_modify_index = index;
-                Ok(None)
-            }
-        }
+    let (cluster_id, current) = shared.with(|state| {
+        let mut merged = state.ca.provider_config.clone();
+        merged.extend(body.config.clone());
+        (state.ca.cluster_id.clone(), key_type(&merged))
     });
+    let new = match (str_key("PrivateKey"), str_key("RootCert")) {
+        (None, None) => new_key_root(shared, &cluster_id, current?)?,
+        (key, cert) => {
+            current?;
+            Some(next_root(&cluster_id, key, cert)?)
+        }
+    };
+    let rotated = shared.with(|state| apply_configuration(state, &body, leaf_ttl, new));
     let rotated = rotated.map_err(|e| ApiError::internal(e.to_string()))?;
     if let (Some(dir), Some(active)) = (&shared.config.data_dir, rotated) {
         super::persist_ca(dir, &active).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -496,33 +490,103 @@ pub(super) async fn set_configuration(shared: &Shared, call: &Call) -> Result<Re
     Ok(Reply::empty())
 }
 
-/// `PrivateKeyType`/`PrivateKeyBits`: Consul's values are `ec` (224, 256, 384, 521) and
-/// `rsa` (2048, 4096); the dev agent's CA makes EC P-256 keys only.
-fn key_type(config: &Map<String, Value>) -> Result<(), ApiError> {
-    let kind = config
-        .get("PrivateKeyType")
-        .and_then(Value::as_str)
-        .unwrap_or("ec");
-    let bits = config
-        .get("PrivateKeyBits")
-        .and_then(Value::as_u64)
-        .unwrap_or(256);
-    let valid = match kind {
-        "ec" => matches!(bits, 224 | 256 | 384 | 521),
-        "rsa" => matches!(bits, 2048 | 4096),
-        _ => false,
+/// Stores the configuration and rotates to `new` when there is one.
+fn apply_configuration(
+    state: &mut State,
+    body: &CaConfiguration,
+    leaf_ttl: Option<Duration>,
+    new: Option<DevCa>,
+) -> Result<Option<Arc<DevCa>>, CaError> {
+    if let Some(ttl) = leaf_ttl {
+        state.ca.leaf_ttl = ttl;
+    }
+    let mut config = body.config.clone();
+    config.remove("PrivateKey");
+    config.remove("RootCert");
+    state.ca.provider_config.extend(config);
+    state.ca.force_without_cross_signing = body.force_without_cross_signing;
+    match new {
+        Some(new) => {
+            // A root given as PEM may have another key type than the body says.
+            let key = new.key_type();
+            state
+                .ca
+                .provider_config
+                .insert("PrivateKeyType".into(), key.kind().into());
+            state
+                .ca
+                .provider_config
+                .insert("PrivateKeyBits".into(), key.bits().into());
+            state
+                .rotate(new, !body.force_without_cross_signing)
+                .map(Some)
+        }
+        None => {
+            let index = state.bump();
+            state.ca.config_modify_index = index;
+            Ok(None)
+        }
+    }
+}
+
+/// A new root when the configuration asks for another key type than the active root's.
+/// The key is made outside the state's lock (an RSA key takes a while).
+fn new_key_root(
+    shared: &Shared,
+    cluster_id: &str,
+    wanted: KeyType,
+) -> Result<Option<DevCa>, ApiError> {
+    let active = shared.with(|state| state.ca.active().map(|r| r.ca.key_type()));
+    if active == Some(wanted) {
+        return Ok(None);
+    }
+    let spec = RootSpec {
+        cluster_id: Some(cluster_id.to_owned()),
+        key: wanted,
+        ..RootSpec::default()
     };
-    if !valid {
-        return Err(ApiError::bad_request(format!(
-            "invalid PrivateKeyType/PrivateKeyBits {kind:?}/{bits}"
-        )));
+    DevCa::generate_with(&spec)
+        .map(Some)
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// `PrivateKeyType`/`PrivateKeyBits` of the configuration, checked as Consul's provider
+/// checks them: what it refuses is a 500 with its message, as Consul answers a
+/// configuration its provider rejects; the types Consul takes and the dev CA cannot
+/// make (EC P-224, P-521) are a 400.
+fn key_type(config: &Map<String, Value>) -> Result<KeyType, ApiError> {
+    let kind = match config.get("PrivateKeyType") {
+        None | Some(Value::Null) => "ec",
+        Some(Value::String(kind)) => kind.as_str(),
+        Some(other) => return Err(undecodable("PrivateKeyType", other)),
+    };
+    let bits = match config.get("PrivateKeyBits") {
+        None | Some(Value::Null) => 256,
+        Some(value) => bits(value).ok_or_else(|| undecodable("PrivateKeyBits", value))?,
+    };
+    KeyType::from_config(kind, bits).map_err(|e| match e {
+        KeyTypeError::Invalid(_) => ApiError::internal(format!("error configuring provider: {e}")),
+        KeyTypeError::Unsupported(_) => ApiError::bad_request(e.to_string()),
+    })
+}
+
+/// A number as Go's weakly typed decoding takes one: a JSON number or a numeric string.
+fn bits(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        }),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
     }
-    if (kind, bits) != ("ec", 256) {
-        return Err(ApiError::bad_request(format!(
-            "the dev agent's CA makes EC P-256 keys only, not {kind}/{bits}; rotate with Config.PrivateKey and Config.RootCert"
-        )));
-    }
-    Ok(())
+}
+
+fn undecodable(key: &str, value: &Value) -> ApiError {
+    ApiError::internal(format!(
+        "error configuring provider: error decoding config: {key}: cannot decode {value}"
+    ))
 }
 
 /// `Config.LeafCertTTL`: a Go duration within what Consul accepts for a leaf.

@@ -15,6 +15,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use super::http::{ApiError, Call};
+use super::selectors::{self, Shape};
 
 /// A parsed expression.
 #[derive(Debug)]
@@ -51,6 +52,16 @@ pub(super) fn of(call: &Call) -> Result<Option<Expr>, ApiError> {
             ))
         }),
     }
+}
+
+/// `?filter=` of a call, parsed and its selectors checked against the items of the
+/// list it filters (`selectors`).
+pub(super) fn checked(call: &Call, items: Shape) -> Result<Option<Expr>, ApiError> {
+    let filter = of(call)?;
+    if let Some(expr) = &filter {
+        selectors::check(items, expr)?;
+    }
+    Ok(filter)
 }
 
 /// Keeps the items `filter` selects (all of them without one).

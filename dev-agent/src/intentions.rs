@@ -31,6 +31,7 @@ use ferrule_control::intentions::{
 use super::blocking::{self, DEFAULT_WAIT};
 use super::filter;
 use super::http::{ApiError, Call, Reply, decode_strict};
+use super::selectors;
 use super::state::{Shared, State};
 use super::{chain, defaults};
 
@@ -449,6 +450,11 @@ pub(super) async fn list_config(
     call: &Call,
     kind: &str,
 ) -> Result<Reply, ApiError> {
+    // Every kind's list checks its filter's selectors here, before the kind's own
+    // module reads it.
+    if let Some(items) = selectors::config_entry(kind) {
+        filter::checked(call, items)?;
+    }
     if defaults::is_defaults_kind(kind) {
         return defaults::get(shared, call, kind, None).await;
     }
@@ -561,7 +567,7 @@ pub(super) async fn matches(shared: &Shared, call: &Call) -> Result<Reply, ApiEr
 /// `GET /v1/connect/intentions`.
 pub(super) async fn list(shared: &Shared, call: &Call) -> Result<Reply, ApiError> {
     call.reject_enterprise()?;
-    let filter = filter::of(call)?;
+    let filter = filter::checked(call, selectors::INTENTION)?;
     let consistency = call.consistency()?;
     let opts = call.blocking()?;
     let mut answer = blocking::by_index(shared, &opts, DEFAULT_WAIT, |state, _| {

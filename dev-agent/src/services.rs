@@ -28,6 +28,7 @@ use ferrule_control::api::health::{HealthCheck, NodeService, PASSING, ServiceEnt
 
 use super::DevAgentConfig;
 use super::blocking::{self, DEFAULT_WAIT};
+use super::catalog;
 use super::checks::{self, CheckDef, CheckKind, LocalCheck};
 use super::defaults;
 use super::filter;
@@ -145,7 +146,7 @@ pub(super) async fn deregister(shared: &Shared, call: &Call, id: &str) -> Result
 /// `GET /v1/agent/services`.
 pub(super) async fn list(shared: &Shared, call: &Call) -> Result<Reply, ApiError> {
     call.reject_enterprise()?;
-    let filter = filter::of(call)?;
+    let filter = filter::checked(call, selectors::AGENT_SERVICE)?;
     let datacenter = &shared.config.datacenter;
     let mut services: BTreeMap<String, AgentService> = shared.with(|state| {
         state
@@ -185,7 +186,7 @@ pub(super) async fn get(shared: &Shared, call: &Call, id: &str) -> Result<Reply,
 /// `GET /v1/agent/checks`.
 pub(super) async fn checks(shared: &Shared, call: &Call) -> Result<Reply, ApiError> {
     call.reject_enterprise()?;
-    let filter = filter::of(call)?;
+    let filter = filter::checked(call, selectors::HEALTH_CHECK)?;
     let mut checks: BTreeMap<String, HealthCheck> = shared.with(|state| {
         state
             .checks
@@ -205,10 +206,7 @@ pub(super) async fn health(
     connect: bool,
 ) -> Result<Reply, ApiError> {
     call.reject_enterprise()?;
-    let filter = filter::of(call)?;
-    if let Some(expr) = &filter {
-        selectors::check_health(expr)?;
-    }
+    let filter = filter::checked(call, selectors::HEALTH_ENTRY)?;
     let consistency = call.consistency()?;
     let opts = call.blocking()?;
     let passing = call
@@ -725,6 +723,13 @@ impl State {
             .max(self.node.serf_check.modify_index)
             .max(self.tombstones.get(&key).copied().unwrap_or(0));
         let mut entries = Vec::new();
+        if !connect && name == catalog::CONSUL {
+            entries.push(ServiceEntry {
+                node: self.node.node.clone(),
+                service: catalog::consul_service(self),
+                checks: vec![self.node.serf_check.clone()],
+            });
+        }
         for local in self.services.values() {
             if !health_keys(&local.service).contains(&key) {
                 continue;

@@ -1,6 +1,8 @@
 //! The `ferrule` command line. Exit codes: 0 clean shutdown, 1 runtime failure,
 //! 2 bad flags or bad config.
 
+mod certs;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -47,6 +49,9 @@ enum Command {
     Dev(DevArgs),
     /// The whole mesh in one process: dev agent, two services, their sidecars.
     Demo(DemoArgs),
+    /// Write a development CA and SVIDs for static mode (--config): the examples'
+    /// certificates, shaped like Consul's. Not for production.
+    Certs(certs::CertsArgs),
 }
 
 #[derive(clap::Args)]
@@ -194,6 +199,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy(*args),
         Command::Dev(args) => dev(args),
         Command::Demo(args) => demo(args),
+        Command::Certs(args) => certs::run(args),
     }
 }
 

@@ -5,7 +5,7 @@
 //! replaced by a free one, and `ferrule dev` is given that port for the agent's default
 //! address (the proxies find it through `CONSUL_HTTP_ADDR`). The script must finish,
 //! with status 0, within the time limit; everything it started is stopped with its
-//! process group.
+//! process group. Each walk-through names what its output must show.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -64,7 +64,7 @@ fn with_ports(script: &str, ports: &BTreeMap<u16, u16>) -> String {
     .into_owned()
 }
 
-async fn run(name: &str) {
+async fn run(name: &str, expected: &[&str]) {
     for tool in ["bash", "curl", "python3"] {
         let found = std::process::Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -145,13 +145,7 @@ async fn run(name: &str) {
         !err.contains("addr=0.0.0.0"),
         "walk-through {name}: a listener bound beyond loopback\n--- stderr (end)\n{tail}"
     );
-    for expected in [
-        "hello from api",
-        "api answered 200",
-        "api v1",
-        "api v2",
-        "the admin service",
-    ] {
+    for expected in expected {
         assert!(
             out.contains(expected),
             "walk-through {name}: {expected:?} not printed\n--- stdout\n{out}"
@@ -170,7 +164,41 @@ async fn read_all(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_consul_and_traffic_management() {
-    run("consul").await;
+    run(
+        "consul",
+        &[
+            "hello from api",
+            "api answered 200",
+            "api v1",
+            "api v2",
+            "the admin service",
+        ],
+    )
+    .await;
+}
+
+/// `ferrule certs`, two static sidecars, a call, then the intention flipped to deny.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_tour() {
+    run(
+        "static",
+        &[
+            "wrote certs/ca.pem",
+            "web: spiffe://",
+            "ready",
+            "hello from api",
+            "decision=\"allow\"",
+            "refused: web may no longer call api",
+        ],
+    )
+    .await;
+}
+
+/// `ferrule dev`'s Workload API sockets, and two static sidecars taking their SVIDs
+/// from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_spire() {
+    run("spire", &["ready", "hello from api"]).await;
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use x509_parser::extensions::GeneralName;
 
 use super::{Agent, certs, verify};
@@ -98,21 +98,6 @@ async fn a_root_rotation_is_cross_signed_and_both_roots_are_published() {
     assert_eq!(same.active_root_id, before.active_root_id);
     let same_leaf: IssuedCert = agent.get("/v1/agent/connect/ca/leaf/web").await.json();
     assert_eq!(same_leaf.serial_number, old_leaf.serial_number);
-    // A key type the dev agent cannot make is refused, not ignored.
-    let rsa = agent
-        .put(
-            "/v1/connect/ca/configuration",
-            json!({ "Config": { "PrivateKeyType": "rsa", "PrivateKeyBits": 2048 } }),
-        )
-        .await;
-    assert_eq!(rsa.status, StatusCode::BAD_REQUEST, "{}", rsa.text());
-    let invalid = agent
-        .put(
-            "/v1/connect/ca/configuration",
-            json!({ "Config": { "PrivateKeyType": "ec", "PrivateKeyBits": 2048 } }),
-        )
-        .await;
-    assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
 
     let rotated = agent.rotate_ca().await;
     assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text());
@@ -180,4 +165,132 @@ async fn a_rotated_out_root_is_pruned_after_twice_the_leaf_ttl() {
     assert_eq!(roots.roots.len(), 1, "pruned after {waited:?}");
     assert!(roots.roots[0].active);
     assert!(waited > Duration::from_millis(1500) && waited < Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn the_key_type_of_the_configuration_makes_the_root_and_signs_the_leaves() {
+    let agent = Agent::start().await;
+    let before: IndexedCARoots = agent.get("/v1/agent/connect/ca/roots").await.json();
+    assert_eq!(
+        (
+            before.roots[0].private_key_type.as_str(),
+            before.roots[0].private_key_bits
+        ),
+        ("ec", 256)
+    );
+    let put_key = |kind: &'static str, bits: Value| json!({ "Provider": "consul", "Config": { "PrivateKeyType": kind, "PrivateKeyBits": bits } });
+    // Refused as Consul's provider refuses them (a 500 with its message), or, for the
+    // curves Consul takes and the dev CA cannot make, a 400.
+    for (kind, bits, status, message) in [
+        (
+            "ec",
+            json!(2048),
+            500,
+            "error configuring provider: EC key length must be one of (224, 256, 384, 521) bits",
+        ),
+        (
+            "rsa",
+            json!(3072),
+            500,
+            "error configuring provider: RSA key length must be 2048 or 4096 bits",
+        ),
+        (
+            "dsa",
+            json!(1024),
+            500,
+            "error configuring provider: private key type must be either 'ec' or 'rsa'",
+        ),
+        (
+            "ec",
+            json!(521),
+            400,
+            "the dev agent's CA cannot make EC P-521 keys",
+        ),
+    ] {
+        let refused = agent
+            .put("/v1/connect/ca/configuration", put_key(kind, bits))
+            .await;
+        assert_eq!(
+            refused.status.as_u16(),
+            status,
+            "{kind}: {}",
+            refused.text()
+        );
+        assert!(refused.text().starts_with(message), "{}", refused.text());
+    }
+    let same: IndexedCARoots = agent.get("/v1/agent/connect/ca/roots").await.json();
+    assert_eq!(
+        same.active_root_id, before.active_root_id,
+        "refusals keep the root"
+    );
+
+    // RSA (bits as a string, as Go's weak decoding takes them): a new root, cross-signed.
+    let rsa = agent
+        .put(
+            "/v1/connect/ca/configuration",
+            put_key("rsa", json!("2048")),
+        )
+        .await;
+    assert_eq!(rsa.status, StatusCode::OK, "{}", rsa.text());
+    let roots: IndexedCARoots = agent.get("/v1/agent/connect/ca/roots").await.json();
+    let active = roots.roots.iter().find(|r| r.active).unwrap();
+    assert_ne!(active.id, before.active_root_id);
+    assert_eq!(
+        (active.private_key_type.as_str(), active.private_key_bits),
+        ("rsa", 2048)
+    );
+    let leaf: IssuedCert = agent.get("/v1/agent/connect/ca/leaf/web").await.json();
+    assert!(
+        leaf.private_key_pem
+            .starts_with("-----BEGIN EC PRIVATE KEY-----")
+    );
+    let chain = certs(&leaf.cert_pem);
+    let (_, cert) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+    assert_eq!(
+        cert.signature_algorithm.algorithm.to_id_string(),
+        "1.2.840.113549.1.1.11",
+        "sha256WithRSAEncryption"
+    );
+    verify(&chain, &active.root_cert).expect("verifies against the RSA root");
+    verify(&chain, &before.roots[0].root_cert).expect("and, cross-signed, the EC one");
+    let config = agent.get("/v1/connect/ca/configuration").await.value();
+    assert_eq!(config["Config"]["PrivateKeyType"], "rsa");
+
+    // Another setting alone keeps the RSA root; P-384 rotates again.
+    let ttl = agent
+        .put(
+            "/v1/connect/ca/configuration",
+            json!({ "Config": { "LeafCertTTL": "24h" } }),
+        )
+        .await;
+    assert_eq!(ttl.status, StatusCode::OK, "{}", ttl.text());
+    let kept: IndexedCARoots = agent.get("/v1/agent/connect/ca/roots").await.json();
+    assert_eq!(kept.active_root_id, roots.active_root_id);
+    let p384 = agent
+        .put("/v1/connect/ca/configuration", put_key("ec", json!(384)))
+        .await;
+    assert_eq!(p384.status, StatusCode::OK, "{}", p384.text());
+    let roots: IndexedCARoots = agent.get("/v1/agent/connect/ca/roots").await.json();
+    let active = roots.roots.iter().find(|r| r.active).unwrap();
+    assert_eq!(
+        (active.private_key_type.as_str(), active.private_key_bits),
+        ("ec", 384)
+    );
+    let leaf: IssuedCert = agent.get("/v1/agent/connect/ca/leaf/web").await.json();
+    verify(&certs(&leaf.cert_pem), &active.root_cert).expect("verifies against the P-384 root");
+
+    // ?pem=true: every root, then its intermediates.
+    let pem = agent.get("/v1/connect/ca/roots?pem=true").await.text();
+    let published: usize = roots
+        .roots
+        .iter()
+        .map(|r| 1 + r.intermediate_certs.len())
+        .sum();
+    assert_eq!(certs(&pem).len(), published);
+    let bad = agent.get("/v1/connect/ca/roots?pem=maybe").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        bad.text(),
+        "The 'pem' query parameter must be a boolean value"
+    );
 }

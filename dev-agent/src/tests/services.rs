@@ -123,8 +123,17 @@ async fn the_catalog_answers_in_consuls_shapes() {
     assert_eq!(services.status, StatusCode::OK);
     assert_eq!(
         services.value(),
-        json!({ "db": ["primary"], "web": ["v1"], "web-sidecar-proxy": ["v1"] })
+        json!({ "consul": [], "db": ["primary"], "web": ["v1"], "web-sidecar-proxy": ["v1"] })
     );
+    // The server's own `consul` service: in the catalog, not among the agent's services.
+    let consul = agent.get("/v1/catalog/service/consul").await.value();
+    assert_eq!(consul[0]["ServiceID"], "consul");
+    assert_eq!(consul[0]["ServicePort"], 8300);
+    assert!(consul[0]["ServiceMeta"]["version"].is_string());
+    let health = agent.get("/v1/health/service/consul").await.value();
+    assert_eq!(health[0]["Checks"][0]["CheckID"], "serfHealth");
+    let local = agent.get("/v1/agent/services").await.value();
+    assert!(local.get("consul").is_none(), "{local}");
     let filtered = agent
         .get("/v1/catalog/services?filter=ServiceMeta.env%20%3D%3D%20prod")
         .await;
@@ -174,7 +183,7 @@ async fn the_catalog_answers_in_consuls_shapes() {
     let one = agent.get(&format!("/v1/catalog/node/{name}")).await.value();
     assert_eq!(one["Node"]["Node"], name);
     let ids: Vec<&String> = one["Services"].as_object().unwrap().keys().collect();
-    assert_eq!(ids, ["db", "web", "web-sidecar-proxy"]);
+    assert_eq!(ids, ["consul", "db", "web", "web-sidecar-proxy"]);
     assert_eq!(
         agent.get("/v1/catalog/node/nope").await.text().trim(),
         "null"
@@ -266,6 +275,106 @@ async fn filters_apply_to_every_list() {
         .get(&format!("/v1/agent/services?filter={}", q("Kind =")))
         .await;
     assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
+}
+
+/// A filter naming a field its list's items do not have is a 400 naming the selector,
+/// on every list Consul filters, even an empty one; the same selector on the list
+/// whose items have it is taken.
+#[tokio::test]
+async fn unknown_selectors_are_refused_on_every_list() {
+    let agent = Agent::start().await;
+    let q = |expr: &str| form_urlencoded::byte_serialize(expr.as_bytes()).collect::<String>();
+    for (path, good, bad) in [
+        ("/v1/agent/services", "Service == web", "ServiceName == web"),
+        (
+            "/v1/agent/checks",
+            "ServiceName == web",
+            "Service.Name == web",
+        ),
+        (
+            "/v1/catalog/services",
+            "ServiceName == web",
+            "Service == web",
+        ),
+        (
+            "/v1/catalog/service/web",
+            "ServiceMeta.v == x",
+            "Service.Meta.v == x",
+        ),
+        (
+            "/v1/catalog/connect/web",
+            "ServiceProxy.Mode == x",
+            "Proxy.Mode == x",
+        ),
+        (
+            "/v1/catalog/nodes",
+            "Meta.rack == r1",
+            "NodeMeta.rack == r1",
+        ),
+        (
+            "/v1/catalog/node/ferrule-dev",
+            "Service == web",
+            "ServiceName == web",
+        ),
+        (
+            "/v1/health/service/web",
+            "Service.Tags is empty",
+            "ServiceTags is empty",
+        ),
+        (
+            "/v1/health/connect/web",
+            "Checks.Status == passing",
+            "Check.Status == passing",
+        ),
+        (
+            "/v1/connect/intentions",
+            "SourceName == web",
+            "Source == web",
+        ),
+        (
+            "/v1/config/service-intentions",
+            "Sources.Name == web",
+            "Source == web",
+        ),
+        (
+            "/v1/config/service-defaults",
+            "Protocol == http",
+            "Protocols == http",
+        ),
+        (
+            "/v1/config/proxy-defaults",
+            "Config.protocol == http",
+            "Protocol == http",
+        ),
+        (
+            "/v1/config/service-resolver",
+            "DefaultSubset == v1",
+            "Subset == v1",
+        ),
+        (
+            "/v1/config/service-splitter",
+            "Splits is empty",
+            "Routes is empty",
+        ),
+        (
+            "/v1/config/service-router",
+            "Routes is empty",
+            "Splits is empty",
+        ),
+    ] {
+        let ok = agent.get(&format!("{path}?filter={}", q(good))).await;
+        assert_eq!(ok.status, StatusCode::OK, "{path} {good}: {}", ok.text());
+        let refused = agent.get(&format!("{path}?filter={}", q(bad))).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{path} {bad}");
+        let selector = bad.split(' ').next().unwrap_or_default();
+        assert_eq!(
+            refused.text(),
+            format!(
+                "Failed to create boolean expression evaluator: Selector {selector:?} is not valid"
+            ),
+            "{path}"
+        );
+    }
 }
 
 /// The sidecar port range is the agent's to set (`--sidecar-min-port`/`-max-port`).

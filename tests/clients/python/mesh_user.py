@@ -51,6 +51,7 @@ def catalog_and_health(c):
     index, services = c.catalog.services()
     expect(int(index) > 0, "catalog services index")
     expect(services.get("web") == ["v1"], f"catalog services: {services}")
+    expect(services.get("consul") == [], f"the server's own consul service: {services}")
     _, nodes = c.catalog.service("web")
     expect(len(nodes) == 1, f"catalog service web: {nodes}")
     keys(nodes[0], ["ID", "Node", "Address", "Datacenter", "TaggedAddresses", "NodeMeta",
