@@ -6,7 +6,10 @@
 //! - `binary`: builds and finds the `ferrule` binary (once per test process).
 //! - `sidecar`: a running `ferrule proxy --config` with its own directory, its
 //!   watched files, and its admin endpoints (`/ready`, `/metrics`).
-//! - `backends`: the local applications (HTTP echo, HTTP recorder, counting TCP echo).
+//! - `backends`: the local applications (HTTP echo, HTTP recorder, counting TCP echo,
+//!   and backends that name themselves in their answers).
+//! - `chain`: a mesh for the discovery chain: config entries, instances with their
+//!   sidecars, a caller, and clients that tell which instance answered.
 //! - `consul`: a `ferrule proxy --sidecar-for` process fed by a dev agent.
 //! - `envoy`: real Envoy as a Consul-configured sidecar next to ferrule (interop tests).
 //! - `faulty_agent`: a fault injector between a sidecar and its agent.
@@ -26,6 +29,7 @@ pub mod admin;
 pub mod agent;
 pub mod backends;
 pub mod binary;
+pub mod chain;
 pub mod clients;
 pub mod consul;
 pub mod envoy;
