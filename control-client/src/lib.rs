@@ -16,5 +16,6 @@ pub mod identity;
 pub mod intentions;
 pub mod model;
 pub mod publish;
+pub mod routing;
 mod telemetry;
 pub mod workload;

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::identity::ServiceId;
 use crate::intentions::{Action, Intentions};
+use crate::routing::Routing;
 
 /// The roots this proxy trusts, and the trust domain they speak for.
 #[derive(Clone, Serialize)]
@@ -194,7 +195,15 @@ pub struct UpstreamConfig {
     #[serde(serialize_with = "optional_millis")]
     pub idle_timeout: Option<Duration>,
     pub max_connections: usize,
-    pub endpoints: Vec<Endpoint>,
+    /// Where its traffic goes: routes, splits, clusters and their targets' instances.
+    pub routing: Arc<Routing>,
+}
+
+impl UpstreamConfig {
+    /// Every instance of every target, each once, in the routing's order.
+    pub fn all_endpoints(&self) -> Vec<&Endpoint> {
+        self.routing.targets().flat_map(|t| &t.endpoints).collect()
+    }
 }
 
 /// Where the default intention action came from, shown at `/config`.

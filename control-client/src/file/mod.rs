@@ -391,7 +391,7 @@ impl Files {
                         identity: identity.clone(),
                     })
                     .collect();
-                up.listener.with_endpoints(endpoints)
+                up.listener.direct(identity, endpoints)
             })
             .collect()
     }

@@ -75,7 +75,7 @@ async fn changes_are_published_and_unchanged_pieces_keep_their_arc() {
     let mut rx = files.source();
     let first = rx.borrow_and_update().clone();
     assert!(first.is_complete());
-    assert_eq!(first.upstreams[0].endpoints[0].identity.service, "db");
+    assert_eq!(first.upstreams[0].all_endpoints()[0].identity.service, "db");
 
     files.write("intentions.json", &allow("billing"));
     let second = next(&mut rx).await;
@@ -166,7 +166,7 @@ async fn the_workload_identity_fills_the_snapshot_and_follows_rotations() {
     assert!(snap.is_complete());
     assert!(Arc::ptr_eq(snap.leaf.as_ref().unwrap(), &id.leaf));
     assert!(Arc::ptr_eq(snap.bundle.as_ref().unwrap(), &id.bundle));
-    let db = &snap.upstreams[0].endpoints[0].identity;
+    let db = &snap.upstreams[0].all_endpoints()[0].identity;
     assert_eq!(
         (db.service.as_str(), db.trust_domain.as_str()),
         ("db", ca.trust_domain().as_str())

@@ -6,7 +6,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use crate::identity::ServiceId;
 use crate::model::{Endpoint, InboundConfig, Protocol, UpstreamConfig};
+use crate::routing::{Routing, Target};
 
 /// How long a peer's TLS handshake on the public listener may take: the default of
 /// Consul's built-in proxy.
@@ -138,8 +142,15 @@ impl UpstreamListener {
         }
     }
 
-    /// The upstream as the proxy serves it, dialling `endpoints`.
-    pub(crate) fn with_endpoints(&self, endpoints: Vec<Endpoint>) -> UpstreamConfig {
+    /// The upstream as the proxy serves it when no chain shapes it: everything to
+    /// `identity`'s service, dialling `endpoints`.
+    pub(crate) fn direct(&self, identity: ServiceId, endpoints: Vec<Endpoint>) -> UpstreamConfig {
+        let target = Target::new(identity, None, endpoints);
+        self.with_routing(Arc::new(Routing::direct(target, self.connect_timeout)))
+    }
+
+    /// The upstream as the proxy serves it, routed by `routing`.
+    pub(crate) fn with_routing(&self, routing: Arc<Routing>) -> UpstreamConfig {
         UpstreamConfig {
             name: self.name.clone(),
             bind: self.bind,
@@ -148,7 +159,7 @@ impl UpstreamListener {
             request_timeout: self.request_timeout,
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
-            endpoints,
+            routing,
         }
     }
 }
@@ -176,8 +187,10 @@ mod tests {
             max_connections: Some(0),
             ..Default::default()
         };
-        let up = UpstreamListener::new("db".into(), bind, Protocol::Http, &limits)
-            .with_endpoints(Vec::new());
+        let up = UpstreamListener::new("db".into(), bind, Protocol::Http, &limits).direct(
+            ServiceId::new("td.consul", "default", "dc1", "db"),
+            Vec::new(),
+        );
         assert_eq!(up.connect_timeout, Duration::from_secs(5));
         assert_eq!(up.request_timeout, None);
         assert_eq!(up.idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));

@@ -66,7 +66,10 @@ async fn the_consul_source_follows_the_dev_agent() {
 
     let td = agent.agent.trust_domain().to_owned();
     wait_for(&mut snapshots, |s| {
-        s.is_complete() && s.upstreams.first().is_some_and(|u| !u.endpoints.is_empty())
+        s.is_complete()
+            && s.upstreams
+                .first()
+                .is_some_and(|u| u.routing.has_endpoints())
     })
     .await;
     let snapshot = snapshots.borrow_and_update().clone();
@@ -75,8 +78,9 @@ async fn the_consul_source_follows_the_dev_agent() {
     assert_eq!(snapshot.bundle.as_ref().unwrap().trust_domain, td);
     let upstream = &snapshot.upstreams[0];
     assert_eq!(upstream.name, "db");
-    assert_eq!(upstream.endpoints[0].addr, format!("127.0.0.1:{db_port}"));
-    assert_eq!(upstream.endpoints[0].identity.service, "db");
+    let endpoints = &upstream.routing.clusters[0].targets[0].endpoints;
+    assert_eq!(endpoints[0].addr, format!("127.0.0.1:{db_port}"));
+    assert_eq!(endpoints[0].identity.service, "db");
     assert_eq!(snapshot.inbound.as_ref().unwrap().bind.port(), 21000);
 
     let old_serial = leaf.serial.clone();

@@ -186,8 +186,9 @@ impl MeshPool {
     fn forget_departed(&self, upstream: &UpstreamConfig) {
         self.slots.lock().retain(|key, _| {
             upstream
-                .endpoints
-                .iter()
+                .routing
+                .targets()
+                .flat_map(|t| &t.endpoints)
                 .any(|e| e.addr == key.addr && e.identity == key.identity)
         });
     }
@@ -257,7 +258,7 @@ async fn handle(
     let Some(upstream) = snapshot.upstream(&pool.upstream) else {
         return guard.respond(unavailable("no healthy upstream", grpc));
     };
-    if upstream.endpoints.is_empty() {
+    if super::endpoints(upstream).is_empty() {
         metrics::outbound_attempt(&upstream.name, Attempt::NoEndpoints);
         return guard.respond(unavailable("no healthy upstream", grpc));
     }
@@ -301,7 +302,7 @@ async fn send(
     tls: &TlsState,
     grpc: bool,
 ) -> Response<Either<Incoming, Full<Bytes>>> {
-    let endpoints = &upstream.endpoints;
+    let endpoints = super::endpoints(upstream);
     for i in pool.balancer.order(endpoints) {
         let endpoint = &endpoints[i];
         let Some(sender) = pool.sender(endpoint, upstream, tls).await else {

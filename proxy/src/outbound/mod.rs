@@ -15,7 +15,7 @@ mod http;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ferrule_control::model::Protocol;
+use ferrule_control::model::{Endpoint, Protocol, UpstreamConfig};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
@@ -74,6 +74,18 @@ impl Upstream {
     }
 }
 
+/// The instances a connection or request goes to: the active target of the cluster
+/// the catch-all route's first split names.
+pub(crate) fn endpoints(upstream: &UpstreamConfig) -> &[Endpoint] {
+    upstream
+        .routing
+        .catch_all()
+        .and_then(|route| route.splits.first())
+        .and_then(|split| upstream.routing.clusters.get(split.cluster))
+        .and_then(|cluster| cluster.active_target())
+        .map_or(&[], |target| target.endpoints.as_slice())
+}
+
 /// One L4 app connection: the first endpoint that can be dialed gets its bytes.
 async fn handle(
     mut app: Watched<TcpStream>,
@@ -89,7 +101,7 @@ async fn handle(
     let Some(upstream) = snapshot.upstream(&name) else {
         return guard.attempt(Attempt::NoEndpoints);
     };
-    let endpoints = &upstream.endpoints;
+    let endpoints = endpoints(upstream);
     if endpoints.is_empty() {
         return guard.attempt(Attempt::NoEndpoints);
     }

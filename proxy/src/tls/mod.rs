@@ -190,11 +190,14 @@ fn wanted_clients(snapshot: &Snapshot) -> Vec<ClientKey> {
         .upstreams
         .iter()
         .flat_map(|u| {
-            u.endpoints.iter().map(|e| ClientKey {
-                addr: e.addr.clone(),
-                expected: e.identity.clone(),
-                offer: Offer::of(u.protocol),
-            })
+            u.routing
+                .targets()
+                .flat_map(|t| &t.endpoints)
+                .map(|e| ClientKey {
+                    addr: e.addr.clone(),
+                    expected: e.identity.clone(),
+                    offer: Offer::of(u.protocol),
+                })
         })
         .collect()
 }

@@ -77,7 +77,14 @@ impl Endpoints {
                         .collect(),
                     _ => Vec::new(),
                 };
-                up.listener.with_endpoints(endpoints)
+                let dc = if up.key.datacenter.is_empty() {
+                    local_dc
+                } else {
+                    &up.key.datacenter
+                };
+                let identity =
+                    ServiceId::new(trust_domain.unwrap_or_default(), DEFAULT, dc, &up.key.name);
+                up.listener.direct(identity, endpoints)
             })
             .collect()
     }

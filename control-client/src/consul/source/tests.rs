@@ -208,7 +208,9 @@ async fn until(
 }
 
 fn ready(s: &Snapshot) -> bool {
-    s.is_complete() && s.upstreams.len() == 2 && s.upstreams.iter().all(|u| !u.endpoints.is_empty())
+    s.is_complete()
+        && s.upstreams.len() == 2
+        && s.upstreams.iter().all(|u| !u.all_endpoints().is_empty())
 }
 
 #[tokio::test]
@@ -235,16 +237,17 @@ async fn sidecar_for_fills_the_whole_snapshot_from_the_agent() {
     );
     assert_eq!(db.connect_timeout, Duration::from_millis(5000));
     assert_eq!(
-        db.endpoints[0].addr, "10.0.0.1:21001",
+        db.all_endpoints()[0].addr,
+        "10.0.0.1:21001",
         "Service.Address empty: the node's"
     );
     assert_eq!(
-        db.endpoints[0].identity,
+        db.all_endpoints()[0].identity,
         ServiceId::new(&td, "default", "dc1", "db")
     );
     let cache = &snap.upstreams[1];
-    assert_eq!(cache.endpoints[0].addr, "10.0.0.3:21002");
-    assert_eq!(cache.endpoints[0].identity.service, "cache");
+    assert_eq!(cache.all_endpoints()[0].addr, "10.0.0.3:21002");
+    assert_eq!(cache.all_endpoints()[0].identity.service, "cache");
 
     let default = snap.default_action.as_ref().unwrap();
     assert_eq!(
@@ -291,7 +294,7 @@ async fn upstreams_follow_the_registration() {
     let snap = until(&mut rx, "db gone", |s| s.upstreams.len() == 1).await;
     assert_eq!(snap.upstreams[0].name, "cache");
     assert_eq!(snap.upstreams[0].bind, "127.0.0.1:9393".parse().unwrap());
-    assert!(!snap.upstreams[0].endpoints.is_empty());
+    assert!(!snap.upstreams[0].all_endpoints().is_empty());
     assert!(Arc::ptr_eq(
         first.leaf.as_ref().unwrap(),
         snap.leaf.as_ref().unwrap()
@@ -306,7 +309,7 @@ async fn upstreams_follow_the_registration() {
         sidecar(vec![upstream("cache", 9393), upstream("db", 9191)]),
     );
     let snap = until(&mut rx, "db back with endpoints", |s| {
-        s.upstreams.len() == 2 && s.upstreams.iter().all(|u| !u.endpoints.is_empty())
+        s.upstreams.len() == 2 && s.upstreams.iter().all(|u| !u.all_endpoints().is_empty())
     })
     .await;
     assert_eq!(snap.upstreams[1].name, "db");
@@ -325,15 +328,19 @@ async fn endpoints_follow_health() {
         ]),
     );
     until(&mut rx, "two db instances", |s| {
-        s.upstreams[0].endpoints.len() == 2
+        s.upstreams[0].all_endpoints().len() == 2
     })
     .await;
     world.agent.set("/v1/health/connect/db", json!([]));
     let snap = until(&mut rx, "no db instance", |s| {
-        s.upstreams[0].endpoints.is_empty()
+        s.upstreams[0].all_endpoints().is_empty()
     })
     .await;
-    assert_eq!(snap.upstreams[1].endpoints.len(), 1, "cache untouched");
+    assert_eq!(
+        snap.upstreams[1].all_endpoints().len(),
+        1,
+        "cache untouched"
+    );
 }
 
 #[tokio::test]
@@ -607,7 +614,7 @@ async fn with_the_workload_api_identity_comes_from_it_and_the_rest_from_the_agen
     })
     .await;
     assert!(snap.leaf.is_none() && snap.bundle.is_none());
-    assert!(snap.upstreams.iter().all(|u| u.endpoints.is_empty()));
+    assert!(snap.upstreams.iter().all(|u| u.all_endpoints().is_empty()));
 
     let id = workload_identity(&spire, "web");
     tx.send_replace(Some(id.clone()));
@@ -615,7 +622,7 @@ async fn with_the_workload_api_identity_comes_from_it_and_the_rest_from_the_agen
     assert!(Arc::ptr_eq(snap.leaf.as_ref().unwrap(), &id.leaf));
     assert!(Arc::ptr_eq(snap.bundle.as_ref().unwrap(), &id.bundle));
     // Upstreams are pinned in the SVID's trust domain, not the agent's.
-    let db = &snap.upstreams[0].endpoints[0].identity;
+    let db = &snap.upstreams[0].all_endpoints()[0].identity;
     assert_eq!(db.trust_domain, spire.trust_domain());
     let requests = world.agent.requests();
     assert!(
