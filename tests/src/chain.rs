@@ -140,7 +140,7 @@ impl InstanceSpec {
         }
     }
 
-    /// `Meta.version` of the instance (and so of its sidecar).
+    /// `Meta.version` of the instance (and so of its sidecar), also one of its tags.
     pub fn version(mut self, version: &str) -> InstanceSpec {
         self.version = Some(version.to_owned());
         self
@@ -205,7 +205,7 @@ impl ChainMesh {
         };
         let mut reg = ServiceRegistration::new(&spec.service, port).with_id(&spec.id);
         if let Some(version) = &spec.version {
-            reg = reg.with_meta("version", version);
+            reg = reg.with_meta("version", version).with_tag(version);
         }
         if spec.ttl_check {
             reg = reg.with_ttl_check();
