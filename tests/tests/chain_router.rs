@@ -18,6 +18,13 @@ use serde_json::{Value, json};
 const API: &str = "api";
 const ADMIN: &str = "admin";
 
+/// A request (path, headers) and the instance it should land on.
+type Case = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
 fn router(routes: Value) -> Value {
     json!({"Kind": "service-router", "Name": API, "Routes": routes})
 }
@@ -166,7 +173,7 @@ async fn a_header_or_a_query_parameter_routes_to_a_subset() {
     .await;
     mesh.expect(routed, "the header route").await;
 
-    let cases: [(&str, &[(&str, &str)], &str); 6] = [
+    let cases: [Case; 6] = [
         ("/", &[], "api-v1"),
         ("/", &[("x-canary", "1")], "api-v2"),
         ("/", &[("x-canary", "0")], "api-v1"),
