@@ -652,34 +652,37 @@ impl Drop for RequestLoop {
     }
 }
 
-/// How steady traffic moved to one backend after a change made at `from`.
+/// How steady traffic moved to other backends after a change made at `from`.
 #[derive(Debug, Clone, Default)]
 pub struct Switch {
     /// Requests sent at or after the change.
     pub requests: usize,
-    /// When the first request that landed on the new backend was sent.
+    /// When the first request that landed on a new backend was sent.
     pub first: Option<Duration>,
-    /// When the first request of the final run on the new backend was sent: from then
+    /// When the first request of the final run on the new backends was sent: from then
     /// on, every request landed there. `None` if the last request did not.
     pub settled: Option<Duration>,
     /// Every request since the change that failed, with when it was sent.
     pub failures: Vec<String>,
     /// Requests sent once the change should have applied.
     pub after_deadline: usize,
-    /// Of those, the ones that did not land on the new backend.
+    /// Of those, the ones that did not land on a new backend.
     pub late: Vec<String>,
 }
 
 impl Switch {
     /// Reads `outcomes` after a change made at `from` that should send everything to
-    /// `to` within `within`.
-    pub fn of(outcomes: &[Outcome], from: Instant, to: &str, within: Duration) -> Switch {
+    /// `to` (any of those backends) within `within`.
+    pub fn of(outcomes: &[Outcome], from: Instant, to: &[&str], within: Duration) -> Switch {
         let mut switch = Switch::default();
         let mut run_start = None;
         for outcome in outcomes.iter().filter(|o| o.sent >= from) {
             let at = outcome.sent - from;
             switch.requests += 1;
-            let landed = outcome.result.as_deref() == Ok(to);
+            let landed = outcome
+                .result
+                .as_deref()
+                .is_ok_and(|name| to.contains(&name));
             if landed {
                 switch.first.get_or_insert(at);
                 run_start.get_or_insert(at);

@@ -55,7 +55,7 @@ async fn a_splitter_edited_at_the_agent_applies_under_traffic_without_losing_a_r
     mesh.expect(held, "traffic after the change").await;
     let outcomes = traffic.stop().await;
 
-    let switch = Switch::of(&outcomes, changed, V2, APPLIES_WITHIN);
+    let switch = Switch::of(&outcomes, changed, &[V2], APPLIES_WITHIN);
     let lost: Vec<String> = outcomes
         .iter()
         .filter_map(|o| o.result.as_ref().err().cloned())

@@ -1,25 +1,68 @@
-//! Failover: `api`'s resolver fails over to another service, `api-backup`. When every
-//! instance of `api` turns critical (its TTL check failed at the agent; the sidecar's
-//! alias check follows), web's calls reach `api-backup` within 2 s, and go back to
-//! `api` within 2 s of it passing again, without a failed call. The times are measured
-//! under steady traffic and printed.
+//! Failover: `api`'s resolver fails over to another service, `api-backup`. While one
+//! instance of `api` is still passing, calls stay on `api`; when every instance of
+//! `api` is critical (their TTL checks failed at the agent; each sidecar's alias check
+//! follows), web's calls reach `api-backup` within 2 s, and come back to `api` within
+//! 2 s of it passing again, without a failed call. Measured under steady traffic and
+//! printed; a TCP upstream fails over too.
 
 use std::time::Duration;
 
 use ferrule_tests::agent::TtlStatus;
 use ferrule_tests::chain::{
-    APPLIES_WITHIN, ChainMesh, InstanceSpec, Outcome, RequestLoop, SETUP, Switch, wait_streak, who,
+    APPLIES_WITHIN, ChainMesh, InstanceSpec, Outcome, RequestLoop, SETUP, Switch, spread_tcp,
+    tcp_who, wait_seen, wait_streak, who,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::time::Instant;
 
 const API: &str = "api";
 const BACKUP: &str = "api-backup";
-const PRIMARY_APP: &str = "api-1";
+const PRIMARY_1: &str = "api-1";
+const PRIMARY_2: &str = "api-2";
 const BACKUP_APP: &str = "api-backup-1";
 const PACE: Duration = Duration::from_millis(10);
 /// Calls sent after a change should have applied, to prove it held.
 const AFTER: usize = 20;
+
+fn failover_resolver() -> Value {
+    json!({
+        "Kind": "service-resolver",
+        "Name": API,
+        "Failover": {"*": {"Targets": [{"Service": BACKUP}]}},
+    })
+}
+
+/// `api` (its instances with TTL checks) failing over to `api-backup`, and web.
+async fn failover_mesh(http: bool, primaries: &[&str]) -> ChainMesh {
+    let mut mesh = ChainMesh::start().await;
+    if http {
+        mesh.http_services(&[API, BACKUP]).await;
+    }
+    mesh.write(&failover_resolver()).await;
+    let spec = |service, id| {
+        if http {
+            InstanceSpec::http(service, id)
+        } else {
+            InstanceSpec::tcp(service, id)
+        }
+    };
+    for id in primaries {
+        mesh.add(spec(API, id).ttl_check()).await;
+    }
+    mesh.add(spec(BACKUP, BACKUP_APP)).await;
+    mesh.start_web(&[API]).await;
+    mesh
+}
+
+/// Sets the TTL checks of `instances`; the instant just before.
+async fn set_checks(mesh: &ChainMesh, instances: &[&str], status: TtlStatus) -> Instant {
+    let changed = Instant::now();
+    for id in instances {
+        let check = mesh.instance(id).reg.ttl_check_id();
+        mesh.agent.set_ttl_check(&check, status).await;
+    }
+    changed
+}
 
 /// Waits until `AFTER` calls were sent `APPLIES_WITHIN` after `changed`.
 async fn traffic_after(mesh: &ChainMesh, traffic: &RequestLoop, changed: Instant, what: &str) {
@@ -35,7 +78,7 @@ async fn traffic_after(mesh: &ChainMesh, traffic: &RequestLoop, changed: Instant
 }
 
 /// The switch to `to` after `from`, among the calls sent before `until`.
-fn switch(outcomes: &[Outcome], from: Instant, until: Instant, to: &str) -> Switch {
+fn switch(outcomes: &[Outcome], from: Instant, until: Instant, to: &[&str]) -> Switch {
     let window: Vec<Outcome> = outcomes
         .iter()
         .filter(|o| o.sent < until)
@@ -44,66 +87,111 @@ fn switch(outcomes: &[Outcome], from: Instant, until: Instant, to: &str) -> Swit
     Switch::of(&window, from, to, APPLIES_WITHIN)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_fail_over_to_another_service_and_come_back() {
-    let mut mesh = ChainMesh::start().await;
-    mesh.http_services(&[API, BACKUP]).await;
-    mesh.write(&json!({
-        "Kind": "service-resolver",
-        "Name": API,
-        "Failover": {"*": {"Targets": [{"Service": BACKUP}]}},
-    }))
-    .await;
-    mesh.add(InstanceSpec::http(API, PRIMARY_APP).ttl_check())
-        .await;
-    mesh.add(InstanceSpec::http(BACKUP, BACKUP_APP)).await;
-    mesh.start_web(&[API]).await;
-    let addr = mesh.upstream(API);
-    let primary = wait_streak("calls go to the primary", SETUP, PRIMARY_APP, 10, || {
-        who(addr, "/")
-    })
-    .await;
-    mesh.expect(primary, "the healthy primary").await;
+/// No call failed, and every call sent `APPLIES_WITHIN` after the change landed where
+/// it should.
+async fn assert_switched(mesh: &ChainMesh, what: &str, switch: &Switch) {
+    assert!(
+        switch.failures.is_empty(),
+        "{what}: calls failed: {:?}",
+        switch.failures.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(
+        switch.late.is_empty() && switch.after_deadline >= AFTER,
+        "{what}: calls sent {APPLIES_WITHIN:?} after the change went elsewhere: {:?}\n{}",
+        switch.late.iter().take(5).collect::<Vec<_>>(),
+        mesh.diagnose().await
+    );
+}
 
-    let traffic = RequestLoop::start(addr, "/steady", PACE);
-    let check = mesh.instance(PRIMARY_APP).reg.ttl_check_id();
-    let failed = Instant::now();
-    mesh.agent.set_ttl_check(&check, TtlStatus::Fail).await;
-    traffic_after(&mesh, &traffic, failed, "calls after the primary failed").await;
-    let recovered = Instant::now();
-    mesh.agent.set_ttl_check(&check, TtlStatus::Pass).await;
-    traffic_after(
-        &mesh,
-        &traffic,
-        recovered,
-        "calls after the primary recovered",
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_calls_fail_over_when_every_instance_is_critical_and_come_back() {
+    let mesh = failover_mesh(true, &[PRIMARY_1, PRIMARY_2]).await;
+    let addr = mesh.upstream(API);
+    let both = wait_seen(
+        "calls reach both primaries",
+        SETUP,
+        &[PRIMARY_1, PRIMARY_2],
+        || who(addr, "/"),
     )
     .await;
+    mesh.expect(both, "the healthy primaries").await;
+
+    let traffic = RequestLoop::start(addr, "/steady", PACE);
+    let one_down = set_checks(&mesh, &[PRIMARY_1], TtlStatus::Fail).await;
+    traffic_after(&mesh, &traffic, one_down, "calls after api-1 failed").await;
+    let all_down = set_checks(&mesh, &[PRIMARY_2], TtlStatus::Fail).await;
+    traffic_after(&mesh, &traffic, all_down, "calls after api-2 failed").await;
+    let recovered = set_checks(&mesh, &[PRIMARY_1, PRIMARY_2], TtlStatus::Pass).await;
+    traffic_after(&mesh, &traffic, recovered, "calls after api passed again").await;
     let outcomes = traffic.stop().await;
 
-    let over = switch(&outcomes, failed, recovered, BACKUP_APP);
-    let back = switch(&outcomes, recovered, Instant::now(), PRIMARY_APP);
+    let stayed = switch(&outcomes, one_down, all_down, &[PRIMARY_2]);
+    let over = switch(&outcomes, all_down, recovered, &[BACKUP_APP]);
+    let back = switch(
+        &outcomes,
+        recovered,
+        Instant::now(),
+        &[PRIMARY_1, PRIMARY_2],
+    );
     eprintln!(
-        "failover: every call on {BACKUP} from +{:?} after the check failed ({} calls, {} \
-         failed); back on {API} from +{:?} after it passed ({} calls, {} failed)",
+        "failover: every call on {BACKUP} from +{:?} after the last instance failed ({} \
+         calls, {} failed); back on {API} from +{:?} after it passed ({} calls, {} failed); \
+         with one instance left, every call on it from +{:?}",
         over.settled,
         over.requests,
         over.failures.len(),
         back.settled,
         back.requests,
-        back.failures.len()
+        back.failures.len(),
+        stayed.settled
     );
-    for (what, s) in [("failing over", &over), ("coming back", &back)] {
-        assert!(
-            s.failures.is_empty(),
-            "{what}: calls failed: {:?}",
-            s.failures.iter().take(5).collect::<Vec<_>>()
-        );
-        assert!(
-            s.late.is_empty() && s.after_deadline >= AFTER,
-            "{what}: calls sent {APPLIES_WITHIN:?} after the change went elsewhere: {:?}\n{}",
-            s.late.iter().take(5).collect::<Vec<_>>(),
-            mesh.diagnose().await
-        );
-    }
+    let early: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.sent >= one_down && o.sent < all_down)
+        .filter(|o| o.result.as_deref() == Ok(BACKUP_APP))
+        .collect();
+    assert!(
+        early.is_empty(),
+        "{} calls failed over while api-2 was still passing",
+        early.len()
+    );
+    assert_switched(&mesh, "one instance left", &stayed).await;
+    assert_switched(&mesh, "failing over", &over).await;
+    assert_switched(&mesh, "coming back", &back).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_fail_over_and_come_back() {
+    let mesh = failover_mesh(false, &[PRIMARY_1]).await;
+    let addr = mesh.upstream(API);
+    let primary = wait_streak("connections reach the primary", SETUP, PRIMARY_1, 5, || {
+        tcp_who(addr)
+    })
+    .await;
+    mesh.expect(primary, "the healthy primary").await;
+
+    let failed = set_checks(&mesh, &[PRIMARY_1], TtlStatus::Fail).await;
+    let put = failed.elapsed();
+    let over = wait_streak("connections fail over", SETUP, BACKUP_APP, 5, || {
+        tcp_who(addr)
+    })
+    .await;
+    let over = put + mesh.expect(over, "failing over").await;
+    let spread = spread_tcp(addr, 10).await;
+    let recovered = set_checks(&mesh, &[PRIMARY_1], TtlStatus::Pass).await;
+    let put = recovered.elapsed();
+    let back = wait_streak("connections come back", SETUP, PRIMARY_1, 5, || {
+        tcp_who(addr)
+    })
+    .await;
+    let back = put + mesh.expect(back, "coming back").await;
+    eprintln!(
+        "tcp failover: on {BACKUP} {over:?} after the check failed, back on {API} \
+         {back:?} after it passed"
+    );
+    assert_eq!(spread.on(BACKUP_APP), 10, "after failing over: {spread:?}");
+    assert!(
+        over <= APPLIES_WITHIN && back <= APPLIES_WITHIN,
+        "failover took {over:?}, coming back {back:?}; the bound is {APPLIES_WITHIN:?}"
+    );
 }
