@@ -400,6 +400,19 @@ impl ServiceRegistration {
         self
     }
 
+    /// An HTTP check `<id>-http` of `url` every second (the agent's shortest interval):
+    /// the instance turns critical within about a second of its app going away.
+    pub fn with_http_check(mut self, url: &str) -> ServiceRegistration {
+        self.checks.push(json!({
+            "CheckID": format!("{}-http", self.id),
+            "Name": "http",
+            "HTTP": url,
+            "Interval": "1s",
+            "Timeout": "1s",
+        }));
+        self
+    }
+
     /// The ID of the check [`ServiceRegistration::with_ttl_check`] adds.
     pub fn ttl_check_id(&self) -> String {
         format!("{}-ttl", self.id)

@@ -308,6 +308,12 @@ impl NamedHttp {
         self.state.seen.lock().len()
     }
 
+    /// Stops serving: the port refuses connections from now on and open connections
+    /// are closed, as when the app exits.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
     /// How many requests whose path (with its query) starts with `prefix`.
     pub fn count_path(&self, prefix: &str) -> usize {
         let seen = self.state.seen.lock();

@@ -117,6 +117,7 @@ pub struct InstanceSpec {
     id: String,
     version: Option<String>,
     ttl_check: bool,
+    http_check: bool,
     tcp: bool,
 }
 
@@ -128,6 +129,7 @@ impl InstanceSpec {
             id: id.to_owned(),
             version: None,
             ttl_check: false,
+            http_check: false,
             tcp: false,
         }
     }
@@ -150,6 +152,13 @@ impl InstanceSpec {
     /// [`ServiceRegistration::with_ttl_check`]).
     pub fn ttl_check(mut self) -> InstanceSpec {
         self.ttl_check = true;
+        self
+    }
+
+    /// An HTTP check of the app (see [`ServiceRegistration::with_http_check`]): the
+    /// instance turns critical when the test stops its app. HTTP apps only.
+    pub fn http_check(mut self) -> InstanceSpec {
+        self.http_check = true;
         self
     }
 }
@@ -209,6 +218,10 @@ impl ChainMesh {
         }
         if spec.ttl_check {
             reg = reg.with_ttl_check();
+        }
+        if spec.http_check {
+            assert!(!spec.tcp, "an HTTP check of a TCP app: {}", spec.id);
+            reg = reg.with_http_check(&format!("http://127.0.0.1:{port}/health"));
         }
         self.agent.register(&reg).await;
         let proxy = ConsulSidecar::start(&self.agent, &reg.id).await;

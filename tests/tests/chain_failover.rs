@@ -3,14 +3,15 @@
 //! `api` is critical (their TTL checks failed at the agent; each sidecar's alias check
 //! follows), web's calls reach `api-backup` within 2 s, and come back to `api` within
 //! 2 s of it passing again, without a failed call. Measured under steady traffic and
-//! printed; a TCP upstream fails over too.
+//! printed; a TCP upstream fails over too. A subset fails over to another subset when
+//! its app stops and the agent's HTTP check of it turns critical.
 
 use std::time::Duration;
 
 use ferrule_tests::agent::TtlStatus;
 use ferrule_tests::chain::{
     APPLIES_WITHIN, ChainMesh, InstanceSpec, Outcome, RequestLoop, SETUP, Switch, spread_tcp,
-    tcp_who, wait_seen, wait_streak, who,
+    subset_resolver, tcp_who, wait_seen, wait_streak, who,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -193,5 +194,50 @@ async fn tcp_connections_fail_over_and_come_back() {
     assert!(
         over <= APPLIES_WITHIN && back <= APPLIES_WITHIN,
         "failover took {over:?}, coming back {back:?}; the bound is {APPLIES_WITHIN:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subset_fails_over_to_another_subset_when_its_app_stops() {
+    // The HTTP check runs every second: the instance is critical within about a second
+    // of its app stopping, and the chain has the usual 2 s from then.
+    const BOUND: Duration = Duration::from_secs(3);
+    let mut mesh = ChainMesh::start().await;
+    mesh.http_services(&[API]).await;
+    let mut resolver = subset_resolver(API, Some("v1"), &["v1", "v2"]);
+    resolver["Failover"] = json!({"v1": {"Targets": [{"ServiceSubset": "v2"}]}});
+    mesh.write(&resolver).await;
+    mesh.add(InstanceSpec::http(API, "api-v1").version("v1").http_check())
+        .await;
+    mesh.add(InstanceSpec::http(API, "api-v2").version("v2"))
+        .await;
+    mesh.start_web(&[API]).await;
+    let addr = mesh.upstream(API);
+    let primary = wait_streak("calls go to v1", SETUP, "api-v1", 10, || who(addr, "/")).await;
+    mesh.expect(primary, "the default subset").await;
+
+    let traffic = RequestLoop::start(addr, "/steady", PACE);
+    let stopped = Instant::now();
+    mesh.instance("api-v1").http().stop();
+    let held = traffic
+        .wait_until("calls after v1's app stopped", SETUP, |o| {
+            o.iter().filter(|o| o.sent >= stopped + BOUND).count() >= AFTER
+        })
+        .await;
+    mesh.expect(held, "calls after v1's app stopped").await;
+    let outcomes = traffic.stop().await;
+    let over = Switch::of(&outcomes, stopped, &["api-v2"], BOUND);
+    eprintln!(
+        "subset failover: every call on v2 from +{:?} after v1's app stopped ({} calls, {} \
+         failed while v1 was still listed)",
+        over.settled,
+        over.requests,
+        over.failures.len()
+    );
+    assert!(
+        over.late.is_empty() && over.after_deadline >= AFTER,
+        "calls sent {BOUND:?} after v1's app stopped did not land on v2: {:?}\n{}",
+        over.late.iter().take(5).collect::<Vec<_>>(),
+        mesh.diagnose().await
     );
 }
