@@ -130,6 +130,52 @@ pub(super) async fn by_index<T>(
     }
 }
 
+/// Like [`by_index`] for a resource derived from part of a table (a compiled discovery
+/// chain): it answers with the table's index, but once blocked it answers only when
+/// `read`'s third value (what the resource was derived from) changes, or at the end of
+/// the wait. So a write to an unrelated entry moves the index without waking it, as in
+/// Consul, where the watch covers only the entries that were read.
+pub(super) async fn by_index_of_parts<T, K: PartialEq>(
+    shared: &Shared,
+    opts: &Blocking,
+    default_wait: Duration,
+    mut read: impl FnMut(&mut State) -> Result<(T, u64, K), ApiError>,
+) -> Result<Indexed<T>, ApiError> {
+    let mut changes = shared.subscribe();
+    let deadline = Instant::now() + opts.timeout(default_wait);
+    changes.borrow_and_update();
+    let (mut value, mut index, parts) = shared.with(&mut read)?;
+    if opts.index == 0 || index > opts.index {
+        return Ok(Indexed {
+            value,
+            index,
+            waited: false,
+        });
+    }
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            () = sleep_until(deadline) => break,
+            () = shared.shutdown.cancelled() => break,
+        }
+        changes.borrow_and_update();
+        let (now, now_index, now_parts) = shared.with(&mut read)?;
+        (value, index) = (now, now_index);
+        if now_parts != parts {
+            break;
+        }
+    }
+    Ok(Indexed {
+        value,
+        index,
+        waited: true,
+    })
+}
+
 /// Reads a resource, holding the request while its content hash equals `opts.hash`
 /// (the agent-local reads' hash blocking, `docs/consul-semantics.md#blocking-queries`).
 /// Without a `hash` parameter it answers at once.

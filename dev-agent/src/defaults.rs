@@ -336,7 +336,10 @@ fn commit<T: Indexed>(
     stored: impl FnOnce(&mut State) -> Option<&mut T>,
     undo: impl FnOnce(&mut State, Option<T>),
 ) -> Result<bool, ApiError> {
-    if let Err(e) = state.check_l7_intentions() {
+    if let Err(e) = state
+        .check_l7_intentions()
+        .and_then(|()| state.check_chains())
+    {
         undo(state, old);
         return Err(e);
     }
@@ -451,13 +454,17 @@ pub(super) fn delete(
 fn remove(state: &mut State, kind: &str, name: &str) -> Result<(), ApiError> {
     if kind == SERVICE_DEFAULTS {
         if let Some(old) = state.service_defaults.remove(name)
-            && let Err(e) = state.check_l7_intentions()
+            && let Err(e) = state
+                .check_l7_intentions()
+                .and_then(|()| state.check_chains())
         {
             state.service_defaults.insert(name.to_owned(), old);
             return Err(e);
         }
     } else if let Some(old) = state.proxy_defaults.take()
-        && let Err(e) = state.check_l7_intentions()
+        && let Err(e) = state
+            .check_l7_intentions()
+            .and_then(|()| state.check_chains())
     {
         state.proxy_defaults = Some(old);
         return Err(e);

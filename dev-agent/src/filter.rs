@@ -72,6 +72,19 @@ pub(super) fn retain_values<T: serde::Serialize>(
 }
 
 impl Expr {
+    /// Every selector the expression names, as its dotted parts.
+    pub(super) fn selectors(&self) -> Vec<&[String]> {
+        match self {
+            Expr::Or(a, b) | Expr::And(a, b) => {
+                let mut all = a.selectors();
+                all.extend(b.selectors());
+                all
+            }
+            Expr::Not(e) => e.selectors(),
+            Expr::Match(m) => vec![m.selector.as_slice()],
+        }
+    }
+
     pub(super) fn eval(&self, item: &Value) -> bool {
         match self {
             Expr::Or(a, b) => a.eval(item) || b.eval(item),

@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::blocking::Blocking;
 use super::checks::{CRITICAL, WARNING};
 use super::state::Shared;
-use super::{catalog, checks, connect_ca, intentions, services};
+use super::{catalog, chain, checks, connect_ca, intentions, services};
 use ferrule_control::api::agent_self::{AgentSelf, AgentSelfConfig};
 use ferrule_control::api::health::PASSING;
 
@@ -477,6 +477,11 @@ async fn catalog_route(
     } else if let Some(name) = tail(path, "/v1/health/service/") {
         only(call, GET, "GET")?;
         services::health(shared, call, name, false).await
+    } else if let Some(name) = path.strip_prefix("/v1/discovery-chain/") {
+        match call.method {
+            Method::GET | Method::POST => chain::endpoint::read(shared, call, name).await,
+            _ => Err(ApiError::method_not_allowed(&call.method, "GET, POST")),
+        }
     } else if path == "/v1/config" {
         only(call, PUT, "PUT")?;
         intentions::put_config(shared, call).await

@@ -29,10 +29,10 @@ use ferrule_control::intentions::{
 };
 
 use super::blocking::{self, DEFAULT_WAIT};
-use super::defaults;
 use super::filter;
 use super::http::{ApiError, Call, Reply, decode_strict};
 use super::state::{Shared, State};
+use super::{chain, defaults};
 
 const WILDCARD: &str = "*";
 /// Keys a `GET` answer carries that a `PUT` of the same document may send back.
@@ -296,7 +296,7 @@ fn check_kind(kind: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(
-            "the dev agent stores {KIND}, service-defaults and proxy-defaults config entries only, not {kind:?}"
+            "the dev agent stores {KIND}, service-defaults, proxy-defaults, service-resolver, service-splitter and service-router config entries only, not {kind:?}"
         )))
     }
 }
@@ -344,6 +344,10 @@ pub(super) async fn put_config(shared: &Shared, call: &Call) -> Result<Reply, Ap
         let kind = kind.to_owned();
         return defaults::put(shared, call, raw, &kind, cas_of(call)?);
     }
+    if chain::is_chain_kind(kind) {
+        let kind = kind.to_owned();
+        return chain::put(shared, call, raw, &kind, cas_of(call)?);
+    }
     check_kind(kind)?;
     call.reject_enterprise()?;
     let mut unknown = Vec::new();
@@ -383,7 +387,11 @@ pub(super) async fn put_config(shared: &Shared, call: &Call) -> Result<Reply, Ap
 }
 
 /// Consul CE has no namespace or partition fields: its decoder reports them as unused.
-fn enterprise_keys(map: &serde_json::Map<String, Value>, prefix: &str, out: &mut Vec<String>) {
+pub(super) fn enterprise_keys(
+    map: &serde_json::Map<String, Value>,
+    prefix: &str,
+    out: &mut Vec<String>,
+) {
     for key in map.keys() {
         let lower = key.to_ascii_lowercase();
         if lower.ends_with("namespace") {
@@ -397,7 +405,7 @@ fn enterprise_keys(map: &serde_json::Map<String, Value>, prefix: &str, out: &mut
 }
 
 /// Go's `multierror` rendering, which Consul's config decoding errors come in.
-fn multierror(prefix: &str, errors: &[String]) -> String {
+pub(super) fn multierror(prefix: &str, errors: &[String]) -> String {
     let noun = if errors.len() == 1 { "error" } else { "errors" };
     let list: String = errors.iter().map(|e| format!("\t* {e}\n")).collect();
     format!("{prefix}: {} {noun} occurred:\n{list}\n", errors.len())
@@ -412,6 +420,9 @@ pub(super) async fn get_config(
 ) -> Result<Reply, ApiError> {
     if defaults::is_defaults_kind(kind) {
         return defaults::get(shared, call, kind, Some(name)).await;
+    }
+    if chain::is_chain_kind(kind) {
+        return chain::get(shared, call, kind, Some(name)).await;
     }
     check_kind(kind)?;
     call.reject_enterprise()?;
@@ -441,6 +452,9 @@ pub(super) async fn list_config(
     if defaults::is_defaults_kind(kind) {
         return defaults::get(shared, call, kind, None).await;
     }
+    if chain::is_chain_kind(kind) {
+        return chain::get(shared, call, kind, None).await;
+    }
     check_kind(kind)?;
     call.reject_enterprise()?;
     let filter = filter::of(call)?;
@@ -466,6 +480,9 @@ pub(super) async fn delete_config(
 ) -> Result<Reply, ApiError> {
     if defaults::is_defaults_kind(kind) {
         return defaults::delete(shared, call, kind, name, cas_of(call)?);
+    }
+    if chain::is_chain_kind(kind) {
+        return chain::delete(shared, call, kind, name, cas_of(call)?);
     }
     check_kind(kind)?;
     call.reject_enterprise()?;

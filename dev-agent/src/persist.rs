@@ -1,5 +1,5 @@
 //! What a restarted agent gets back from `--data-dir`: the registrations made through
-//! its API, the config entries and the last status of every check.
+//! its API, the config entries (the discovery chain's included) and the last status of every check.
 //!
 //! A real Consul agent restores its local services from its data dir, and the servers
 //! keep the catalog, the intentions and the CA; so a restart changes the indexes (they
@@ -14,6 +14,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use ferrule_control::api::chain::{ServiceResolverEntry, ServiceRouterEntry, ServiceSplitterEntry};
 use ferrule_control::api::defaults::{ProxyDefaultsEntry, ServiceDefaultsEntry};
 use ferrule_control::api::intentions::ServiceIntentionsEntry;
 
@@ -32,6 +33,9 @@ pub(super) struct Persisted {
     intentions: Vec<ServiceIntentionsEntry>,
     service_defaults: Vec<ServiceDefaultsEntry>,
     proxy_defaults: Option<ProxyDefaultsEntry>,
+    resolvers: Vec<ServiceResolverEntry>,
+    splitters: Vec<ServiceSplitterEntry>,
+    routers: Vec<ServiceRouterEntry>,
     /// Check ID → status.
     check_status: BTreeMap<String, String>,
 }
@@ -43,6 +47,9 @@ impl State {
             intentions: self.intentions.values().cloned().collect(),
             service_defaults: self.service_defaults.values().cloned().collect(),
             proxy_defaults: self.proxy_defaults.clone(),
+            resolvers: self.chain.resolvers.values().cloned().collect(),
+            splitters: self.chain.splitters.values().cloned().collect(),
+            routers: self.chain.routers.values().cloned().collect(),
             check_status: self
                 .checks
                 .iter()
@@ -99,6 +106,13 @@ pub(super) async fn restore(shared: &Arc<Shared>, dir: &Path) {
             (entry.create_index, entry.modify_index) = (index, index);
             entry
         });
+        restore_chain(
+            state,
+            saved.resolvers,
+            saved.splitters,
+            saved.routers,
+            index,
+        );
         state.intentions_index = index;
     });
     for entry in saved.intentions {
@@ -114,6 +128,29 @@ pub(super) async fn restore(shared: &Arc<Shared>, dir: &Path) {
     });
     let services = saved.registrations.len();
     tracing::info!(path = %path.display(), services, "dev agent: state restored");
+}
+
+/// The discovery chain entries as saved, all at `index`; they were checked when they
+/// were written, against the defaults restored with them.
+fn restore_chain(
+    state: &mut State,
+    resolvers: Vec<ServiceResolverEntry>,
+    splitters: Vec<ServiceSplitterEntry>,
+    routers: Vec<ServiceRouterEntry>,
+    index: u64,
+) {
+    for mut e in resolvers {
+        (e.create_index, e.modify_index) = (index, index);
+        state.chain.resolvers.insert(e.name.clone(), e);
+    }
+    for mut e in splitters {
+        (e.create_index, e.modify_index) = (index, index);
+        state.chain.splitters.insert(e.name.clone(), e);
+    }
+    for mut e in routers {
+        (e.create_index, e.modify_index) = (index, index);
+        state.chain.routers.insert(e.name.clone(), e);
+    }
 }
 
 /// Rewrites the state file after every write until the agent stops, and once more then.

@@ -32,6 +32,7 @@ use super::checks::{self, CheckDef, CheckKind, LocalCheck};
 use super::defaults;
 use super::filter;
 use super::http::{ApiError, Call, Reply, decode_strict};
+use super::selectors;
 use super::state::{Shared, State};
 
 const SIDECAR_SUFFIX: &str = "-sidecar-proxy";
@@ -205,6 +206,9 @@ pub(super) async fn health(
 ) -> Result<Reply, ApiError> {
     call.reject_enterprise()?;
     let filter = filter::of(call)?;
+    if let Some(expr) = &filter {
+        selectors::check_health(expr)?;
+    }
     let consistency = call.consistency()?;
     let opts = call.blocking()?;
     let passing = call

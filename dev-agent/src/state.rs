@@ -1,6 +1,7 @@
 //! The dev agent's whole state, in memory, behind one lock: the raft-like index, the
 //! node, the locally registered services and their checks, the config entries
-//! (`service-intentions`, `service-defaults`, `proxy-defaults`) and the CA.
+//! (`service-intentions`, `service-defaults`, `proxy-defaults`, and the discovery
+//! chain's resolvers, splitters and routers) and the CA.
 //!
 //! Every write goes through [`Shared::with`], which bumps nothing by itself but publishes
 //! the index whenever a write bumped it, so blocked readers (`blocking`) wake up. The
@@ -18,6 +19,7 @@ use ferrule_control::api::health::{HealthCheck, Node};
 use ferrule_control::api::intentions::ServiceIntentionsEntry;
 
 use super::DevAgentConfig;
+use super::chain::ChainEntries;
 use super::checks::LocalCheck;
 use super::connect_ca::CaState;
 use super::services::LocalService;
@@ -88,6 +90,8 @@ pub(super) struct State {
     /// `service-defaults` entries by service name, and the `proxy-defaults` entry.
     pub(super) service_defaults: BTreeMap<String, ServiceDefaultsEntry>,
     pub(super) proxy_defaults: Option<ProxyDefaultsEntry>,
+    /// `service-resolver`, `service-splitter` and `service-router` entries.
+    pub(super) chain: ChainEntries,
     /// Max index of the config-entries table (writes and deletes, every kind).
     pub(super) intentions_index: u64,
     pub(super) ca: CaState,
@@ -112,6 +116,7 @@ impl State {
             intentions: BTreeMap::new(),
             service_defaults: BTreeMap::new(),
             proxy_defaults: None,
+            chain: ChainEntries::default(),
             // No config entry yet: Consul's empty table answers index 0 (sent as 1).
             intentions_index: 0,
             ca,

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod agent_self;
 pub mod ca;
+pub mod chain;
 pub mod defaults;
 pub mod health;
 pub mod intentions;

@@ -2,11 +2,13 @@
 //! 127.0.0.1:0, asserting what a Consul client would observe. This module holds the
 //! client ([`Agent`], [`Answer`]) and certificate helpers; the tests are grouped by the
 //! part of the agent they exercise, one file per module of the agent (`blocking`,
-//! `checks`, `connect_ca`, `defaults`, `intentions`, `persist`, `services`), plus `agent_api`
-//! for Consul's HTTP conventions and `consul_source` for ferrule's own client against it.
+//! `chain`, `checks`, `connect_ca`, `defaults`, `intentions`, `persist`, `services`),
+//! plus `agent_api` for Consul's HTTP conventions and `consul_source` for ferrule's own
+//! client against it.
 
 mod agent_api;
 mod blocking;
+mod chain;
 mod checks;
 mod connect_ca;
 mod consul_source;
