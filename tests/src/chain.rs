@@ -515,9 +515,10 @@ where
     let deadline = start + within;
     let (mut run, mut run_start) = (0, start);
     let mut others: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut failed, mut last) = (0, String::from("no answer"));
     loop {
         let sent = Instant::now();
-        let last = match tokio::time::timeout_at(deadline, attempt()).await {
+        match tokio::time::timeout_at(deadline, attempt()).await {
             Ok(Ok(name)) if name == expected => {
                 if run == 0 {
                     run_start = sent;
@@ -530,16 +531,20 @@ where
             }
             Ok(Ok(name)) => {
                 *others.entry(name.clone()).or_insert(0) += 1;
-                format!("landed on {name}")
+                last = format!("landed on {name}");
             }
-            Ok(Err(e)) => format!("{e:#}"),
-            Err(_) => "the last request was still running".to_owned(),
-        };
+            Ok(Err(e)) => {
+                failed += 1;
+                last = format!("{e:#}");
+            }
+            // The deadline passed during a request: `last` is still the last answer.
+            Err(_) => {}
+        }
         run = 0;
         anyhow::ensure!(
             Instant::now() < deadline,
             "{what}: not {streak} answers in a row from {expected} within {within:?} \
-             (elsewhere: {others:?}; last: {last})"
+             (elsewhere: {others:?}; {failed} failed; the last: {last})"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
