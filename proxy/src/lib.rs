@@ -7,14 +7,18 @@
 //!   (handshake -> identity -> L7 serving, or decide -> dial the app -> splice until
 //!   revoked), `authorize.rs` where a caller is authorized and a denial says why,
 //!   `http.rs` request-by-request serving to the local app.
-//! - `outbound/`: the upstream listeners' connections: `mod.rs` L4 (dial, splice),
+//! - `outbound/`: the upstream listeners' connections, routed as the upstream's
+//!   routing says: `mod.rs` L4 (the catch-all's cluster, failover, dial, splice),
 //!   `dial.rs` the one dial-and-record both layers use, `http.rs` the app's requests
-//!   over pooled mesh connections.
+//!   (route, split, target, retries) over `pool.rs`'s mesh connections, with `route.rs`
+//!   (matching, splits, rewrites, header changes), `retry.rs`, `affinity.rs` (a
+//!   request's hash) and `body.rs` (replayable request bodies) beside it.
 //! - beneath both: `http/` (what both directions' HTTP shares: local replies,
 //!   hop-by-hop headers, path normalization, the request guard), `tls/` (configs and
 //!   sessions; `verify.rs` the SVID verifiers; what intentions decide is
 //!   `ferrule_control::intentions`),
-//!   `balance` (which endpoint to dial), `limits` (connection limits, idle timeouts),
+//!   `balance/` (which instance of a target to dial: round robin, random, least
+//!   request, ring hash, Maglev), `limits` (connection limits, idle timeouts),
 //!   `splice` (moving bytes), `metrics` (names, typed outcomes and their labels, the
 //!   per-connection guard).
 //! - above them: `listeners` (binding what the snapshot asks for, the one accept loop),

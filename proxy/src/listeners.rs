@@ -278,6 +278,7 @@ pub async fn run(mut state: State, listening: Listening) -> Result<(), BindError
     let mut listeners = Listeners::default();
     let mut started = false;
     let mut failing: Vec<String> = Vec::new();
+    let mut active_targets = metrics::ActiveTargets::default();
     loop {
         let snapshot: Arc<Snapshot> = state.snapshots.borrow_and_update().clone();
         let mut errors = listeners.reconcile(&snapshot, &state).await;
@@ -293,6 +294,7 @@ pub async fn run(mut state: State, listening: Listening) -> Result<(), BindError
         if let Some(leaf) = &snapshot.leaf {
             ::metrics::gauge!(metrics::LEAF_EXPIRY).set(leaf.not_after as f64);
         }
+        active_targets.update(&snapshot);
         listening.set(snapshot.clone(), now);
 
         let retry = async {

@@ -24,6 +24,9 @@ pub const LEAF_EXPIRY: &str = "ferrule_leaf_cert_expiry_timestamp_seconds";
 pub const CONNECTIONS_LIMITED: &str = "ferrule_connections_limited_total";
 pub const HTTP_REQUESTS: &str = "ferrule_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "ferrule_http_request_duration_seconds";
+pub const UPSTREAM_REQUESTS: &str = "ferrule_upstream_requests_total";
+pub const UPSTREAM_RETRIES: &str = "ferrule_upstream_retries_total";
+pub const UPSTREAM_ACTIVE_TARGET: &str = "ferrule_upstream_active_target";
 
 /// How often histogram samples are folded into their buckets.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -159,14 +162,19 @@ pub fn authz_decision(layer: Layer, allowed: bool, source: &str) {
         .increment(1);
 }
 
+/// A status's class label: `2xx`, `5xx`..., `0xx` when no response was sent.
+fn status_class(status: u16) -> &'static str {
+    const CLASSES: [&str; 6] = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
+    CLASSES
+        .get(usize::from(status / 100))
+        .copied()
+        .unwrap_or("0xx")
+}
+
 /// Records one finished HTTP request: its status class (`0xx` when no response was
 /// sent) and how long it took.
 pub fn http_request(direction: Direction, status: u16, started: Instant) {
-    const CLASSES: [&str; 6] = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
-    let class = CLASSES
-        .get(usize::from(status / 100))
-        .copied()
-        .unwrap_or("0xx");
+    let class = status_class(status);
     counter!(HTTP_REQUESTS, "direction" => direction.as_str(), "status" => class).increment(1);
     histogram!(HTTP_REQUEST_DURATION, "direction" => direction.as_str())
         .record(started.elapsed().as_secs_f64());
@@ -182,10 +190,86 @@ pub fn connections_limited(listener: &str) {
     counter!(CONNECTIONS_LIMITED, "listener" => listener.to_owned()).increment(1);
 }
 
-/// Counts one outbound dial attempt (or a request that found no endpoint to dial).
-pub fn outbound_attempt(upstream: &str, result: Attempt) {
-    counter!(OUTBOUND_CONNECTIONS, "upstream" => upstream.to_owned(), "result" => result.label())
-        .increment(1);
+/// Counts one outbound dial attempt (or a request that found no endpoint to dial), by
+/// the target dialled (empty when there was none).
+pub fn outbound_attempt(upstream: &str, target: &str, result: Attempt) {
+    counter!(
+        OUTBOUND_CONNECTIONS,
+        "upstream" => upstream.to_owned(),
+        "target" => target.to_owned(),
+        "result" => result.label()
+    )
+    .increment(1);
+}
+
+/// Counts one app request answered on an upstream listener, by the target of its last
+/// try (empty when none was tried) and the answer's status class.
+pub fn upstream_request(upstream: &str, target: &str, status: u16) {
+    counter!(
+        UPSTREAM_REQUESTS,
+        "upstream" => upstream.to_owned(),
+        "target" => target.to_owned(),
+        "status" => status_class(status)
+    )
+    .increment(1);
+}
+
+/// Counts one request tried again, by the target of the try that failed and the
+/// `retry_on` condition it met (Envoy's name for it).
+pub fn upstream_retry(upstream: &str, target: &str, reason: &'static str) {
+    counter!(
+        UPSTREAM_RETRIES,
+        "upstream" => upstream.to_owned(),
+        "target" => target.to_owned(),
+        "reason" => reason
+    )
+    .increment(1);
+}
+
+/// Keeps `ferrule_upstream_active_target` in step with the snapshots: 1 for the
+/// target each cluster sends its traffic to (the first with an instance), 0 for its
+/// other targets, and 0 for the series of clusters and targets that are gone.
+#[derive(Default)]
+pub struct ActiveTargets {
+    shown: std::collections::HashSet<(String, String, String)>,
+}
+
+impl ActiveTargets {
+    pub fn update(&mut self, snapshot: &ferrule_control::model::Snapshot) {
+        let mut now = std::collections::HashSet::new();
+        for upstream in &snapshot.upstreams {
+            for cluster in &upstream.routing.clusters {
+                let active = cluster.active_target().map(|t| t.id.as_str());
+                for target in &cluster.targets {
+                    let key = (
+                        upstream.name.clone(),
+                        cluster.name.clone(),
+                        target.id.clone(),
+                    );
+                    let value = if active == Some(target.id.as_str()) {
+                        1.0
+                    } else {
+                        0.0
+                    };
+                    active_target_gauge(&key).set(value);
+                    now.insert(key);
+                }
+            }
+        }
+        for gone in self.shown.difference(&now) {
+            active_target_gauge(gone).set(0.0);
+        }
+        self.shown = now;
+    }
+}
+
+fn active_target_gauge((upstream, cluster, target): &(String, String, String)) -> metrics::Gauge {
+    gauge!(
+        UPSTREAM_ACTIVE_TARGET,
+        "upstream" => upstream.clone(),
+        "cluster" => cluster.clone(),
+        "target" => target.clone()
+    )
 }
 
 /// Records one completed mTLS handshake: how long it took, whether it resumed an
@@ -231,6 +315,7 @@ pub fn negotiated(session: &rustls::CommonState) -> (&'static str, &'static str)
 pub struct ConnGuard {
     direction: Direction,
     upstream: Option<String>,
+    target: Option<String>,
     peer: std::net::SocketAddr,
     started: Instant,
     result: Option<&'static str>,
@@ -244,6 +329,7 @@ impl ConnGuard {
         ConnGuard {
             direction,
             upstream,
+            target: None,
             peer,
             started: Instant::now(),
             result: None,
@@ -265,7 +351,15 @@ impl ConnGuard {
     /// endpoint tried, and the last one is what its log line reports.
     pub fn attempt(&mut self, result: Attempt) {
         self.result = Some(result.label());
-        outbound_attempt(self.upstream.as_deref().unwrap_or_default(), result);
+        let upstream = self.upstream.as_deref().unwrap_or_default();
+        outbound_attempt(upstream, self.target.as_deref().unwrap_or_default(), result);
+    }
+
+    /// The target the next attempts dial (the `target` label, and the log line's).
+    pub fn set_target(&mut self, target: &str) {
+        if self.target.as_deref() != Some(target) {
+            self.target = Some(target.to_owned());
+        }
     }
 
     pub fn set_identity(&mut self, identity: String) {
@@ -288,6 +382,7 @@ impl Drop for ConnGuard {
             direction = self.direction.as_str(),
             peer = %self.peer,
             upstream = self.upstream.as_deref().unwrap_or(""),
+            target = self.target.as_deref().unwrap_or(""),
             identity = self.identity.as_deref().unwrap_or(""),
             result = self.result.unwrap_or("closed"),
             duration_ms = self.started.elapsed().as_millis() as u64,
@@ -394,6 +489,73 @@ mod tests {
         for (attempt, label) in attempts {
             assert_eq!(attempt.label(), label);
         }
+    }
+
+    /// The value of `ferrule_upstream_active_target` for `target`.
+    fn active(handle: &PrometheusHandle, target: &str) -> Option<String> {
+        let label = format!("target=\"{target}\"");
+        handle
+            .render()
+            .lines()
+            .find(|l| l.starts_with(UPSTREAM_ACTIVE_TARGET) && l.contains(&label))
+            .and_then(|l| l.rsplit(' ').next().map(str::to_owned))
+    }
+
+    #[test]
+    fn the_active_target_follows_failover_and_forgets_what_left() {
+        use ferrule_control::identity::ServiceId;
+        use ferrule_control::model::{Endpoint, Snapshot, UpstreamConfig};
+        use ferrule_control::routing::{Routing, Target};
+        use std::sync::Arc;
+        use std::time::Duration;
+        let id = ServiceId::new("td.consul", "default", "dc1", "api");
+        let endpoint = Endpoint {
+            addr: "127.0.0.1:1".into(),
+            identity: id.clone(),
+        };
+        let snapshot = |primary: bool| {
+            let instances = |up: bool| {
+                if up {
+                    vec![endpoint.clone()]
+                } else {
+                    Vec::new()
+                }
+            };
+            let primary = Target::new(id.clone(), Some("primary"), instances(primary));
+            let backup = Target::new(id.clone(), Some("backup"), instances(true));
+            let mut routing = Routing::direct(primary, Duration::from_secs(1));
+            routing.clusters[0].targets.push(backup);
+            Snapshot {
+                upstreams: vec![UpstreamConfig {
+                    name: "api".into(),
+                    bind: "127.0.0.1:2".parse().unwrap(),
+                    protocol: ferrule_control::model::Protocol::Tcp,
+                    connect_timeout: Duration::from_secs(1),
+                    request_timeout: None,
+                    idle_timeout: None,
+                    max_connections: 1,
+                    routing: Arc::new(routing),
+                }],
+                ..Snapshot::default()
+            }
+        };
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let (primary, backup) = (
+            "primary.api.default.default.dc1",
+            "backup.api.default.default.dc1",
+        );
+        metrics::with_local_recorder(&recorder, || {
+            let mut targets = ActiveTargets::default();
+            targets.update(&snapshot(false));
+            assert_eq!(active(&handle, primary).as_deref(), Some("0"));
+            assert_eq!(active(&handle, backup).as_deref(), Some("1"));
+            targets.update(&snapshot(true));
+            assert_eq!(active(&handle, primary).as_deref(), Some("1"));
+            assert_eq!(active(&handle, backup).as_deref(), Some("0"));
+            targets.update(&Snapshot::default());
+            assert_eq!(active(&handle, primary).as_deref(), Some("0"), "gone: 0");
+        });
     }
 
     fn active_inbound(handle: &PrometheusHandle) -> f64 {

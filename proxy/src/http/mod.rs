@@ -254,10 +254,7 @@ impl RequestGuard {
     }
 
     /// Wraps the response body so that the guard lives until the body is done.
-    pub fn respond(
-        mut self,
-        response: Response<Either<Incoming, Full<Bytes>>>,
-    ) -> Response<ResponseBody> {
+    pub fn respond<B>(mut self, response: Response<B>) -> Response<Measured<B>> {
         self.status = Some(response.status());
         response.map(|body| Measured {
             inner: body,

@@ -1,16 +1,18 @@
 //! The one dial of the outbound direction, for L4 connections and L7 pools alike: TCP
-//! connect and mTLS handshake within the upstream's connect timeout, sending Consul's
-//! server name for the destination (SNI) and the ALPN the upstream's protocol allows,
-//! the server's SVID exactly the endpoint's expected identity, and everything a dial
-//! records: the handshake metric, the endpoint's standing with the balancer, a failed
-//! attempt on the connection's guard, and why it failed, in a rate-limited warning.
+//! connect and mTLS handshake within the cluster's connect timeout, sending the
+//! target's server name (SNI: Consul's name for the service, or its subset) and the
+//! ALPN the upstream's protocol allows, the server's SVID exactly the endpoint's
+//! expected identity (the target's), and everything a dial records: the handshake
+//! metric, the endpoint's standing with the target's balancer, a failed attempt on the
+//! connection's guard, and why it failed, in a rate-limited warning.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use ferrule_control::model::{Endpoint, UpstreamConfig};
+use ferrule_control::model::{Endpoint, Protocol};
+use ferrule_control::routing::Target;
 use parking_lot::Mutex;
 use rustls::{AlertDescription, CertificateError};
 use rustls_pki_types::ServerName;
@@ -22,28 +24,39 @@ use crate::balance::Balancer;
 use crate::metrics::{self, Attempt, ConnGuard, DialError, Direction};
 use crate::tls::{PeerIdentityMismatch, TlsState, resumed_with_expired_peer};
 
+/// What a dial is for: which upstream listener, which target of which cluster, and
+/// that cluster's connect timeout.
+pub(crate) struct DialTo<'a> {
+    pub(crate) upstream: &'a str,
+    pub(crate) protocol: Protocol,
+    pub(crate) target: &'a Target,
+    pub(crate) connect_timeout: Duration,
+}
+
 /// Dials `endpoint` and records the outcome. A failure is counted on `guard` as a
 /// failed attempt and the endpoint goes to the back of the balancer's order; a success
 /// is left for the caller to count with `connected`, once the connection is usable.
 pub(crate) async fn dial(
+    to: &DialTo<'_>,
     endpoint: &Endpoint,
     tls: &TlsState,
-    upstream: &UpstreamConfig,
     balancer: &Balancer,
     guard: &mut ConnGuard,
 ) -> Option<TlsStream<TcpStream>> {
     let started = Instant::now();
-    match connect(endpoint, tls, upstream).await {
+    guard.set_target(&to.target.id);
+    match connect(to, endpoint, tls).await {
         Ok(stream) => {
             balancer.succeeded(&endpoint.addr);
             metrics::handshake(Direction::Outbound, stream.get_ref().1, started);
             Some(stream)
         }
         Err(failure) => {
-            tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.addr, result = failure.error.label(), why = %failure.why, "dial failed");
-            if let Some(suppressed) = WARNINGS.admit(&upstream.name, Instant::now()) {
+            tracing::debug!(upstream = %to.upstream, target = %to.target.id, endpoint = %endpoint.addr, result = failure.error.label(), why = %failure.why, "dial failed");
+            if let Some(suppressed) = WARNINGS.admit(to.upstream, Instant::now()) {
                 tracing::warn!(
-                    upstream = %upstream.name,
+                    upstream = %to.upstream,
+                    target = %to.target.id,
                     endpoint = %endpoint.addr,
                     result = failure.error.label(),
                     suppressed,
@@ -64,10 +77,11 @@ pub(crate) fn connected(guard: &mut ConnGuard, endpoint: &Endpoint) {
     guard.set_identity(endpoint.identity.to_uri());
 }
 
-/// The server name sent to `endpoint`: Consul's name for its service, or, should that
-/// not be a valid DNS name, the address dialed (which rustls never sends as SNI).
-fn server_name(endpoint: &Endpoint, ip: IpAddr) -> ServerName<'static> {
-    ServerName::try_from(endpoint.sni()).unwrap_or_else(|_| ServerName::IpAddress(ip.into()))
+/// The server name sent to an instance of `target`: Consul's name for the target (its
+/// subset included), or, should that not be a valid DNS name, the address dialed (which
+/// rustls never sends as SNI).
+fn server_name(target: &Target, ip: IpAddr) -> ServerName<'static> {
+    ServerName::try_from(target.sni.clone()).unwrap_or_else(|_| ServerName::IpAddress(ip.into()))
 }
 
 /// A failed dial: its metric label and, for the log, why.
@@ -173,13 +187,13 @@ impl Why {
     }
 }
 
-/// TCP connect and mTLS handshake, both within the upstream's connect timeout.
+/// TCP connect and mTLS handshake, both within the cluster's connect timeout.
 async fn connect(
+    to: &DialTo<'_>,
     endpoint: &Endpoint,
     tls: &TlsState,
-    upstream: &UpstreamConfig,
 ) -> Result<TlsStream<TcpStream>, Failure> {
-    let Some(config) = tls.client_for(endpoint, upstream.protocol) else {
+    let Some(config) = tls.client_for(endpoint, to.protocol) else {
         // No leaf or bundle yet: fail closed.
         return Err(Why::NoConfig.failure());
     };
@@ -197,7 +211,7 @@ async fn connect(
             .map_err(|e| Why::Connect(e.kind()).failure())?
             .ip();
         let tls = TlsConnector::from(config)
-            .connect(server_name(endpoint, ip), tcp)
+            .connect(server_name(to.target, ip), tcp)
             .await
             .map_err(|e| Why::of_handshake(&e).failure())?;
         if resumed_with_expired_peer(tls.get_ref().1) {
@@ -205,7 +219,7 @@ async fn connect(
         }
         Ok(tls)
     };
-    tokio::time::timeout(upstream.connect_timeout, attempt)
+    tokio::time::timeout(to.connect_timeout, attempt)
         .await
         .unwrap_or_else(|_| Err(Why::Timeout.failure()))
 }
@@ -273,14 +287,19 @@ mod tests {
     }
 
     #[test]
-    fn the_server_name_is_consuls_and_never_the_address() {
-        let endpoint = Endpoint {
-            addr: "127.0.0.1:21000".to_owned(),
-            identity: ServiceId::new("abc.consul", "default", "dc1", "api"),
-        };
+    fn the_server_name_is_the_targets_and_never_the_address() {
+        let identity = ServiceId::new("abc.consul", "default", "dc1", "api");
         let ip = IpAddr::from([127, 0, 0, 1]);
-        let name = server_name(&endpoint, ip);
-        assert_eq!(name.to_str(), "api.default.dc1.internal.abc.consul");
+        let whole = Target::new(identity.clone(), None, Vec::new());
+        assert_eq!(
+            server_name(&whole, ip).to_str(),
+            "api.default.dc1.internal.abc.consul"
+        );
+        let subset = Target::new(identity, Some("v2"), Vec::new());
+        assert_eq!(
+            server_name(&subset, ip).to_str(),
+            "v2.api.default.dc1.internal.abc.consul"
+        );
     }
 
     #[test]

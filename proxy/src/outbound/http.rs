@@ -1,281 +1,441 @@
-//! The outbound direction's L7 side: an HTTP-family upstream listener carries the app's
-//! requests to the destination's sidecars over a pool of mTLS HTTP/2 connections.
+//! The outbound direction's L7 side: an HTTP-family upstream listener routes each of
+//! the app's requests as the upstream's routing says and carries it over pooled mTLS
+//! connections (`pool`) to an instance of the chosen target.
 //!
 //! The app may speak HTTP/1.1 or HTTP/2 with prior knowledge (`http`), or only HTTP/2
-//! (`http2`, `grpc`). Each request gets a normalized path, loses the headers that only
-//! describe its hop and any client-certificate header the app made up, and goes to the
-//! next endpoint round robin (recently failed ones last), over that endpoint's one
-//! multiplexed connection: many app connections, even `Connection: close` ones, share
-//! few TLS handshakes. A dial (`super::dial`, the same as L4's) that fails, or a pooled
-//! connection that closed before the request went out, moves the request on to the
-//! next endpoint; a request that was sent is never replayed.
+//! (`http2`, `grpc`). Each request gets a normalized path and loses the headers that
+//! only describe its hop and any client-certificate header the app made up. Then, per
+//! request and on the routing the request started with (a routing change applies to
+//! the requests that come after it): the first matching route, a split drawn by weight,
+//! the split's cluster and its active target (the first with an instance), the
+//! route's rewrite and header changes, and an instance picked by the cluster's policy.
+//! A dial that fails, or a pooled connection that closed before the request went out,
+//! moves the request on to the next instance, and, when no instance of the target can
+//! be dialled, to the cluster's next target. A request that went out is sent again
+//! only as the route's retry policy says (`retry`), with its body replayed (`body`),
+//! preferably to another instance, all within the request timeout.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use ferrule_control::identity::ServiceId;
-use ferrule_control::model::{Endpoint, Protocol, UpstreamConfig};
-use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
+use ferrule_control::model::{Protocol, UpstreamConfig};
+use ferrule_control::routing::{Cluster, LbPolicy, Route, Routing, Split, Target};
+use http::header;
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use parking_lot::Mutex;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
-use super::dial;
+use super::Shared;
+use super::affinity::{self, Peer};
+use super::body::{Activity, MeshBody, OutBody, Recorder};
+use super::dial::DialTo;
+use super::retry::{self, Failure};
+use super::route;
 use crate::State;
-use crate::balance::Balancer;
+use crate::balance::Pick;
+use crate::balance::least::Started;
 use crate::http::{
-    MAX_HEADER_BYTES, RequestError, RequestGuard, ResponseBody, XFCC, is_grpc, local_reply,
-    rebuild_uri, requested_authority, strip_hop_by_hop, within,
+    Measured, RequestError, RequestGuard, XFCC, is_grpc, local_reply, rebuild_uri,
+    requested_authority, strip_hop_by_hop, within,
 };
 use crate::limits::Watched;
-use crate::metrics::{self, Attempt, ConnGuard, DialError, Direction, Metered};
-use crate::tls::{H2, TlsState};
-
-/// A pooled connection that has been silent this long is pinged, and closed if the
-/// ping goes unanswered for `KEEPALIVE_TIMEOUT`: a black-holed endpoint is noticed.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A request's way to one endpoint: the endpoint's one multiplexed HTTP/2 connection,
-/// or one of its pooled HTTP/1.1 connections, taken for this request alone.
-enum Sender {
-    H2(http2::SendRequest<Incoming>),
-    H1(http1::SendRequest<Incoming>),
-}
-
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct SlotKey {
-    addr: String,
-    identity: ServiceId,
-}
-
-/// The connections to one endpoint: an HTTP/2 one if the endpoint speaks HTTP/2, idle
-/// HTTP/1.1 ones otherwise.
-#[derive(Default)]
-struct Open {
-    h2: Option<http2::SendRequest<Incoming>>,
-    idle_h1: Vec<http1::SendRequest<Incoming>>,
-}
-
-/// How many idle HTTP/1.1 connections one endpoint keeps; beyond them a connection
-/// closes once its response is done.
-const MAX_IDLE_H1: usize = 64;
-
-/// The connections to one endpoint. The async lock makes concurrent requests wait for
-/// one dial instead of each dialing its own.
-type Slot = Arc<tokio::sync::Mutex<Open>>;
-
-/// The mesh connections of one upstream listener, per endpoint.
-pub(super) struct MeshPool {
-    upstream: String,
-    balancer: Arc<Balancer>,
-    slots: Mutex<HashMap<SlotKey, Slot>>,
-}
-
-impl MeshPool {
-    pub(super) fn new(upstream: String, balancer: Arc<Balancer>) -> MeshPool {
-        MeshPool {
-            upstream,
-            balancer,
-            slots: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn slot(&self, endpoint: &Endpoint) -> Slot {
-        let key = SlotKey {
-            addr: endpoint.addr.clone(),
-            identity: endpoint.identity.clone(),
-        };
-        self.slots.lock().entry(key).or_default().clone()
-    }
-
-    /// A connection to `endpoint` ready for one request: the open HTTP/2 one, an idle
-    /// HTTP/1.1 one, or one dialed now.
-    async fn sender(
-        &self,
-        endpoint: &Endpoint,
-        upstream: &UpstreamConfig,
-        tls: &TlsState,
-    ) -> Option<Sender> {
-        let slot = self.slot(endpoint);
-        let mut open = slot.lock().await;
-        if let Some(sender) = open.h2.as_ref().filter(|s| !s.is_closed()) {
-            return Some(Sender::H2(sender.clone()));
-        }
-        open.h2 = None;
-        open.idle_h1.retain(|s| !s.is_closed());
-        if let Some(i) = open.idle_h1.iter().position(http1::SendRequest::is_ready) {
-            return Some(Sender::H1(open.idle_h1.swap_remove(i)));
-        }
-        self.forget_departed(upstream);
-        let sender = self.connect(endpoint, upstream, tls).await?;
-        if let Sender::H2(h2) = &sender {
-            open.h2 = Some(h2.clone());
-        }
-        Some(sender)
-    }
-
-    /// Dials `endpoint` and speaks the HTTP version the handshake chose: HTTP/2 when
-    /// ALPN said `h2`, HTTP/1.1 when it said `http/1.1`; when it said nothing (the
-    /// callee's listener is TCP, or not ALPN-aware), HTTP/1.1 for `http`, so the app
-    /// behind it gets what its clients send, and HTTP/2 with prior knowledge for
-    /// `http2` and `grpc`. See `docs/consul-semantics.md#on-the-wire`.
-    async fn connect(
-        &self,
-        endpoint: &Endpoint,
-        upstream: &UpstreamConfig,
-        tls: &TlsState,
-    ) -> Option<Sender> {
-        let peer = endpoint
-            .addr
-            .parse()
-            .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
-        let mut guard = ConnGuard::new(Direction::Outbound, Some(self.upstream.clone()), peer);
-        let stream = dial::dial(endpoint, tls, upstream, &self.balancer, &mut guard).await?;
-        let http2 = match stream.get_ref().1.alpn_protocol() {
-            Some(alpn) => alpn == H2,
-            None => upstream.protocol.is_http2_only(),
-        };
-        let io = TokioIo::new(Metered::new(stream, guard.bytes()));
-        let handshake = if http2 {
-            http2_handshake(io).await
-        } else {
-            http1_handshake(io).await
-        };
-        let (sender, connection) = match handshake {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(upstream = %self.upstream, endpoint = %endpoint.addr, error = %e, "HTTP handshake failed");
-                guard.attempt(Attempt::Failed(DialError::ConnectError));
-                return None;
-            }
-        };
-        dial::connected(&mut guard, endpoint);
-        tokio::spawn(async move {
-            // The guard lives as long as the connection: its gauge, bytes and log line.
-            let _guard = guard;
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "mesh HTTP connection ended with an error");
-            }
-        });
-        Some(sender)
-    }
-
-    /// Puts an HTTP/1.1 connection whose response has arrived back in the pool; it takes
-    /// a new request once that response's body is done.
-    async fn give_back(&self, endpoint: &Endpoint, sender: http1::SendRequest<Incoming>) {
-        let slot = self.slot(endpoint);
-        let mut open = slot.lock().await;
-        if open.idle_h1.len() < MAX_IDLE_H1 && !sender.is_closed() {
-            open.idle_h1.push(sender);
-        }
-    }
-
-    /// Endpoints that left the upstream lose their connections (they close once their
-    /// last request is done).
-    fn forget_departed(&self, upstream: &UpstreamConfig) {
-        self.slots.lock().retain(|key, _| {
-            upstream
-                .routing
-                .targets()
-                .flat_map(|t| &t.endpoints)
-                .any(|e| e.addr == key.addr && e.identity == key.identity)
-        });
-    }
-
-    /// Drops an HTTP/2 connection that turned out to be closed.
-    async fn forget(&self, endpoint: &Endpoint) {
-        let slot = self.slot(endpoint);
-        let mut open = slot.lock().await;
-        if open.h2.as_ref().is_some_and(|s| s.is_closed()) {
-            open.h2 = None;
-        }
-    }
-}
-
-type MeshIo = TokioIo<Metered<TlsStream<TcpStream>>>;
-type Driven = std::pin::Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
-
-async fn http2_handshake(io: MeshIo) -> hyper::Result<(Sender, Driven)> {
-    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .adaptive_window(true)
-        .keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .handshake(io)
-        .await?;
-    Ok((Sender::H2(sender), Box::pin(connection)))
-}
-
-async fn http1_handshake(io: MeshIo) -> hyper::Result<(Sender, Driven)> {
-    let (sender, connection) = http1::Builder::new()
-        .max_buf_size(MAX_HEADER_BYTES.max(8192))
-        .handshake(io)
-        .await?;
-    Ok((Sender::H1(sender), Box::pin(connection)))
-}
+use crate::metrics::{self, Attempt, Direction};
+use crate::tls::TlsState;
 
 /// Serves one app connection until the app closes it, or until a drain or `idle` has
 /// let its requests in flight finish.
 pub(super) async fn serve_connection(
     app: Watched<TcpStream>,
+    peer: Peer,
     protocol: Protocol,
-    pool: Arc<MeshPool>,
+    shared: Arc<Shared>,
     state: State,
     idle: impl Future<Output = ()>,
 ) {
     let draining = state.draining.clone();
     let service = service_fn(move |req| {
-        let pool = pool.clone();
+        let shared = shared.clone();
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(req, &pool, &state).await) }
+        async move { Ok::<_, Infallible>(handle(req, &shared, peer, &state).await) }
     });
     let builder = crate::http::server(protocol.is_http2_only());
     let connection = builder.serve_connection(TokioIo::new(app), service);
     crate::http::serve_to_end(connection, &draining, idle, Direction::Outbound).await;
 }
 
-/// One request from the app: rebuilt for the mesh, then sent to the first endpoint
-/// that takes it.
+/// One request from the app: rebuilt for the mesh, routed, and sent.
 async fn handle(
     mut req: Request<Incoming>,
-    pool: &MeshPool,
+    shared: &Shared,
+    peer: Peer,
     state: &State,
-) -> Response<ResponseBody> {
+) -> Response<Measured<OutBody>> {
     let guard = RequestGuard::new(Direction::Outbound, &req);
     let grpc = is_grpc(&req);
     let snapshot = state.snapshots.borrow().clone();
-    let Some(upstream) = snapshot.upstream(&pool.upstream) else {
-        return guard.respond(unavailable("no healthy upstream", grpc));
-    };
-    if super::endpoints(upstream).is_empty() {
-        metrics::outbound_attempt(&upstream.name, Attempt::NoEndpoints);
-        return guard.respond(unavailable("no healthy upstream", grpc));
-    }
-    if let Err(e) = for_the_mesh(&mut req, &upstream.name) {
-        tracing::debug!(upstream = %upstream.name, error = %e, "request from the app refused");
-        return guard.respond(local_reply(
-            StatusCode::BAD_REQUEST,
-            "bad request path",
+    let Some(upstream) = snapshot.upstream(&shared.name) else {
+        return guard.respond(reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream",
             grpc,
         ));
+    };
+    if let Err(e) = for_the_mesh(&mut req, &upstream.name) {
+        tracing::debug!(upstream = %upstream.name, error = %e, "request from the app refused");
+        return guard.respond(reply(StatusCode::BAD_REQUEST, "bad request path", grpc));
     }
     let tls = state.tls.borrow().clone();
-    guard.respond(send(req, upstream, pool, &tls, grpc).await)
+    let ctx = Ctx {
+        upstream,
+        routing: &upstream.routing,
+        shared,
+        tls: &tls,
+        grpc,
+    };
+    guard.respond(route_and_send(req, &ctx, peer).await)
 }
 
-fn unavailable(message: &'static str, grpc: bool) -> Response<Either<Incoming, Full<Bytes>>> {
-    local_reply(StatusCode::SERVICE_UNAVAILABLE, message, grpc)
+/// What every step of one request reads.
+struct Ctx<'a> {
+    upstream: &'a UpstreamConfig,
+    /// The routing the request started with, kept to its end.
+    routing: &'a Routing,
+    shared: &'a Shared,
+    tls: &'a TlsState,
+    grpc: bool,
+}
+
+/// What the route decided for one request.
+struct Plan<'a> {
+    cluster: &'a Cluster,
+    hash: Option<u64>,
+    retry: retry::Policy,
+    /// The route's idle timeout, and the activity it watches.
+    idle: Option<(Duration, Arc<Activity>)>,
+}
+
+/// Routes `req`, sends it, and gives the answer the route's response header changes.
+async fn route_and_send(
+    mut req: Request<Incoming>,
+    ctx: &Ctx<'_>,
+    peer: Peer,
+) -> Response<OutBody> {
+    let name = &ctx.upstream.name;
+    let Some((route, split, cluster)) = destination(ctx.routing, &req) else {
+        metrics::upstream_request(name, "", StatusCode::NOT_FOUND.as_u16());
+        return reply(StatusCode::NOT_FOUND, "route not found", ctx.grpc);
+    };
+    let affinity = affinity::of(&cluster.load_balancer, &req, peer);
+    route::change_both(
+        &split.request_headers,
+        &route.request_headers,
+        req.headers_mut(),
+    );
+    if let Some(rewrite) = &route.prefix_rewrite {
+        route::rewrite_path(&route.matcher, rewrite, &mut req);
+    }
+    let plan = Plan {
+        cluster,
+        hash: affinity.hash,
+        retry: retry::Policy::new(&route.retry),
+        idle: route.idle_timeout.map(|limit| (limit, Activity::new())),
+    };
+    let timeout = route
+        .request_timeout
+        .or(cluster.request_timeout)
+        .or(ctx.upstream.request_timeout);
+    let mut target = None;
+    let mut response = match within(timeout, forward(req, ctx, &plan, &mut target)).await {
+        Some(response) => response,
+        None => reply(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream request timeout",
+            ctx.grpc,
+        ),
+    };
+    let headers = response.headers_mut();
+    route::change_both(&split.response_headers, &route.response_headers, headers);
+    if let Some(cookie) = affinity.set_cookie {
+        headers.append(header::SET_COOKIE, cookie);
+    }
+    let status = response.status().as_u16();
+    metrics::upstream_request(name, target.unwrap_or(""), status);
+    response
+}
+
+/// The route `req` takes, the split drawn, and that split's cluster.
+fn destination<'r, B>(
+    routing: &'r Routing,
+    req: &Request<B>,
+) -> Option<(&'r Route, &'r Split, &'r Cluster)> {
+    let route = route::choose(routing, req)?;
+    let split = route::split(route, route::roll())?;
+    let cluster = routing.clusters.get(split.cluster)?;
+    Some((route, split, cluster))
+}
+
+/// Sends `req` and tries again as the retry policy says; `target` is kept up to date
+/// with the target of the latest try (read even when the timeout cut this short).
+async fn forward<'a>(
+    req: Request<Incoming>,
+    ctx: &'a Ctx<'_>,
+    plan: &'a Plan<'_>,
+    target: &mut Option<&'a str>,
+) -> Response<OutBody> {
+    let activity = plan.idle.as_ref().map(|(_, a)| a.clone());
+    let (head, body) = req.into_parts();
+    if !plan.retry.may_retry() {
+        let req = Request::from_parts(head, MeshBody::stream(body, activity));
+        return try_once(req, ctx, plan, &[], target)
+            .await
+            .respond(ctx, plan);
+    }
+    let (mut body, recorder) = MeshBody::recorded(body, activity);
+    let mut tried: Vec<String> = Vec::new();
+    let mut retries = 0;
+    loop {
+        let outcome = try_once(same_request(&head, body), ctx, plan, &tried, target).await;
+        let Some((condition, next)) = again(&outcome, plan, retries, &recorder) else {
+            return outcome.respond(ctx, plan);
+        };
+        metrics::upstream_retry(&ctx.upstream.name, target.unwrap_or(""), condition.label());
+        tracing::debug!(upstream = %ctx.upstream.name, reason = condition.label(), retry = retries + 1, "retrying request");
+        tried.extend(outcome.addr().map(str::to_owned));
+        drop(outcome);
+        retries += 1;
+        tokio::time::sleep(retry::backoff(retries)).await;
+        body = next;
+    }
+}
+
+/// Whether the request goes again after `outcome`: the condition met and the body of
+/// the next try, if retries are left and the body can be replayed.
+fn again(
+    outcome: &Outcome,
+    plan: &Plan<'_>,
+    retries: u32,
+    recorder: &Recorder,
+) -> Option<(retry::Condition, MeshBody)> {
+    if retries >= plan.retry.num_retries {
+        return None;
+    }
+    let condition = match outcome {
+        Outcome::Answered { response, .. } => plan
+            .retry
+            .on_response(response.status(), response.headers()),
+        Outcome::Failed { failure, .. } => plan.retry.on_failure(*failure),
+        Outcome::NoInstance | Outcome::Idle | Outcome::Invalid => None,
+    }?;
+    let activity = plan.idle.as_ref().map(|(_, a)| a.clone());
+    Some((condition, recorder.again(activity)?))
+}
+
+/// Another try's request: the same head, the next body.
+fn same_request(head: &Parts, body: MeshBody) -> Request<MeshBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    req
+}
+
+/// How one try ended.
+enum Outcome {
+    Answered {
+        response: Response<Incoming>,
+        addr: String,
+        started: Option<Started>,
+    },
+    Failed {
+        failure: Failure,
+        addr: Option<String>,
+    },
+    /// The cluster has no instance at all: nothing was tried, and nothing is retried
+    /// (as Envoy answers "no healthy upstream" before any try).
+    NoInstance,
+    /// Nothing moved for the route's idle timeout before the response came.
+    Idle,
+    /// Not expressible in the hop's HTTP version.
+    Invalid,
+}
+
+impl Outcome {
+    fn addr(&self) -> Option<&str> {
+        match self {
+            Outcome::Answered { addr, .. } => Some(addr),
+            Outcome::Failed { addr, .. } => addr.as_deref(),
+            Outcome::NoInstance | Outcome::Idle | Outcome::Invalid => None,
+        }
+    }
+
+    /// The answer to the app.
+    fn respond(self, ctx: &Ctx<'_>, plan: &Plan<'_>) -> Response<OutBody> {
+        let grpc = ctx.grpc;
+        match self {
+            Outcome::Answered {
+                mut response,
+                started,
+                ..
+            } => {
+                strip_hop_by_hop(response.headers_mut());
+                response.map(|body| {
+                    let body = OutBody::new(Either::Left(body)).in_flight(started);
+                    match &plan.idle {
+                        Some((limit, activity)) => body.idle(*limit, activity.clone()),
+                        None => body,
+                    }
+                })
+            }
+            Outcome::Failed {
+                failure: Failure::Reset { .. },
+                ..
+            } => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream reset before response",
+                grpc,
+            ),
+            Outcome::Failed {
+                failure: Failure::ConnectFailure,
+                ..
+            } => {
+                tracing::warn!(upstream = %ctx.upstream.name, "no endpoint could be reached");
+                reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", grpc)
+            }
+            Outcome::NoInstance => {
+                metrics::outbound_attempt(&ctx.upstream.name, "", Attempt::NoEndpoints);
+                reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", grpc)
+            }
+            Outcome::Idle => reply(StatusCode::REQUEST_TIMEOUT, "stream timeout", grpc),
+            Outcome::Invalid => reply(StatusCode::BAD_REQUEST, "bad request", grpc),
+        }
+    }
+}
+
+/// One try: the cluster's targets in order from the active one (the next only when no
+/// instance of this one could be dialled).
+async fn try_once<'a>(
+    mut req: Request<MeshBody>,
+    ctx: &'a Ctx<'_>,
+    plan: &'a Plan<'_>,
+    tried: &[String],
+    last_target: &mut Option<&'a str>,
+) -> Outcome {
+    if plan.cluster.active_target().is_none() {
+        return Outcome::NoInstance;
+    }
+    let live = plan
+        .cluster
+        .targets
+        .iter()
+        .filter(|t| !t.endpoints.is_empty());
+    for target in live {
+        *last_target = Some(target.id.as_str());
+        match try_target(req, ctx, plan, target, tried).await {
+            Ok(outcome) => return outcome,
+            Err(unsent) => req = unsent,
+        }
+    }
+    Outcome::Failed {
+        failure: Failure::ConnectFailure,
+        addr: None,
+    }
+}
+
+/// The instances of `target` in its balancer's order until one takes the request; the
+/// request back if none could be dialled.
+async fn try_target(
+    mut req: Request<MeshBody>,
+    ctx: &Ctx<'_>,
+    plan: &Plan<'_>,
+    target: &Target,
+    tried: &[String],
+) -> Result<Outcome, Request<MeshBody>> {
+    let balancer = ctx.shared.balancers.target(ctx.routing, &target.id);
+    let to = DialTo {
+        upstream: &ctx.upstream.name,
+        protocol: ctx.upstream.protocol,
+        target,
+        connect_timeout: plan.cluster.connect_timeout,
+    };
+    let pick = Pick {
+        lb: &plan.cluster.load_balancer,
+        hash: plan.hash,
+        tried,
+    };
+    let least = matches!(
+        plan.cluster.load_balancer.policy,
+        LbPolicy::LeastRequest { .. }
+    );
+    let pool = &ctx.shared.pool;
+    for i in balancer.order(&target.endpoints, &pick) {
+        let endpoint = &target.endpoints[i];
+        let ejections = &balancer.ejections;
+        let Some(sender) = pool
+            .sender(&to, endpoint, ejections, ctx.routing, ctx.tls)
+            .await
+        else {
+            continue;
+        };
+        let started = least.then(|| balancer.start(&endpoint.addr));
+        let exchange = pool.exchange(endpoint, &target.sni, sender, req);
+        let answered = match &plan.idle {
+            Some((limit, activity)) => tokio::select! {
+                answered = exchange => answered,
+                () = activity.idle_for(*limit) => return Ok(Outcome::Idle),
+            },
+            None => exchange.await,
+        };
+        let addr = endpoint.addr.clone();
+        let mut e = match answered {
+            Ok(Ok(response)) => {
+                return Ok(Outcome::Answered {
+                    response,
+                    addr,
+                    started,
+                });
+            }
+            Ok(Err(e)) => e,
+            Err(e) => {
+                tracing::debug!(upstream = %ctx.upstream.name, error = %e, "request not expressible in the hop's HTTP version");
+                return Ok(Outcome::Invalid);
+            }
+        };
+        let Some(unsent) = e.take_message() else {
+            tracing::debug!(upstream = %ctx.upstream.name, endpoint = %addr, error = %e.error(), "request failed");
+            let refused = refused_stream(e.error());
+            let failure = Failure::Reset { refused };
+            let addr = Some(addr);
+            return Ok(Outcome::Failed { failure, addr });
+        };
+        // Never sent: the pooled connection had just closed. Try the next one.
+        req = unsent;
+        pool.forget(endpoint, &target.sni).await;
+    }
+    Err(req)
+}
+
+/// Whether the server refused the stream (HTTP/2 `REFUSED_STREAM`): it did not
+/// process the request.
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// One of the proxy's own answers.
+fn reply(status: StatusCode, message: &'static str, grpc: bool) -> Response<OutBody> {
+    local_reply(status, message, grpc).map(OutBody::new)
 }
 
 /// Rewrites an app's request for the next hop: a normalized path under the authority
@@ -289,117 +449,6 @@ fn for_the_mesh(req: &mut Request<Incoming>, upstream: &str) -> Result<(), Reque
     // from our certificate, never from a header the app wrote.
     headers.remove(header::HOST);
     headers.remove(XFCC);
-    *req.version_mut() = Version::HTTP_2;
-    Ok(())
-}
-
-/// Tries the endpoints in the balancer's order until one answers; a request that went
-/// out is never sent again.
-async fn send(
-    mut req: Request<Incoming>,
-    upstream: &UpstreamConfig,
-    pool: &MeshPool,
-    tls: &TlsState,
-    grpc: bool,
-) -> Response<Either<Incoming, Full<Bytes>>> {
-    let endpoints = super::endpoints(upstream);
-    for i in pool.balancer.order(endpoints) {
-        let endpoint = &endpoints[i];
-        let Some(sender) = pool.sender(endpoint, upstream, tls).await else {
-            continue;
-        };
-        let answered = match exchange(pool, endpoint, sender, req, upstream.request_timeout).await {
-            Ok(answered) => answered,
-            Err(e) => {
-                tracing::debug!(upstream = %upstream.name, error = %e, "request not expressible in the hop's HTTP version");
-                return local_reply(StatusCode::BAD_REQUEST, "bad request", grpc);
-            }
-        };
-        match answered {
-            Some(Ok(mut response)) => {
-                strip_hop_by_hop(response.headers_mut());
-                return response.map(Either::Left);
-            }
-            Some(Err(mut e)) => match e.take_message() {
-                // Never sent: the pooled connection had just closed. Try the next one.
-                Some(unsent) => {
-                    req = unsent;
-                    pool.forget(endpoint).await;
-                }
-                None => {
-                    tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.addr, error = %e.error(), "request failed");
-                    return unavailable("upstream reset before response", grpc);
-                }
-            },
-            None => {
-                return local_reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream request timeout",
-                    grpc,
-                );
-            }
-        }
-    }
-    tracing::warn!(upstream = %upstream.name, "no endpoint could be reached");
-    unavailable("no healthy upstream", grpc)
-}
-
-type Answered =
-    Option<Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Incoming>>>>;
-
-/// Sends `req` on `sender` in the connection's HTTP version, within `timeout`; an
-/// HTTP/1.1 connection goes back to the pool once its response has arrived.
-async fn exchange(
-    pool: &MeshPool,
-    endpoint: &Endpoint,
-    sender: Sender,
-    mut req: Request<Incoming>,
-    timeout: Option<Duration>,
-) -> Result<Answered, http::Error> {
-    match sender {
-        Sender::H2(mut h2) => {
-            back_to_http2(&mut req)?;
-            Ok(within(timeout, h2.try_send_request(req)).await)
-        }
-        Sender::H1(mut h1) => {
-            for_http1(&mut req)?;
-            let ready = h1.ready().await.is_ok();
-            let answer = within(timeout, h1.try_send_request(req)).await;
-            if ready && matches!(answer, Some(Ok(_))) {
-                pool.give_back(endpoint, h1).await;
-            }
-            Ok(answer)
-        }
-    }
-}
-
-/// An HTTP/2-shaped request (absolute URI, no `Host`) as HTTP/1.1 wants it: the path and
-/// query as the target, the authority as `Host`.
-fn for_http1(req: &mut Request<Incoming>) -> Result<(), http::Error> {
-    let uri = req.uri().clone();
-    if let Some(authority) = uri.authority() {
-        let host = HeaderValue::from_str(authority.as_str())?;
-        req.headers_mut().insert(header::HOST, host);
-    }
-    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    *req.uri_mut() = Uri::builder().path_and_query(target).build()?;
-    *req.version_mut() = Version::HTTP_11;
-    Ok(())
-}
-
-/// Undoes `for_http1` for a request that came back unsent from an HTTP/1.1 connection
-/// and goes on to an HTTP/2 one: the authority back in the URI, no `Host`.
-fn back_to_http2(req: &mut Request<Incoming>) -> Result<(), http::Error> {
-    if req.uri().authority().is_none() {
-        let host = req.headers_mut().remove(header::HOST);
-        let authority = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
-        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        *req.uri_mut() = Uri::builder()
-            .scheme("https")
-            .authority(authority)
-            .path_and_query(target)
-            .build()?;
-    }
     *req.version_mut() = Version::HTTP_2;
     Ok(())
 }

@@ -1,47 +1,65 @@
 //! The outbound direction: the application's plaintext calls on an upstream listener,
 //! carried over mTLS to an instance of the destination that proves it is that
-//! destination.
+//! destination, where the upstream's routing (Consul's discovery chain) says.
 //!
-//! Per app connection: pick endpoints round robin (recently failed ones last, see
-//! `balance`) -> for each until one works, `dial` (TCP connect and handshake within the
-//! connect timeout; the server's SVID must be exactly the endpoint's expected identity)
-//! -> splice. No endpoint left: the app's connection is closed. An HTTP-family upstream
-//! serves the app connection request by request instead (`http`), over pooled mesh
-//! connections made by the same `dial`. The accept loop is `crate::listeners`'.
+//! Per L4 app connection: the catch-all route, a split drawn by weight, its cluster,
+//! and the cluster's targets in order from the active one (the first with an
+//! instance); the target's instances in its balancer's order -> for each until one
+//! works, `dial` (TCP connect and handshake within the cluster's connect timeout, the
+//! target's server name; the server's SVID must be exactly the instance's expected
+//! identity) -> splice. No instance left: the app's connection is closed. The
+//! connection keeps the instance it got: a routing change never cuts it. An
+//! HTTP-family upstream serves the app connection request by request instead
+//! (`http`), over pooled mesh connections (`pool`) made by the same `dial`, routed by
+//! `route`, hashed by `affinity`, retried by `retry`, with the bodies of `body`. The
+//! accept loop is `crate::listeners`'.
 
+mod affinity;
+mod body;
 mod dial;
 mod http;
+mod pool;
+mod retry;
+mod route;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ferrule_control::model::{Endpoint, Protocol, UpstreamConfig};
+use ferrule_control::model::Protocol;
+use ferrule_control::routing::{Cluster, Routing};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
-use self::http::MeshPool;
+use self::affinity::Peer;
+use self::dial::DialTo;
+use self::pool::MeshPool;
 use crate::State;
-use crate::balance::Balancer;
+use crate::balance::{Balancers, Pick};
 use crate::limits::{self, Watched};
 use crate::metrics::{Attempt, ConnGuard, Direction, Metered};
 use crate::splice::{Spliced, splice};
 
-/// What the connections of one upstream listener share: the balancer's memory of
-/// failed endpoints and, for HTTP, the pool of mesh connections.
+/// What the connections of one upstream listener share: each target's balancing state
+/// and, for HTTP, the pool of mesh connections.
 pub struct Upstream {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     name: String,
-    balancer: Arc<Balancer>,
-    pool: Arc<MeshPool>,
+    balancers: Balancers,
+    pool: MeshPool,
 }
 
 impl Upstream {
     pub fn new(name: String) -> Upstream {
-        let balancer = Arc::new(Balancer::default());
-        let pool = Arc::new(MeshPool::new(name.clone(), balancer.clone()));
-        Upstream {
+        let shared = Shared {
+            pool: MeshPool::new(name.clone()),
+            balancers: Balancers::default(),
             name,
-            balancer,
-            pool,
+        };
+        Upstream {
+            shared: Arc::new(shared),
         }
     }
 
@@ -54,72 +72,88 @@ impl Upstream {
         state: &State,
     ) -> impl Future<Output = ()> + Send + use<> {
         let _ = app.set_nodelay(true);
+        let local = app.local_addr().unwrap_or(peer);
         let app = Watched::new(app);
         let (protocol, idle_timeout) = state
             .snapshots
             .borrow()
-            .upstream(&self.name)
+            .upstream(&self.shared.name)
             .map_or((Protocol::Tcp, None), |u| (u.protocol, u.idle_timeout));
         let idle = limits::idle(app.activity(), idle_timeout);
+        let shared = self.shared.clone();
         // Boxed: an L4 connection's task is then sized to the L4 path alone, not to the
         // larger HTTP state machine beside it.
         if protocol.is_http() {
-            let pool = self.pool.clone();
-            let served = http::serve_connection(app, protocol, pool, state.clone(), idle);
+            let peer = Peer {
+                remote: peer,
+                local,
+            };
+            let served = http::serve_connection(app, peer, protocol, shared, state.clone(), idle);
             Either::Left(Box::pin(served))
         } else {
-            let (name, balancer) = (self.name.clone(), self.balancer.clone());
-            Either::Right(handle(app, peer, name, state.clone(), balancer, idle))
+            Either::Right(handle(app, peer, shared, state.clone(), idle))
         }
     }
 }
 
-/// The instances a connection or request goes to: the active target of the cluster
-/// the catch-all route's first split names.
-pub(crate) fn endpoints(upstream: &UpstreamConfig) -> &[Endpoint] {
-    upstream
-        .routing
-        .catch_all()
-        .and_then(|route| route.splits.first())
-        .and_then(|split| upstream.routing.clusters.get(split.cluster))
-        .and_then(|cluster| cluster.active_target())
-        .map_or(&[], |target| target.endpoints.as_slice())
+/// The cluster an L4 connection goes to: the catch-all route's, by a split drawn by
+/// weight (a `tcp` chain has one split; a splitter's weights hold all the same).
+fn l4_cluster(routing: &Routing) -> Option<&Cluster> {
+    let route = routing.catch_all()?;
+    let split = route::split(route, route::roll())?;
+    routing.clusters.get(split.cluster)
 }
 
-/// One L4 app connection: the first endpoint that can be dialed gets its bytes.
+/// One L4 app connection: the first instance that can be dialed gets its bytes.
 async fn handle(
     mut app: Watched<TcpStream>,
     peer: SocketAddr,
-    name: String,
+    shared: Arc<Shared>,
     state: State,
-    balancer: Arc<Balancer>,
     idle: impl Future<Output = ()>,
 ) {
+    let name = &shared.name;
     let mut guard = ConnGuard::new(Direction::Outbound, Some(name.clone()), peer);
     let snapshot = state.snapshots.borrow().clone();
     let tls = state.tls.borrow().clone();
-    let Some(upstream) = snapshot.upstream(&name) else {
+    let Some(upstream) = snapshot.upstream(name) else {
         return guard.attempt(Attempt::NoEndpoints);
     };
-    let endpoints = endpoints(upstream);
-    if endpoints.is_empty() {
+    let routing = &upstream.routing;
+    let Some(cluster) = l4_cluster(routing).filter(|c| c.active_target().is_some()) else {
         return guard.attempt(Attempt::NoEndpoints);
-    }
-    for i in balancer.order(endpoints) {
-        let endpoint = &endpoints[i];
-        let Some(stream) = dial::dial(endpoint, &tls, upstream, &balancer, &mut guard).await else {
-            continue;
+    };
+    // The active target first. Should none of its instances take the connection, the
+    // cluster's next targets in order: the failover the chain names, for instances that
+    // are registered healthy but cannot be reached.
+    for target in cluster.targets.iter().filter(|t| !t.endpoints.is_empty()) {
+        let balancer = shared.balancers.target(routing, &target.id);
+        let to = DialTo {
+            upstream: name,
+            protocol: upstream.protocol,
+            target,
+            connect_timeout: cluster.connect_timeout,
         };
-        dial::connected(&mut guard, endpoint);
-        let mut mesh = Metered::new(stream, guard.bytes());
-        let stop = async {
-            idle.await;
-            Spliced::Idle
-        };
-        if splice(&mut app, &mut mesh, stop).await == Spliced::Idle {
-            tracing::debug!(upstream = %name, "closing idle connection");
+        for i in balancer.order(&target.endpoints, &Pick::new(&cluster.load_balancer)) {
+            let endpoint = &target.endpoints[i];
+            let dialed = dial::dial(&to, endpoint, &tls, &balancer.ejections, &mut guard).await;
+            let Some(stream) = dialed else {
+                continue;
+            };
+            dial::connected(&mut guard, endpoint);
+            let mut mesh = Metered::new(stream, guard.bytes());
+            let stop = async {
+                idle.await;
+                Spliced::Idle
+            };
+            if splice(&mut app, &mut mesh, stop).await == Spliced::Idle {
+                tracing::debug!(upstream = %name, "closing idle connection");
+            }
+            return;
         }
-        return;
     }
     tracing::warn!(upstream = %name, "no endpoint could be reached; closing the app's connection");
 }
+
+#[cfg(test)]
+mod tests;

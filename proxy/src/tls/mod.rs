@@ -100,8 +100,11 @@ impl Offer {
 }
 
 /// A client config is per endpoint (its session tickets are that endpoint's alone: every
-/// endpoint of a service is dialed with the same server name), per expected identity and
-/// per ALPN offer.
+/// endpoint of a target is dialed with the same server name), per expected identity and
+/// per ALPN offer. The server name itself is the dialled target's, given per handshake
+/// (`outbound::dial`): one endpoint reached as two targets (a subset and its service,
+/// or through a mesh gateway) keeps each name's tickets apart, as the store is keyed by
+/// server name.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct ClientKey {
     addr: String,
