@@ -54,4 +54,11 @@ pub mod names {
     pub const AUTHZ_TERMINATIONS: &str = "ferrule_authz_terminations_total";
     pub const CONTROL_UPDATES: &str = "ferrule_control_updates_total";
     pub const TLS_HANDSHAKES: &str = "ferrule_tls_handshakes_total";
+    /// The app's requests on an L7 upstream, by `upstream`, `target` (the chain target
+    /// of the last try) and `status` class.
+    pub const UPSTREAM_REQUESTS: &str = "ferrule_upstream_requests_total";
+    /// Requests tried again, by `upstream`, `target` (of the failed try) and `reason`.
+    pub const UPSTREAM_RETRIES: &str = "ferrule_upstream_retries_total";
+    /// 1 for the target each of an upstream's clusters sends to, 0 for its others.
+    pub const UPSTREAM_ACTIVE_TARGET: &str = "ferrule_upstream_active_target";
 }

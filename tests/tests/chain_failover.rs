@@ -11,8 +11,10 @@ use std::time::Duration;
 use ferrule_tests::agent::TtlStatus;
 use ferrule_tests::chain::{
     APPLIES_WITHIN, ChainMesh, InstanceSpec, Outcome, RequestLoop, SETUP, Switch, spread_tcp,
-    subset_resolver, tcp_who, wait_seen, wait_streak, who,
+    subset_resolver, target_id, tcp_who, wait_seen, wait_streak, who,
 };
+use ferrule_tests::metrics::Selector;
+use ferrule_tests::names::UPSTREAM_ACTIVE_TARGET;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -78,6 +80,24 @@ async fn traffic_after(mesh: &ChainMesh, traffic: &RequestLoop, changed: Instant
     mesh.expect(held, what).await;
 }
 
+/// web's sidecar shows `service`'s target as the one api's cluster sends to, and the
+/// other as idle.
+async fn active_target_is(mesh: &ChainMesh, service: &str) {
+    let admin = mesh.web_proxy().admin();
+    for (target_service, expected) in [(API, API == service), (BACKUP, BACKUP == service)] {
+        let target = target_id(None, target_service);
+        let labels = [("upstream", API), ("target", target.as_str())];
+        let gauge = Selector {
+            name: UPSTREAM_ACTIVE_TARGET,
+            labels: &labels,
+        };
+        let value = if expected { 1.0 } else { 0.0 };
+        let shown = admin.wait_for_metric(gauge, |v| v == value, SETUP).await;
+        mesh.expect(shown, &format!("the active target with {service} serving"))
+            .await;
+    }
+}
+
 /// The switch to `to` after `from`, among the calls sent before `until`.
 fn switch(outcomes: &[Outcome], from: Instant, until: Instant, to: &[&str]) -> Switch {
     let window: Vec<Outcome> = outcomes
@@ -122,8 +142,10 @@ async fn http_calls_fail_over_when_every_instance_is_critical_and_come_back() {
     traffic_after(&mesh, &traffic, one_down, "calls after api-1 failed").await;
     let all_down = set_checks(&mesh, &[PRIMARY_2], TtlStatus::Fail).await;
     traffic_after(&mesh, &traffic, all_down, "calls after api-2 failed").await;
+    active_target_is(&mesh, BACKUP).await;
     let recovered = set_checks(&mesh, &[PRIMARY_1, PRIMARY_2], TtlStatus::Pass).await;
     traffic_after(&mesh, &traffic, recovered, "calls after api passed again").await;
+    active_target_is(&mesh, API).await;
     let outcomes = traffic.stop().await;
 
     let stayed = switch(&outcomes, one_down, all_down, &[PRIMARY_2]);

@@ -6,7 +6,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ferrule_tests::backends::FAIL_HEADER;
-use ferrule_tests::chain::{ChainMesh, InstanceSpec, SETUP, get};
+use ferrule_tests::chain::{ChainMesh, InstanceSpec, SETUP, get, target_id};
+use ferrule_tests::metrics::Selector;
+use ferrule_tests::names::UPSTREAM_RETRIES;
 use ferrule_tests::wait::eventually;
 use serde_json::json;
 
@@ -39,6 +41,20 @@ async fn a_route_with_retries_hides_one_503_and_a_route_without_does_not() {
     .await;
     mesh.expect(retried, "the route's retries").await;
     let app = mesh.instance(APP).http();
+    let target = target_id(None, API);
+    let labels = [
+        ("upstream", API),
+        ("target", target.as_str()),
+        ("reason", "retriable-status-codes"),
+    ];
+    let retries = Selector {
+        name: UPSTREAM_RETRIES,
+        labels: &labels,
+    };
+    let admin = mesh.web_proxy().admin();
+    let counted = admin.metric(retries.name, retries.labels).await;
+    let mut counted = mesh.expect(counted, "scrape web's sidecar").await;
+    assert!(counted >= 1.0, "the warm-up's retries were not counted");
 
     let once = get(addr, "/retry/once", &[(FAIL_HEADER, "once:1")])
         .await
@@ -49,6 +65,11 @@ async fn a_route_with_retries_hides_one_503_and_a_route_without_does_not() {
         "one 503, then 200, with two retries allowed: {once:?}"
     );
     assert_eq!(app.count_path("/retry/once"), 2, "attempts the app saw");
+    counted += 1.0;
+    let metric = admin
+        .wait_for_metric(retries, |v| v == counted, SETUP)
+        .await;
+    mesh.expect(metric, "the retry counted").await;
 
     let plain = get(addr, "/plain", &[(FAIL_HEADER, "plain:1")])
         .await
@@ -72,4 +93,10 @@ async fn a_route_with_retries_hides_one_503_and_a_route_without_does_not() {
         3,
         "one attempt and two retries"
     );
+    counted += 2.0;
+    let metric = admin
+        .wait_for_metric(retries, |v| v == counted, SETUP)
+        .await;
+    mesh.expect(metric, "two more retries counted (none for /plain)")
+        .await;
 }

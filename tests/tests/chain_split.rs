@@ -1,12 +1,13 @@
 //! Splitting: a `service-splitter` sends 90 % of web's requests to `api`'s v1 subset
 //! and 10 % to v2, per request; over 1,000 requests the shares land within 3 points of
-//! that. web's sidecar counts traffic per chain target in `/metrics`, labelled with the
-//! target's ID (`v1.api.default.default.dc1`).
+//! that. web's sidecar counts each request (and each dial) under the chain target that
+//! served it, labelled with the target's ID (`v1.api.default.default.dc1`).
 
 use ferrule_tests::chain::{
     ChainMesh, InstanceSpec, SETUP, spread_http, subset_resolver, subset_splitter, target_id,
     wait_seen, who,
 };
+use ferrule_tests::names::{OUTBOUND, UPSTREAM_REQUESTS};
 use ferrule_tests::wait::eventually;
 
 const API: &str = "api";
@@ -71,30 +72,47 @@ async fn a_90_10_split_holds_over_1000_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_count_traffic_per_chain_target() {
     let mesh = split_mesh(&[(50.0, "v1"), (50.0, "v2")]).await;
+    let admin = mesh.web_proxy().admin();
+    let before = admin.metrics().await.expect("scrape web's sidecar");
     let spread = spread_http(mesh.upstream(API), "/counted", &[], 100, 2).await;
     assert!(spread.failed.is_empty(), "requests failed: {spread:?}");
-    let admin = mesh.web_proxy().admin();
-    for (subset, backend) in [("v1", V1), ("v2", V2)] {
-        let target = target_id(Some(subset), API);
-        let families = eventually(
-            &format!("web's /metrics has samples labelled target={target:?}"),
-            SETUP,
-            || async {
-                let metrics = admin.metrics().await?;
-                let families = metrics.families_with("target", &target);
+    let targets = [
+        (target_id(Some("v1"), API), spread.on(V1)),
+        (target_id(Some("v2"), API), spread.on(V2)),
+    ];
+    // Each request is counted once, under the target that answered it.
+    let counted = eventually(
+        "web counts each request under its target",
+        SETUP,
+        || async {
+            let after = admin.metrics().await?;
+            for (target, landed) in &targets {
+                let labels = [
+                    ("upstream", API),
+                    ("target", target.as_str()),
+                    ("status", "2xx"),
+                ];
+                let delta =
+                    after.get(UPSTREAM_REQUESTS, &labels) - before.get(UPSTREAM_REQUESTS, &labels);
                 anyhow::ensure!(
-                    families.values().any(|v| *v > 0.0),
-                    "families with that target: {families:?}; every target label: {:?}",
-                    metrics.label_values("target")
+                    delta == *landed as f64,
+                    "{target}: counted {delta}, {landed} landed there; all samples:\n{}",
+                    after.show(UPSTREAM_REQUESTS)
                 );
-                Ok(families)
-            },
-        )
-        .await;
-        let families = mesh.expect(families, "per-target metrics").await;
-        eprintln!(
-            "target {target} ({} requests landed on {backend}): {families:?}",
-            spread.on(backend)
+            }
+            Ok(after)
+        },
+    )
+    .await;
+    let after = mesh.expect(counted, "per-target request counts").await;
+    // The dials are counted by target too.
+    for (target, _) in &targets {
+        let families = after.families_with("target", target);
+        eprintln!("target {target}: {families:?}");
+        assert!(
+            after.get(OUTBOUND, &[("target", target.as_str()), ("result", "ok")]) >= 1.0,
+            "no dial of {target} counted: {}",
+            after.show(OUTBOUND)
         );
     }
 }
