@@ -86,13 +86,16 @@ pub struct Route {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix_rewrite: Option<String>,
     /// How long the response headers may take, per try; `None`: the cluster's, else the
-    /// upstream listener's.
+    /// upstream listener's; `Some(ZERO)`: no limit at all (Consul's negative
+    /// `RequestTimeout`, which Envoy gets as a zero route timeout).
     #[serde(
         serialize_with = "optional_duration",
         skip_serializing_if = "Option::is_none"
     )]
     pub request_timeout: Option<Duration>,
-    /// A stream with no activity this long is reset; `None`: no per-route limit.
+    /// A stream with no activity this long is reset; `None`: no per-route limit;
+    /// `Some(ZERO)`: none at all, not even the listener's (Consul's negative
+    /// `IdleTimeout`).
     #[serde(
         serialize_with = "optional_duration",
         skip_serializing_if = "Option::is_none"
@@ -232,7 +235,9 @@ pub struct Cluster {
     pub name: String,
     #[serde(serialize_with = "duration")]
     pub connect_timeout: Duration,
-    /// The resolver's `RequestTimeout`, for routes that set none.
+    /// The resolver's `RequestTimeout`, for routes that set none. The Consul source
+    /// leaves it `None`: Consul's Envoy applies a resolver's timeout only when the chain
+    /// starts at that resolver, and then it is on the one route.
     #[serde(
         serialize_with = "optional_duration",
         skip_serializing_if = "Option::is_none"

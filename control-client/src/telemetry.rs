@@ -16,8 +16,11 @@ pub(crate) enum Resource {
     /// The proxy's configuration: the config file, or the registration and the agent's
     /// own settings.
     Config,
-    /// The healthy instances of the upstreams.
+    /// The instances of the upstreams: those of every target of their discovery chains
+    /// (`/v1/health/connect/<service>`).
     Endpoints,
+    /// The upstreams' compiled discovery chains (`/v1/discovery-chain/<service>`).
+    Chain,
 }
 
 impl Resource {
@@ -29,6 +32,7 @@ impl Resource {
             Resource::Intentions => "intentions",
             Resource::Config => "config",
             Resource::Endpoints => "endpoints",
+            Resource::Chain => "chain",
         }
     }
 }
@@ -59,11 +63,19 @@ mod tests {
             Resource::Intentions,
             Resource::Config,
             Resource::Endpoints,
+            Resource::Chain,
         ];
         let labels: Vec<_> = all.iter().map(|r| r.label()).collect();
         assert_eq!(
             labels,
-            ["roots", "leaf", "intentions", "config", "endpoints"]
+            [
+                "roots",
+                "leaf",
+                "intentions",
+                "config",
+                "endpoints",
+                "chain"
+            ]
         );
     }
 }

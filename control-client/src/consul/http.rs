@@ -384,8 +384,26 @@ impl AgentClient {
         query: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<Answer, AgentError> {
+        self.read(path, query, None, timeout).await
+    }
+
+    /// A read: `GET path?query`, or a `POST` of `body` (JSON) when there is one, as
+    /// `/v1/discovery-chain/:service` takes its overrides. A non-2xx answer is an
+    /// [`AgentError::Status`].
+    pub(crate) async fn read(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<Answer, AgentError> {
+        let method = if body.is_some() {
+            Method::POST
+        } else {
+            Method::GET
+        };
         let (status, answer) = self
-            .send(Method::GET, path, query, Bytes::new(), timeout)
+            .send(method, path, query, body.unwrap_or_default(), timeout)
             .await?;
         ok_or_status(path, status, answer)
     }

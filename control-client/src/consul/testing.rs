@@ -115,7 +115,22 @@ where
 pub(crate) struct ScriptedAgent {
     addr: SocketAddr,
     queries: Arc<Mutex<Vec<String>>>,
+    /// The method and body of every request, in order.
+    bodies: Arc<Mutex<Vec<(String, String)>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// The method and the body (as text) of a request.
+async fn method_and_body(req: Request<Incoming>) -> (String, String) {
+    use http_body_util::BodyExt;
+    let method = req.method().to_string();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+    (method, body)
 }
 
 impl ScriptedAgent {
@@ -127,13 +142,17 @@ impl ScriptedAgent {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let queries = Arc::new(Mutex::new(Vec::new()));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(replies.into_iter()));
-        let seen = queries.clone();
+        let (seen, seen_bodies) = (queries.clone(), bodies.clone());
         let task = serve(listener, move |req: Request<Incoming>| {
             seen.lock()
                 .push(req.uri().query().unwrap_or_default().to_owned());
             let reply = script.lock().next();
+            let seen_bodies = seen_bodies.clone();
             async move {
+                let sent = method_and_body(req).await;
+                seen_bodies.lock().push(sent);
                 match reply {
                     Some(reply) => {
                         tokio::time::sleep(reply.delay).await;
@@ -146,6 +165,7 @@ impl ScriptedAgent {
         ScriptedAgent {
             addr,
             queries,
+            bodies,
             task,
         }
     }
@@ -167,6 +187,7 @@ impl ScriptedAgent {
         ScriptedAgent {
             addr,
             queries,
+            bodies: Arc::default(),
             task,
         }
     }
@@ -178,6 +199,11 @@ impl ScriptedAgent {
     /// The query string of every request so far, in order.
     pub(crate) fn queries(&self) -> Vec<String> {
         self.queries.lock().clone()
+    }
+
+    /// The method and body of every request whose body has been read, in order.
+    pub(crate) fn bodies(&self) -> Vec<(String, String)> {
+        self.bodies.lock().clone()
     }
 
     /// Waits (at most 5 s) until `n` requests have arrived, and returns their queries:
@@ -218,6 +244,8 @@ struct FakeState {
     resources: HashMap<String, Resource>,
     next_index: u64,
     requests: Vec<String>,
+    /// `(path, body)` of every `POST`.
+    posts: Vec<(String, String)>,
     acl_default: Option<String>,
 }
 
@@ -301,6 +329,11 @@ impl FakeAgent {
     pub(crate) fn requests(&self) -> Vec<String> {
         self.state.lock().requests.clone()
     }
+
+    /// `(path, body)` of every `POST` so far.
+    pub(crate) fn posts(&self) -> Vec<(String, String)> {
+        self.state.lock().posts.clone()
+    }
 }
 
 async fn answer(
@@ -315,6 +348,10 @@ async fn answer(
     } else {
         format!("{path}?{query}")
     });
+    let (method, body) = method_and_body(req).await;
+    if method == "POST" {
+        state.lock().posts.push((path.clone(), body));
+    }
     let params: HashMap<&str, &str> = query
         .split('&')
         .filter(|p| !p.is_empty())

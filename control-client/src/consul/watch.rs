@@ -38,9 +38,24 @@ pub(crate) enum Blocking {
 pub(crate) struct WatchSpec {
     /// Percent-encoded path, e.g. `/v1/agent/connect/ca/roots`.
     pub(crate) path: String,
-    /// Parameters sent with every request (`by`, `name`, `passing`, `dc`).
+    /// Parameters sent with every request (`by`, `name`, `dc`, `filter`).
     pub(crate) query: Vec<(String, String)>,
     pub(crate) blocking: Blocking,
+    /// A JSON body sent with every request, which makes it a `POST` (the discovery
+    /// chain's overrides); `None`: a `GET`.
+    pub(crate) body: Option<Bytes>,
+}
+
+impl WatchSpec {
+    /// A `GET` of `path` with `query`.
+    pub(crate) fn get(path: String, query: Vec<(String, String)>, blocking: Blocking) -> Self {
+        WatchSpec {
+            path,
+            query,
+            blocking,
+            body: None,
+        }
+    }
 }
 
 /// The loop's timing. The defaults suit a real agent; tests shrink them.
@@ -64,6 +79,9 @@ pub(crate) struct Tuning {
     /// After a forced fresh read (see [`Watcher::force_at`]) that brought nothing new, the
     /// next one waits this long.
     pub(crate) force_retry: Duration,
+    /// How long an endpoint the agent does not have (an older agent's 404) is left alone
+    /// before it is asked again.
+    pub(crate) unsupported_retry: Duration,
 }
 
 impl Default for Tuning {
@@ -76,6 +94,7 @@ impl Default for Tuning {
             burst: 4,
             refill: Duration::from_secs(1),
             force_retry: Duration::from_secs(60),
+            unsupported_retry: Duration::from_secs(300),
         }
     }
 }
@@ -325,9 +344,12 @@ impl<U, F> Loop<U, F> {
     ) -> Option<Result<Result<Answer, AgentError>, Abandoned>> {
         let query = query(&self.spec, &self.cursor, &self.wait);
         let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let request = self
-            .client
-            .get(&self.spec.path, &query, self.tuning.timeout(blocking));
+        let request = self.client.read(
+            &self.spec.path,
+            &query,
+            self.spec.body.clone(),
+            self.tuning.timeout(blocking),
+        );
         tokio::pin!(request);
         loop {
             let deadline = self.force_at.filter(|_| blocking);

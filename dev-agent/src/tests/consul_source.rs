@@ -93,3 +93,67 @@ async fn the_consul_source_follows_the_dev_agent() {
     .await;
     drop(db_listener);
 }
+
+/// A `service-resolver` with a default subset reaches ferrule's Consul client as a
+/// routing to that subset: its server name, and only the instances its filter selects.
+#[tokio::test]
+async fn a_default_subset_arrives_as_the_upstream_s_routing() {
+    use std::sync::Arc;
+
+    use ferrule_control::consul::{AgentClientConfig, ConsulConfig, ConsulSource, ProxySelector};
+
+    let agent = Agent::start().await;
+    let v1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let v2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    for (id, version, listener) in [("db-1", "v1", &v1), ("db-2", "v2", &v2)] {
+        let port = listener.local_addr().unwrap().port();
+        agent
+            .register(json!({ "ID": id, "Name": "db", "Port": 5432,
+                              "Meta": { "version": version },
+                              "Connect": { "SidecarService": { "Port": port } } }))
+            .await;
+    }
+    agent
+        .register(
+            json!({ "Name": "web", "Port": 8080, "Connect": { "SidecarService": {
+            "Proxy": { "Upstreams": [ { "DestinationName": "db", "LocalBindPort": 19191 } ] }
+        } } }),
+        )
+        .await;
+    let written = agent
+        .put(
+            "/v1/config",
+            json!({ "Kind": "service-resolver", "Name": "db", "DefaultSubset": "v2",
+                    "Subsets": { "v1": { "Filter": "Service.Meta.version == v1" },
+                                 "v2": { "Filter": "Service.Meta.version == v2" } } }),
+        )
+        .await;
+    assert_eq!(written.status, StatusCode::OK, "{}", written.text());
+
+    let mut config = ConsulConfig::new(
+        AgentClientConfig::new(agent.agent.url().parse().unwrap()),
+        ProxySelector::SidecarFor("web".to_owned()),
+    );
+    config.wait = Duration::from_secs(5);
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut snapshots = ConsulSource::new(config, provider).unwrap().spawn();
+
+    let v2_addr = format!("127.0.0.1:{}", v2.local_addr().unwrap().port());
+    wait_for(&mut snapshots, |s| {
+        s.upstream("db").is_some_and(|u| {
+            let target = &u.routing.clusters[0].targets[0];
+            target.id == "v2.db.default.default.dc1"
+                && target.endpoints.iter().map(|e| &e.addr).eq([&v2_addr])
+        })
+    })
+    .await;
+    let snapshot = snapshots.borrow_and_update().clone();
+    let routing = &snapshot.upstream("db").unwrap().routing;
+    assert_eq!(routing.routes.len(), 1);
+    assert_eq!(routing.clusters.len(), 1);
+    let target = &routing.clusters[0].targets[0];
+    let td = agent.agent.trust_domain().to_owned();
+    assert_eq!(target.sni, format!("v2.db.default.dc1.internal.{td}"));
+    assert_eq!(target.identity.service, "db");
+    drop((v1, v2));
+}

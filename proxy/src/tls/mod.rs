@@ -120,18 +120,34 @@ pub struct TlsState {
     server_alpn: Vec<Vec<u8>>,
     pub server: Option<Arc<ServerConfig>>,
     clients: HashMap<ClientKey, Arc<ClientConfig>>,
+    /// What builds a client config that is not among `clients`: an endpoint that a
+    /// connection saw in a snapshot newer than these configs (they are rebuilt by
+    /// another task, a moment later) is dialled at once rather than refused.
+    makes: Option<ClientMaker>,
+}
+
+/// The parts every client config of one (leaf, bundle) pair is built from.
+struct ClientMaker {
+    anchors: Arc<Anchors>,
+    resolver: Arc<OurLeaf>,
+    provider: Arc<CryptoProvider>,
 }
 
 impl TlsState {
     /// The client config that dials `endpoint` for an upstream of `protocol`, if we
-    /// have one.
+    /// have an identity: the prepared one, else one built now (without the prepared
+    /// one's session cache).
     pub fn client_for(&self, endpoint: &Endpoint, protocol: Protocol) -> Option<Arc<ClientConfig>> {
         let key = ClientKey {
             addr: endpoint.addr.clone(),
             expected: endpoint.identity.clone(),
             offer: Offer::of(protocol),
         };
-        self.clients.get(&key).cloned()
+        if let Some(config) = self.clients.get(&key) {
+            return Some(config.clone());
+        }
+        let m = self.makes.as_ref()?;
+        client_config(&m.anchors, &key, m.resolver.clone(), &m.provider)
     }
 
     /// Whether these configs have a leaf and a bundle to handshake with.
@@ -182,6 +198,11 @@ impl TlsState {
             server_alpn,
             server,
             clients,
+            makes: Some(ClientMaker {
+                anchors,
+                resolver,
+                provider: provider.clone(),
+            }),
         })
     }
 }
@@ -418,6 +439,32 @@ mod tests {
         let leaf =
             model::parse_leaf(a.cert_pem.as_bytes(), a.key_pem.as_bytes(), &provider()).unwrap();
         assert_eq!(leaf.serial, a.serial_hex);
+    }
+
+    #[test]
+    fn an_endpoint_newer_than_the_configs_is_dialled_with_one_built_now() {
+        let ca = DevCa::generate(None).unwrap();
+        let web = ca.issue(&LeafSpec::service("web")).unwrap();
+        let leaf = model::parse_leaf(web.cert_pem.as_bytes(), web.key_pem.as_bytes(), &provider())
+            .unwrap();
+        let bundle = parse_bundle(ca.cert_pem().as_bytes(), &ca.trust_domain()).unwrap();
+        let snapshot = Snapshot {
+            leaf: Some(Arc::new(leaf)),
+            bundle: Some(Arc::new(bundle)),
+            ..Snapshot::default()
+        };
+        let tls = TlsState::for_snapshot(&snapshot, &Arc::default(), &provider());
+        let endpoint = Endpoint {
+            addr: "127.0.0.1:21000".into(),
+            identity: ServiceId::new("td.consul", "default", "dc1", "api"),
+        };
+        assert!(tls.clients.is_empty(), "no upstream in the snapshot");
+        assert!(tls.client_for(&endpoint, Protocol::Http).is_some());
+        let none = TlsState::for_snapshot(&Snapshot::default(), &Arc::default(), &provider());
+        assert!(
+            none.client_for(&endpoint, Protocol::Tcp).is_none(),
+            "without an identity, fail closed"
+        );
     }
 
     struct Pair {

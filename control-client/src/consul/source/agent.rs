@@ -5,9 +5,11 @@ use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::agent_self::SelfAnswer;
-use super::registration::UpstreamKey;
+use super::chain::ChainKey;
+use super::endpoints::HealthKey;
 use crate::api::agent::AgentService;
 use crate::api::ca::{IndexedCARoots, IssuedCert};
+use crate::api::chain::DiscoveryChainResponse;
 use crate::api::health::ServiceEntry;
 use crate::api::intentions::IntentionMatchResponse;
 use crate::consul::http::AgentClient;
@@ -26,7 +28,11 @@ pub(super) enum Event {
     Roots(Update<IndexedCARoots>),
     Leaf(String, Update<Box<IssuedCert>>),
     Intentions(String, Update<IntentionMatchResponse>),
-    Endpoints(UpstreamKey, Update<Vec<ServiceEntry>>),
+    /// Boxed: a compiled chain is large, and most events are small.
+    Chain(ChainKey, Update<Box<DiscoveryChainResponse>>),
+    /// Time to ask again for a chain the agent did not serve.
+    ChainRetry(ChainKey),
+    Health(HealthKey, Update<Vec<ServiceEntry>>),
 }
 
 /// The agent client, the tuning of its watches, and the channel they all report into.

@@ -48,6 +48,7 @@ impl Certs {
                 path: "/v1/agent/connect/ca/roots".into(),
                 query: Vec::new(),
                 blocking: Blocking::Index,
+                body: None,
             },
             Event::Roots,
         ));
@@ -68,6 +69,7 @@ impl Certs {
                 path: format!("/v1/agent/connect/ca/leaf/{}", path_segment(&dest)),
                 query: Vec::new(),
                 blocking: Blocking::Index,
+                body: None,
             },
             agent.tuning.clone(),
             Some(self.leaf_deadline.subscribe()),

@@ -1,93 +1,141 @@
-//! The healthy instances of each upstream (`/v1/health/connect/<service>`), and where
-//! to dial each and who must answer there; see
+//! The instances of every target the upstreams' discovery chains end in
+//! (`/v1/health/connect/<service>?dc=<dc>&filter=<subset filter>`), which of them are
+//! healthy, where to dial each and who must answer there; see
 //! `docs/consul-semantics.md#upstream-discovery`.
+//!
+//! One watch per distinct health query: targets that ask the same (the same service,
+//! datacenter and subset filter, in one chain or several) share it. A subset's
+//! `OnlyPassing` is applied here, to the entries' checks, as Consul's Envoy does: the
+//! agent is not asked for `?passing`.
 
 use std::collections::{BTreeSet, HashMap};
 
 use super::agent::{Agent, Event};
-use super::registration::{Registration, UpstreamKey, host_port};
-use crate::api::health::ServiceEntry;
+use super::registration::host_port;
+use crate::api::health::{PASSING, ServiceEntry};
 use crate::consul::http::path_segment;
 use crate::consul::watch::{Blocking, WatchSpec, Watcher};
 use crate::identity::{DEFAULT, ServiceId};
-use crate::model::{Endpoint, UpstreamConfig};
+use crate::model::Endpoint;
 
-/// One watch per upstream the registration names, and the last good answer of each.
-#[derive(Default)]
-pub(super) struct Endpoints {
-    watches: HashMap<UpstreamKey, Watcher>,
-    entries: HashMap<UpstreamKey, Vec<ServiceEntry>>,
+/// Check status of an instance in maintenance (some agents report it so).
+const MAINTENANCE: &str = "maintenance";
+/// Check status that takes an instance out of every target.
+const CRITICAL: &str = "critical";
+
+/// One health query: a service's connect-capable instances in a datacenter (`""`: the
+/// agent's), narrowed by a subset's filter (`""`: all).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) struct HealthKey {
+    pub(super) service: String,
+    pub(super) datacenter: String,
+    pub(super) filter: String,
 }
 
-impl Endpoints {
-    /// Watches exactly the upstreams in `wanted`: new ones start, gone ones stop.
-    pub(super) fn follow(&mut self, agent: &Agent, wanted: BTreeSet<UpstreamKey>) {
-        self.watches.retain(|key, _| wanted.contains(key));
-        self.entries.retain(|key, _| wanted.contains(key));
+impl HealthKey {
+    /// How it is named in logs and in `/ready`.
+    pub(super) fn what(&self) -> String {
+        let mut what = format!("the instances of {}", self.service);
+        if !self.datacenter.is_empty() {
+            what.push_str(&format!(" in {}", self.datacenter));
+        }
+        if !self.filter.is_empty() {
+            what.push_str(&format!(" ({})", self.filter));
+        }
+        what
+    }
+
+    fn spec(&self) -> WatchSpec {
+        let mut query = Vec::new();
+        if !self.datacenter.is_empty() {
+            query.push(("dc".to_owned(), self.datacenter.clone()));
+        }
+        if !self.filter.is_empty() {
+            query.push(("filter".to_owned(), self.filter.clone()));
+        }
+        WatchSpec::get(
+            format!("/v1/health/connect/{}", path_segment(&self.service)),
+            query,
+            Blocking::Index,
+        )
+    }
+}
+
+/// One watch per health query the chains need, and the last good answer of each.
+#[derive(Default)]
+pub(super) struct TargetHealth {
+    watches: HashMap<HealthKey, Watcher>,
+    entries: HashMap<HealthKey, Vec<ServiceEntry>>,
+}
+
+impl TargetHealth {
+    /// Watches exactly the queries in `wanted`: new ones start, gone ones stop (and are
+    /// returned).
+    pub(super) fn follow(&mut self, agent: &Agent, wanted: BTreeSet<HealthKey>) -> Vec<HealthKey> {
+        let gone: Vec<HealthKey> = self
+            .watches
+            .keys()
+            .filter(|key| !wanted.contains(*key))
+            .cloned()
+            .collect();
+        for key in &gone {
+            self.watches.remove(key);
+            self.entries.remove(key);
+        }
         for key in wanted {
             if self.watches.contains_key(&key) {
                 continue;
             }
-            let mut query = vec![("passing".to_owned(), "1".to_owned())];
-            if !key.datacenter.is_empty() {
-                query.push(("dc".into(), key.datacenter.clone()));
-            }
             let k = key.clone();
-            let watcher = agent.watch(
-                WatchSpec {
-                    path: format!("/v1/health/connect/{}", path_segment(&key.name)),
-                    query,
-                    blocking: Blocking::Index,
-                },
-                move |u| Event::Endpoints(k.clone(), u),
-            );
+            let watcher = agent.watch(key.spec(), move |u| Event::Health(k.clone(), u));
             self.watches.insert(key, watcher);
         }
+        gone
     }
 
     /// Whether `key` is still followed (a late answer for a dropped one is ignored).
-    pub(super) fn follows(&self, key: &UpstreamKey) -> bool {
+    pub(super) fn follows(&self, key: &HealthKey) -> bool {
         self.watches.contains_key(key)
     }
 
-    pub(super) fn on_answer(&mut self, key: UpstreamKey, entries: Vec<ServiceEntry>) {
+    pub(super) fn on_answer(&mut self, key: HealthKey, entries: Vec<ServiceEntry>) {
         self.entries.insert(key, entries);
     }
 
-    /// The registration's upstreams with their endpoints pinned in `trust_domain`.
-    /// Without the trust domain no identity can be pinned: no endpoints.
-    pub(super) fn upstreams(
+    /// The healthy instances `key` answered with, pinned in `trust_domain`: critical
+    /// ones never, warning ones unless `only_passing`. `target_dc` is the target's
+    /// datacenter, `local_dc` the agent's (either may be `""`: unknown).
+    pub(super) fn endpoints(
         &self,
-        reg: &Registration,
-        trust_domain: Option<&str>,
-        agent_datacenter: &str,
-    ) -> Vec<UpstreamConfig> {
-        let local_dc = if reg.datacenter.is_empty() {
-            agent_datacenter
-        } else {
-            &reg.datacenter
+        key: &HealthKey,
+        only_passing: bool,
+        target_dc: &str,
+        local_dc: &str,
+        trust_domain: &str,
+    ) -> Vec<Endpoint> {
+        let Some(entries) = self.entries.get(key) else {
+            return Vec::new();
         };
-        reg.upstreams
+        entries
             .iter()
-            .map(|up| {
-                let endpoints = match (trust_domain, self.entries.get(&up.key)) {
-                    (Some(td), Some(entries)) => entries
-                        .iter()
-                        .filter_map(|e| endpoint(e, &up.key.datacenter, local_dc, td))
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                let dc = if up.key.datacenter.is_empty() {
-                    local_dc
-                } else {
-                    &up.key.datacenter
-                };
-                let identity =
-                    ServiceId::new(trust_domain.unwrap_or_default(), DEFAULT, dc, &up.key.name);
-                up.listener.direct(identity, endpoints)
-            })
+            .filter(|e| healthy(e, only_passing))
+            .filter_map(|e| endpoint(e, target_dc, local_dc, trust_domain))
             .collect()
     }
+}
+
+/// Whether Consul's Envoy would send traffic to the instance: no check of the node or
+/// the service is critical (an instance in maintenance has a critical check), and with
+/// `only_passing` every check passes.
+pub(super) fn healthy(entry: &ServiceEntry, only_passing: bool) -> bool {
+    entry.checks.iter().all(|check| {
+        let status = check.status.as_str();
+        if only_passing {
+            status == PASSING
+        } else {
+            !status.eq_ignore_ascii_case(CRITICAL) && !status.eq_ignore_ascii_case(MAINTENANCE)
+        }
+    })
 }
 
 /// Where to dial an instance and who must answer there. Instances without a port (e.g.
@@ -211,5 +259,34 @@ mod tests {
         let mut portless = native;
         portless.service.port = 0;
         assert!(endpoint(&portless, "", "dc1", "td.consul").is_none());
+    }
+
+    #[test]
+    fn a_health_query_names_the_datacenter_and_the_subset_filter_and_never_passing() {
+        let key = HealthKey {
+            service: "db v2".into(),
+            datacenter: "dc2".into(),
+            filter: "Service.Meta.version == v2".into(),
+        };
+        let spec = key.spec();
+        assert_eq!(spec.path, "/v1/health/connect/db%20v2");
+        assert_eq!(
+            spec.query,
+            [
+                ("dc".to_owned(), "dc2".to_owned()),
+                ("filter".to_owned(), "Service.Meta.version == v2".to_owned())
+            ]
+        );
+        assert!(spec.body.is_none());
+        assert_eq!(
+            key.what(),
+            "the instances of db v2 in dc2 (Service.Meta.version == v2)"
+        );
+        let local = HealthKey {
+            service: "db".into(),
+            datacenter: String::new(),
+            filter: String::new(),
+        };
+        assert!(local.spec().query.is_empty());
     }
 }

@@ -61,6 +61,11 @@ impl Failures {
             .map(|(what, error)| format!("{what}: {error}"))
     }
 
+    /// `what` is no longer asked for: its failure, if any, is forgotten.
+    pub(super) fn forget(&mut self, what: &str) {
+        self.failing.remove(what);
+    }
+
     /// `what` answered; logs the recovery if it was failing.
     pub(super) fn recovered(&mut self, what: &str) {
         if self.failing.remove(what).is_some() {

@@ -34,6 +34,7 @@ impl IntentionsWatch {
                     ("name".into(), dest.clone()),
                 ],
                 blocking: Blocking::Index,
+                body: None,
             },
             move |u| Event::Intentions(dest.clone(), u),
         ));

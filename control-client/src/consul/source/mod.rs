@@ -5,7 +5,8 @@
 //! One task (`run`) owns all state. Watchers feed it typed updates (`agent`) for the
 //! proxy's registration (`registration`, found by `sidecar` with `--sidecar-for`), the CA
 //! roots and the leaf of the destination service (`certs`), the intentions that protect
-//! it (`intentions`), and the healthy instances of each upstream (`endpoints`); it also
+//! it (`intentions`), each upstream's discovery chain, translated into its routing
+//! (`chain`), and the instances of every target those chains end in (`endpoints`); it also
 //! learns the agent's datacenter and the default intention action (`agent_self`). Every
 //! answer is counted and a failure keeps the last good value (`failures`); a change is
 //! applied and published at once. Unchanged pieces keep their `Arc`, so the proxy can
@@ -23,6 +24,7 @@
 mod agent;
 mod agent_self;
 mod certs;
+mod chain;
 mod endpoints;
 mod failures;
 mod intentions;

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -12,6 +13,7 @@ use crate::api::agent::{
     AgentService, AgentServiceConnectProxyConfig, DESTINATION_PREPARED_QUERY, DESTINATION_SERVICE,
     Upstream,
 };
+use crate::api::chain::{DiscoveryChainRequest, GoDuration};
 use crate::identity::DEFAULT;
 use crate::model::{InboundConfig, Protocol};
 use crate::publish::{self, InboundLimits, UpstreamLimits, UpstreamListener};
@@ -30,6 +32,10 @@ pub(super) struct UpstreamKey {
 pub(super) struct UpstreamSpec {
     pub(super) key: UpstreamKey,
     pub(super) listener: UpstreamListener,
+    /// What the upstream overrides in its discovery chain, as Consul's proxy
+    /// configuration asks for it: the upstream's `MeshGateway`, and its `protocol` and
+    /// `connect_timeout_ms` when its `Config` sets them.
+    pub(super) chain: DiscoveryChainRequest,
 }
 
 /// What the proxy's registration says, validated.
@@ -180,12 +186,35 @@ fn upstream_spec(up: &Upstream, bind: SocketAddr) -> UpstreamSpec {
         idle_timeout_ms: config_u64(config, "idle_timeout_ms"),
         max_connections: config_u64(config, "max_connections"),
     };
+    let chain = DiscoveryChainRequest {
+        override_mesh_gateway: up.mesh_gateway.clone(),
+        // The protocol the listener speaks, so that chain and listener agree.
+        override_protocol: config_str(config, "protocol")
+            .map(|_| protocol_name(protocol).to_owned())
+            .unwrap_or_default(),
+        override_connect_timeout: limits
+            .connect_timeout_ms
+            .filter(|ms| *ms > 0)
+            .map(|ms| GoDuration::from_std(Duration::from_millis(ms)))
+            .unwrap_or_default(),
+    };
     UpstreamSpec {
         key: UpstreamKey {
             name: name.clone(),
             datacenter: up.datacenter.clone(),
         },
         listener: UpstreamListener::new(name.clone(), bind, protocol, &limits),
+        chain,
+    }
+}
+
+/// Consul's name of a protocol.
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Http => "http",
+        Protocol::Http2 => "http2",
+        Protocol::Grpc => "grpc",
     }
 }
 
@@ -249,8 +278,6 @@ pub(super) fn host_port(host: &str, port: u16) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use serde_json::json;
 
     use super::*;
@@ -263,6 +290,9 @@ mod tests {
             Upstream {
                 datacenter: "dc2".into(),
                 local_bind_address: "127.0.0.5".into(),
+                mesh_gateway: crate::api::agent::MeshGatewayConfig {
+                    mode: "local".into(),
+                },
                 config: json!({ "connect_timeout_ms": "2500", "protocol": "HTTP" })
                     .as_object()
                     .cloned()
@@ -305,6 +335,12 @@ mod tests {
         assert_eq!(db.listener.bind, "127.0.0.5:9191".parse().unwrap());
         assert_eq!(db.listener.protocol, Protocol::Http);
         assert_eq!(db.listener.connect_timeout, Duration::from_millis(2500));
+        assert_eq!(db.chain.override_protocol, "http", "Consul's spelling");
+        assert_eq!(
+            db.chain.override_connect_timeout,
+            GoDuration::from_std(Duration::from_millis(2500))
+        );
+        assert_eq!(db.chain.override_mesh_gateway.mode, "local");
 
         let mut plain = sidecar(vec![]);
         plain.kind = String::new();

@@ -12,14 +12,16 @@ use tokio_util::task::AbortOnDropHandle;
 use super::agent::{Agent, Event};
 use super::agent_self::{AgentSettings, self_loop};
 use super::certs::Certs;
-use super::endpoints::Endpoints;
+use super::chain::{ChainKey, Chains, Context, is_unsupported};
+use super::endpoints::{HealthKey, TargetHealth};
 use super::failures::Failures;
 use super::intentions::IntentionsWatch;
-use super::registration::{Registration, UpstreamKey, registration};
+use super::registration::{Registration, registration};
 use super::sidecar::resolve_sidecar;
 use super::{ConsulSource, ProxySelector};
 use crate::api::agent::AgentService;
 use crate::api::ca::IssuedCert;
+use crate::api::chain::DiscoveryChainResponse;
 use crate::api::health::ServiceEntry;
 use crate::api::intentions::IntentionMatchResponse;
 use crate::consul::http::path_segment;
@@ -41,7 +43,8 @@ pub(super) struct Follower {
     /// Roots and leaf, when they come from the agent.
     certs: Certs,
     intentions: IntentionsWatch,
-    endpoints: Endpoints,
+    chains: Chains,
+    health: TargetHealth,
     settings: AgentSettings,
     failures: Failures,
     /// Why the sidecar registration is not found yet, or the registration is unusable.
@@ -68,7 +71,8 @@ impl Follower {
             registration: None,
             certs: Certs::new(source.provider),
             intentions: IntentionsWatch::default(),
-            endpoints: Endpoints::default(),
+            chains: Chains::default(),
+            health: TargetHealth::default(),
             settings,
             failures: Failures::default(),
             registration_problem: None,
@@ -125,6 +129,7 @@ impl Follower {
                 path: format!("/v1/agent/service/{}", path_segment(&proxy_id)),
                 query: Vec::new(),
                 blocking: Blocking::Hash,
+                body: None,
             },
             Event::Service,
         ));
@@ -141,6 +146,8 @@ impl Follower {
                 if self.settings.on_self(answer, &mut self.failures) {
                     self.default_changed();
                 }
+                // The agent's datacenter may be news: chains are compiled there.
+                self.follow_upstreams();
             }
             Event::Service(update) => {
                 if let Some(svc) = self.answered(Resource::Config, "registration", update) {
@@ -155,7 +162,9 @@ impl Follower {
             }
             Event::Leaf(dest, update) => self.on_leaf(&dest, update),
             Event::Intentions(dest, update) => self.on_intentions(&dest, update),
-            Event::Endpoints(key, update) => self.on_endpoints(key, update),
+            Event::Chain(key, update) => self.on_chain(&key, update),
+            Event::ChainRetry(key) => self.chains.retry(&self.agent, &key),
+            Event::Health(key, update) => self.on_health(key, update),
         }
     }
 
@@ -208,14 +217,69 @@ impl Follower {
         }
     }
 
-    fn on_endpoints(&mut self, key: UpstreamKey, update: Update<Vec<ServiceEntry>>) {
-        if !self.endpoints.follows(&key) {
+    fn on_chain(&mut self, key: &ChainKey, update: Update<Box<DiscoveryChainResponse>>) {
+        if !self.chains.follows(key) {
             return;
         }
-        let what = format!("endpoints of {}", key.name);
-        if let Some(entries) = self.answered(Resource::Endpoints, &what, update) {
-            self.endpoints.on_answer(key, entries);
+        if let Update::Failed(error) = &update
+            && is_unsupported(error)
+        {
+            record_update(Resource::Chain, false);
+            self.failures.forget(&key.what());
+            self.chains.unsupported(&self.agent, key, error);
+            self.follow_targets();
+            return;
+        }
+        if let Some(answer) = self.answered(Resource::Chain, &key.what(), update) {
+            let ok = self.chains.on_chain(key, answer.chain);
+            record_update(Resource::Chain, ok);
+            self.follow_targets();
+        }
+    }
+
+    fn on_health(&mut self, key: HealthKey, update: Update<Vec<ServiceEntry>>) {
+        if !self.health.follows(&key) {
+            return;
+        }
+        if let Some(entries) = self.answered(Resource::Endpoints, &key.what(), update) {
+            self.health.on_answer(key, entries);
             record_update(Resource::Endpoints, true);
+        }
+    }
+
+    /// The agent's datacenter: the registration's, else what `/v1/agent/self` said.
+    fn local_dc(&self) -> String {
+        match &self.registration {
+            Some(reg) if !reg.datacenter.is_empty() => reg.datacenter.clone(),
+            _ => self.settings.datacenter.clone(),
+        }
+    }
+
+    /// Follows the chain of every upstream of the registration, and their targets.
+    fn follow_upstreams(&mut self) {
+        let Some(reg) = &self.registration else {
+            return;
+        };
+        let local_dc = self.local_dc();
+        let wanted: BTreeSet<ChainKey> = reg
+            .upstreams
+            .iter()
+            .map(|up| ChainKey::of(up, &local_dc))
+            .collect();
+        for gone in self.chains.follow(&self.agent, &wanted) {
+            self.failures.forget(&gone.what());
+        }
+        self.follow_targets();
+    }
+
+    /// Watches the instances of exactly the targets the upstreams' routings name.
+    fn follow_targets(&mut self) {
+        let Some(reg) = &self.registration else {
+            return;
+        };
+        let wanted = self.chains.health_keys(reg, &self.local_dc());
+        for gone in self.health.follow(&self.agent, wanted) {
+            self.failures.forget(&gone.what());
         }
     }
 
@@ -241,8 +305,6 @@ impl Follower {
             }
             self.follow_destination(&reg.destination);
         }
-        let wanted: BTreeSet<UpstreamKey> = reg.upstreams.iter().map(|u| u.key.clone()).collect();
-        self.endpoints.follow(&self.agent, wanted);
         tracing::info!(
             destination = %reg.destination,
             inbound = ?reg.inbound.as_ref().map(|i| i.bind),
@@ -250,6 +312,7 @@ impl Follower {
             "proxy configuration"
         );
         self.registration = Some(reg);
+        self.follow_upstreams();
         // The Workload API's SVID may be for the new destination, or no longer.
         let dest = self.registration.as_ref().map(|r| r.destination.clone());
         self.publisher.readmit(|leaf| admit(dest.as_deref(), leaf));
@@ -277,10 +340,17 @@ impl Follower {
     fn publish(&self) {
         let bundle = self.publisher.bundle(self.certs.bundle.as_ref());
         let trust_domain = bundle.map(|b| b.trust_domain.as_str());
+        let previous = self.publisher.current();
         let upstreams = match &self.registration {
-            Some(reg) => self
-                .endpoints
-                .upstreams(reg, trust_domain, &self.settings.datacenter),
+            Some(reg) => self.chains.upstreams(
+                reg,
+                &Context {
+                    trust_domain,
+                    local_dc: &self.local_dc(),
+                    health: &self.health,
+                    previous: &previous.upstreams,
+                },
+            ),
             None => Vec::new(),
         };
         self.publisher.publish(Snapshot {

@@ -38,6 +38,7 @@ fn tuning() -> Tuning {
         burst: 100,
         refill: Duration::from_millis(1),
         force_retry: Duration::from_secs(60),
+        unsupported_retry: Duration::from_millis(300),
     }
 }
 
@@ -269,7 +270,14 @@ async fn sidecar_for_fills_the_whole_snapshot_from_the_agent() {
     assert!(asked(
         "/v1/connect/intentions/match?by=destination&name=web"
     ));
-    assert!(asked("/v1/health/connect/db?passing=1"));
+    assert!(
+        asked("/v1/discovery-chain/db?compile-dc=dc1"),
+        "{requests:#?}"
+    );
+    assert!(
+        asked("/v1/health/connect/db?dc=dc1"),
+        "no chain (404): straight to the destination's instances"
+    );
     assert!(
         asked("/v1/agent/service/web-sidecar-proxy?hash="),
         "{requests:#?}"
@@ -367,6 +375,10 @@ async fn an_intentions_change_is_a_new_intentions_arc_and_nothing_else() {
         snap.bundle.as_ref().unwrap()
     ));
     assert_eq!(first.upstreams, snap.upstreams);
+    assert!(
+        Arc::ptr_eq(&first.upstreams[0].routing, &snap.upstreams[0].routing),
+        "an unchanged routing keeps its Arc"
+    );
 }
 
 #[tokio::test]
@@ -643,3 +655,5 @@ async fn with_the_workload_api_identity_comes_from_it_and_the_rest_from_the_agen
     })
     .await;
 }
+
+mod chain;

@@ -20,6 +20,7 @@ fn fast() -> Tuning {
         burst: 100,
         refill: Duration::from_millis(1),
         force_retry: Duration::from_secs(60),
+        unsupported_retry: Duration::from_secs(60),
     }
 }
 
@@ -34,6 +35,7 @@ fn spec(blocking: Blocking) -> WatchSpec {
         path: "/v1/thing".into(),
         query: vec![("passing".into(), "1".into())],
         blocking,
+        body: None,
     }
 }
 
@@ -383,4 +385,33 @@ async fn a_flapping_resource_is_paced_by_the_bucket() {
         t0.elapsed()
     );
     assert!(agent.queries().len() <= 6);
+}
+
+#[tokio::test]
+async fn a_spec_with_a_body_posts_it_with_every_blocking_call() {
+    let agent = ScriptedAgent::start(vec![
+        Reply::json(10, r#"{"V":1}"#),
+        Reply::json(11, r#"{"V":2}"#),
+    ])
+    .await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let spec = WatchSpec {
+        body: Some(bytes::Bytes::from_static(br#"{"OverrideProtocol":"http"}"#)),
+        ..spec(Blocking::Index)
+    };
+    let _w = Watcher::spawn(client(agent.addr()), spec, fast(), tx, |u: Update<Thing>| u);
+    assert_eq!(changed(next(&mut rx).await), 1);
+    assert_eq!(changed(next(&mut rx).await), 2);
+    let queries = agent.wait_queries(3).await;
+    assert_eq!(queries[1], "passing=1&index=10&wait=1s", "still blocking");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while agent.bodies().len() < 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let bodies = agent.bodies();
+    assert_eq!(bodies.len(), 3, "{bodies:?}");
+    for (method, body) in bodies {
+        assert_eq!(method, "POST");
+        assert_eq!(body, r#"{"OverrideProtocol":"http"}"#);
+    }
 }
