@@ -352,17 +352,30 @@ impl Reply {
 /// One HTTP/1.1 `GET path` with `headers` on a new connection to `addr` (an upstream
 /// listener of web's sidecar), bounded in time.
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
+    send(addr, "GET", path, headers).await
+}
+
+/// One HTTP/1.1 request without a body, as [`get`] with another method.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Reply> {
     let started = Instant::now();
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange(addr, path, headers, started))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!("GET {path} via {addr}: no answer within {REQUEST_TIMEOUT:?}")
-        })?
-        .with_context(|| format!("GET {path} via {addr}"))
+    let what = format!("{method} {path} via {addr}");
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        exchange(addr, method, path, headers, started),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("{what}: no answer within {REQUEST_TIMEOUT:?}"))?
+    .with_context(|| what)
 }
 
 async fn exchange(
     addr: SocketAddr,
+    method: &str,
     path: &str,
     headers: &[(&str, &str)],
     started: Instant,
@@ -371,6 +384,7 @@ async fn exchange(
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(connection);
     let mut request = Request::builder()
+        .method(method)
         .uri(path)
         .header(hyper::header::HOST, addr.to_string());
     for (name, value) in headers {

@@ -1,13 +1,16 @@
 //! Routing: a `service-router` for `api` sends web's requests by path prefix to another
 //! service (`admin`, whose sidecar must prove admin's own SPIFFE ID), by a header or a
 //! query parameter to a subset, rewrites a path prefix on the way, and answers 504 when
-//! a route's `RequestTimeout` passes before a slow app answers.
+//! a route's (or a lone resolver's) `RequestTimeout` passes before a slow app answers.
+//! Every other kind of match Consul documents (exact path, path regex, header prefix,
+//! presence and inverted match, query parameter presence, methods) picks the route
+//! Envoy would pick.
 
 use std::time::Duration;
 
 use ferrule_tests::backends::{DELAY_HEADER, NamedHttp};
 use ferrule_tests::chain::{
-    ChainMesh, InstanceSpec, SETUP, get, spread_http, subset_resolver, wait_streak, who,
+    ChainMesh, InstanceSpec, SETUP, get, send, spread_http, subset_resolver, wait_streak, who,
 };
 use ferrule_tests::mesh::{intentions_json, svid};
 use ferrule_tests::names::OUTBOUND;
@@ -260,4 +263,113 @@ async fn a_route_request_timeout_answers_504_for_a_slow_app() {
         Some("api-1"),
         "{patient:?}"
     );
+}
+
+/// A request (method, path, headers) and the instance it should land on.
+type MethodCase = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_match_picks_the_route_envoy_would() {
+    let to_v2 = json!({"ServiceSubset": "v2"});
+    let routes = json!([
+        {"Match": {"HTTP": {"PathExact": "/exact"}}, "Destination": to_v2},
+        {"Match": {"HTTP": {"PathRegex": "/re/[0-9]+"}}, "Destination": to_v2},
+        {"Match": {"HTTP": {"Header": [{"Name": "x-prefix", "Prefix": "can"}]}},
+         "Destination": to_v2},
+        {"Match": {"HTTP": {"Header": [{"Name": "x-present", "Present": true}]}},
+         "Destination": to_v2},
+        {"Match": {"HTTP": {"PathPrefix": "/inv",
+                            "Header": [{"Name": "x-inv", "Exact": "keep", "Invert": true}]}},
+         "Destination": to_v2},
+        {"Match": {"HTTP": {"QueryParam": [{"Name": "flag", "Present": true}]}},
+         "Destination": to_v2},
+        {"Match": {"HTTP": {"PathPrefix": "/m", "Methods": ["DELETE"]}}, "Destination": to_v2},
+    ]);
+    let mesh = routed_mesh(
+        vec![
+            InstanceSpec::http(API, "api-v1").version("v1"),
+            InstanceSpec::http(API, "api-v2").version("v2"),
+        ],
+        &[
+            subset_resolver(API, Some("v1"), &["v1", "v2"]),
+            router(routes),
+        ],
+    )
+    .await;
+    let addr = mesh.upstream(API);
+    let routed = wait_streak("/exact goes to v2", SETUP, "api-v2", 5, || {
+        who(addr, "/exact")
+    })
+    .await;
+    mesh.expect(routed, "the exact path route").await;
+
+    let cases: [MethodCase; 17] = [
+        ("GET", "/exact", &[], "api-v2"),
+        ("GET", "/exact?x=1", &[], "api-v2"),
+        ("GET", "/exact/more", &[], "api-v1"),
+        ("GET", "/re/123", &[], "api-v2"),
+        ("GET", "/re/12a", &[], "api-v1"),
+        ("GET", "/re/123/x", &[], "api-v1"),
+        ("GET", "/", &[("x-prefix", "canary")], "api-v2"),
+        ("GET", "/", &[("x-prefix", "acan")], "api-v1"),
+        ("GET", "/", &[("x-present", "anything")], "api-v2"),
+        ("GET", "/inv", &[("x-inv", "other")], "api-v2"),
+        ("GET", "/inv", &[("x-inv", "keep")], "api-v1"),
+        ("GET", "/q?flag=1", &[], "api-v2"),
+        ("GET", "/q?a=1&flag", &[], "api-v2"),
+        ("GET", "/q?flagged=1", &[], "api-v1"),
+        ("DELETE", "/m/x", &[], "api-v2"),
+        ("GET", "/m/x", &[], "api-v1"),
+        ("GET", "/other", &[], "api-v1"),
+    ];
+    let mut wrong = Vec::new();
+    for (method, path, headers, expected) in cases {
+        for _ in 0..3 {
+            let landed = match send(addr, method, path, headers).await {
+                Ok(reply) => reply.landed().map_err(|e| format!("{e:#}")),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            if landed.as_deref() != Ok(expected) {
+                wrong.push(format!(
+                    "{method} {path} {headers:?}: {landed:?}, not {expected}"
+                ));
+                break;
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "requests that took the wrong route:\n{}\n{}",
+        wrong.join("\n"),
+        mesh.diagnose().await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_request_timeout_applies_without_a_router() {
+    let resolver = json!({"Kind": "service-resolver", "Name": API, "RequestTimeout": "500ms"});
+    let mesh = routed_mesh(vec![InstanceSpec::http(API, "api-1")], &[resolver]).await;
+    let addr = mesh.upstream(API);
+    let late = [(DELAY_HEADER, "5000")];
+    let timed_out = eventually("calls time out after 500 ms", SETUP, || async {
+        let reply = get(addr, "/x", &late).await?;
+        anyhow::ensure!(reply.status == 504, "{reply:?}");
+        Ok(reply)
+    })
+    .await;
+    let reply = mesh
+        .expect(timed_out, "the resolver's RequestTimeout")
+        .await;
+    assert!(
+        reply.elapsed >= Duration::from_millis(450) && reply.elapsed < Duration::from_secs(4),
+        "504 after {:?}, the timeout is 500 ms",
+        reply.elapsed
+    );
+    let quick = get(addr, "/y", &[(DELAY_HEADER, "10")]).await.expect("GET");
+    assert_eq!(quick.landed().ok().as_deref(), Some("api-1"), "{quick:?}");
 }
