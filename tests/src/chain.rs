@@ -223,8 +223,7 @@ impl ChainMesh {
             assert!(!spec.tcp, "an HTTP check of a TCP app: {}", spec.id);
             reg = reg.with_http_check(&format!("http://127.0.0.1:{port}/health"));
         }
-        self.agent.register(&reg).await;
-        let proxy = ConsulSidecar::start(&self.agent, &reg.id).await;
+        let proxy = self.register_and_start(&mut reg).await;
         self.instances.push(Instance { reg, app, proxy });
         self.instances.last().expect("just pushed")
     }
@@ -237,9 +236,35 @@ impl ChainMesh {
         for upstream in upstreams {
             reg = reg.with_upstream(upstream);
         }
-        self.agent.register(&reg).await;
-        let proxy = ConsulSidecar::start(&self.agent, &reg.id).await;
+        let proxy = self.register_and_start(&mut reg).await;
         self.web = Some(Caller { reg, proxy });
+    }
+
+    /// Registers `reg` and starts its sidecar until ready. A port another process took
+    /// between picking and binding (other tests on the host pick from the same range)
+    /// gets the registration new ports and the sidecar another start.
+    async fn register_and_start(&self, reg: &mut ServiceRegistration) -> ConsulSidecar {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            self.agent.register(reg).await;
+            let mut proxy = ConsulSidecar::spawn(&self.agent, &reg.id);
+            let error = match proxy.wait_ready().await {
+                Ok(()) => return proxy,
+                Err(e) => e,
+            };
+            if attempt == ATTEMPTS || !proxy.stderr().contains("Address already in use") {
+                panic!("the sidecar for {} did not become ready: {error:#}", reg.id);
+            }
+            eprintln!(
+                "the sidecar for {} lost a port race, retrying: {error:#}",
+                reg.id
+            );
+            reg.sidecar_port = free_port().port();
+            for upstream in &mut reg.upstreams {
+                upstream.local_bind_port = free_port().port();
+            }
+        }
+        unreachable!("the last attempt either returns or panics")
     }
 
     /// Waits until `/v1/health/connect/<service>?passing` lists the sidecar of every
