@@ -145,6 +145,16 @@ impl DevAgent {
         self.dir.path()
     }
 
+    /// The agent's active CA (from its data dir), to mint SVIDs its sidecars trust.
+    pub fn ca(&self) -> ferrule_dev::ca::DevCa {
+        let read = |name: &str| {
+            std::fs::read_to_string(self.dir.path().join(name))
+                .unwrap_or_else(|e| panic!("read the agent's {name}: {e}"))
+        };
+        ferrule_dev::ca::DevCa::from_pem(&read("ca.pem"), &read("ca-key.pem"))
+            .unwrap_or_else(|e| panic!("the agent's CA does not load: {e}"))
+    }
+
     /// What the agent logged so far in this run.
     pub fn log(&self) -> String {
         self.current_log()
@@ -193,6 +203,34 @@ impl DevAgent {
             .await
             .unwrap_or_else(|e| panic!("deregister {id}: {e:#}"));
         assert_eq!(answer.status, 200, "deregister {id}: {}", answer.body);
+    }
+
+    /// `PUT /v1/agent/check/<pass|warn|fail>/:check_id`: sets a TTL check's status, as
+    /// the app's own health reporting would.
+    pub async fn set_ttl_check(&self, check_id: &str, status: TtlStatus) {
+        let verb = match status {
+            TtlStatus::Pass => "pass",
+            TtlStatus::Warn => "warn",
+            TtlStatus::Fail => "fail",
+        };
+        let path = format!("/v1/agent/check/{verb}/{check_id}");
+        let answer = http::request(self.addr, Method::PUT, &path, Bytes::new())
+            .await
+            .unwrap_or_else(|e| panic!("PUT {path}: {e:#}"));
+        assert_eq!(answer.status, 200, "PUT {path}: {}", answer.body);
+    }
+
+    /// `DELETE /v1/config/:kind/:name`.
+    pub async fn delete_config(&self, kind: &str, name: &str) -> anyhow::Result<()> {
+        let path = format!("/v1/config/{kind}/{name}");
+        let answer = http::request(self.addr, Method::DELETE, &path, Bytes::new()).await?;
+        anyhow::ensure!(
+            answer.status == 200,
+            "DELETE {path} answered {}: {}",
+            answer.status,
+            answer.body
+        );
+        Ok(())
     }
 
     /// Replaces the `service-intentions` config entry of `destination`, as
@@ -287,6 +325,14 @@ impl Drop for DevAgent {
     }
 }
 
+/// What a TTL check update reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtlStatus {
+    Pass,
+    Warn,
+    Fail,
+}
+
 /// One upstream of a sidecar registration.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -305,6 +351,12 @@ pub struct ServiceRegistration {
     /// The sidecar's public (mTLS) port.
     pub sidecar_port: u16,
     pub upstreams: Vec<Upstream>,
+    /// `Meta` of the service (the sidecar inherits it, as Consul's sidecars do).
+    pub meta: Vec<(String, String)>,
+    /// `Tags` of the service (inherited by the sidecar too).
+    pub tags: Vec<String>,
+    /// `Checks` of the service, as JSON.
+    pub checks: Vec<Value>,
 }
 
 impl ServiceRegistration {
@@ -317,7 +369,53 @@ impl ServiceRegistration {
             port: app_port,
             sidecar_port: free_port().port(),
             upstreams: Vec::new(),
+            meta: Vec::new(),
+            tags: Vec::new(),
+            checks: Vec::new(),
         }
+    }
+
+    /// One `Meta` key of the service, e.g. `("version", "v1")`.
+    pub fn with_meta(mut self, key: &str, value: &str) -> ServiceRegistration {
+        self.meta.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn with_tag(mut self, tag: &str) -> ServiceRegistration {
+        self.tags.push(tag.to_owned());
+        self
+    }
+
+    /// A TTL check `<id>-ttl` on the service, passing from the start and good for an
+    /// hour: the test turns it critical and back with `/v1/agent/check/fail|pass`.
+    /// The sidecar's alias check follows it, so the instance leaves (and rejoins)
+    /// `/v1/health/connect/<name>?passing`.
+    pub fn with_ttl_check(mut self) -> ServiceRegistration {
+        self.checks.push(json!({
+            "CheckID": self.ttl_check_id(),
+            "Name": "ttl",
+            "TTL": "1h",
+            "Status": "passing",
+        }));
+        self
+    }
+
+    /// An HTTP check `<id>-http` of `url` every second (the agent's shortest interval):
+    /// the instance turns critical within about a second of its app going away.
+    pub fn with_http_check(mut self, url: &str) -> ServiceRegistration {
+        self.checks.push(json!({
+            "CheckID": format!("{}-http", self.id),
+            "Name": "http",
+            "HTTP": url,
+            "Interval": "1s",
+            "Timeout": "1s",
+        }));
+        self
+    }
+
+    /// The ID of the check [`ServiceRegistration::with_ttl_check`] adds.
+    pub fn ttl_check_id(&self) -> String {
+        format!("{}-ttl", self.id)
     }
 
     pub fn with_id(mut self, id: &str) -> ServiceRegistration {
@@ -365,7 +463,7 @@ impl ServiceRegistration {
                 })
             })
             .collect();
-        json!({
+        let mut service = json!({
             "ID": self.id,
             "Name": self.name,
             "Address": "127.0.0.1",
@@ -378,6 +476,21 @@ impl ServiceRegistration {
                     "Upstreams": upstreams,
                 },
             }},
-        })
+        });
+        if !self.meta.is_empty() {
+            let meta: serde_json::Map<String, Value> = self
+                .meta
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+                .collect();
+            service["Meta"] = Value::Object(meta);
+        }
+        if !self.tags.is_empty() {
+            service["Tags"] = json!(self.tags);
+        }
+        if !self.checks.is_empty() {
+            service["Checks"] = Value::Array(self.checks.clone());
+        }
+        service
     }
 }

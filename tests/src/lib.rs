@@ -6,7 +6,10 @@
 //! - `binary`: builds and finds the `ferrule` binary (once per test process).
 //! - `sidecar`: a running `ferrule proxy --config` with its own directory, its
 //!   watched files, and its admin endpoints (`/ready`, `/metrics`).
-//! - `backends`: the local applications (HTTP echo, HTTP recorder, counting TCP echo).
+//! - `backends`: the local applications (HTTP echo, HTTP recorder, counting TCP echo,
+//!   and backends that name themselves in their answers).
+//! - `chain`: a mesh for the discovery chain: config entries, instances with their
+//!   sidecars, a caller, and clients that tell which instance answered.
 //! - `consul`: a `ferrule proxy --sidecar-for` process fed by a dev agent.
 //! - `envoy`: real Envoy as a Consul-configured sidecar next to ferrule (interop tests).
 //! - `faulty_agent`: a fault injector between a sidecar and its agent.
@@ -26,6 +29,7 @@ pub mod admin;
 pub mod agent;
 pub mod backends;
 pub mod binary;
+pub mod chain;
 pub mod clients;
 pub mod consul;
 pub mod envoy;
@@ -50,4 +54,11 @@ pub mod names {
     pub const AUTHZ_TERMINATIONS: &str = "ferrule_authz_terminations_total";
     pub const CONTROL_UPDATES: &str = "ferrule_control_updates_total";
     pub const TLS_HANDSHAKES: &str = "ferrule_tls_handshakes_total";
+    /// The app's requests on an L7 upstream, by `upstream`, `target` (the chain target
+    /// of the last try) and `status` class.
+    pub const UPSTREAM_REQUESTS: &str = "ferrule_upstream_requests_total";
+    /// Requests tried again, by `upstream`, `target` (of the failed try) and `reason`.
+    pub const UPSTREAM_RETRIES: &str = "ferrule_upstream_retries_total";
+    /// 1 for the target each of an upstream's clusters sends to, 0 for its others.
+    pub const UPSTREAM_ACTIVE_TARGET: &str = "ferrule_upstream_active_target";
 }

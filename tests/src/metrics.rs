@@ -64,6 +64,26 @@ impl Metrics {
         out
     }
 
+    /// Every metric that has a sample with `label` = `value`, and the sum of those
+    /// samples: where a value shows up when the metric names are not known.
+    pub fn families_with(&self, label: &str, value: &str) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for sample in &self.samples {
+            if sample.labels.get(label).is_some_and(|v| v == value) {
+                *out.entry(sample.name.clone()).or_insert(0.0) += sample.value;
+            }
+        }
+        out
+    }
+
+    /// Every value `label` takes, over all metrics.
+    pub fn label_values(&self, label: &str) -> std::collections::BTreeSet<String> {
+        self.samples
+            .iter()
+            .filter_map(|s| s.labels.get(label).cloned())
+            .collect()
+    }
+
     /// The labels of every sample of `name` whose value is below `threshold`.
     pub fn samples_below(&self, name: &str, threshold: f64) -> Vec<BTreeMap<String, String>> {
         self.matching(name, &[])

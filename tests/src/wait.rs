@@ -23,15 +23,21 @@ where
     Fut: Future<Output = anyhow::Result<T>>,
 {
     let deadline = Instant::now() + within;
+    let mut previous: Option<anyhow::Error> = None;
     loop {
         let error = match tokio::time::timeout_at(deadline, attempt()).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) => e,
-            Err(_) => anyhow::anyhow!("the last attempt was still running"),
+            // Cut short by the deadline: the attempt before says more.
+            Err(_) => match previous.take() {
+                Some(e) => e.context("the last attempt was still running; the one before"),
+                None => anyhow::anyhow!("the last attempt was still running"),
+            },
         };
         if Instant::now() + POLL > deadline {
             return Err(error.context(format!("{what}: not within {within:?}")));
         }
+        previous = Some(error);
         tokio::time::sleep(POLL).await;
     }
 }
