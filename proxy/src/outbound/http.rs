@@ -126,7 +126,7 @@ async fn route_and_send(
     peer: Peer,
 ) -> Response<OutBody> {
     let name = &ctx.upstream.name;
-    let Some((route, split, cluster)) = destination(ctx.routing, &req) else {
+    let Some((route, split, cluster)) = destination(ctx.routing, &req, &ctx.shared.rolls) else {
         metrics::upstream_request(name, "", StatusCode::NOT_FOUND.as_u16());
         return reply(StatusCode::NOT_FOUND, "route not found", ctx.grpc);
     };
@@ -172,9 +172,10 @@ async fn route_and_send(
 fn destination<'r, B>(
     routing: &'r Routing,
     req: &Request<B>,
+    rolls: &route::Rolls,
 ) -> Option<(&'r Route, &'r Split, &'r Cluster)> {
     let route = route::choose(routing, req)?;
-    let split = route::split(route, route::roll())?;
+    let split = route::split(route, rolls.next())?;
     let cluster = routing.clusters.get(split.cluster)?;
     Some((route, split, cluster))
 }

@@ -49,6 +49,8 @@ struct Shared {
     name: String,
     balancers: Balancers,
     pool: MeshPool,
+    /// Which split each connection or request takes.
+    rolls: route::Rolls,
 }
 
 impl Upstream {
@@ -56,6 +58,7 @@ impl Upstream {
         let shared = Shared {
             pool: MeshPool::new(name.clone()),
             balancers: Balancers::default(),
+            rolls: route::Rolls::new(),
             name,
         };
         Upstream {
@@ -98,9 +101,9 @@ impl Upstream {
 
 /// The cluster an L4 connection goes to: the catch-all route's, by a split drawn by
 /// weight (a `tcp` chain has one split; a splitter's weights hold all the same).
-fn l4_cluster(routing: &Routing) -> Option<&Cluster> {
+fn l4_cluster<'r>(routing: &'r Routing, rolls: &route::Rolls) -> Option<&'r Cluster> {
     let route = routing.catch_all()?;
-    let split = route::split(route, route::roll())?;
+    let split = route::split(route, rolls.next())?;
     routing.clusters.get(split.cluster)
 }
 
@@ -120,7 +123,8 @@ async fn handle(
         return guard.attempt(Attempt::NoEndpoints);
     };
     let routing = &upstream.routing;
-    let Some(cluster) = l4_cluster(routing).filter(|c| c.active_target().is_some()) else {
+    let Some(cluster) = l4_cluster(routing, &shared.rolls).filter(|c| c.active_target().is_some())
+    else {
         return guard.attempt(Attempt::NoEndpoints);
     };
     // The active target first. Should none of its instances take the connection, the
