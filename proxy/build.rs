@@ -1,4 +1,5 @@
-//! Lays out the release binary's code so that what a running sidecar executes sits
+//! Lays out the optimized binary's code (profiles `release` and `dist`: cargo tells
+//! build scripts `PROFILE=release` for both) so that what a running sidecar executes sits
 //! together: `link-order.txt` lists those functions (see BENCHMARKS.md for how it is
 //! made). Code is mapped in whole pages, and the kernel maps neighbouring pages along
 //! with each one touched, so scattered hot code keeps several MiB of the binary

@@ -69,6 +69,10 @@ pub(crate) struct BenchArgs {
     /// Where the report is written, besides stdout [default: target/bench/report.md].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The cargo profile ferrule is built with: `dist` (what ships: fat LTO, one codegen
+    /// unit) or `release` (what `cargo install --path proxy` builds), to compare the two.
+    #[arg(long, default_value = "dist", value_parser = ["dist", "release"])]
+    profile: String,
 }
 
 /// `cargo xtask link-order` (see order.rs).
@@ -81,7 +85,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
     // `cargo xtask` builds in debug, where the load generator would be the bottleneck:
     // build both binaries in release and hand over to the release xtask.
     if cfg!(debug_assertions) {
-        build_release(&root)?;
+        build(&root, &args.profile)?;
         let release = target_dir(&root).join("release").join("xtask");
         let status = Command::new(&release)
             .args(std::env::args_os().skip(1))
@@ -120,9 +124,9 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         sizes.idle_conns = fit;
     }
     ensure_packages()?;
-    let ferrule = target_dir(&root).join("release").join("ferrule");
+    let ferrule = target_dir(&root).join(&args.profile).join("ferrule");
     if !ferrule.exists() {
-        build_release(&root)?;
+        build(&root, &args.profile)?;
     }
     let dir = target_dir(&root).join("bench");
     let _ = fs::remove_dir_all(&dir);
@@ -143,6 +147,10 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
 
     let mut text = String::new();
     text.push_str(&machine());
+    text.push_str(&format!(
+        "- ferrule built with the `{}` profile\n",
+        args.profile
+    ));
     text.push_str(&format!(
         "\nConditions: {rounds} round(s), {}s per timed run, {} MiB bulk, {} idle connections; \
          proxies pinned to CPU {PROXY_CPU}, load generator and backend to CPU {GENERATOR_CPU}.\n",
@@ -355,20 +363,21 @@ fn ensure_packages() -> Result<()> {
     Ok(())
 }
 
-fn build_release(root: &Path) -> Result<()> {
-    println!("building ferrule and the bench (release)");
+/// Builds ferrule with `profile` (into target/<profile>/) and the bench in release.
+fn build(root: &Path, profile: &str) -> Result<()> {
+    println!("building ferrule ({profile}) and the bench (release)");
     // Apart: built together, cargo would unify the two packages' dependency features,
-    // and the ferrule binary would differ from the one `cargo build --release -p
-    // ferrule` (or `cargo run --release`) makes, down to its symbol names, which
+    // and the ferrule binary would differ from the one `cargo build --profile dist -p
+    // ferrule` (or `cargo install --profile dist`) makes, down to its symbol names, which
     // proxy/link-order.txt lists.
-    for package in ["ferrule", "xtask"] {
+    for (package, profile) in [("ferrule", profile), ("xtask", "release")] {
         let status = Command::new(cargo())
-            .args(["build", "--release", "-p", package])
+            .args(["build", "--profile", profile, "-p", package])
             .current_dir(root)
             .status()
             .context("running cargo build")?;
         if !status.success() {
-            bail!("cargo build --release -p {package} failed");
+            bail!("cargo build --profile {profile} -p {package} failed");
         }
     }
     Ok(())

@@ -1,9 +1,10 @@
 //! `cargo xtask link-order`: writes `proxy/link-order.txt`, the functions a running
-//! sidecar executes, which the release link places together (see `proxy/build.rs`).
+//! sidecar executes, which the link of the `release` and `dist` profiles places
+//! together (see `proxy/build.rs`).
 //!
 //! It runs the bench's ferrule pair (L4, then L7) under callgrind, puts keep-alive and
 //! connection-per-request load and a few `/metrics` scrapes through it, stops it, and
-//! keeps every function callgrind saw run that the release binary defines. Names of
+//! keeps every function callgrind saw run that the `dist` binary defines. Names of
 //! generic code carry a hash that changes with the code, so the list goes stale slowly
 //! as the code changes: run this again after large changes (a stale name is skipped).
 
@@ -15,15 +16,15 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::peers::{self, Env, Mode, Peer};
-use super::{BACKEND, PROXY_CPU, backend, build_release, load, target_dir, workspace_root};
+use super::{BACKEND, PROXY_CPU, backend, build, load, target_dir, workspace_root};
 
 pub(crate) fn run() -> Result<()> {
     let root = workspace_root();
     if !super::have("valgrind") {
         bail!("valgrind is needed (apt-get install valgrind)");
     }
-    build_release(&root)?;
-    let ferrule = target_dir(&root).join("release").join("ferrule");
+    build(&root, "dist")?;
+    let ferrule = target_dir(&root).join("dist").join("ferrule");
     let dir = target_dir(&root).join("link-order");
     let _ = fs::remove_dir_all(&dir);
     super::write_certs(&dir.join("certs"))?;
@@ -77,7 +78,7 @@ pub(crate) fn run() -> Result<()> {
     }
     fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
     println!(
-        "{} functions written to {}; rebuild in release to use them",
+        "{} functions written to {}; rebuild to use them",
         order.len(),
         out.display()
     );
