@@ -658,3 +658,4 @@ async fn with_the_workload_api_identity_comes_from_it_and_the_rest_from_the_agen
 }
 
 mod chain;
+mod xdc;
