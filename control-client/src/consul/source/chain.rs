@@ -9,7 +9,7 @@
 //! instances, as Consul's default chain would; so it does when the agent has no chain
 //! endpoint (an older agent or another implementation of the API answers 404 or 400),
 //! which is asked again after a while. A chain that cannot be translated keeps the last
-//! good one.
+//! good one. Prepared-query upstreams have no chain: their routing comes from `query`.
 
 mod translate;
 
