@@ -179,6 +179,14 @@ pub fn service_sni(id: &ServiceId, subset: Option<&str>) -> String {
     }
 }
 
+/// The server name Consul's Envoy sidecars send to the instances a prepared query
+/// selects: `<query>.default.<dc>.query.<trust-domain>`, `dc` being the upstream's
+/// datacenter (else the local one) whichever datacenter answers the query. See
+/// `docs/consul-semantics.md#prepared-queries`.
+pub fn query_sni(query: &str, dc: &str, trust_domain: &str) -> String {
+    format!("{query}.default.{dc}.query.{trust_domain}")
+}
+
 /// A local plaintext listener that carries the application's calls to a destination.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpstreamConfig {
@@ -465,6 +473,10 @@ mod tests {
             identity: id("default", "default"),
         };
         assert_eq!(endpoint.sni(), format!("api.default.dc2.internal.{td}"));
+        assert_eq!(
+            query_sni("geo-db", "dc1", td),
+            format!("geo-db.default.dc1.query.{td}")
+        );
     }
 
     #[test]

@@ -262,12 +262,15 @@ pub struct Target {
     /// The chain's target ID, `[<subset>.]<svc>.<ns>.<partition>.<dc>`; the `target`
     /// metric label (bounded by configuration, not by traffic).
     pub id: String,
-    /// The TLS server name sent to its instances.
+    /// The TLS server name sent to its instances (and to the mesh gateways that lead
+    /// to them, which route on it).
     pub sni: String,
-    /// The SPIFFE ID its instances' certificates must carry, exactly.
+    /// The SPIFFE ID its instances' certificates must carry, exactly. A dial checks
+    /// each endpoint's own `identity`, which is this one for a chain target (also
+    /// behind a gateway) and the instance's own for a prepared query's.
     pub identity: ServiceId,
     /// Its healthy instances (critical never; warning unless the subset says
-    /// `OnlyPassing`).
+    /// `OnlyPassing`), or the mesh gateways that stand in for them.
     pub endpoints: Vec<Endpoint>,
 }
 

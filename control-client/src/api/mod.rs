@@ -13,6 +13,7 @@ pub mod chain;
 pub mod defaults;
 pub mod health;
 pub mod intentions;
+pub mod query;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

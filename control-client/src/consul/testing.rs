@@ -4,7 +4,9 @@
 //! the path, and then holds every further request open, as a blocking query with nothing
 //! new would. `FakeAgent` serves canned JSON per path with real blocking semantics (an
 //! index per path that the test bumps by changing the body), so a source under test sees
-//! what it would see from a real agent.
+//! what it would see from a real agent. A path may be given per datacenter
+//! (`/v1/health/connect/db?dc=dc2`): a request with `?dc=` gets that answer when there
+//! is one, else the path's.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -357,6 +359,17 @@ async fn answer(
         .filter(|p| !p.is_empty())
         .map(|p| p.split_once('=').unwrap_or((p, "")))
         .collect();
+    let path = match params.get("dc") {
+        Some(dc)
+            if state
+                .lock()
+                .resources
+                .contains_key(&format!("{path}?dc={dc}")) =>
+        {
+            format!("{path}?dc={dc}")
+        }
+        _ => path,
+    };
     let seen: Option<u64> = params
         .get("index")
         .or_else(|| params.get("hash"))

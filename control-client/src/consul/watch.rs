@@ -31,6 +31,8 @@ pub(crate) enum Blocking {
     Index,
     /// `hash=` with `X-Consul-ContentHash` (`/v1/agent/service/:id`).
     Hash,
+    /// Not at all (a prepared query's execution): read again every `Tuning::poll`.
+    Poll,
 }
 
 /// What to watch: one endpoint with its fixed query parameters.
@@ -82,6 +84,8 @@ pub(crate) struct Tuning {
     /// How long an endpoint the agent does not have (an older agent's 404) is left alone
     /// before it is asked again.
     pub(crate) unsupported_retry: Duration,
+    /// Between two reads of an endpoint that cannot block ([`Blocking::Poll`]).
+    pub(crate) poll: Duration,
 }
 
 impl Default for Tuning {
@@ -95,6 +99,7 @@ impl Default for Tuning {
             refill: Duration::from_secs(1),
             force_retry: Duration::from_secs(60),
             unsupported_retry: Duration::from_secs(300),
+            poll: Duration::from_secs(1),
         }
     }
 }
@@ -160,6 +165,7 @@ impl Cursor {
                 self.index = if new < self.index { 0 } else { new.max(1) };
             }
             Blocking::Hash => self.hash = answer.content_hash(),
+            Blocking::Poll => {}
         }
     }
 
@@ -305,7 +311,15 @@ impl<U, F> Loop<U, F> {
         match self.request(blocking).await? {
             Ok(result) => {
                 let update = self.interpret::<T>(result);
-                self.deliver(update).await
+                let ok = update.is_ok();
+                self.deliver(update).await?;
+                if ok && self.spec.blocking == Blocking::Poll {
+                    tokio::select! {
+                        () = tokio::time::sleep(self.tuning.poll) => {}
+                        () = self.tx.closed() => return None,
+                    }
+                }
+                Some(())
             }
             Err(Abandoned::Forced) => {
                 tracing::debug!(path = %self.spec.path, "forcing a fresh read");

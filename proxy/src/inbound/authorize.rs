@@ -130,6 +130,45 @@ mod tests {
     }
 
     #[test]
+    fn a_caller_from_another_datacenter_is_decided_as_a_local_one() {
+        // Intentions name services, never datacenters (`docs/consul-semantics.md#intentions`):
+        // web in dc2, as its certificate names it, is the same source as web in dc1.
+        let td = "example.consul";
+        let from = |dc: &str, service: &str| {
+            Peer::of_caller(&ServiceId::new(td, "default", dc, service), td)
+        };
+        assert_eq!(from("dc2", "web"), from("dc1", "web"));
+        let allow_web = intentions(r#"{ "Name": "web", "Action": "allow" }"#);
+        let deny_web = intentions(r#"{ "Name": "web", "Action": "deny" }"#);
+        let l7 = intentions(
+            r#"{ "Name": "web", "Permissions": [
+                { "Action": "allow", "HTTP": { "PathPrefix": "/public/" } }
+            ] }"#,
+        );
+        let headers = HeaderMap::new();
+        let public = rules::Request {
+            method: "GET",
+            path: "/public/x",
+            headers: &headers,
+        };
+        let private = rules::Request {
+            path: "/private",
+            ..public
+        };
+        for dc in ["dc1", "dc2", "dc3"] {
+            let web = from(dc, "web");
+            let allowed = decide(Some(&allow_web), &web, None);
+            assert!(allowed.allowed(), "{dc}");
+            assert_eq!(allowed.reason(), "matched_l4");
+            assert!(!decide(Some(&deny_web), &web, None).allowed(), "{dc}");
+            assert!(decide(Some(&l7), &web, Some(&public)).allowed(), "{dc}");
+            assert!(!decide(Some(&l7), &web, Some(&private)).allowed(), "{dc}");
+            let db = from(dc, "db");
+            assert_eq!(decide(Some(&allow_web), &db, None).reason(), "default");
+        }
+    }
+
+    #[test]
     fn an_l7_decision_names_the_permission_that_decided() {
         let ixns = intentions(
             r#"{ "Name": "web", "Permissions": [

@@ -32,6 +32,7 @@ use crate::tls::{TlsState, provider};
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 struct Mesh {
+    ca: DevCa,
     bundle: Arc<TrustBundle>,
     web: Arc<Leaf>,
     api: Arc<Leaf>,
@@ -46,10 +47,12 @@ impl Mesh {
             let pem = (issued.cert_pem.as_bytes(), issued.key_pem.as_bytes());
             Arc::new(model::parse_leaf(pem.0, pem.1, &provider()).unwrap())
         };
+        let (web, api) = (leaf("web"), leaf("api"));
         Mesh {
+            ca,
             bundle: Arc::new(bundle),
-            web: leaf("web"),
-            api: leaf("api"),
+            web,
+            api,
         }
     }
 
@@ -96,9 +99,20 @@ async fn instance(
     script: Script,
     seen: Arc<Mutex<Vec<Seen>>>,
 ) -> Instance {
+    instance_as(mesh, mesh.api.clone(), name, script, seen).await
+}
+
+/// An instance whose sidecar serves `leaf`.
+async fn instance_as(
+    mesh: &Mesh,
+    leaf: Arc<Leaf>,
+    name: &'static str,
+    script: Script,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Instance {
     let snapshot = Snapshot {
         bundle: Some(mesh.bundle.clone()),
-        leaf: Some(mesh.api.clone()),
+        leaf: Some(leaf),
         inbound: Some(InboundConfig {
             bind: "127.0.0.1:0".parse().unwrap(),
             local_app: "127.0.0.1:1".into(),
@@ -619,3 +633,5 @@ async fn a_hashed_key_sticks_to_one_instance_and_a_cookie_is_made_up() {
         assert!(headers.get("set-cookie").is_none());
     }
 }
+
+mod xdc;

@@ -132,3 +132,88 @@ fn a_bare_leaf_needs_the_roots_intermediate_certs() {
     assert_eq!(handshake(&bundle, &api, &web), Ok((1, 1)));
     assert_eq!(handshake(&bundle, &api_bare, &web_full), Ok((1, 1)));
 }
+
+/// A secondary datacenter's chain built from scratch with rcgen, shaped as Consul's
+/// (`docs/consul-semantics.md#on-the-wire`), so that the dev CA's own making of it is
+/// not what is tested: a root, an intermediate with an empty subject and the URI SAN
+/// `spiffe://<td>` (CA, path length 0) that the root signed, and a leaf with an empty
+/// subject that the intermediate signed. Returns the root's PEM and the chain.
+fn rcgen_secondary_chain(td: &str, leaf_uri: &str) -> (String, Vec<CertificateDer<'static>>) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    };
+    let uri = |u: &str| SanType::URI(u.try_into().expect("a URI"));
+    let ca_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let root_key = KeyPair::generate().expect("key");
+    let mut root = CertificateParams::default();
+    root.distinguished_name = DistinguishedName::new();
+    root.distinguished_name
+        .push(DnType::CommonName, format!("pri-1.consul.ca.{td}"));
+    root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    root.key_usages = ca_usages.clone();
+    root.subject_alt_names = vec![uri(&format!("spiffe://{td}"))];
+    let root_cert = root.self_signed(&root_key).expect("root");
+    let root = Issuer::new(root, root_key);
+
+    let dc2_key = KeyPair::generate().expect("key");
+    let mut dc2 = CertificateParams::default();
+    dc2.distinguished_name = DistinguishedName::new();
+    dc2.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    dc2.key_usages = ca_usages;
+    dc2.subject_alt_names = vec![uri(&format!("spiffe://{td}"))];
+    let dc2_cert = dc2.signed_by(&dc2_key, &root).expect("intermediate");
+    let dc2 = Issuer::new(dc2, dc2_key);
+
+    let leaf_key = KeyPair::generate().expect("key");
+    let mut leaf = CertificateParams::default();
+    leaf.distinguished_name = DistinguishedName::new();
+    leaf.subject_alt_names = vec![uri(leaf_uri)];
+    leaf.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+        KeyUsagePurpose::KeyAgreement,
+        KeyUsagePurpose::DataEncipherment,
+    ];
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ClientAuth,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    ];
+    let leaf_cert = leaf.signed_by(&leaf_key, &dc2).expect("leaf");
+    let (_, parsed) = x509_parser::parse_x509_certificate(dc2_cert.der()).expect("parses");
+    assert_eq!(parsed.subject().iter().count(), 0, "an empty subject DN");
+    let chain = vec![leaf_cert.der().clone(), dc2_cert.der().clone()];
+    (root_cert.pem(), chain)
+}
+
+#[test]
+fn a_peer_chain_through_an_empty_subject_intermediate_is_accepted() {
+    use rustls::client::danger::ServerCertVerifier;
+    let td = "11111111-2222-3333-4444-555555555555.consul";
+    let web_dc2 = ServiceId::new(td, "default", "dc2", "web");
+    let (root_pem, chain) = rcgen_secondary_chain(td, &web_dc2.to_uri());
+    let bundle = parse_bundle(root_pem.as_bytes(), td).expect("bundle");
+    // As a caller on the public listener: its dc2 identity, with its datacenter.
+    let inbound = SvidVerifier::new(&bundle, &provider());
+    assert_eq!(inbound.verify_client(&chain).ok(), Some(web_dc2.clone()));
+    assert!(
+        inbound.verify_client(&chain[..1]).is_err(),
+        "the leaf alone: no path to the root"
+    );
+    // As an upstream in dc2, which must be exactly the dc2 identity.
+    let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let server = |expected: &ServiceId| {
+        let verifier = ServerSvidVerifier {
+            anchors: Arc::new(Anchors::new(&bundle, &provider())),
+            expected: expected.clone(),
+        };
+        verifier.verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now())
+    };
+    assert!(server(&web_dc2).is_ok());
+    let web_dc1 = ServiceId::new(td, "default", "dc1", "web");
+    assert!(server(&web_dc1).is_err(), "the datacenter is part of it");
+}

@@ -1,17 +1,22 @@
 //! How the run loop hears from the agent: the events every watch and one-shot task
 //! sends it, and the handle that starts them.
 
+use std::collections::BTreeMap;
+
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::agent_self::SelfAnswer;
 use super::chain::ChainKey;
 use super::endpoints::HealthKey;
+use super::gateways::GatewayKey;
+use super::query::QueryKey;
 use crate::api::agent::AgentService;
 use crate::api::ca::{IndexedCARoots, IssuedCert};
 use crate::api::chain::DiscoveryChainResponse;
 use crate::api::health::ServiceEntry;
 use crate::api::intentions::IntentionMatchResponse;
+use crate::api::query::PreparedQueryExecuteResponse;
 use crate::consul::http::AgentClient;
 use crate::consul::watch::{Tuning, Update, WatchSpec, Watcher};
 
@@ -33,6 +38,12 @@ pub(super) enum Event {
     /// Time to ask again for a chain the agent did not serve.
     ChainRetry(ChainKey),
     Health(HealthKey, Update<Vec<ServiceEntry>>),
+    /// The names of a datacenter's mesh gateways (the catalog's name → tags).
+    GatewayNames(String, Update<BTreeMap<String, serde_json::Value>>),
+    /// The instances of one mesh gateway service.
+    Gateways(GatewayKey, Update<Vec<ServiceEntry>>),
+    /// Boxed, as chains are: a prepared query's execution.
+    Query(QueryKey, Update<Box<PreparedQueryExecuteResponse>>),
 }
 
 /// The agent client, the tuning of its watches, and the channel they all report into.

@@ -9,7 +9,7 @@
 //! instances, as Consul's default chain would; so it does when the agent has no chain
 //! endpoint (an older agent or another implementation of the API answers 404 or 400),
 //! which is asked again after a while. A chain that cannot be translated keeps the last
-//! good one.
+//! good one. Prepared-query upstreams have no chain: their routing comes from `query`.
 
 mod translate;
 
@@ -21,7 +21,9 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::agent::{Agent, Event};
 use super::endpoints::{HealthKey, TargetHealth};
-use super::registration::{Registration, UpstreamSpec};
+use super::gateways::{GatewayMode, MeshGateways};
+use super::query::{Queries, QueryFill, QueryKey};
+use super::registration::{Registration, UpstreamKind, UpstreamSpec};
 use crate::api::chain::{CompiledDiscoveryChain, DiscoveryChainRequest};
 use crate::consul::http::{AgentError, path_segment};
 use crate::consul::watch::{Blocking, WatchSpec, Watcher};
@@ -115,6 +117,9 @@ pub(super) struct Context<'a> {
     /// The agent's datacenter (`""`: unknown).
     pub(super) local_dc: &'a str,
     pub(super) health: &'a TargetHealth,
+    pub(super) gateways: &'a MeshGateways,
+    /// The prepared-query upstreams' answers.
+    pub(super) queries: &'a Queries,
     /// The upstreams published last: an unchanged routing keeps its `Arc`.
     pub(super) previous: &'a [UpstreamConfig],
 }
@@ -210,19 +215,23 @@ impl Chains {
         }
     }
 
-    /// The plan `up` follows: its chain's, else straight to its destination.
+    /// The plan `up` follows: its chain's, else straight to its destination (reached
+    /// as the upstream's own mesh gateway mode says).
     fn plan(&self, up: &UpstreamSpec, local_dc: &str) -> Arc<Plan> {
         let key = ChainKey::of(up, local_dc);
         match self.followed.get(&key).and_then(|f| f.plan.clone()) {
             Some(plan) => plan,
-            None => Arc::new(Plan::direct(&key.name, &key.compile_dc)),
+            None => {
+                let mode = GatewayMode::parse(&up.chain.override_mesh_gateway.mode);
+                Arc::new(Plan::direct(&key.name, &key.compile_dc, mode))
+            }
         }
     }
 
-    /// The health queries the upstreams' targets need.
+    /// The health queries the service upstreams' targets need.
     pub(super) fn health_keys(&self, reg: &Registration, local_dc: &str) -> BTreeSet<HealthKey> {
         let mut keys = BTreeSet::new();
-        for up in &reg.upstreams {
+        for up in services(reg) {
             let plan = self.plan(up, local_dc);
             let tcp = up.listener.protocol == Protocol::Tcp;
             keys.extend(plan.health_keys(tcp).cloned());
@@ -230,23 +239,56 @@ impl Chains {
         keys
     }
 
-    /// The registration's upstreams, each routed by its chain with the instances known.
+    /// The datacenters whose mesh gateways the service upstreams' targets need.
+    pub(super) fn gateway_dcs(&self, reg: &Registration, local_dc: &str) -> BTreeSet<String> {
+        let mut dcs = BTreeSet::new();
+        for up in services(reg) {
+            let tcp = up.listener.protocol == Protocol::Tcp;
+            dcs.extend(self.plan(up, local_dc).gateway_dcs(tcp, local_dc));
+        }
+        dcs
+    }
+
+    /// The registration's upstreams, each routed by its chain (or its prepared query)
+    /// with the instances known.
     pub(super) fn upstreams(&self, reg: &Registration, ctx: &Context<'_>) -> Vec<UpstreamConfig> {
         reg.upstreams
             .iter()
             .map(|up| {
-                let fill = Fill {
-                    tcp: up.listener.protocol == Protocol::Tcp,
-                    connect_timeout: up.listener.connect_timeout,
-                    trust_domain: ctx.trust_domain,
-                    local_dc: ctx.local_dc,
-                    health: ctx.health,
+                let routing = match up.key.kind {
+                    UpstreamKind::Service => self.routing(up, ctx),
+                    UpstreamKind::PreparedQuery => ctx.queries.routing(
+                        &QueryKey::of(up),
+                        &QueryFill {
+                            connect_timeout: up.listener.connect_timeout,
+                            trust_domain: ctx.trust_domain,
+                            local_dc: ctx.local_dc,
+                        },
+                    ),
                 };
-                let routing = self.plan(up, ctx.local_dc).routing(&fill);
                 up.listener.with_routing(reuse(ctx.previous, up, routing))
             })
             .collect()
     }
+
+    fn routing(&self, up: &UpstreamSpec, ctx: &Context<'_>) -> Routing {
+        let fill = Fill {
+            tcp: up.listener.protocol == Protocol::Tcp,
+            connect_timeout: up.listener.connect_timeout,
+            trust_domain: ctx.trust_domain,
+            local_dc: ctx.local_dc,
+            health: ctx.health,
+            gateways: ctx.gateways,
+        };
+        self.plan(up, ctx.local_dc).routing(&fill)
+    }
+}
+
+/// The upstreams that name a service (and follow its chain).
+pub(super) fn services(reg: &Registration) -> impl Iterator<Item = &UpstreamSpec> {
+    reg.upstreams
+        .iter()
+        .filter(|up| up.key.kind == UpstreamKind::Service)
 }
 
 fn watch(agent: &Agent, key: &ChainKey) -> Watcher {

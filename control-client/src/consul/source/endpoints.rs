@@ -102,9 +102,19 @@ impl TargetHealth {
         self.entries.insert(key, entries);
     }
 
+    /// Whether `key` answered with at least one healthy instance: what makes a target
+    /// reached through mesh gateways usable (Consul gives the gateways the health of the
+    /// target's instances).
+    pub(super) fn any_healthy(&self, key: &HealthKey, only_passing: bool) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|entries| entries.iter().any(|e| healthy(e, only_passing)))
+    }
+
     /// The healthy instances `key` answered with, pinned in `trust_domain`: critical
     /// ones never, warning ones unless `only_passing`. `target_dc` is the target's
-    /// datacenter, `local_dc` the agent's (either may be `""`: unknown).
+    /// datacenter, `local_dc` the agent's (either may be `""`: unknown); instances in
+    /// another datacenter than the agent's are dialled on their WAN address.
     pub(super) fn endpoints(
         &self,
         key: &HealthKey,
@@ -138,34 +148,23 @@ pub(super) fn healthy(entry: &ServiceEntry, only_passing: bool) -> bool {
     })
 }
 
-/// Where to dial an instance and who must answer there. Instances without a port (e.g.
+/// Where to dial an instance and who must answer there. `fallback_dc` is the
+/// datacenter asked (the target's, or the one that answered a query) for an entry that
+/// does not name its node's; the instance is dialled on its WAN address when that
+/// datacenter is not `local_dc`, as Consul's Envoy does. Instances without a port (e.g.
 /// unix sockets) cannot be dialled and are left out.
-fn endpoint(
+pub(super) fn endpoint(
     entry: &ServiceEntry,
-    upstream_dc: &str,
+    fallback_dc: &str,
     local_dc: &str,
     trust_domain: &str,
 ) -> Option<Endpoint> {
     let svc = &entry.service;
-    let node = &entry.node;
-    let remote = !upstream_dc.is_empty() && !local_dc.is_empty() && upstream_dc != local_dc;
-    let (address, port) = if remote {
-        wan_address(entry)
-    } else {
-        let address = if svc.address.is_empty() {
-            &node.address
-        } else {
-            &svc.address
-        };
-        (address.as_str(), svc.port)
-    };
+    let datacenter = entry_dc(entry, fallback_dc, local_dc);
+    let (address, port) = best_address(entry, is_remote(datacenter, local_dc));
     if address.is_empty() || port == 0 {
         return None;
     }
-    let datacenter = [node.datacenter.as_str(), upstream_dc, local_dc]
-        .into_iter()
-        .find(|dc| !dc.is_empty())
-        .unwrap_or_default();
     let namespace = if svc.namespace.is_empty() {
         DEFAULT
     } else {
@@ -186,18 +185,41 @@ fn endpoint(
     })
 }
 
-/// An instance in another datacenter: the service's WAN address, else its own, else
-/// the node's WAN address, else the node's.
-fn wan_address(entry: &ServiceEntry) -> (&str, u16) {
+/// The datacenter an entry lives in: its node's, else `fallback`, else `local_dc`.
+pub(super) fn entry_dc<'a>(
+    entry: &'a ServiceEntry,
+    fallback: &'a str,
+    local_dc: &'a str,
+) -> &'a str {
+    [entry.node.datacenter.as_str(), fallback, local_dc]
+        .into_iter()
+        .find(|dc| !dc.is_empty())
+        .unwrap_or_default()
+}
+
+/// Whether `datacenter` is another than the local one (both known).
+pub(super) fn is_remote(datacenter: &str, local_dc: &str) -> bool {
+    !datacenter.is_empty() && !local_dc.is_empty() && datacenter != local_dc
+}
+
+/// Consul's best address of an instance. From the same datacenter (`wan` false): the
+/// service's address, else the node's, with the service's port. From another: the
+/// service's WAN address, else its own, else the node's WAN address, else the node's;
+/// the WAN port when it has one, else the service's.
+pub(super) fn best_address(entry: &ServiceEntry, wan: bool) -> (&str, u16) {
     let svc = &entry.service;
     let node = &entry.node;
-    let wan = svc
+    let own = Some(svc.address.as_str()).filter(|a| !a.is_empty());
+    if !wan {
+        return (own.unwrap_or(&node.address), svc.port);
+    }
+    let tagged = svc
         .tagged_addresses
         .get("wan")
         .filter(|a| !a.address.is_empty());
-    let address = wan
+    let address = tagged
         .map(|a| a.address.as_str())
-        .or_else(|| Some(svc.address.as_str()).filter(|a| !a.is_empty()))
+        .or(own)
         .or_else(|| {
             node.tagged_addresses
                 .get("wan")
@@ -205,7 +227,10 @@ fn wan_address(entry: &ServiceEntry) -> (&str, u16) {
                 .filter(|a| !a.is_empty())
         })
         .unwrap_or(&node.address);
-    let port = wan.map(|a| a.port).filter(|p| *p != 0).unwrap_or(svc.port);
+    let port = tagged
+        .map(|a| a.port)
+        .filter(|p| *p != 0)
+        .unwrap_or(svc.port);
     (address, port)
 }
 
@@ -225,7 +250,8 @@ mod tests {
                          "Proxy": { "DestinationServiceName": "db", "LocalServicePort": 5432 } }
         }))
         .unwrap();
-        let local = endpoint(&entry, "", "dc1", "td.consul").unwrap();
+        // Seen from its own datacenter: the LAN address.
+        let local = endpoint(&entry, "", "dc2", "td.consul").unwrap();
         assert_eq!(
             local.addr, "10.0.0.1:21001",
             "never the app's LocalServicePort"
@@ -234,8 +260,51 @@ mod tests {
             local.identity,
             ServiceId::new("td.consul", "default", "dc2", "db")
         );
-        let remote = endpoint(&entry, "dc2", "dc1", "td.consul").unwrap();
-        assert_eq!(remote.addr, "203.0.113.9:8443");
+        // From dc1: the node's datacenter decides, whatever was asked.
+        for asked in ["dc2", "", "dc1"] {
+            let remote = endpoint(&entry, asked, "dc1", "td.consul").unwrap();
+            assert_eq!(remote.addr, "203.0.113.9:8443", "asked {asked:?}");
+            assert_eq!(remote.identity.datacenter, "dc2");
+        }
+        // A node that does not say: the datacenter asked; unknown ones are local.
+        let mut unsaid = entry.clone();
+        unsaid.node.datacenter.clear();
+        let via_asked = endpoint(&unsaid, "dc2", "dc1", "td.consul").unwrap();
+        assert_eq!(via_asked.addr, "203.0.113.9:8443");
+        assert_eq!(via_asked.identity.datacenter, "dc2");
+        assert_eq!(
+            endpoint(&unsaid, "", "dc1", "td.consul").unwrap().addr,
+            "10.0.0.1:21001"
+        );
+        assert_eq!(
+            endpoint(&unsaid, "", "", "td.consul").unwrap().addr,
+            "10.0.0.1:21001"
+        );
+
+        let mut wan_port_unset = entry.clone();
+        wan_port_unset
+            .service
+            .tagged_addresses
+            .get_mut("wan")
+            .unwrap()
+            .port = 0;
+        assert_eq!(
+            endpoint(&wan_port_unset, "dc2", "dc1", "td.consul")
+                .unwrap()
+                .addr,
+            "203.0.113.9:21001",
+            "the WAN address with the service's port"
+        );
+        let mut own_address = entry.clone();
+        own_address.service.tagged_addresses.clear();
+        own_address.service.address = "10.0.0.7".into();
+        assert_eq!(
+            endpoint(&own_address, "dc2", "dc1", "td.consul")
+                .unwrap()
+                .addr,
+            "10.0.0.7:21001",
+            "the service's own address before the node's WAN address"
+        );
 
         let mut no_svc_wan = entry.clone();
         no_svc_wan.service.tagged_addresses.clear();

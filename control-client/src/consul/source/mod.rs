@@ -6,8 +6,10 @@
 //! proxy's registration (`registration`, found by `sidecar` with `--sidecar-for`), the CA
 //! roots and the leaf of the destination service (`certs`), the intentions that protect
 //! it (`intentions`), each upstream's discovery chain, translated into its routing
-//! (`chain`), and the instances of every target those chains end in (`endpoints`); it also
-//! learns the agent's datacenter and the default intention action (`agent_self`). Every
+//! (`chain`), the instances of every target those chains end in (`endpoints`) and the
+//! mesh gateways that lead to targets in other datacenters (`gateways`), and the
+//! answers of prepared-query upstreams (`query`); it also learns the agent's datacenter
+//! and the default intention action (`agent_self`). Every
 //! answer is counted and a failure keeps the last good value (`failures`); a change is
 //! applied and published at once. Unchanged pieces keep their `Arc`, so the proxy can
 //! tell by pointer what changed (a new `Arc<Intentions>` re-checks live connections, a
@@ -27,7 +29,9 @@ mod certs;
 mod chain;
 mod endpoints;
 mod failures;
+mod gateways;
 mod intentions;
+mod query;
 mod registration;
 mod run;
 mod sidecar;

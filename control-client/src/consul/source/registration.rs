@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::api::agent::{
     AgentService, AgentServiceConnectProxyConfig, DESTINATION_PREPARED_QUERY, DESTINATION_SERVICE,
-    Upstream,
+    MeshGatewayConfig, Upstream,
 };
 use crate::api::chain::{DiscoveryChainRequest, GoDuration};
 use crate::identity::DEFAULT;
@@ -20,11 +20,21 @@ use crate::publish::{self, InboundLimits, UpstreamLimits, UpstreamListener};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// One discovery watch: a service in a datacenter (`""` = local).
+/// One discovery watch: a service (or a prepared query) in a datacenter (`""` = local).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) struct UpstreamKey {
     pub(super) name: String,
     pub(super) datacenter: String,
+    pub(super) kind: UpstreamKind,
+}
+
+/// What an upstream's `DestinationName` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) enum UpstreamKind {
+    /// A service, reached through its discovery chain.
+    Service,
+    /// A prepared query, executed by the agent (`docs/consul-semantics.md#prepared-queries`).
+    PreparedQuery,
 }
 
 /// One upstream of the registration: what to discover, and the listener in front of it.
@@ -33,8 +43,8 @@ pub(super) struct UpstreamSpec {
     pub(super) key: UpstreamKey,
     pub(super) listener: UpstreamListener,
     /// What the upstream overrides in its discovery chain, as Consul's proxy
-    /// configuration asks for it: the upstream's `MeshGateway`, and its `protocol` and
-    /// `connect_timeout_ms` when its `Config` sets them.
+    /// configuration asks for it: the upstream's `MeshGateway` over the proxy's own, and
+    /// its `protocol` and `connect_timeout_ms` when its `Config` sets them.
     pub(super) chain: DiscoveryChainRequest,
 }
 
@@ -70,7 +80,7 @@ pub(super) fn registration(svc: &AgentService) -> Result<Registration, String> {
     let mut upstreams = Vec::new();
     let mut binds = HashSet::new();
     for up in &proxy.upstreams {
-        match upstream_of(up, &mut binds) {
+        match upstream_of(up, &proxy.mesh_gateway, &mut binds) {
             Ok(Some(spec)) => upstreams.push(spec),
             Ok(None) => {}
             Err(why) => {
@@ -131,19 +141,19 @@ fn inbound_of(svc: &AgentService, proxy: &AgentServiceConnectProxyConfig) -> Opt
 }
 
 /// One upstream: `Ok(None)` if it is quietly not ours (centrally configured without a
-/// port), `Err` with the reason it is skipped. `binds` holds the listeners taken so far.
+/// port), `Err` with the reason it is skipped. `binds` holds the listeners taken so far;
+/// `proxy_gateway` is the proxy's own `MeshGateway`, which the upstream's overrides.
 fn upstream_of(
     up: &Upstream,
+    proxy_gateway: &MeshGatewayConfig,
     binds: &mut HashSet<SocketAddr>,
 ) -> Result<Option<UpstreamSpec>, String> {
     let name = &up.destination_name;
-    match up.destination_type.as_str() {
-        "" | DESTINATION_SERVICE => {}
-        DESTINATION_PREPARED_QUERY => {
-            return Err("prepared-query upstreams are not supported".into());
-        }
+    let kind = match up.destination_type.as_str() {
+        "" | DESTINATION_SERVICE => UpstreamKind::Service,
+        DESTINATION_PREPARED_QUERY => UpstreamKind::PreparedQuery,
         other => return Err(format!("unknown DestinationType {other:?}")),
-    }
+    };
     if up.local_bind_port == 0 {
         return if !up.local_bind_socket_path.is_empty() {
             Err("unix-socket upstream listeners are not supported".into())
@@ -173,7 +183,13 @@ fn upstream_of(
     if !binds.insert(bind) {
         return Err(format!("{bind} is already used by another upstream"));
     }
-    Ok(Some(upstream_spec(up, bind)))
+    let mut spec = upstream_spec(up, bind);
+    spec.key.kind = kind;
+    if spec.chain.override_mesh_gateway.is_empty() {
+        // Consul overlays the upstream's mode on the proxy's.
+        spec.chain.override_mesh_gateway = proxy_gateway.clone();
+    }
+    Ok(Some(spec))
 }
 
 fn upstream_spec(up: &Upstream, bind: SocketAddr) -> UpstreamSpec {
@@ -202,6 +218,7 @@ fn upstream_spec(up: &Upstream, bind: SocketAddr) -> UpstreamSpec {
         key: UpstreamKey {
             name: name.clone(),
             datacenter: up.datacenter.clone(),
+            kind: UpstreamKind::Service,
         },
         listener: UpstreamListener::new(name.clone(), bind, protocol, &limits),
         chain,
@@ -322,6 +339,7 @@ mod tests {
         .cloned()
         .unwrap();
         proxy.local_service_address = "::1".into();
+        proxy.mesh_gateway.mode = "remote".into();
         let reg = registration(&svc).unwrap();
         let inbound = reg.inbound.unwrap();
         assert_eq!(inbound.bind, "10.1.1.1:21500".parse().unwrap());
@@ -329,8 +347,16 @@ mod tests {
         assert_eq!(inbound.protocol, Protocol::Http);
         assert_eq!(inbound.local_connect_timeout, Duration::from_millis(250));
         assert_eq!(inbound.handshake_timeout, Duration::from_millis(3000));
-        assert_eq!(reg.upstreams.len(), 1, "{:?}", reg.upstreams);
+        assert_eq!(reg.upstreams.len(), 2, "{:?}", reg.upstreams);
         let db = &reg.upstreams[0];
+        assert_eq!(db.key.kind, UpstreamKind::Service);
+        let query = &reg.upstreams[1];
+        assert_eq!(query.key.kind, UpstreamKind::PreparedQuery);
+        assert_eq!(query.key.name, "geo-db");
+        assert_eq!(
+            query.chain.override_mesh_gateway.mode, "remote",
+            "the proxy's mode when the upstream sets none"
+        );
         assert_eq!(db.key.datacenter, "dc2");
         assert_eq!(db.listener.bind, "127.0.0.5:9191".parse().unwrap());
         assert_eq!(db.listener.protocol, Protocol::Http);

@@ -3,20 +3,23 @@
 //! last good value of what failed; a new destination service drops everything tied to
 //! the old one (leaf, intentions) and watches the new one's.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::agent::{Agent, Event};
 use super::agent_self::{AgentSettings, self_loop};
 use super::certs::Certs;
-use super::chain::{ChainKey, Chains, Context, is_unsupported};
+use super::chain::{ChainKey, Chains, Context, is_unsupported, services};
 use super::endpoints::{HealthKey, TargetHealth};
 use super::failures::Failures;
+use super::gateways::{GatewayKey, MeshGateways, names_what};
 use super::intentions::IntentionsWatch;
-use super::registration::{Registration, registration};
+use super::query::{Queries, QueryKey};
+use super::registration::{Registration, UpstreamKind, registration};
 use super::sidecar::resolve_sidecar;
 use super::{ConsulSource, ProxySelector};
 use crate::api::agent::AgentService;
@@ -24,6 +27,7 @@ use crate::api::ca::IssuedCert;
 use crate::api::chain::DiscoveryChainResponse;
 use crate::api::health::ServiceEntry;
 use crate::api::intentions::IntentionMatchResponse;
+use crate::api::query::PreparedQueryExecuteResponse;
 use crate::consul::http::path_segment;
 use crate::consul::watch::{Blocking, Update, WatchSpec, Watcher};
 use crate::model::{Leaf, Snapshot};
@@ -45,6 +49,8 @@ pub(super) struct Follower {
     intentions: IntentionsWatch,
     chains: Chains,
     health: TargetHealth,
+    gateways: MeshGateways,
+    queries: Queries,
     settings: AgentSettings,
     failures: Failures,
     /// Why the sidecar registration is not found yet, or the registration is unusable.
@@ -73,6 +79,8 @@ impl Follower {
             intentions: IntentionsWatch::default(),
             chains: Chains::default(),
             health: TargetHealth::default(),
+            gateways: MeshGateways::default(),
+            queries: Queries::default(),
             settings,
             failures: Failures::default(),
             registration_problem: None,
@@ -165,6 +173,9 @@ impl Follower {
             Event::Chain(key, update) => self.on_chain(&key, update),
             Event::ChainRetry(key) => self.chains.retry(&self.agent, &key),
             Event::Health(key, update) => self.on_health(key, update),
+            Event::GatewayNames(dc, update) => self.on_gateway_names(&dc, update),
+            Event::Gateways(key, update) => self.on_gateways(&key, update),
+            Event::Query(key, update) => self.on_query(&key, update),
         }
     }
 
@@ -247,6 +258,38 @@ impl Follower {
         }
     }
 
+    fn on_gateway_names(&mut self, dc: &str, update: Update<BTreeMap<String, Value>>) {
+        if !self.gateways.follows_dc(dc) {
+            return;
+        }
+        if let Some(names) = self.answered(Resource::Endpoints, &names_what(dc), update) {
+            for gone in self.gateways.on_names(&self.agent, dc, &names) {
+                self.failures.forget(&gone);
+            }
+            record_update(Resource::Endpoints, true);
+        }
+    }
+
+    fn on_gateways(&mut self, key: &GatewayKey, update: Update<Vec<ServiceEntry>>) {
+        if !self.gateways.follows(key) {
+            return;
+        }
+        if let Some(entries) = self.answered(Resource::Endpoints, &key.what(), update) {
+            self.gateways.on_entries(key, entries);
+            record_update(Resource::Endpoints, true);
+        }
+    }
+
+    fn on_query(&mut self, key: &QueryKey, update: Update<Box<PreparedQueryExecuteResponse>>) {
+        if !self.queries.follows(key) {
+            return;
+        }
+        if let Some(answer) = self.answered(Resource::Endpoints, &key.what(), update) {
+            self.queries.on_answer(key, *answer);
+            record_update(Resource::Endpoints, true);
+        }
+    }
+
     /// The agent's datacenter: the registration's, else what `/v1/agent/self` said.
     fn local_dc(&self) -> String {
         match &self.registration {
@@ -255,31 +298,45 @@ impl Follower {
         }
     }
 
-    /// Follows the chain of every upstream of the registration, and their targets.
+    /// Follows the chain of every service upstream of the registration, and their
+    /// targets, and executes every prepared query it names.
     fn follow_upstreams(&mut self) {
         let Some(reg) = &self.registration else {
             return;
         };
         let local_dc = self.local_dc();
-        let wanted: BTreeSet<ChainKey> = reg
-            .upstreams
-            .iter()
+        let wanted: BTreeSet<ChainKey> = services(reg)
             .map(|up| ChainKey::of(up, &local_dc))
             .collect();
+        let queries: BTreeSet<QueryKey> = reg
+            .upstreams
+            .iter()
+            .filter(|up| up.key.kind == UpstreamKind::PreparedQuery)
+            .map(QueryKey::of)
+            .collect();
         for gone in self.chains.follow(&self.agent, &wanted) {
+            self.failures.forget(&gone.what());
+        }
+        for gone in self.queries.follow(&self.agent, &queries) {
             self.failures.forget(&gone.what());
         }
         self.follow_targets();
     }
 
-    /// Watches the instances of exactly the targets the upstreams' routings name.
+    /// Watches the instances of exactly the targets the upstreams' routings name, and
+    /// the mesh gateways of exactly the datacenters they are reached through.
     fn follow_targets(&mut self) {
         let Some(reg) = &self.registration else {
             return;
         };
-        let wanted = self.chains.health_keys(reg, &self.local_dc());
+        let local_dc = self.local_dc();
+        let wanted = self.chains.health_keys(reg, &local_dc);
+        let gateway_dcs = self.chains.gateway_dcs(reg, &local_dc);
         for gone in self.health.follow(&self.agent, wanted) {
             self.failures.forget(&gone.what());
+        }
+        for gone in self.gateways.follow(&self.agent, &gateway_dcs) {
+            self.failures.forget(&gone);
         }
     }
 
@@ -348,6 +405,8 @@ impl Follower {
                     trust_domain,
                     local_dc: &self.local_dc(),
                     health: &self.health,
+                    gateways: &self.gateways,
+                    queries: &self.queries,
                     previous: &previous.upstreams,
                 },
             ),

@@ -39,6 +39,7 @@ fn tuning() -> Tuning {
         refill: Duration::from_millis(1),
         force_retry: Duration::from_secs(60),
         unsupported_retry: Duration::from_millis(300),
+        poll: Duration::from_millis(50),
     }
 }
 
@@ -657,3 +658,4 @@ async fn with_the_workload_api_identity_comes_from_it_and_the_rest_from_the_agen
 }
 
 mod chain;
+mod xdc;

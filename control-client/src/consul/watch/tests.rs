@@ -21,6 +21,7 @@ fn fast() -> Tuning {
         refill: Duration::from_millis(1),
         force_retry: Duration::from_secs(60),
         unsupported_retry: Duration::from_secs(60),
+        poll: Duration::from_millis(200),
     }
 }
 
@@ -84,6 +85,27 @@ async fn follows_the_index_and_resets_when_it_goes_backwards() {
     assert_eq!(queries[2], "passing=1&index=12&wait=1s");
     assert_eq!(queries[3], "passing=1", "went backwards: a fresh read");
     assert_eq!(queries[4], "passing=1&index=4&wait=1s");
+}
+
+#[tokio::test]
+async fn a_polled_endpoint_is_read_again_after_the_period_and_never_blocks() {
+    let agent = ScriptedAgent::start(vec![
+        Reply::json(10, r#"{"V":1}"#),
+        Reply::json(10, r#"{"V":1}"#),
+        Reply::json(11, r#"{"V":2}"#),
+    ])
+    .await;
+    let started = tokio::time::Instant::now();
+    let (_w, mut rx) = start(&agent, Blocking::Poll, fast());
+    assert_eq!(changed(next(&mut rx).await), 1);
+    assert!(matches!(next(&mut rx).await, Update::Unchanged { .. }));
+    assert_eq!(changed(next(&mut rx).await), 2);
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "two periods between three reads"
+    );
+    let queries = agent.wait_queries(3).await;
+    assert_eq!(queries, ["passing=1"; 3], "no index, no wait");
 }
 
 #[tokio::test]

@@ -14,6 +14,10 @@
 //! What Consul would refuse to render (a graph that does not hold together) fails the
 //! whole chain; a route whose regex does not compile is left out with a warning and the
 //! rest of the chain still applies. Peered targets are left out (no cluster peering).
+//!
+//! A target in another datacenter is filled in as its mesh gateway mode says
+//! (`gateways`): its instances on their WAN address, or the mesh gateways that lead to
+//! it, with the target's own server name and identity.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -22,6 +26,7 @@ use http::{HeaderName, HeaderValue};
 use regex::Regex;
 
 use super::super::endpoints::{HealthKey, TargetHealth};
+use super::super::gateways::{GatewayMode, MeshGateways};
 use crate::api::chain::{
     CompiledDiscoveryChain, DiscoveryGraphNode, DiscoverySplit, DiscoveryTarget, GoDuration,
     HttpHeaderModifiers, LoadBalancer as ChainLoadBalancer, NODE_RESOLVER, NODE_ROUTER,
@@ -61,6 +66,8 @@ struct TargetSource {
     only_passing: bool,
     /// For an SNI made here when the chain gives none.
     subset: String,
+    /// How it is reached should it be in another datacenter.
+    mode: GatewayMode,
 }
 
 /// What a plan is filled in with at publish time.
@@ -75,12 +82,18 @@ pub(in crate::consul::source) struct Fill<'a> {
     /// WAN address.
     pub(in crate::consul::source) local_dc: &'a str,
     pub(in crate::consul::source) health: &'a TargetHealth,
+    pub(in crate::consul::source) gateways: &'a MeshGateways,
 }
 
 impl Plan {
     /// The routing of an upstream no chain shapes (yet): everything to `service`'s
-    /// instances in `datacenter` (`""`: the agent's), as Consul's default chain has it.
-    pub(in crate::consul::source) fn direct(service: &str, datacenter: &str) -> Plan {
+    /// instances in `datacenter` (`""`: the agent's), reached as `mode` says, as
+    /// Consul's default chain has it.
+    pub(in crate::consul::source) fn direct(
+        service: &str,
+        datacenter: &str,
+        mode: GatewayMode,
+    ) -> Plan {
         let identity = ServiceId::new("", DEFAULT, datacenter, service);
         let target = Target {
             id: target_id(&identity, None),
@@ -96,6 +109,7 @@ impl Plan {
             },
             only_passing: false,
             subset: String::new(),
+            mode,
         };
         Plan {
             sources: HashMap::from([(target.id.clone(), source)]),
@@ -109,14 +123,32 @@ impl Plan {
         &self,
         tcp: bool,
     ) -> impl Iterator<Item = &HealthKey> + '_ {
+        self.used_sources(tcp).map(|(_, s)| &s.health)
+    }
+
+    /// The datacenters whose mesh gateways this plan's targets are reached through,
+    /// seen from `local_dc`.
+    pub(in crate::consul::source) fn gateway_dcs(&self, tcp: bool, local_dc: &str) -> Vec<String> {
+        self.used_sources(tcp)
+            .filter_map(|(target, s)| {
+                let dc = s.mode.gateway_dc(&target.identity.datacenter, local_dc);
+                dc.map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// The targets used (for `tcp`, only those of the catch-all route's clusters), each
+    /// with where its instances come from.
+    fn used_sources(&self, tcp: bool) -> impl Iterator<Item = (Target, &TargetSource)> + '_ {
         let routing = if tcp {
             catch_all_only(&self.routing)
         } else {
             self.routing.clone()
         };
-        let ids: Vec<String> = routing.targets().map(|t| t.id.clone()).collect();
-        ids.into_iter()
-            .filter_map(|id| self.sources.get(&id).map(|s| &s.health))
+        let targets: Vec<Target> = routing.targets().cloned().collect();
+        targets
+            .into_iter()
+            .filter_map(|t| self.sources.get(&t.id).map(|s| (t, s)))
     }
 
     /// The routing with every target's identity pinned and its healthy instances.
@@ -146,15 +178,22 @@ impl Plan {
         if target.sni.is_empty() {
             target.sni = service_sni(&target.identity, Some(&source.subset));
         }
-        if let Some(td) = fill.trust_domain {
-            target.endpoints = fill.health.endpoints(
-                &source.health,
-                source.only_passing,
-                &target.identity.datacenter,
-                fill.local_dc,
-                td,
-            );
-        }
+        let Some(td) = fill.trust_domain else {
+            return;
+        };
+        let dc = &target.identity.datacenter;
+        target.endpoints = match source.mode.gateway_dc(dc, fill.local_dc) {
+            None => {
+                fill.health
+                    .endpoints(&source.health, source.only_passing, dc, fill.local_dc, td)
+            }
+            // The gateways stand in for the target while it has a healthy instance.
+            Some(gateway_dc) if fill.health.any_healthy(&source.health, source.only_passing) => {
+                fill.gateways
+                    .endpoints(gateway_dc, fill.local_dc, &target.identity)
+            }
+            Some(_) => Vec::new(),
+        };
     }
 }
 
@@ -395,6 +434,7 @@ impl<'a> Builder<'a> {
                 },
                 only_passing: target.subset.only_passing,
                 subset: target.service_subset.clone(),
+                mode: GatewayMode::parse(&target.mesh_gateway.mode),
             },
         );
         Some(Target {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::super::super::gateways::key as gateway_key;
 use super::*;
 use crate::api::chain::DiscoveryChainResponse;
 use crate::api::health::ServiceEntry;
@@ -29,12 +30,22 @@ fn plan(json: &str) -> Plan {
 }
 
 fn routed(plan: &Plan, tcp: bool, health: &TargetHealth) -> Routing {
+    routed_through(plan, tcp, health, &MeshGateways::default())
+}
+
+fn routed_through(
+    plan: &Plan,
+    tcp: bool,
+    health: &TargetHealth,
+    gateways: &MeshGateways,
+) -> Routing {
     plan.routing(&Fill {
         tcp,
         connect_timeout: Duration::from_secs(9),
         trust_domain: Some(TD),
         local_dc: "dc1",
         health,
+        gateways,
     })
 }
 
@@ -100,7 +111,11 @@ fn a_default_chain_is_a_direct_routing_and_so_is_the_fallback() {
         Routing::direct(target, Duration::from_secs(5)),
         "{routing:#?}"
     );
-    let fallback = routed(&Plan::direct("db", "dc1"), false, &health);
+    let fallback = routed(
+        &Plan::direct("db", "dc1", GatewayMode::Remote),
+        false,
+        &health,
+    );
     assert_eq!(fallback.routes, routing.routes);
     assert_eq!(fallback.clusters[0].targets, routing.clusters[0].targets);
     assert_eq!(
@@ -382,7 +397,10 @@ fn a_tcp_upstream_keeps_only_the_catch_all_route_and_its_targets() {
 fn failover_targets_follow_the_primary_in_order() {
     let health = health(vec![
         (key("db", "dc1", ""), vec![]),
-        (key("db", "dc3", ""), vec![]),
+        (
+            key("db", "dc3", ""),
+            vec![entry("db", "10.3.0.1", "dc3", &["critical"])],
+        ),
         (
             key("db", "dc2", ""),
             vec![entry("db", "10.2.0.1", "dc2", &["passing"])],
@@ -401,13 +419,99 @@ fn failover_targets_follow_the_primary_in_order() {
         ],
         "the peered target is left out"
     );
-    let active = cluster.active_target().expect("dc2 has an instance");
-    assert_eq!(active.id, "db.default.default.dc2");
-    assert_eq!(active.identity, id("dc2", "db"));
+    assert!(
+        cluster.active_target().is_none(),
+        "dc2 is reached through its gateways, and it has none"
+    );
+    assert_eq!(
+        plan(FAILOVER).gateway_dcs(true, "dc1"),
+        ["dc2"],
+        "dc2's mode is remote, dc3 has none"
+    );
+}
+
+/// `db`'s mesh gateway in `dc`: LAN `lan`, WAN `wan`, port 8443 on both.
+fn gateway(dc: &str, lan: &str, wan: &str, status: &str) -> ServiceEntry {
+    serde_json::from_value(json!({
+        "Node": { "Node": "gw", "Address": lan, "Datacenter": dc },
+        "Service": { "Kind": "mesh-gateway", "Service": "mesh-gateway", "Port": 8443,
+                     "Address": lan,
+                     "TaggedAddresses": { "lan": { "Address": lan, "Port": 8443 },
+                                          "wan": { "Address": wan, "Port": 8443 } } },
+        "Checks": [{ "Status": status }]
+    }))
+    .expect("a gateway")
+}
+
+/// The failover chain with every target in `mode`, `db` in dc1 down, healthy in dc3.
+fn across(mode: &str, dc3_status: &str) -> Routing {
+    let mut chain = chain(FAILOVER);
+    for target in chain.targets.values_mut() {
+        target.mesh_gateway.mode = mode.into();
+    }
+    let plan = translate(&chain).expect("translates");
+    let health = health(vec![
+        (key("db", "dc1", ""), vec![]),
+        (
+            key("db", "dc3", ""),
+            vec![entry("db", "10.3.0.1", "dc3", &[dc3_status])],
+        ),
+    ]);
+    let gateways = MeshGateways::known(vec![
+        (
+            gateway_key("dc1", "mesh-gateway"),
+            vec![
+                gateway("dc1", "10.1.9.1", "203.0.113.1", "passing"),
+                gateway("dc1", "10.1.9.2", "203.0.113.2", "warning"),
+            ],
+        ),
+        (
+            gateway_key("dc3", "mesh-gateway"),
+            vec![gateway("dc3", "10.3.9.1", "203.0.113.3", "passing")],
+        ),
+    ]);
+    routed_through(&plan, true, &health, &gateways)
+}
+
+#[test]
+fn a_target_in_another_datacenter_is_dialled_as_its_mesh_gateway_mode_says() {
+    let sni = format!("db.default.dc3.internal.{TD}");
+    // none: the instance itself, on its WAN address.
+    let none = across("", "passing");
+    let active = none.clusters[0]
+        .active_target()
+        .expect("dc3 has an instance");
+    assert_eq!(active.id, "db.default.default.dc3");
     assert_eq!(
         active.endpoints,
-        [endpoint("198.51.100.1:21000", "dc2", "db")],
+        [endpoint("198.51.100.1:21000", "dc3", "db")],
         "another datacenter: the WAN address"
+    );
+    // local: dc1's passing gateways, on their LAN address.
+    let local = across("local", "passing");
+    let active = local.clusters[0].active_target().expect("dc3 through dc1");
+    assert_eq!(active.endpoints, [endpoint("10.1.9.1:8443", "dc3", "db")]);
+    // remote: dc3's gateways, on their WAN address.
+    let remote = across("remote", "passing");
+    let active = remote.clusters[0].active_target().expect("dc3 through dc3");
+    assert_eq!(
+        active.endpoints,
+        [endpoint("203.0.113.3:8443", "dc3", "db")]
+    );
+    for routing in [&none, &local, &remote] {
+        let active = routing.clusters[0].active_target().expect("dc3");
+        assert_eq!(active.sni, sni, "always the target's server name");
+        assert_eq!(active.identity, id("dc3", "db"), "and identity");
+    }
+    // The gateways take the health of the target's instances.
+    for mode in ["local", "remote"] {
+        let down = across(mode, "critical");
+        assert!(down.clusters[0].active_target().is_none(), "{mode}");
+    }
+    // The target in this datacenter is dialled directly whatever the mode.
+    assert_eq!(
+        across("remote", "passing").clusters[0].targets[2].id,
+        "db-backup.default.default.dc1"
     );
 }
 
