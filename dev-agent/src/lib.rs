@@ -25,6 +25,7 @@
 //!   used by `cargo xtask certs` and the tests);
 //! - `connect_ca`: the CA endpoints: roots, leaves, renewal, rotation, CA configuration;
 //! - `persist`: the data dir's state file;
+//! - `gateway`: mesh gateway registrations;
 //! - `workload`: the SPIFFE Workload API on unix sockets, for proxies that take their
 //!   identity from SPIFFE;
 //! - `authority`: lets the Workload API accept any `:authority` (gRPC C-core and Java
@@ -43,6 +44,7 @@ mod checks;
 mod connect_ca;
 mod defaults;
 mod filter;
+mod gateway;
 mod http;
 mod intentions;
 mod persist;

@@ -2,7 +2,8 @@
 //! 127.0.0.1:0, asserting what a Consul client would observe. This module holds the
 //! client ([`Agent`], [`Answer`]) and certificate helpers; the tests are grouped by the
 //! part of the agent they exercise, one file per module of the agent (`blocking`,
-//! `chain`, `checks`, `connect_ca`, `defaults`, `intentions`, `persist`, `services`),
+//! `chain`, `checks`, `connect_ca`, `defaults`, `gateway`, `intentions`, `persist`,
+//! `services`),
 //! plus `agent_api` for Consul's HTTP conventions and `consul_source` for ferrule's own
 //! client against it.
 
@@ -13,10 +14,12 @@ mod checks;
 mod connect_ca;
 mod consul_source;
 mod defaults;
+mod gateway;
 mod intentions;
 mod persist;
 mod services;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -139,6 +142,25 @@ impl Agent {
     async fn register(&self, body: Value) {
         let answer = self.put("/v1/agent/service/register", body).await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    }
+}
+
+/// Polls `check` every 20 ms until it gives `Some`, for at most `within`.
+async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
