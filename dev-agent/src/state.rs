@@ -23,10 +23,13 @@ use super::chain::ChainEntries;
 use super::checks::LocalCheck;
 use super::connect_ca::CaState;
 use super::services::LocalService;
+use super::wan::Wan;
 
 /// What every request handler and background task of one dev agent shares.
 pub(super) struct Shared {
     pub(super) config: DevAgentConfig,
+    /// The other datacenters and how to reach them.
+    pub(super) wan: Wan,
     /// Cancelled when the agent stops: blocked readers answer, background tasks end.
     pub(super) shutdown: CancellationToken,
     state: Mutex<State>,
@@ -34,10 +37,16 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub(super) fn new(config: DevAgentConfig, state: State, shutdown: CancellationToken) -> Shared {
+    pub(super) fn new(
+        config: DevAgentConfig,
+        wan: Wan,
+        state: State,
+        shutdown: CancellationToken,
+    ) -> Shared {
         let (changes, _) = watch::channel(state.index);
         Shared {
             config,
+            wan,
             shutdown,
             state: Mutex::new(state),
             changes,
@@ -127,6 +136,11 @@ impl State {
     /// A token that stops one check task, and stops with the agent.
     pub(super) fn shutdown_child(&self) -> CancellationToken {
         self.shutdown.child_token()
+    }
+
+    /// The index the next write will carry.
+    pub(super) fn peek_next_index(&self) -> u64 {
+        self.index + 1
     }
 
     /// Starts a write: the index every record changed by it carries.

@@ -3,9 +3,9 @@
 //! client ([`Agent`], [`Answer`]) and certificate helpers; the tests are grouped by the
 //! part of the agent they exercise, one file per module of the agent (`blocking`,
 //! `chain`, `checks`, `connect_ca`, `defaults`, `gateway`, `intentions`, `persist`,
-//! `services`),
-//! plus `agent_api` for Consul's HTTP conventions and `consul_source` for ferrule's own
-//! client against it.
+//! `services`), plus `agent_api` for Consul's HTTP conventions,
+//! `consul_source` for ferrule's own client against it, and `wan` and `replication`
+//! for two agents in two datacenters (dc2 on 127.0.0.2).
 
 mod agent_api;
 mod blocking;
@@ -17,7 +17,9 @@ mod defaults;
 mod gateway;
 mod intentions;
 mod persist;
+mod replication;
 mod services;
+mod wan;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -143,6 +145,29 @@ impl Agent {
         let answer = self.put("/v1/agent/service/register", body).await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     }
+}
+
+/// Two agents: dc1, the primary, on 127.0.0.1, and dc2 on 127.0.0.2 joined to it,
+/// returned once dc2's CA is signed by dc1's root and dc1 knows dc2.
+async fn two_datacenters() -> (Agent, Agent) {
+    let dc1 = Agent::start().await;
+    let dc2 = Agent::with(DevAgentConfig {
+        addr: SocketAddr::from(([127, 0, 0, 2], 0)),
+        datacenter: "dc2".into(),
+        primary_datacenter: Some("dc1".into()),
+        join_wan: Some(dc1.agent.addr()),
+        ..DevAgentConfig::default()
+    })
+    .await;
+    let td = dc1.agent.trust_domain().to_owned();
+    eventually("dc2 joined dc1 and follows its CA", Duration::from_secs(10), || async {
+        let roots = dc2.get("/v1/agent/connect/ca/roots").await.value();
+        let known = dc1.get("/v1/catalog/datacenters").await.value();
+        (roots["TrustDomain"] == td.as_str() && known == serde_json::json!(["dc1", "dc2"]))
+            .then_some(())
+    })
+    .await;
+    (dc1, dc2)
 }
 
 /// Polls `check` every 20 ms until it gives `Some`, for at most `within`.
