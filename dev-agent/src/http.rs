@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::blocking::Blocking;
 use super::checks::{CRITICAL, WARNING};
 use super::state::Shared;
-use super::{catalog, chain, checks, connect_ca, intentions, services, wan};
+use super::{catalog, chain, checks, connect_ca, intentions, query, services, wan};
 use ferrule_control::api::agent_self::{AgentSelf, AgentSelfConfig};
 use ferrule_control::api::health::PASSING;
 
@@ -256,7 +256,7 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 
-    fn method_not_allowed(method: &Method, allow: &'static str) -> ApiError {
+    pub(super) fn method_not_allowed(method: &Method, allow: &'static str) -> ApiError {
         ApiError {
             allow: Some(allow),
             ..ApiError::new(
@@ -485,7 +485,8 @@ async fn connect_route(
     reply.map(Some)
 }
 
-/// The rest: health views, config entries, the catalog and the status endpoints.
+/// The rest: health views, config entries, prepared queries, the catalog and the status
+/// endpoints.
 async fn catalog_route(
     shared: &Arc<Shared>,
     path: &str,
@@ -502,6 +503,10 @@ async fn catalog_route(
             Method::GET | Method::POST => chain::endpoint::read(shared, call, name).await,
             _ => Err(ApiError::method_not_allowed(&call.method, "GET, POST")),
         }
+    } else if path == "/v1/query" {
+        query::general(shared, call).await
+    } else if let Some(rest) = tail(path, "/v1/query/") {
+        query::specific(shared, call, rest).await
     } else if path == "/v1/config" {
         only(call, PUT, "PUT")?;
         intentions::put_config(shared, call).await

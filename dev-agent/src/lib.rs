@@ -28,6 +28,7 @@
 //! - `persist`: the data dir's state file;
 //! - `wan`: several datacenters: joining, `?dc=` forwarding, replication from the
 //!   primary, a secondary's CA;
+//! - `query`: prepared queries;
 //! - `gateway`: mesh gateway registrations;
 //! - `workload`: the SPIFFE Workload API on unix sockets, for proxies that take their
 //!   identity from SPIFFE;
@@ -51,6 +52,7 @@ mod gateway;
 mod http;
 mod intentions;
 mod persist;
+mod query;
 mod selectors;
 mod services;
 mod state;

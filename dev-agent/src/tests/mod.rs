@@ -3,7 +3,7 @@
 //! client ([`Agent`], [`Answer`]) and certificate helpers; the tests are grouped by the
 //! part of the agent they exercise, one file per module of the agent (`blocking`,
 //! `chain`, `checks`, `connect_ca`, `defaults`, `gateway`, `intentions`, `persist`,
-//! `services`), plus `agent_api` for Consul's HTTP conventions,
+//! `query`, `services`), plus `agent_api` for Consul's HTTP conventions,
 //! `consul_source` for ferrule's own client against it, and `wan` and `replication`
 //! for two agents in two datacenters (dc2 on 127.0.0.2).
 
@@ -17,6 +17,7 @@ mod defaults;
 mod gateway;
 mod intentions;
 mod persist;
+mod query;
 mod replication;
 mod services;
 mod wan;
