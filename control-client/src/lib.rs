@@ -7,6 +7,7 @@
 //! (`workload`). `api` holds Consul's wire types, shared by the client and the
 //! development agent (the `ferrule-dev` crate) so the two sides cannot drift apart.
 
+pub mod access_log;
 pub mod addr;
 pub mod api;
 pub mod consul;

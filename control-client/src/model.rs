@@ -236,6 +236,10 @@ pub struct Snapshot {
     /// API yet. Empty when the source knows of nothing in the way.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub blocked: Vec<String>,
+    /// Access logging, while enabled (`docs/consul-semantics.md#access-logs`); a
+    /// change applies to the records that come after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_logs: Option<Arc<crate::access_log::AccessLogs>>,
 }
 
 impl Snapshot {

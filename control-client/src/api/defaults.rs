@@ -4,7 +4,7 @@
 //! ferrule reads its protocol and timeouts from. Only the keys that reach a sidecar
 //! are modelled: `Protocol`, `MeshGateway`, `LocalConnectTimeoutMs`,
 //! `LocalRequestTimeoutMs`, `MaxInboundConnections`, `UpstreamConfig`, and
-//! proxy-defaults' `Config` and `MeshGateway`.
+//! proxy-defaults' `Config`, `MeshGateway` and `AccessLogs`.
 
 use serde::{Deserialize, Serialize};
 
@@ -166,8 +166,47 @@ pub struct ProxyDefaultsEntry {
         skip_serializing_if = "MeshGatewayConfig::is_empty"
     )]
     pub mesh_gateway: MeshGatewayConfig,
+    /// Access logging for every proxy (Consul does not merge it into registrations: a
+    /// proxy reads it from this entry).
+    #[serde(
+        default,
+        alias = "access_logs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub access_logs: Option<AccessLogsConfig>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub create_index: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub modify_index: u64,
+}
+
+/// proxy-defaults' `AccessLogs` (Consul's `AccessLogsConfig`), as written; compiled by
+/// `crate::access_log`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AccessLogsConfig {
+    #[serde(alias = "enabled", skip_serializing_if = "std::ops::Not::not")]
+    pub enabled: bool,
+    #[serde(
+        alias = "disable_listener_logs",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub disable_listener_logs: bool,
+    /// `stdout` (also when empty), `stderr` or `file`.
+    #[serde(
+        rename = "Type",
+        alias = "type",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub kind: String,
+    #[serde(alias = "path", skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    #[serde(
+        rename = "JSONFormat",
+        alias = "json_format",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub json_format: String,
+    #[serde(alias = "text_format", skip_serializing_if = "String::is_empty")]
+    pub text_format: String,
 }

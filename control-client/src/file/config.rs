@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use std::sync::Arc;
+
+use crate::access_log::{AccessLogError, AccessLogs};
+use crate::api::defaults::AccessLogsConfig;
 use crate::identity::ServiceId;
 use crate::intentions::Action;
 use crate::model::{DefaultAction, InboundConfig, Protocol};
@@ -24,6 +28,29 @@ struct RawConfig {
     inbound: Option<RawInbound>,
     #[serde(default)]
     upstreams: Vec<RawUpstream>,
+    access_logs: Option<toml::Spanned<RawAccessLogs>>,
+}
+
+/// `[access_logs]`: Consul's `AccessLogs` fields in snake case; the table's presence
+/// enables logging unless `enabled = false`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLogs {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    disable_listener_logs: bool,
+    #[serde(default, rename = "type")]
+    kind: String,
+    path: Option<PathBuf>,
+    #[serde(default)]
+    json_format: String,
+    #[serde(default)]
+    text_format: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +171,8 @@ pub struct StaticConfig {
     pub(super) default_action: DefaultAction,
     pub(super) inbound: Option<InboundConfig>,
     pub(super) upstreams: Vec<UpstreamSpec>,
+    /// `[access_logs]`, compiled; `None`: not logging.
+    pub(super) access_logs: Option<Arc<AccessLogs>>,
 }
 
 /// Places errors in the text being parsed.
@@ -226,6 +255,10 @@ impl StaticConfig {
             .enumerate()
             .map(|(i, up)| upstream_of(i, up, &at))
             .collect::<Result<_, _>>()?;
+        let access_logs = match raw.access_logs {
+            Some(table) => access_logs_of(table, dir, &at)?,
+            None => None,
+        };
         Ok(StaticConfig {
             path: path.to_owned(),
             admin_addr: raw.admin_addr,
@@ -241,8 +274,41 @@ impl StaticConfig {
             default_action: default_action(raw.default_action),
             inbound,
             upstreams,
+            access_logs,
         })
     }
+}
+
+/// `[access_logs]`, compiled as Consul's `AccessLogs` is; an error names the key.
+fn access_logs_of(
+    table: toml::Spanned<RawAccessLogs>,
+    dir: &Path,
+    at: &Locate<'_>,
+) -> Result<Option<Arc<AccessLogs>>, ConfigError> {
+    let span = table.span();
+    let raw = table.into_inner();
+    let config = AccessLogsConfig {
+        enabled: raw.enabled,
+        disable_listener_logs: raw.disable_listener_logs,
+        kind: raw.kind,
+        path: raw
+            .path
+            .map(|p| dir.join(p).to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        json_format: raw.json_format,
+        text_format: raw.text_format,
+    };
+    AccessLogs::from_config(&config)
+        .map(|logs| logs.map(Arc::new))
+        .map_err(|e| {
+            let key = match &e {
+                AccessLogError::BothFormats | AccessLogError::Text(_) => "access_logs.text_format",
+                AccessLogError::Json(_) => "access_logs.json_format",
+                AccessLogError::UnknownType(_) => "access_logs.type",
+                AccessLogError::NoPath => "access_logs.path",
+            };
+            at.error(Some(span), key, e.to_string())
+        })
 }
 
 /// All three identity files, or (with the Workload API) none; else the key of the first

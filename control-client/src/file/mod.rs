@@ -341,6 +341,7 @@ impl Files {
             upstreams,
             default_action: Some(self.config.default_action.clone()),
             blocked: Vec::new(),
+            access_logs: self.config.access_logs.clone(),
         }
     }
 

@@ -14,6 +14,7 @@ use super::query::QueryKey;
 use crate::api::agent::AgentService;
 use crate::api::ca::{IndexedCARoots, IssuedCert};
 use crate::api::chain::DiscoveryChainResponse;
+use crate::api::defaults::ProxyDefaultsEntry;
 use crate::api::health::ServiceEntry;
 use crate::api::intentions::IntentionMatchResponse;
 use crate::api::query::PreparedQueryExecuteResponse;
@@ -44,6 +45,8 @@ pub(super) enum Event {
     Gateways(GatewayKey, Update<Vec<ServiceEntry>>),
     /// Boxed, as chains are: a prepared query's execution.
     Query(QueryKey, Update<Box<PreparedQueryExecuteResponse>>),
+    /// The `proxy-defaults` entries, for their `AccessLogs`.
+    ProxyDefaults(Update<Vec<ProxyDefaultsEntry>>),
 }
 
 /// The agent client, the tuning of its watches, and the channel they all report into.

@@ -9,7 +9,8 @@
 //! (`chain`), the instances of every target those chains end in (`endpoints`) and the
 //! mesh gateways that lead to targets in other datacenters (`gateways`), and the
 //! answers of prepared-query upstreams (`query`); it also learns the agent's datacenter
-//! and the default intention action (`agent_self`). Every
+//! and the default intention action (`agent_self`), and reads access logging from the
+//! `proxy-defaults` entry (`access_logs`). Every
 //! answer is counted and a failure keeps the last good value (`failures`); a change is
 //! applied and published at once. Unchanged pieces keep their `Arc`, so the proxy can
 //! tell by pointer what changed (a new `Arc<Intentions>` re-checks live connections, a
@@ -23,6 +24,7 @@
 //! SVID must be for the registration's destination service, and upstream identities are
 //! pinned in the SVID's trust domain.
 
+mod access_logs;
 mod agent;
 mod agent_self;
 mod certs;

@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
+use super::access_logs::AccessLogsWatch;
 use super::agent::{Agent, Event};
 use super::agent_self::{AgentSettings, self_loop};
 use super::certs::Certs;
@@ -52,6 +53,7 @@ pub(super) struct Follower {
     gateways: MeshGateways,
     queries: Queries,
     settings: AgentSettings,
+    access_logs: AccessLogsWatch,
     failures: Failures,
     /// Why the sidecar registration is not found yet, or the registration is unusable.
     registration_problem: Option<String>,
@@ -82,6 +84,7 @@ impl Follower {
             gateways: MeshGateways::default(),
             queries: Queries::default(),
             settings,
+            access_logs: AccessLogsWatch::default(),
             failures: Failures::default(),
             registration_problem: None,
         }
@@ -115,6 +118,7 @@ impl Follower {
         } else {
             self.certs.watch_roots(&self.agent);
         }
+        self.access_logs.start(&self.agent);
         if self.settings.needs_self() {
             let task = self.agent.spawn(self_loop(self.agent.clone()));
             self.tasks.push(task);
@@ -176,6 +180,12 @@ impl Follower {
             Event::GatewayNames(dc, update) => self.on_gateway_names(&dc, update),
             Event::Gateways(key, update) => self.on_gateways(&key, update),
             Event::Query(key, update) => self.on_query(&key, update),
+            Event::ProxyDefaults(update) => {
+                if let Some(entries) = self.answered(Resource::Config, "proxy-defaults", update) {
+                    let ok = self.access_logs.on_entries(&entries);
+                    record_update(Resource::Config, ok);
+                }
+            }
         }
     }
 
@@ -420,6 +430,7 @@ impl Follower {
             upstreams,
             default_action: self.settings.default_action.clone(),
             blocked: self.blocked(),
+            access_logs: self.access_logs.current.clone(),
         });
     }
 
