@@ -24,7 +24,10 @@
 //! - above them: `listeners` (binding what the snapshot asks for, the one accept loop),
 //!   `admin` (`/metrics`, `/ready`, `/config`), `readiness` (ready or not, and every
 //!   reason why not, for `/ready` and the periodic not-ready warning).
+//! - beside them all: `access_log` (a record per L4 connection, per L7 request and per
+//!   refused connection, rendered as configured and written off the data path).
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod demo;
@@ -117,6 +120,7 @@ pub async fn serve(
             tls: tls.clone(),
         },
     )));
+    let _reopen = AbortOnDropHandle::new(tokio::spawn(access_log::reopen_on_sigusr1()));
     let _remind = AbortOnDropHandle::new(tokio::spawn(readiness::remind(
         listening.clone(),
         tls.clone(),

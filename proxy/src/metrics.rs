@@ -391,11 +391,13 @@ impl Drop for ConnGuard {
     }
 }
 
-/// `ferrule_bytes_total` handles for one direction, resolved once per connection.
+/// `ferrule_bytes_total` handles for one direction, resolved once per connection, and
+/// the connection's own totals (for its access-log record).
 #[derive(Clone)]
 pub struct Bytes {
     rx: Counter,
     tx: Counter,
+    totals: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 impl Bytes {
@@ -403,6 +405,25 @@ impl Bytes {
         Bytes {
             rx: counter!(BYTES, "direction" => direction.as_str(), "flow" => "rx"),
             tx: counter!(BYTES, "direction" => direction.as_str(), "flow" => "tx"),
+            totals: Default::default(),
+        }
+    }
+
+    /// Bytes from (rx) and to (tx) the peer so far.
+    pub fn totals(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.totals[0].load(Relaxed), self.totals[1].load(Relaxed))
+    }
+
+    fn add(&self, rx: u64, tx: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if rx > 0 {
+            self.rx.increment(rx);
+            self.totals[0].fetch_add(rx, Relaxed);
+        }
+        if tx > 0 {
+            self.tx.increment(tx);
+            self.totals[1].fetch_add(tx, Relaxed);
         }
     }
 }
@@ -429,9 +450,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &poll {
-            self.bytes
-                .rx
-                .increment((buf.filled().len() - before) as u64);
+            self.bytes.add((buf.filled().len() - before) as u64, 0);
         }
         poll
     }
@@ -445,7 +464,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, data);
         if let Poll::Ready(Ok(n)) = &poll {
-            self.bytes.tx.increment(*n as u64);
+            self.bytes.add(0, *n as u64);
         }
         poll
     }

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const READ_CHUNK: usize = 64 * 1024;
 
 /// How a splice ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spliced {
     /// Both directions reached end of stream, or one side failed.
     Done,

@@ -18,7 +18,9 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::access_log::{self, RequestFacts};
 use crate::metrics::{self, Direction};
+use ferrule_control::model::Snapshot;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -140,6 +142,46 @@ pub fn local_reply(
     message: &'static str,
     grpc: bool,
 ) -> Response<Either<Incoming, Full<Bytes>>> {
+    let mut response = local_reply_only(status, message, grpc);
+    response.extensions_mut().insert(LocalReply::of(message));
+    response
+}
+
+/// Marks one of the proxy's own answers, for its access-log record: Envoy's response
+/// flag and response code details for the same answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalReply {
+    pub flags: Option<&'static str>,
+    pub details: &'static str,
+}
+
+impl LocalReply {
+    fn of(message: &'static str) -> LocalReply {
+        let (flags, details) = match message {
+            "no healthy upstream" => (Some("UH"), "no_healthy_upstream"),
+            "upstream connect error" => (
+                Some("UF"),
+                "upstream_reset_before_response_started{connection_failure}",
+            ),
+            "upstream reset before response" => (
+                Some("UR"),
+                "upstream_reset_before_response_started{remote_reset}",
+            ),
+            "upstream request timeout" => (Some("UT"), "upstream_response_timeout"),
+            "route not found" => (Some("NR"), "route_not_found"),
+            "stream timeout" => (Some("SI"), "stream_idle_timeout"),
+            DENIED_BODY => (None, "rbac_access_denied_matched_policy[none]"),
+            _ => (None, "local_reply"),
+        };
+        LocalReply { flags, details }
+    }
+}
+
+fn local_reply_only(
+    status: StatusCode,
+    message: &'static str,
+    grpc: bool,
+) -> Response<Either<Incoming, Full<Bytes>>> {
     if grpc {
         let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
         let headers = response.headers_mut();
@@ -231,15 +273,19 @@ pub fn requested_authority<B>(req: &Request<B>) -> Option<String> {
         .map(|a| a.as_str().to_owned())
 }
 
-/// Owns one request's metrics: when dropped, with the response fully sent or the
-/// exchange abandoned, it counts the request under its status class and records how
-/// long it took, and writes the request's debug access-log line.
+/// Owns one request's metrics and its access-log record: when dropped, with the
+/// response fully sent or the exchange abandoned, it counts the request under its
+/// status class, records how long it took, writes the request's debug line, and lets
+/// the record (if logging is on) be written.
 pub struct RequestGuard {
     direction: Direction,
     started: Instant,
     method: http::Method,
     path: String,
     status: Option<StatusCode>,
+    log: access_log::Pending,
+    /// Response body bytes sent so far.
+    sent: u64,
 }
 
 impl RequestGuard {
@@ -250,15 +296,66 @@ impl RequestGuard {
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
             status: None,
+            log: access_log::Pending::off(),
+            sent: 0,
         }
+    }
+
+    /// Starts the request's access-log record (when the snapshot has logging on) with
+    /// what the request says.
+    pub fn log<B>(&mut self, snapshot: &Snapshot, req: &Request<B>) {
+        self.log = access_log::Pending::start(snapshot, access_log::Kind::Request);
+        if let Some(record) = self.log.record() {
+            record.request = Some(RequestFacts {
+                method: req.method().to_string(),
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned()),
+                authority: requested_authority(req),
+                scheme: req.uri().scheme_str().and_then(|s| match s {
+                    "https" => Some("https"),
+                    "http" => Some("http"),
+                    _ => None,
+                }),
+                headers: req.headers().clone(),
+            });
+            record.protocol = Some(match req.version() {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            });
+            record.bytes_received = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+
+    /// The access-log record, to fill in; `None` when logging is off.
+    pub fn record(&mut self) -> Option<&mut access_log::Record> {
+        self.log.record()
     }
 
     /// Wraps the response body so that the guard lives until the body is done.
     pub fn respond<B>(mut self, response: Response<B>) -> Response<Measured<B>> {
         self.status = Some(response.status());
+        if let Some(record) = self.log.record() {
+            record.response_code = response.status().as_u16();
+            record.response_headers = Some(response.headers().clone());
+            match response.extensions().get::<LocalReply>() {
+                Some(local) => {
+                    record.response_flags = local.flags;
+                    record.response_code_details = Some(local.details);
+                }
+                None => record.response_code_details = Some("via_upstream"),
+            }
+        }
         response.map(|body| Measured {
             inner: body,
-            _guard: self,
+            guard: self,
         })
     }
 }
@@ -276,13 +373,21 @@ impl Drop for RequestGuard {
             duration_ms = self.started.elapsed().as_millis() as u64,
             "request done"
         );
+        let sent = self.sent;
+        if let Some(record) = self.log.record() {
+            record.bytes_sent = sent;
+            if status == 0 {
+                // Envoy's flag for a downstream that went away before the response.
+                record.response_flags = Some("DC");
+            }
+        }
     }
 }
 
 /// A response body that holds its request's guard.
 pub struct Measured<B> {
     inner: B,
-    _guard: RequestGuard,
+    guard: RequestGuard,
 }
 
 impl<B: Body + Unpin> Body for Measured<B> {
@@ -293,7 +398,13 @@ impl<B: Body + Unpin> Body for Measured<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &poll
+            && let Some(data) = frame.data_ref()
+        {
+            self.guard.sent += bytes::Buf::remaining(data) as u64;
+        }
+        poll
     }
 
     fn is_end_stream(&self) -> bool {

@@ -8,6 +8,7 @@
 //! replies, hop-by-hop headers, the request guard) is `crate::http`'s.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,29 @@ pub(super) struct Caller {
     pub(super) peer: Peer,
     /// The `x-forwarded-client-cert` value the app gets (see `super::xfcc`).
     pub(super) xfcc: HeaderValue,
+    /// What every request's access-log record says of the connection.
+    pub(super) conn: ConnFacts,
+}
+
+/// The connection's side of a request's access-log record.
+pub(super) struct ConnFacts {
+    pub(super) remote: SocketAddr,
+    pub(super) local: Option<SocketAddr>,
+    pub(super) sni: Option<String>,
+    pub(super) peer_uri: String,
+    pub(super) our_uri: String,
+}
+
+impl ConnFacts {
+    fn fill(&self, record: &mut crate::access_log::Record, inbound: &InboundConfig) {
+        record.downstream_remote = Some(self.remote);
+        record.downstream_local = self.local;
+        record.requested_server_name = self.sni.clone();
+        record.downstream_peer_uri_san = Some(self.peer_uri.clone());
+        record.downstream_local_uri_san = Some(self.our_uri.clone());
+        record.upstream_cluster = Some(super::LOCAL_APP.to_owned());
+        record.upstream_host = Some(inbound.local_app.clone());
+    }
 }
 
 impl Caller {
@@ -50,7 +74,14 @@ impl Caller {
         let value = super::xfcc::value(our_uri, chain);
         // Every byte outside printable ASCII is escaped: the value is always valid.
         let xfcc = HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""));
-        Caller { peer, xfcc }
+        let conn = ConnFacts {
+            remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+            local: None,
+            sni: None,
+            peer_uri: String::new(),
+            our_uri: our_uri.to_owned(),
+        };
+        Caller { peer, xfcc, conn }
     }
 }
 
@@ -137,9 +168,10 @@ pub(super) async fn serve_connection<S>(
 
 /// One request: rebuilt for the app, decided, then forwarded or refused.
 async fn handle(mut req: Request<Incoming>, conn: &Connection) -> Response<ResponseBody> {
-    let guard = RequestGuard::new(Direction::Inbound, &req);
+    let mut guard = RequestGuard::new(Direction::Inbound, &req);
     let grpc = is_grpc(&req);
     let snapshot = conn.snapshots.borrow().clone();
+    guard.log(&snapshot, &req);
     let Some(inbound) = snapshot.inbound.as_ref() else {
         return guard.respond(local_reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -159,7 +191,12 @@ async fn handle(mut req: Request<Incoming>, conn: &Connection) -> Response<Respo
         }
     };
     present_caller(&mut req, &conn.caller);
-    if !permitted(&req, uri.path(), &snapshot, &conn.caller) {
+    let allowed = permitted(&req, uri.path(), &snapshot, &conn.caller);
+    if let Some(record) = guard.record() {
+        conn.caller.conn.fill(record, inbound);
+        record.decision = Some(if allowed { "allow" } else { "deny" });
+    }
+    if !allowed {
         return guard.respond(local_reply(StatusCode::FORBIDDEN, DENIED_BODY, grpc));
     }
     *req.uri_mut() = uri;

@@ -28,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::State;
+use crate::access_log::{self, Kind};
 use crate::limits::{self, Watched};
 use crate::metrics::{self, ConnGuard, Direction, InboundOutcome, Layer, Metered};
 use crate::splice::{Spliced, splice};
@@ -43,24 +44,45 @@ pub(crate) async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, a
     let Some(inbound) = snapshot.inbound.clone() else {
         return;
     };
+    let mut log = access_log::Pending::start(&snapshot, Kind::Listener);
+    let local = tcp.local_addr().ok();
+    if let Some(record) = log.record() {
+        record.downstream_remote = Some(peer);
+        record.downstream_local = local;
+        record.downstream_local_uri_san = Some(our_uri(&snapshot));
+    }
     let _ = tcp.set_nodelay(true);
     let tcp = Watched::new(tcp);
     let idle = limits::idle(tcp.activity(), inbound.idle_timeout);
     let tls = match handshake(tcp, peer, &state, &inbound).await {
         Ok(tls) => tls,
-        Err(outcome) => return guard.set_result(outcome),
+        Err(outcome) => return refused_early(guard, log, outcome),
     };
     let Some(id) = identity(&tls) else {
-        return guard.set_result(InboundOutcome::TlsError);
+        return refused_early(guard, log, InboundOutcome::TlsError);
     };
     guard.set_identity(id.to_uri());
+    let sni = tls.get_ref().1.server_name().map(str::to_owned);
+    if let Some(record) = log.record() {
+        record.downstream_peer_uri_san = Some(id.to_uri());
+        record.requested_server_name = sni.clone();
+    }
     let caller = Peer::of_caller(&id, local_trust_domain(&snapshot));
 
     if inbound.protocol.is_http() {
-        // Every request is decided on its own; the connection itself is let in.
+        // Every request is decided on its own, and has its own record; the connection
+        // itself is let in.
+        log.set_kind(Kind::Quiet);
         guard.set_result(InboundOutcome::Accepted);
         let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
-        let caller = http::Caller::new(caller, &our_uri(&snapshot), chain);
+        let mut caller = http::Caller::new(caller, &our_uri(&snapshot), chain);
+        caller.conn = http::ConnFacts {
+            remote: peer,
+            local,
+            sni,
+            peer_uri: id.to_uri(),
+            our_uri: our_uri(&snapshot),
+        };
         let tls = Metered::new(tls, guard.bytes());
         // Boxed, so that the tasks of L4 connections are not sized for this branch.
         let serve = http::serve_connection(tls, caller, state, app, idle);
@@ -70,15 +92,56 @@ pub(crate) async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, a
     let intentions = snapshot.intentions.clone();
     if !decide(intentions.as_deref(), &caller, peer, &id) {
         guard.set_result(InboundOutcome::Denied);
+        if let Some(record) = log.record() {
+            record.decision = Some("deny");
+            record.termination_details = Some("rbac_access_denied");
+        }
         return refuse(tls).await;
     }
+    log.set_kind(Kind::L4);
+    if let Some(record) = log.record() {
+        record.decision = Some("allow");
+        record.upstream_cluster = Some(LOCAL_APP.to_owned());
+        record.upstream_host = Some(inbound.local_app.clone());
+    }
     let Some(app) = dial_app(&inbound).await else {
+        if let Some(record) = log.record() {
+            record.response_flags = Some("UF");
+        }
         return guard.set_result(InboundOutcome::AppUnreachable);
     };
     guard.set_result(InboundOutcome::Accepted);
+    if let Some(record) = log.record() {
+        record.upstream_local_address = app.local_addr().ok();
+    }
+    log.count_bytes(&guard.bytes());
     let tls = Metered::new(tls, guard.bytes());
     let revoked = revoked(state.snapshots.clone(), caller, intentions);
-    splice_until_revoked(tls, app, revoked, idle, peer, &id).await;
+    let ended = splice_until_revoked(tls, app, revoked, idle, peer, &id).await;
+    if let Some(record) = log.record() {
+        record.termination_details = match ended {
+            Spliced::Revoked => Some("rbac_access_denied"),
+            Spliced::Idle => Some("idle_timeout"),
+            Spliced::Done => None,
+        };
+    }
+}
+
+/// The name Consul's Envoy gives the local app's cluster, for the access log.
+const LOCAL_APP: &str = "local_app";
+
+/// A connection that ended before any request: counted, and a listener record unless
+/// it was a probe.
+fn refused_early(mut guard: ConnGuard, mut log: access_log::Pending, outcome: InboundOutcome) {
+    guard.set_result(outcome);
+    match outcome {
+        InboundOutcome::Probe => log.set_kind(Kind::Quiet),
+        _ => {
+            if let Some(record) = log.record() {
+                record.termination_details = Some("tls_error");
+            }
+        }
+    }
 }
 
 /// The mTLS handshake, within the handshake timeout. A peer that closes without
@@ -197,7 +260,7 @@ async fn splice_until_revoked(
     idle: impl Future<Output = ()>,
     peer: SocketAddr,
     id: &ServiceId,
-) {
+) -> Spliced {
     let mut why = None;
     let stop = async {
         tokio::select! {
@@ -208,7 +271,8 @@ async fn splice_until_revoked(
             () = idle => Spliced::Idle,
         }
     };
-    match splice(&mut tls, &mut app, stop).await {
+    let ended = splice(&mut tls, &mut app, stop).await;
+    match ended {
         Spliced::Revoked => {
             let (reason, intention) = why.map_or(("", String::new()), |r| (r.reason, r.intention));
             tracing::info!(%peer, caller = %id, reason, intention, "closing connection: intentions now deny it");
@@ -217,6 +281,7 @@ async fn splice_until_revoked(
         Spliced::Idle => tracing::debug!(%peer, caller = %id, "closing idle connection"),
         Spliced::Done => {}
     }
+    ended
 }
 
 /// Why a live connection was revoked, for its log line.

@@ -75,9 +75,14 @@ async fn handle(
     peer: Peer,
     state: &State,
 ) -> Response<Measured<OutBody>> {
-    let guard = RequestGuard::new(Direction::Outbound, &req);
+    let mut guard = RequestGuard::new(Direction::Outbound, &req);
     let grpc = is_grpc(&req);
     let snapshot = state.snapshots.borrow().clone();
+    guard.log(&snapshot, &req);
+    if let Some(record) = guard.record() {
+        record.downstream_remote = Some(peer.remote);
+        record.downstream_local = Some(peer.local);
+    }
     let Some(upstream) = snapshot.upstream(&shared.name) else {
         return guard.respond(reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -96,8 +101,25 @@ async fn handle(
         shared,
         tls: &tls,
         grpc,
+        logging: guard.record().is_some(),
     };
-    guard.respond(route_and_send(req, &ctx, peer).await)
+    let response = route_and_send(req, &ctx, peer).await;
+    if let (Some(record), Some(via)) = (guard.record(), response.extensions().get::<Via>()) {
+        record.upstream_host = Some(via.host.clone());
+        record.upstream_cluster = Some(via.cluster.clone());
+        record.upstream_peer_uri_san = Some(via.peer.clone());
+    }
+    guard.respond(response)
+}
+
+/// Which instance answered a request, for its access-log record (a response extension:
+/// it never leaves the process).
+#[derive(Clone)]
+struct Via {
+    host: String,
+    /// The target's server name: the cluster's name in Consul's Envoy configuration.
+    cluster: String,
+    peer: String,
 }
 
 /// What every step of one request reads.
@@ -108,6 +130,8 @@ struct Ctx<'a> {
     shared: &'a Shared,
     tls: &'a TlsState,
     grpc: bool,
+    /// The request has an access-log record: say which instance answered.
+    logging: bool,
 }
 
 /// What the route decided for one request.
@@ -252,6 +276,7 @@ enum Outcome {
         response: Response<Incoming>,
         addr: String,
         started: Option<Started>,
+        via: Option<Via>,
     },
     Failed {
         failure: Failure,
@@ -282,9 +307,13 @@ impl Outcome {
             Outcome::Answered {
                 mut response,
                 started,
+                via,
                 ..
             } => {
                 strip_hop_by_hop(response.headers_mut());
+                if let Some(via) = via {
+                    response.extensions_mut().insert(via);
+                }
                 response.map(|body| {
                     let body = OutBody::new(Either::Left(body)).in_flight(started);
                     match &plan.idle {
@@ -395,10 +424,16 @@ async fn try_target(
         let addr = endpoint.addr.clone();
         let mut e = match answered {
             Ok(Ok(response)) => {
+                let via = ctx.logging.then(|| Via {
+                    host: addr.clone(),
+                    cluster: target.sni.clone(),
+                    peer: endpoint.identity.to_uri(),
+                });
                 return Ok(Outcome::Answered {
                     response,
                     addr,
                     started,
+                    via,
                 });
             }
             Ok(Err(e)) => e,

@@ -34,6 +34,7 @@ use self::affinity::Peer;
 use self::dial::DialTo;
 use self::pool::MeshPool;
 use crate::State;
+use crate::access_log::{self, Kind};
 use crate::balance::{Balancers, Pick};
 use crate::limits::{self, Watched};
 use crate::metrics::{Attempt, ConnGuard, Direction, Metered};
@@ -119,6 +120,12 @@ async fn handle(
     let mut guard = ConnGuard::new(Direction::Outbound, Some(name.clone()), peer);
     let snapshot = state.snapshots.borrow().clone();
     let tls = state.tls.borrow().clone();
+    let mut log = access_log::Pending::start(&snapshot, Kind::L4);
+    if let Some(record) = log.record() {
+        record.downstream_remote = Some(peer);
+        record.downstream_local = app.get_ref().local_addr().ok();
+        record.response_flags = Some("UH");
+    }
     let Some(upstream) = snapshot.upstream(name) else {
         return guard.attempt(Attempt::NoEndpoints);
     };
@@ -127,6 +134,9 @@ async fn handle(
     else {
         return guard.attempt(Attempt::NoEndpoints);
     };
+    if let Some(record) = log.record() {
+        record.response_flags = Some("UF");
+    }
     // The active target first. Should none of its instances take the connection, the
     // cluster's next targets in order: the failover the chain names, for instances that
     // are registered healthy but cannot be reached.
@@ -138,6 +148,9 @@ async fn handle(
             target,
             connect_timeout: cluster.connect_timeout,
         };
+        if let Some(record) = log.record() {
+            record.upstream_cluster = Some(target.sni.clone());
+        }
         for i in balancer.order(&target.endpoints, &Pick::new(&cluster.load_balancer)) {
             let endpoint = &target.endpoints[i];
             let dialed = dial::dial(&to, endpoint, &tls, &balancer.ejections, &mut guard).await;
@@ -145,6 +158,13 @@ async fn handle(
                 continue;
             };
             dial::connected(&mut guard, endpoint);
+            if let Some(record) = log.record() {
+                record.response_flags = None;
+                record.upstream_host = Some(endpoint.addr.clone());
+                record.upstream_peer_uri_san = Some(endpoint.identity.to_uri());
+                record.upstream_local_address = stream.get_ref().0.local_addr().ok();
+            }
+            log.count_upstream_bytes(&guard.bytes());
             let mut mesh = Metered::new(stream, guard.bytes());
             let stop = async {
                 idle.await;
@@ -152,6 +172,9 @@ async fn handle(
             };
             if splice(&mut app, &mut mesh, stop).await == Spliced::Idle {
                 tracing::debug!(upstream = %name, "closing idle connection");
+                if let Some(record) = log.record() {
+                    record.termination_details = Some("idle_timeout");
+                }
             }
             return;
         }
