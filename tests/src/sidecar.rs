@@ -57,6 +57,8 @@ pub struct SidecarConfig {
     overrides: Vec<(&'static str, Option<String>)>,
     /// More environment variables for the process.
     env: Vec<(&'static str, String)>,
+    /// Further tables of the config file, as written (`[access_logs]`, say).
+    tables: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +100,7 @@ impl SidecarConfig {
             drain_timeout: None,
             workload_api: None,
             overrides: Vec::new(),
+            tables: Vec::new(),
             env: Vec::new(),
         }
     }
@@ -115,6 +118,7 @@ impl SidecarConfig {
             workload_api: Some(addr.to_owned()),
             drain_timeout: None,
             overrides: Vec::new(),
+            tables: Vec::new(),
             env: Vec::new(),
         }
     }
@@ -228,6 +232,12 @@ impl SidecarConfig {
         self
     }
 
+    /// Adds a table to the config file, written as given after the others.
+    pub fn table(mut self, toml: &str) -> SidecarConfig {
+        self.tables.push(toml.to_owned());
+        self
+    }
+
     /// Sets an environment variable of the process.
     pub fn env(mut self, key: &'static str, value: &str) -> SidecarConfig {
         self.env.push((key, value.to_owned()));
@@ -277,6 +287,9 @@ impl SidecarConfig {
                 let _ = writeln!(toml, "{line}");
             }
             let _ = writeln!(toml, "endpoints = [{}]", endpoints.join(", "));
+        }
+        for table in &self.tables {
+            let _ = writeln!(toml, "\n{table}");
         }
         toml
     }
@@ -484,6 +497,11 @@ impl Sidecar {
     /// Sends SIGHUP: read the config file again.
     pub fn hangup(&self) {
         self.signal(rustix::process::Signal::HUP);
+    }
+
+    /// Sends SIGUSR1: reopen the access-log file.
+    pub fn user1(&self) {
+        self.signal(rustix::process::Signal::USR1);
     }
 
     fn signal(&self, signal: rustix::process::Signal) {
