@@ -466,3 +466,116 @@ async fn a_sink_that_never_drains_drops_records_not_traffic() {
         .await
         .expect("the records that did not fit are counted");
 }
+
+/// Consul mode: `AccessLogs` from the `proxy-defaults` entry, followed live: a change
+/// that does not compile keeps the last good configuration, a good one applies to the
+/// next records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_mode_follows_proxy_defaults() {
+    use ferrule_tests::agent::{AgentOptions, DevAgent, ServiceRegistration};
+    use ferrule_tests::consul::ConsulSidecar;
+    use ferrule_tests::wait::free_port;
+
+    let setup = Duration::from_secs(20);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (first, second) = (dir.path().join("first.log"), dir.path().join("second.log"));
+    let agent = DevAgent::start(AgentOptions::default()).await;
+    let write = |access_logs: Value| {
+        let entry = serde_json::json!({
+            "Kind": "proxy-defaults", "Name": "global", "AccessLogs": access_logs
+        });
+        let agent = &agent;
+        async move {
+            agent
+                .put("/v1/config", &entry)
+                .await
+                .unwrap_or_else(|e| panic!("write proxy-defaults: {e:#}"));
+        }
+    };
+    write(serde_json::json!({
+        "Enabled": true, "Type": "file", "Path": first.display().to_string(),
+        "TextFormat": "L4 %RESPONSE_CODE% %INTENTION_DECISION% %DOWNSTREAM_PEER_URI_SAN%"
+    }))
+    .await;
+    let backend = TcpEcho::start().await;
+    let api = ServiceRegistration::new(API, backend.addr().port());
+    let web = ServiceRegistration::new(WEB, free_port().port()).with_upstream(API);
+    agent.register(&api).await;
+    agent.register(&web).await;
+    agent.set_intentions(API, &[(WEB, "allow")]).await;
+    let api_proxy = ConsulSidecar::start(&agent, &api.id).await;
+    let _web_proxy = ConsulSidecar::start(&agent, &web.id).await;
+    agent.wait_passing(API, &[api.sidecar_port], setup).await;
+
+    let upstream = web.upstream_addr(API);
+    let allowed_lines = |path: &Path| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("L4 0 allow ") && l.ends_with("/svc/web"))
+            .count()
+    };
+    eventually(
+        "a text record from the proxy-defaults format",
+        setup,
+        || async {
+            echo_through(upstream, b"one").await;
+            anyhow::ensure!(allowed_lines(&first) > 0, "no record yet");
+            Ok(())
+        },
+    )
+    .await
+    .expect("records as proxy-defaults says");
+
+    // A format that does not compile: refused with a warning, the last good one stays.
+    write(serde_json::json!({
+        "Enabled": true, "Type": "file", "Path": second.display().to_string(),
+        "TextFormat": "%NOT_AN_OPERATOR%"
+    }))
+    .await;
+    eventually("the refusal is logged", WITHIN, || async {
+        let stderr = api_proxy.stderr();
+        anyhow::ensure!(stderr.contains("AccessLogs refused"), "not yet");
+        anyhow::ensure!(
+            stderr.contains("%NOT_AN_OPERATOR%"),
+            "the operator is named"
+        );
+        Ok(())
+    })
+    .await
+    .expect("a warning naming the operator");
+    let before = allowed_lines(&first);
+    echo_through(upstream, b"two").await;
+    eventually(
+        "the next record in the last good format",
+        WITHIN,
+        || async {
+            anyhow::ensure!(allowed_lines(&first) > before, "not yet");
+            Ok(())
+        },
+    )
+    .await
+    .expect("the last good configuration stays in force");
+    assert!(
+        !second.exists(),
+        "nothing goes where the refused entry says"
+    );
+
+    // A good change applies to the next records: the default JSON record, elsewhere.
+    write(serde_json::json!({
+        "Enabled": true, "Type": "file", "Path": second.display().to_string()
+    }))
+    .await;
+    eventually("a JSON record in the new file", WITHIN, || async {
+        echo_through(upstream, b"three").await;
+        anyhow::ensure!(
+            records(&second)
+                .iter()
+                .any(|r| r["intention_decision"] == "allow" && r["bytes_received"] == 5),
+            "not yet"
+        );
+        Ok(())
+    })
+    .await
+    .expect("the new configuration applies");
+}
