@@ -21,7 +21,8 @@ use serde_json::Map;
 
 use ferrule_control::api::agent::{AgentService, MeshGatewayConfig};
 use ferrule_control::api::defaults::{
-    GLOBAL, PROXY_DEFAULTS, ProxyDefaultsEntry, SERVICE_DEFAULTS, ServiceDefaultsEntry,
+    AccessLogsConfig, GLOBAL, PROXY_DEFAULTS, ProxyDefaultsEntry, SERVICE_DEFAULTS,
+    ServiceDefaultsEntry,
 };
 
 use super::blocking::{self, DEFAULT_WAIT};
@@ -203,7 +204,7 @@ fn decode<T: DeserializeOwned>(raw: Value, kind: &str) -> Result<T, ApiError> {
         .collect();
     if !unknown.is_empty() {
         return Err(ApiError::bad_request(format!(
-            "Request decoding failed: the dev agent keeps only the keys that reach a sidecar of {kind} entries (Protocol, MeshGateway, LocalConnectTimeoutMs, LocalRequestTimeoutMs, MaxInboundConnections, UpstreamConfig; Config, MeshGateway), not {unknown:?}"
+            "Request decoding failed: the dev agent keeps only the keys that reach a sidecar of {kind} entries (Protocol, MeshGateway, LocalConnectTimeoutMs, LocalRequestTimeoutMs, MaxInboundConnections, UpstreamConfig; Config, MeshGateway, AccessLogs), not {unknown:?}"
         )));
     }
     Ok(entry)
@@ -258,6 +259,9 @@ pub(super) fn put(
         }
         entry.kind = PROXY_DEFAULTS.to_owned();
         validate_gateway(&entry.mesh_gateway)?;
+        if let Some(logs) = &entry.access_logs {
+            validate_access_logs(logs)?;
+        }
         shared.with(|state| {
             let current = state.proxy_defaults.as_ref().map(|e| e.modify_index);
             if !intentions::cas_allows(cas, current) {
@@ -274,6 +278,22 @@ pub(super) fn put(
         })?
     };
     Reply::json(&written)
+}
+
+/// What Consul checks of `AccessLogs` when the entry is written (the operators are
+/// not: the proxy finds those out; see `docs/consul-semantics.md#access-logs`).
+fn validate_access_logs(logs: &AccessLogsConfig) -> Result<(), ApiError> {
+    let invalid = |why: &str| Err(ApiError::internal(format!("invalid AccessLogs: {why}")));
+    if !logs.json_format.is_empty() && !logs.text_format.is_empty() {
+        return invalid("JSONFormat and TextFormat cannot both be set");
+    }
+    match logs.kind.as_str() {
+        "file" if logs.path.is_empty() => invalid("Type file needs a Path"),
+        "file" => Ok(()),
+        "" | "stdout" | "stderr" if !logs.path.is_empty() => invalid("Path is only for Type file"),
+        "" | "stdout" | "stderr" => Ok(()),
+        other => invalid(&format!("unknown Type {other:?}")),
+    }
 }
 
 /// Consul's mesh gateway modes (empty: the default).

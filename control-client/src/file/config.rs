@@ -452,6 +452,32 @@ endpoints = ["127.0.0.1:21001"]
 "#;
 
     #[test]
+    fn access_logs_table_compiles_or_names_the_key() {
+        assert!(parse(GOOD).unwrap().access_logs.is_none());
+        let on = parse(&format!(
+            "{GOOD}\n[access_logs]\ntype = \"file\"\npath = \"a.log\"\n"
+        ))
+        .unwrap();
+        let logs = on.access_logs.unwrap();
+        assert_eq!(
+            logs.sink,
+            crate::access_log::Sink::File("/etc/ferrule/a.log".into())
+        );
+        assert_eq!(logs.format_kind, "default");
+        let off = parse(&format!("{GOOD}\n[access_logs]\nenabled = false\n")).unwrap();
+        assert!(off.access_logs.is_none());
+        let bad = parse(&format!(
+            "{GOOD}\n[access_logs]\ntext_format = \"%BYTES% %NOPE%\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(bad.key, "access_logs.text_format");
+        assert!(bad.message.contains("%BYTES%"), "{bad}");
+        assert!(bad.line > 0, "{bad}");
+        let unknown = parse(&format!("{GOOD}\n[access_logs]\nformat = \"x\"\n")).unwrap_err();
+        assert!(unknown.key.starts_with("access_logs"), "{unknown}");
+    }
+
+    #[test]
     fn the_documented_example_parses_with_defaults() {
         let cfg = parse(GOOD).unwrap();
         let files = cfg.files.as_ref().unwrap();

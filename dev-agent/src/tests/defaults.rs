@@ -209,3 +209,34 @@ async fn check_and_set_guards_config_entry_writes_and_deletes() {
         assert_eq!(plain.text().trim(), "{}", "{kind}: without cas");
     }
 }
+
+#[tokio::test]
+async fn proxy_defaults_keep_access_logs_and_refuse_what_consul_refuses() {
+    let agent = Agent::start().await;
+    let logs = json!({ "Enabled": true, "Type": "file", "Path": "/tmp/a.log",
+                       "DisableListenerLogs": true, "JSONFormat": "{\"c\": \"%RESPONSE_CODE%\"}" });
+    let entry = json!({ "Kind": "proxy-defaults", "Name": "global", "AccessLogs": logs });
+    assert_eq!(agent.put("/v1/config", entry).await.status, StatusCode::OK);
+    let read = agent.get("/v1/config/proxy-defaults/global").await;
+    assert_eq!(read.value()["AccessLogs"], logs, "kept as written");
+    // Consul does not merge AccessLogs into registrations; a proxy reads the entry.
+    let listed = agent.get("/v1/config/proxy-defaults").await;
+    assert_eq!(listed.value()[0]["AccessLogs"]["Type"], "file");
+
+    for bad in [
+        json!({ "Enabled": true, "JSONFormat": "{}", "TextFormat": "x" }),
+        json!({ "Enabled": true, "Type": "file" }),
+        json!({ "Enabled": true, "Type": "stdout", "Path": "/tmp/a.log" }),
+        json!({ "Enabled": true, "Type": "syslog" }),
+    ] {
+        let entry = json!({ "Kind": "proxy-defaults", "Name": "global", "AccessLogs": bad });
+        let answer = agent.put("/v1/config", entry).await;
+        assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR, "{bad}");
+    }
+    let read = agent.get("/v1/config/proxy-defaults/global").await;
+    assert_eq!(
+        read.value()["AccessLogs"],
+        logs,
+        "refused writes change nothing"
+    );
+}

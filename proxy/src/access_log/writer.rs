@@ -105,8 +105,13 @@ fn write_file(file: &mut Option<(PathBuf, File)>, path: &Path, text: &str) -> io
         let opened = OpenOptions::new().create(true).append(true).open(path)?;
         *file = Some((path.to_owned(), opened));
     }
-    match file {
+    let written = match file {
         Some((_, f)) => f.write_all(text.as_bytes()),
         None => Ok(()),
+    };
+    if written.is_err() {
+        // Opened again for the next record: the file may have been replaced.
+        *file = None;
     }
+    written
 }
