@@ -183,6 +183,9 @@ async fn l4_connections_are_logged_at_both_ends_and_refusals_by_the_listener() {
     )
     .await;
     assert_eq!(tls["downstream_peer_uri_san"], Value::Null, "{tls}");
+    // Shown with --nocapture: one record of each kind, for the curious.
+    println!("L4 (inbound): {inbound}\nL4 (outbound): {outbound}");
+    println!("listener (denied): {refused}\nlistener (TLS): {tls}");
     assert_eq!(
         backend.accepted(),
         1,
@@ -309,6 +312,7 @@ async fn l7_requests_are_logged_in_both_directions() {
         outbound["downstream_local_address"],
         web.upstream_addr(API).to_string()
     );
+    println!("L7 (inbound): {inbound}\nL7 (outbound): {outbound}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -276,7 +276,8 @@ enum Outcome {
         response: Response<Incoming>,
         addr: String,
         started: Option<Started>,
-        via: Option<Via>,
+        /// Boxed: only a logged request has one.
+        via: Option<Box<Via>>,
     },
     Failed {
         failure: Failure,
@@ -312,7 +313,7 @@ impl Outcome {
             } => {
                 strip_hop_by_hop(response.headers_mut());
                 if let Some(via) = via {
-                    response.extensions_mut().insert(via);
+                    response.extensions_mut().insert(*via);
                 }
                 response.map(|body| {
                     let body = OutBody::new(Either::Left(body)).in_flight(started);
@@ -424,10 +425,12 @@ async fn try_target(
         let addr = endpoint.addr.clone();
         let mut e = match answered {
             Ok(Ok(response)) => {
-                let via = ctx.logging.then(|| Via {
-                    host: addr.clone(),
-                    cluster: target.sni.clone(),
-                    peer: endpoint.identity.to_uri(),
+                let via = ctx.logging.then(|| {
+                    Box::new(Via {
+                        host: addr.clone(),
+                        cluster: target.sni.clone(),
+                        peer: endpoint.identity.to_uri(),
+                    })
                 });
                 return Ok(Outcome::Answered {
                     response,
