@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::blocking::Blocking;
 use super::checks::{CRITICAL, WARNING};
 use super::state::Shared;
-use super::{catalog, chain, checks, connect_ca, intentions, services};
+use super::{catalog, chain, checks, connect_ca, intentions, query, services, wan};
 use ferrule_control::api::agent_self::{AgentSelf, AgentSelfConfig};
 use ferrule_control::api::health::PASSING;
 
@@ -55,6 +55,11 @@ impl Query {
             .iter()
             .filter(move |(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Every key and value, in the order they came.
+    pub(super) fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     pub(super) fn has(&self, key: &str) -> bool {
@@ -130,7 +135,8 @@ impl Call {
         }
     }
 
-    /// Whether `?dc=` names a datacenter other than ours (the only one there is).
+    /// Whether `?dc=` names a datacenter other than ours. `wan::forward` sends the
+    /// requests for a known one there, so here it is one no agent knows.
     pub(super) fn foreign_datacenter(&self, ours: &str) -> bool {
         self.query
             .get("dc")
@@ -174,6 +180,15 @@ impl Reply {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: Bytes::new(),
+        }
+    }
+
+    /// Another agent's answer, relayed as it came (`wan::forward`).
+    pub(super) fn relayed(status: StatusCode, headers: HeaderMap, body: Bytes) -> Reply {
+        Reply {
+            status,
+            headers,
+            body,
         }
     }
 
@@ -241,7 +256,7 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 
-    fn method_not_allowed(method: &Method, allow: &'static str) -> ApiError {
+    pub(super) fn method_not_allowed(method: &Method, allow: &'static str) -> ApiError {
         ApiError {
             allow: Some(allow),
             ..ApiError::new(
@@ -351,10 +366,15 @@ fn only(call: &Call, methods: &[Method], allow: &'static str) -> Result<(), ApiE
 }
 
 async fn route(shared: &Arc<Shared>, path: &str, call: &Call) -> Result<Reply, ApiError> {
+    if let Some(reply) = wan::forward::route(shared, path, call).await? {
+        return Ok(reply);
+    }
     let routed = if path.starts_with("/v1/agent/") {
         agent_route(shared, path, call).await?
     } else if path.starts_with("/v1/connect/") {
         connect_route(shared, path, call).await?
+    } else if path.starts_with("/v1/internal/ferrule/") {
+        internal_route(shared, path, call).await?
     } else {
         catalog_route(shared, path, call).await?
     };
@@ -465,7 +485,8 @@ async fn connect_route(
     reply.map(Some)
 }
 
-/// The rest: health views, config entries, the catalog and the status endpoints.
+/// The rest: health views, config entries, prepared queries, the catalog and the status
+/// endpoints.
 async fn catalog_route(
     shared: &Arc<Shared>,
     path: &str,
@@ -482,6 +503,10 @@ async fn catalog_route(
             Method::GET | Method::POST => chain::endpoint::read(shared, call, name).await,
             _ => Err(ApiError::method_not_allowed(&call.method, "GET, POST")),
         }
+    } else if path == "/v1/query" {
+        query::general(shared, call).await
+    } else if let Some(rest) = tail(path, "/v1/query/") {
+        query::specific(shared, call, rest).await
     } else if path == "/v1/config" {
         only(call, PUT, "PUT")?;
         intentions::put_config(shared, call).await
@@ -504,13 +529,32 @@ async fn catalog_route(
         catalog::node(shared, call, name).await
     } else if path == "/v1/catalog/datacenters" {
         only(call, GET, "GET")?;
-        Reply::json(&[&shared.config.datacenter])
+        Reply::json(&shared.wan.datacenters())
     } else if path == "/v1/status/leader" {
         only(call, GET, "GET")?;
         Reply::json(SERVER_ADDR)
     } else if path == "/v1/status/peers" {
         only(call, GET, "GET")?;
         Reply::json(&[SERVER_ADDR])
+    } else {
+        return Ok(None);
+    };
+    reply.map(Some)
+}
+
+/// `/v1/internal/ferrule/...`: what the dev agents of several datacenters say to each
+/// other (`wan`), where Consul's servers use RPC and gossip.
+async fn internal_route(
+    shared: &Arc<Shared>,
+    path: &str,
+    call: &Call,
+) -> Result<Option<Reply>, ApiError> {
+    let reply = if path == wan::join::PATH {
+        only(call, PUT, "PUT")?;
+        wan::join::handle(shared, call).await
+    } else if path == wan::ca::PATH {
+        only(call, POST, "POST")?;
+        wan::ca::sign(shared, call).await
     } else {
         return Ok(None);
     };
@@ -553,7 +597,7 @@ fn agent_self(shared: &Shared) -> Result<Reply, ApiError> {
     let body = AgentSelf {
         config: AgentSelfConfig {
             datacenter: config.datacenter.clone(),
-            primary_datacenter: config.datacenter.clone(),
+            primary_datacenter: config.primary().to_owned(),
             node_name: node_name.clone(),
             node_id,
             partition: String::new(),

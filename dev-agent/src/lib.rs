@@ -3,7 +3,8 @@
 //! the client parses (`ferrule_control::api`), so a proxy cannot tell it from a real agent.
 //!
 //! It is for trying ferrule and for tests; production uses a real Consul cluster. One
-//! node, one datacenter, ACLs off, Community Edition behaviour. Blocking queries have real
+//! node per datacenter, ACLs off, Community Edition behaviour; several dev agents
+//! joined over the WAN make several datacenters (`wan`). Blocking queries have real
 //! index semantics: one raft-like index bumped by every write, each resource answering
 //! with its own index. With a data dir a restart keeps the CA (same trust domain and
 //! root), the registrations, the intentions and the checks' last statuses, but starts
@@ -25,6 +26,10 @@
 //!   used by `cargo xtask certs` and the tests);
 //! - `connect_ca`: the CA endpoints: roots, leaves, renewal, rotation, CA configuration;
 //! - `persist`: the data dir's state file;
+//! - `wan`: several datacenters: joining, `?dc=` forwarding, replication from the
+//!   primary, a secondary's CA;
+//! - `query`: prepared queries;
+//! - `gateway`: mesh gateway registrations;
 //! - `workload`: the SPIFFE Workload API on unix sockets, for proxies that take their
 //!   identity from SPIFFE;
 //! - `authority`: lets the Workload API accept any `:authority` (gRPC C-core and Java
@@ -43,12 +48,15 @@ mod checks;
 mod connect_ca;
 mod defaults;
 mod filter;
+mod gateway;
 mod http;
 mod intentions;
 mod persist;
+mod query;
 mod selectors;
 mod services;
 mod state;
+mod wan;
 pub mod workload;
 
 #[cfg(test)]
@@ -89,6 +97,13 @@ pub struct DevAgentConfig {
     pub addr: SocketAddr,
     /// `--datacenter`.
     pub datacenter: String,
+    /// `--primary-datacenter`: the datacenter whose CA signs every other datacenter's
+    /// intermediate and whose config entries and intentions every datacenter replicates.
+    /// `None` (or our own name): this datacenter is the primary.
+    pub primary_datacenter: Option<String>,
+    /// `--join-wan`: the HTTP address of the primary datacenter's agent; required in a
+    /// secondary datacenter (`docs/consul-semantics.md#datacenters`).
+    pub join_wan: Option<SocketAddr>,
     pub node_name: String,
     /// TTL of the service leaves (`--leaf-ttl`). Consul's minimum is an hour; shorter
     /// ones are allowed for tests.
@@ -114,6 +129,8 @@ impl Default for DevAgentConfig {
         DevAgentConfig {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 8500)),
             datacenter: "dc1".to_owned(),
+            primary_datacenter: None,
+            join_wan: None,
             node_name: "ferrule-dev".to_owned(),
             leaf_ttl: Duration::from_secs(72 * 3600),
             check_interval: Duration::from_secs(10),
@@ -132,6 +149,7 @@ impl DevAgentConfig {
         if self.datacenter.is_empty() || self.datacenter.contains('/') {
             return bad("the datacenter must be a non-empty name");
         }
+        self.validate_wan()?;
         if self.node_name.is_empty() {
             return bad("the node name must not be empty");
         }
@@ -157,6 +175,36 @@ impl DevAgentConfig {
             return bad("--federate-with needs a --workload-api-socket to send the bundles on");
         }
         Ok(())
+    }
+
+    /// The primary datacenter: `--primary-datacenter`, else this one.
+    pub fn primary(&self) -> &str {
+        self.primary_datacenter
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .unwrap_or(&self.datacenter)
+    }
+
+    /// Whether this agent's datacenter is a secondary one.
+    pub fn is_secondary(&self) -> bool {
+        self.primary() != self.datacenter
+    }
+
+    fn validate_wan(&self) -> Result<(), DevError> {
+        let bad = |what: &str| Err(DevError::Config(what.to_owned()));
+        if self.primary().contains('/') {
+            return bad("the primary datacenter must be a datacenter name");
+        }
+        match (self.is_secondary(), self.join_wan) {
+            (true, None) => bad(&format!(
+                "--primary-datacenter {} is another datacenter: --join-wan must give its agent's address",
+                self.primary()
+            )),
+            (false, Some(_)) => bad(
+                "--join-wan joins a secondary datacenter to its primary: give --primary-datacenter too",
+            ),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -299,9 +347,11 @@ impl Drop for DevAgent {
 fn prepare(listener: &TcpListener, config: DevAgentConfig) -> Result<Shared, DevError> {
     config.validate()?;
     let local = listener.local_addr().map_err(DevError::Listener)?;
+    // A secondary's CA is an intermediate the primary signs once joined (`wan::ca`).
     let ca = match &config.data_dir {
-        Some(dir) => load_or_create_ca(dir)?,
-        None => DevCa::generate(None)?,
+        _ if config.is_secondary() => None,
+        Some(dir) => Some(load_or_create_ca(dir)?),
+        None => Some(DevCa::generate(None)?),
     };
     // Sidecars registered without an address are dialed at the node's address: the one
     // we listen on, unless that is a wildcard.
@@ -313,16 +363,21 @@ fn prepare(listener: &TcpListener, config: DevAgentConfig) -> Result<Shared, Dev
     // Index 1: the node joined; 2: the CA was initialised. A restarted agent starts
     // here again, far below where the last run left off.
     let node = node_info(&config, &node_address, 1);
-    let ca_state = connect_ca::CaState::new(ca, &config.datacenter, config.leaf_ttl, 2);
+    let ca_state = match ca {
+        Some(ca) => connect_ca::CaState::new(ca, &config.datacenter, config.leaf_ttl, 2),
+        None => connect_ca::CaState::secondary(&config.datacenter, config.leaf_ttl, 2),
+    };
     let shutdown = CancellationToken::new();
     let state = State::new(node, ca_state, 2, shutdown.clone());
     tracing::info!(
         addr = %local,
         datacenter = %config.datacenter,
+        primary_datacenter = %config.primary(),
         trust_domain = %state.ca.trust_domain(),
         "dev agent: serving the Consul agent API (for trying ferrule and tests; production uses a real Consul cluster)"
     );
-    Ok(Shared::new(config, state, shutdown))
+    let wan = wan::Wan::new(&config, local);
+    Ok(Shared::new(config, wan, state, shutdown))
 }
 
 fn node_info(config: &DevAgentConfig, address: &str, index: u64) -> NodeInfo {
@@ -386,6 +441,7 @@ async fn accept_loop(
 ) {
     let saver = restore_and_keep_saved(&shared).await;
     let maintenance = tokio::spawn(maintain_ca(Arc::clone(&shared)));
+    let federation = wan::spawn(&shared);
     // Stops by itself once `shared.shutdown` is cancelled, and removes its sockets.
     let workload = tokio::spawn(workload.serve(Arc::clone(&shared)));
     let mut connections = JoinSet::new();
@@ -412,6 +468,9 @@ async fn accept_loop(
     drop(listener);
     connections.shutdown().await;
     maintenance.abort();
+    for task in federation {
+        task.abort();
+    }
     // Graceful, but a client that keeps its connection open must not hold the agent up.
     if tokio::time::timeout(Duration::from_secs(2), workload)
         .await

@@ -1,5 +1,7 @@
 //! What a restarted agent gets back from `--data-dir`: the registrations made through
-//! its API, the config entries (the discovery chain's included) and the last status of every check.
+//! its API, the config entries (the discovery chain's included), the prepared queries
+//! and the last status of every check. (A secondary datacenter's CA and config entries
+//! come from its primary again.)
 //!
 //! A real Consul agent restores its local services from its data dir, and the servers
 //! keep the catalog, the intentions and the CA; so a restart changes the indexes (they
@@ -19,6 +21,7 @@ use ferrule_control::api::defaults::{ProxyDefaultsEntry, ServiceDefaultsEntry};
 use ferrule_control::api::intentions::ServiceIntentionsEntry;
 
 use super::http::{Call, Query};
+use super::query::PreparedQuery;
 use super::services;
 use super::state::{Shared, State};
 
@@ -36,6 +39,8 @@ pub(super) struct Persisted {
     resolvers: Vec<ServiceResolverEntry>,
     splitters: Vec<ServiceSplitterEntry>,
     routers: Vec<ServiceRouterEntry>,
+    /// Prepared queries, with their IDs.
+    queries: Vec<PreparedQuery>,
     /// Check ID → status.
     check_status: BTreeMap<String, String>,
 }
@@ -50,6 +55,7 @@ impl State {
             resolvers: self.chain.resolvers.values().cloned().collect(),
             splitters: self.chain.splitters.values().cloned().collect(),
             routers: self.chain.routers.values().cloned().collect(),
+            queries: self.queries.values().cloned().collect(),
             check_status: self
                 .checks
                 .iter()
@@ -119,6 +125,12 @@ pub(super) async fn restore(shared: &Arc<Shared>, dir: &Path) {
         let name = entry.name.clone();
         if let Err(e) = shared.with(|state| super::intentions::store(state, entry, None)) {
             tracing::warn!(destination = %name, error = %e.message, "dev agent: saved intentions no longer apply");
+        }
+    }
+    for query in saved.queries {
+        let id = query.id.clone();
+        if let Err(e) = shared.with(|state| state.store_query(query, None)) {
+            tracing::warn!(query = %id, error = %e.message, "dev agent: a saved prepared query no longer applies");
         }
     }
     shared.with(|state| {

@@ -10,6 +10,7 @@
 //! parent's address, tags and meta, `Proxy.LocalServiceAddress` 127.0.0.1 and
 //! `LocalServicePort` = the parent's port, and two checks: a TCP check of its listener and
 //! an alias of the parent. Deregistering the parent deregisters that sidecar too.
+//! Mesh gateways (`gateway`) are registered here too.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -32,6 +33,7 @@ use super::catalog;
 use super::checks::{self, CheckDef, CheckKind, LocalCheck};
 use super::defaults;
 use super::filter;
+use super::gateway;
 use super::http::{ApiError, Call, Reply, decode_strict};
 use super::selectors;
 use super::state::{Shared, State};
@@ -66,7 +68,10 @@ pub(super) async fn register(shared: &Arc<Shared>, call: &Call) -> Result<Reply,
         reject_enterprise_keys(sidecar)?;
     }
     let service = to_service(&reg)?;
-    let defs = check_defs(&reg, &service)?;
+    let mut defs = check_defs(&reg, &service)?;
+    if defs.is_empty() && service.kind == gateway::KIND_MESH_GATEWAY {
+        defs = gateway::default_checks(&service, shared.config.check_interval);
+    }
     let sidecar = match reg
         .connect
         .as_ref()
@@ -272,9 +277,13 @@ fn to_service(reg: &AgentServiceRegistration) -> Result<AgentService, ApiError> 
     let proxy = match reg.kind.as_str() {
         "" => None,
         KIND_CONNECT_PROXY => Some(proxy_config(reg, native)?),
+        gateway::KIND_MESH_GATEWAY => {
+            gateway::validate(reg)?;
+            Some(reg.proxy.clone().unwrap_or_default())
+        }
         other => {
             return Err(ApiError::bad_request(format!(
-                "the dev agent registers plain services and connect-proxy services, not {other:?}"
+                "the dev agent registers plain services, connect-proxy services and mesh gateways, not {other:?}"
             )));
         }
     };

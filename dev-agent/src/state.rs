@@ -1,7 +1,7 @@
 //! The dev agent's whole state, in memory, behind one lock: the raft-like index, the
 //! node, the locally registered services and their checks, the config entries
 //! (`service-intentions`, `service-defaults`, `proxy-defaults`, and the discovery
-//! chain's resolvers, splitters and routers) and the CA.
+//! chain's resolvers, splitters and routers), the prepared queries and the CA.
 //!
 //! Every write goes through [`Shared::with`], which bumps nothing by itself but publishes
 //! the index whenever a write bumped it, so blocked readers (`blocking`) wake up. The
@@ -22,11 +22,15 @@ use super::DevAgentConfig;
 use super::chain::ChainEntries;
 use super::checks::LocalCheck;
 use super::connect_ca::CaState;
+use super::query::PreparedQuery;
 use super::services::LocalService;
+use super::wan::Wan;
 
 /// What every request handler and background task of one dev agent shares.
 pub(super) struct Shared {
     pub(super) config: DevAgentConfig,
+    /// The other datacenters and how to reach them.
+    pub(super) wan: Wan,
     /// Cancelled when the agent stops: blocked readers answer, background tasks end.
     pub(super) shutdown: CancellationToken,
     state: Mutex<State>,
@@ -34,10 +38,16 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub(super) fn new(config: DevAgentConfig, state: State, shutdown: CancellationToken) -> Shared {
+    pub(super) fn new(
+        config: DevAgentConfig,
+        wan: Wan,
+        state: State,
+        shutdown: CancellationToken,
+    ) -> Shared {
         let (changes, _) = watch::channel(state.index);
         Shared {
             config,
+            wan,
             shutdown,
             state: Mutex::new(state),
             changes,
@@ -94,6 +104,9 @@ pub(super) struct State {
     pub(super) chain: ChainEntries,
     /// Max index of the config-entries table (writes and deletes, every kind).
     pub(super) intentions_index: u64,
+    /// Prepared queries by ID, and the index of their table.
+    pub(super) queries: BTreeMap<String, PreparedQuery>,
+    pub(super) queries_index: u64,
     pub(super) ca: CaState,
     /// The agent's shutdown token; every check task runs under a child of it.
     shutdown: CancellationToken,
@@ -119,6 +132,8 @@ impl State {
             chain: ChainEntries::default(),
             // No config entry yet: Consul's empty table answers index 0 (sent as 1).
             intentions_index: 0,
+            queries: BTreeMap::new(),
+            queries_index: 0,
             ca,
             shutdown,
         }
@@ -127,6 +142,11 @@ impl State {
     /// A token that stops one check task, and stops with the agent.
     pub(super) fn shutdown_child(&self) -> CancellationToken {
         self.shutdown.child_token()
+    }
+
+    /// The index the next write will carry.
+    pub(super) fn peek_next_index(&self) -> u64 {
+        self.index + 1
     }
 
     /// Starts a write: the index every record changed by it carries.

@@ -63,6 +63,15 @@ struct DevArgs {
     /// The datacenter the agent is in: part of every SPIFFE ID it signs.
     #[arg(long, default_value = "dc1")]
     datacenter: String,
+    /// The primary datacenter [default: this one]. Another one makes this a secondary
+    /// datacenter: its CA is an intermediate the primary signs, its config entries and
+    /// intentions are the primary's. Needs --join-wan.
+    #[arg(long, value_name = "DC")]
+    primary_datacenter: Option<String>,
+    /// The HTTP address of the primary datacenter's `ferrule dev` (IP:PORT or
+    /// http://IP:PORT), to join the WAN with.
+    #[arg(long, value_name = "ADDR", value_parser = join_wan_flag)]
+    join_wan: Option<SocketAddr>,
     /// Lifetime of service leaf certificates, in Go's duration syntax (72h, 90s).
     #[arg(long, default_value = "72h", value_parser = duration::flag)]
     leaf_ttl: Duration,
@@ -225,6 +234,8 @@ fn dev(args: DevArgs) -> ExitCode {
     let config = DevAgentConfig {
         addr: args.addr,
         datacenter: args.datacenter,
+        primary_datacenter: args.primary_datacenter,
+        join_wan: args.join_wan,
         leaf_ttl: args.leaf_ttl,
         check_interval: args.check_interval,
         default_intention_policy: args.default_intention_policy.map(Action::from),
@@ -466,4 +477,10 @@ fn init_logging(flag: Option<&str>, default: &str, format: LogFormat) -> Result<
 /// An address flag: `IP:PORT`, `localhost:PORT` or `:PORT`.
 fn addr_flag(text: &str) -> Result<SocketAddr, ferrule_control::addr::AddrError> {
     ferrule_control::addr::parse(text)
+}
+
+/// `--join-wan`: an address as `--addr` takes one, optionally as an `http://` URL.
+fn join_wan_flag(text: &str) -> Result<SocketAddr, ferrule_control::addr::AddrError> {
+    let bare = text.strip_prefix("http://").unwrap_or(text);
+    ferrule_control::addr::parse(bare.strip_suffix('/').unwrap_or(bare))
 }

@@ -9,11 +9,13 @@
 //! real cluster.
 //!
 //! Modules: `key` the CA's key types and signing, and the leaves' keys; `profile` what
-//! goes into each certificate; `format` PEM, serials and identifiers; `dir` a directory
-//! of PEM files for the examples.
+//! goes into each certificate; `format` PEM, serials and identifiers; `intermediate` a
+//! secondary datacenter's signing CA (its request, and the root's signature over it);
+//! `dir` a directory of PEM files for the examples.
 
 mod dir;
 mod format;
+mod intermediate;
 mod key;
 mod profile;
 #[cfg(test)]
@@ -34,6 +36,7 @@ use ferrule_control::identity::{DEFAULT, ServiceId};
 
 pub use self::dir::{CertsDir, CertsError, CertsReport, leaf_ttl_flag};
 pub use self::format::serial_hex;
+pub use self::intermediate::IntermediateRequest;
 pub use self::key::{KeyType, KeyTypeError};
 
 use self::format::{
@@ -264,6 +267,12 @@ impl DevCa {
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<DevCa, CaError> {
         let cert_der = CertificateDer::from(decode_pem(cert_pem, &[CERT_TAG], "CA certificate")?);
         let key = CaKey::from_der(&decode_pem(key_pem, CA_KEY_TAGS, "CA key")?)?;
+        DevCa::from_parts(cert_der, key)
+    }
+
+    /// A CA from its certificate and its key: a root, or an intermediate whose
+    /// certificate names the trust domain as roots do.
+    fn from_parts(cert_der: CertificateDer<'static>, key: CaKey) -> Result<DevCa, CaError> {
         let (_, x509) = x509_parser::parse_x509_certificate(&cert_der)
             .map_err(|e| CaError::CaCert(format!("not X.509: {e}")))?;
         let bad = |reason: &str| CaError::CaCert(reason.to_owned());
@@ -430,43 +439,16 @@ impl DevCa {
         Ok(encode_pem(CERT_TAG, cert.der()))
     }
 
-    /// A secondary datacenter's signing CA under this root, shaped as Consul's built-in
-    /// provider signs it: an empty subject, the URI SAN `spiffe://<trust domain>`, CA
-    /// with path length 0, the root as issuer, and a key of the root's type. Its leaves
-    /// carry it after themselves in `cert_pem`, as the agent's `CertPEM` does there;
-    /// peers still trust only the root (`cert_pem()` of the returned CA is the
-    /// intermediate, not a trust anchor).
+    /// A secondary datacenter's signing CA under this root, made as a secondary gets
+    /// one: its own key (EC P-256), a request ([`IntermediateRequest`]), and
+    /// this root's signature over it ([`DevCa::sign_intermediate`]). Its leaves carry it
+    /// after themselves in `cert_pem`, as the agent's `CertPEM` does there; peers still
+    /// trust only the root (`cert_pem()` of the returned CA is the intermediate, not a
+    /// trust anchor).
     pub fn intermediate(&self) -> Result<DevCa, CaError> {
-        let key = CaKey::generate(self.key_type)?;
-        let key_id = sha256(key.spki_der());
-        let serial = self.next_serial()?;
-        let not_before = (OffsetDateTime::now_utc() - BACKDATE).truncate_to_second();
-        let mut params = ca_profile(
-            DistinguishedName::new(),
-            &format!("spiffe://{}", self.trust_domain()),
-            BasicConstraints::Constrained(0),
-            key_id.clone(),
-        )?;
-        params.serial_number = Some(SerialNumber::from(serial));
-        params.not_before = not_before;
-        params.not_after = self.not_after;
-        let subject = SubjectPublicKeyInfo::from_der(key.spki_der())?;
-        let cert = params.signed_by(&subject, &self.issuer)?;
-        let cert_pem = encode_pem(CERT_TAG, cert.der());
-        Ok(DevCa {
-            chain_pem: cert_pem.clone(),
-            cert_pem,
-            cert_der: cert.der().clone(),
-            key_pem: key.private_pem().to_owned(),
-            key_type: key.key_type(),
-            issuer: Issuer::new(params, key),
-            cluster_id: self.cluster_id.clone(),
-            key_id,
-            serial,
-            not_before,
-            not_after: self.not_after,
-            last_serial: AtomicU64::new(serial),
-        })
+        let request = IntermediateRequest::new(&self.trust_domain())?;
+        let cert_pem = self.sign_intermediate(request.csr_pem())?;
+        request.finish(&cert_pem)
     }
 
     fn next_serial(&self) -> Result<u64, CaError> {

@@ -381,6 +381,44 @@ fn an_intermediate_has_an_empty_subject_and_its_leaves_chain_to_the_root() {
 }
 
 #[test]
+fn the_root_signs_only_a_request_whose_key_signed_it() {
+    let root = DevCa::generate(None).unwrap();
+    let request = IntermediateRequest::new(&root.trust_domain()).unwrap();
+    let pem = request.csr_pem().to_owned();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----\n"));
+
+    // The request's signature covers its key: a flipped bit in it is refused.
+    let mut der = decode_pem(&pem, &["CERTIFICATE REQUEST"], "t").unwrap();
+    let last = der.len() - 1;
+    der[last] ^= 1;
+    let tampered = super::format::encode_pem("CERTIFICATE REQUEST", &der);
+    assert!(matches!(
+        root.sign_intermediate(&tampered),
+        Err(CaError::Pem { .. })
+    ));
+    assert!(root.sign_intermediate("not PEM").is_err());
+
+    // A certificate for another key does not finish the request.
+    let other = IntermediateRequest::new(&root.trust_domain()).unwrap();
+    let for_other = root.sign_intermediate(other.csr_pem()).unwrap();
+    assert!(matches!(
+        request.finish(&for_other),
+        Err(CaError::KeyMismatch)
+    ));
+    // Its own certificate does, and its leaves chain through it to the root.
+    let dc2 = other.finish(&for_other).unwrap();
+    let mut spec = LeafSpec::service("api");
+    spec.datacenter = "dc2".into();
+    let leaf = dc2.issue(&spec).unwrap();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    assert_eq!(dc2.chain_pem(), dc2.cert_pem());
+    verify_via(&root, &leaf, &chain[1..]).unwrap();
+}
+
+#[test]
 fn a_cross_signed_root_chains_new_leaves_to_the_old_root() {
     let old = DevCa::generate(None).unwrap();
     let new = DevCa::generate(Some(old.cluster_id())).unwrap();
@@ -544,7 +582,9 @@ fn every_key_type_signs_leaves_with_sha256_and_p256_keys_as_consul_does() {
         verify_via(&ca, &ec_leaf, &[cross]).unwrap();
 
         let dc2 = ca.intermediate().unwrap();
-        assert_eq!(dc2.key_type(), key);
+        assert_eq!(dc2.key_type(), KeyType::default(), "a secondary's own key type");
+        let signed = der_of(dc2.cert_pem());
+        assert_eq!(parse(&signed).signature_algorithm.algorithm.to_id_string(), sig_oid);
         let leaf = dc2.issue(&LeafSpec::service("api")).unwrap();
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())

@@ -2,9 +2,10 @@
 //! 127.0.0.1:0, asserting what a Consul client would observe. This module holds the
 //! client ([`Agent`], [`Answer`]) and certificate helpers; the tests are grouped by the
 //! part of the agent they exercise, one file per module of the agent (`blocking`,
-//! `chain`, `checks`, `connect_ca`, `defaults`, `intentions`, `persist`, `services`),
-//! plus `agent_api` for Consul's HTTP conventions and `consul_source` for ferrule's own
-//! client against it.
+//! `chain`, `checks`, `connect_ca`, `defaults`, `gateway`, `intentions`, `persist`,
+//! `query`, `services`), plus `agent_api` for Consul's HTTP conventions,
+//! `consul_source` for ferrule's own client against it, and `wan` and `replication`
+//! for two agents in two datacenters (dc2 on 127.0.0.2).
 
 mod agent_api;
 mod blocking;
@@ -13,10 +14,15 @@ mod checks;
 mod connect_ca;
 mod consul_source;
 mod defaults;
+mod gateway;
 mod intentions;
 mod persist;
+mod query;
+mod replication;
 mod services;
+mod wan;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -139,6 +145,48 @@ impl Agent {
     async fn register(&self, body: Value) {
         let answer = self.put("/v1/agent/service/register", body).await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    }
+}
+
+/// Two agents: dc1, the primary, on 127.0.0.1, and dc2 on 127.0.0.2 joined to it,
+/// returned once dc2's CA is signed by dc1's root and dc1 knows dc2.
+async fn two_datacenters() -> (Agent, Agent) {
+    let dc1 = Agent::start().await;
+    let dc2 = Agent::with(DevAgentConfig {
+        addr: SocketAddr::from(([127, 0, 0, 2], 0)),
+        datacenter: "dc2".into(),
+        primary_datacenter: Some("dc1".into()),
+        join_wan: Some(dc1.agent.addr()),
+        ..DevAgentConfig::default()
+    })
+    .await;
+    let td = dc1.agent.trust_domain().to_owned();
+    eventually("dc2 joined dc1 and follows its CA", Duration::from_secs(10), || async {
+        let roots = dc2.get("/v1/agent/connect/ca/roots").await.value();
+        let known = dc1.get("/v1/catalog/datacenters").await.value();
+        (roots["TrustDomain"] == td.as_str() && known == serde_json::json!(["dc1", "dc2"]))
+            .then_some(())
+    })
+    .await;
+    (dc1, dc2)
+}
+
+/// Polls `check` every 20 ms until it gives `Some`, for at most `within`.
+async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

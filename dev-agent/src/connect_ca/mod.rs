@@ -14,6 +14,12 @@
 //! trust the old root keep verifying new leaves. The old root stays published, inactive,
 //! for twice the leaf TTL (Consul's overlap), then is pruned. Every leaf is re-issued at
 //! once, waking blocked readers.
+//!
+//! In a secondary datacenter (`federated`) the CA has no root of its own: it publishes
+//! the primary's roots and signs with an intermediate the primary's active root signed
+//! (`wan::ca` keeps it so).
+
+mod federated;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,6 +69,7 @@ struct LeafEntry {
 }
 
 pub(super) struct CaState {
+    /// Empty in a secondary until the primary's roots are known.
     cluster_id: String,
     datacenter: String,
     /// Oldest first; exactly one is active.
@@ -76,21 +83,15 @@ pub(super) struct CaState {
     force_without_cross_signing: bool,
     config_create_index: u64,
     config_modify_index: u64,
+    /// A secondary datacenter's: the primary's roots and this datacenter's signing CA,
+    /// once the primary signed it. `roots` stays empty there.
+    secondary: bool,
+    federated: Option<federated::Federated>,
 }
 
 impl CaState {
     pub(super) fn new(ca: DevCa, datacenter: &str, leaf_ttl: Duration, index: u64) -> CaState {
-        let provider_config = match json!({
-            "LeafCertTTL": duration::format(leaf_ttl),
-            "IntermediateCertTTL": "8760h",
-            "RootCertTTL": "87600h",
-            "RotationPeriod": "2160h",
-            "PrivateKeyType": ca.key_type().kind(),
-            "PrivateKeyBits": ca.key_type().bits(),
-        }) {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        };
+        let provider_config = provider_config(leaf_ttl, ca.key_type());
         CaState {
             cluster_id: ca.cluster_id().to_owned(),
             datacenter: datacenter.to_owned(),
@@ -109,10 +110,16 @@ impl CaState {
             force_without_cross_signing: false,
             config_create_index: index,
             config_modify_index: index,
+            secondary: false,
+            federated: None,
         }
     }
 
+    /// `<cluster-id>.consul`; empty in a secondary that has not reached its primary yet.
     pub(super) fn trust_domain(&self) -> String {
+        if self.cluster_id.is_empty() {
+            return String::new();
+        }
         format!("{}.consul", self.cluster_id)
     }
 
@@ -121,10 +128,16 @@ impl CaState {
     }
 
     fn active_id(&self) -> String {
+        if self.secondary {
+            return self.federated_active_id();
+        }
         self.active().map(|r| r.ca.id()).unwrap_or_default()
     }
 
     fn roots_body(&self) -> IndexedCARoots {
+        if self.secondary {
+            return self.federated_roots();
+        }
         let roots = self
             .roots
             .iter()
@@ -153,11 +166,34 @@ impl CaState {
         }
     }
 
-    /// Signs a new leaf for `service` with the active root, at raft index `index`.
-    fn issue(&self, service: &str, index: u64) -> Result<LeafEntry, CaError> {
+    /// What signs leaves now, the certificates that follow a leaf in its `CertPEM`
+    /// (the active root's `IntermediateCerts`), and the active root's ID.
+    fn signer(&self) -> Result<(Arc<DevCa>, Vec<String>, String), CaError> {
+        if self.secondary {
+            return self.federated_signer();
+        }
         let active = self
             .active()
             .ok_or_else(|| CaError::CaCert("no active root".to_owned()))?;
+        Ok((
+            Arc::clone(&active.ca),
+            active.intermediates.clone(),
+            active.ca.id(),
+        ))
+    }
+
+    /// Every published root certificate (DER), the rotated-out ones included.
+    fn root_ders(&self) -> Vec<Vec<u8>> {
+        if self.secondary {
+            return self.federated_root_ders();
+        }
+        self.roots.iter().map(|r| r.ca.cert_der().to_vec()).collect()
+    }
+
+    /// Signs a new leaf for `service` with the active root (in a secondary, this
+    /// datacenter's intermediate), at raft index `index`.
+    fn issue(&self, service: &str, index: u64) -> Result<LeafEntry, CaError> {
+        let (signer, intermediates, root_id) = self.signer()?;
         let ttl = time::Duration::try_from(self.leaf_ttl)
             .map_err(|_| CaError::CaCert(format!("leaf TTL {:?} too long", self.leaf_ttl)))?;
         let backdate = time::Duration::try_from(BACKDATE.min(self.leaf_ttl / 10))
@@ -166,10 +202,16 @@ impl CaState {
         spec.datacenter = self.datacenter.clone();
         spec.ttl = ttl;
         spec.not_before = Some(OffsetDateTime::now_utc() - backdate);
-        let leaf = active.ca.issue(&spec)?;
+        let leaf = signer.issue(&spec)?;
 
-        let mut cert_pem = leaf.cert_pem.clone();
-        for intermediate in &active.intermediates {
+        // The leaf alone, then the intermediates in the roots' order (this datacenter's
+        // own last, as Consul lists it).
+        let mut cert_pem = leaf
+            .cert_pem
+            .strip_suffix(signer.chain_pem())
+            .unwrap_or(&leaf.cert_pem)
+            .to_owned();
+        for intermediate in &intermediates {
             cert_pem.push_str(intermediate);
         }
         let renew_at = renewal_point(leaf.valid_after, leaf.valid_before);
@@ -187,10 +229,25 @@ impl CaState {
                 ..IssuedCert::default()
             },
             key_pkcs8_pem: leaf.key_pkcs8_pem().to_owned(),
-            root_id: active.ca.id(),
+            root_id,
             expires_at: leaf.valid_before,
             renew_at,
         })
+    }
+}
+
+/// The built-in provider's configuration as `GET /v1/connect/ca/configuration` shows it.
+fn provider_config(leaf_ttl: Duration, key: KeyType) -> Map<String, Value> {
+    match json!({
+        "LeafCertTTL": duration::format(leaf_ttl),
+        "IntermediateCertTTL": "8760h",
+        "RootCertTTL": "87600h",
+        "RotationPeriod": "2160h",
+        "PrivateKeyType": key.kind(),
+        "PrivateKeyBits": key.bits(),
+    }) {
+        Value::Object(map) => map,
+        _ => Map::new(),
     }
 }
 
@@ -248,12 +305,7 @@ impl State {
             spiffe_id: cert.service_uri.clone(),
             chain: pem_ders(&cert.cert_pem)?,
             key_pkcs8: key,
-            roots: self
-                .ca
-                .roots
-                .iter()
-                .map(|r| r.ca.cert_der().to_vec())
-                .collect(),
+            roots: self.ca.root_ders(),
             trust_domain: self.ca.trust_domain(),
         })
     }
@@ -305,12 +357,18 @@ impl State {
         });
         self.ca.roots_index = index;
         self.ca.config_modify_index = index;
+        self.reissue_leaves(index)?;
+        Ok(new)
+    }
+
+    /// Re-issues every cached leaf at `index` with what signs now.
+    fn reissue_leaves(&mut self, index: u64) -> Result<(), CaError> {
         let services: Vec<String> = self.ca.leaves.keys().cloned().collect();
         for service in services {
             let leaf = self.ca.issue(&service, index)?;
             self.ca.leaves.insert(service, leaf);
         }
-        Ok(new)
+        Ok(())
     }
 
     /// Prunes rotated-out roots whose overlap ended and renews leaves past their renewal
@@ -459,6 +517,12 @@ pub(super) async fn configuration(shared: &Shared, call: &Call) -> Result<Reply,
 /// out keeps the current one.
 pub(super) async fn set_configuration(shared: &Shared, call: &Call) -> Result<Reply, ApiError> {
     let (body, _) = decode_strict::<CaConfiguration>(&call.body, "Request decode failed")?;
+    if shared.wan.is_secondary() {
+        return Err(ApiError::bad_request(format!(
+            "this is a secondary datacenter: its CA is an intermediate of the primary's root; configure (and rotate) the CA in the primary datacenter {:?}",
+            shared.wan.primary()
+        )));
+    }
     if !body.provider.is_empty() && body.provider != "consul" {
         return Err(ApiError::bad_request(format!(
             "the dev agent only has the built-in \"consul\" CA provider, not {:?}",
