@@ -4,7 +4,8 @@
 //! the path, and then holds every further request open, as a blocking query with nothing
 //! new would. `FakeAgent` serves canned JSON per path with real blocking semantics (an
 //! index per path that the test bumps by changing the body), so a source under test sees
-//! what it would see from a real agent.
+//! what it would see from a real agent. A path set as `path?dc=<dc>` answers the reads
+//! of that datacenter.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -368,6 +369,18 @@ async fn answer(
             Duration::from_secs(w.trim_end_matches('s').parse().unwrap_or(0))
         }
     });
+    // A read of another datacenter has its own canned answer, when one is set.
+    let path = match params.get("dc") {
+        Some(dc)
+            if state
+                .lock()
+                .resources
+                .contains_key(&format!("{path}?dc={dc}")) =>
+        {
+            format!("{path}?dc={dc}")
+        }
+        _ => path,
+    };
     let mut rx = changes.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     loop {

@@ -25,10 +25,10 @@ mod agent;
 mod agent_self;
 mod certs;
 mod chain;
-mod endpoints;
-mod failures;
+pub(super) mod endpoints;
+pub(super) mod failures;
 mod intentions;
-mod registration;
+pub(super) mod registration;
 mod run;
 mod sidecar;
 
