@@ -4,9 +4,10 @@
 //!
 //! The agent listens on a free 127.0.0.1 port, keeps its CA in a temporary data dir,
 //! and can be killed (SIGKILL) and restarted on the same port and data dir: it comes
-//! back with the same CA, nothing else, and lower indexes.
+//! back with the same CA, nothing else, and lower indexes. A second datacenter's agent
+//! ([`DevAgent::start_secondary`]) listens on 127.0.0.2 and joins the first one's.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::binary::ferrule_bin;
 use crate::http::{self, Answer};
-use crate::wait::{eventually, free_port};
+use crate::wait::{eventually, free_port, free_port_on};
 
 /// How long the agent gets to answer `/v1/agent/self`.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -32,6 +33,9 @@ pub struct AgentOptions {
     pub check_interval: String,
     /// More flags for `ferrule dev` (e.g. `--workload-api-socket`).
     pub extra_args: Vec<String>,
+    /// The loopback address the agent listens on (127.0.0.1; a second datacenter's
+    /// 127.0.0.2).
+    pub ip: Ipv4Addr,
 }
 
 impl Default for AgentOptions {
@@ -40,6 +44,7 @@ impl Default for AgentOptions {
             leaf_ttl: "72h".to_owned(),
             check_interval: "500ms".to_owned(),
             extra_args: Vec::new(),
+            ip: Ipv4Addr::LOCALHOST,
         }
     }
 }
@@ -62,7 +67,7 @@ impl DevAgent {
             .tempdir()
             .expect("create the dev agent's data dir");
         let mut agent = DevAgent {
-            addr: free_port(),
+            addr: free_port_on(options.ip),
             options,
             child: None,
             logs: String::new(),
@@ -70,6 +75,62 @@ impl DevAgent {
         };
         agent.spawn_and_wait().await;
         agent
+    }
+
+    /// The agent of datacenter `datacenter` on 127.0.0.2, a secondary of `primary`'s
+    /// datacenter (`--primary-datacenter`, `--join-wan`), returned once the primary
+    /// signed its CA and lists it among the datacenters.
+    pub async fn start_secondary(
+        primary: &DevAgent,
+        datacenter: &str,
+        mut options: AgentOptions,
+    ) -> DevAgent {
+        let primary_dc = primary
+            .get_json("/v1/agent/self")
+            .await
+            .ok()
+            .and_then(|me| me["Config"]["Datacenter"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| panic!("the primary agent at {} has no datacenter", primary.addr));
+        options.ip = Ipv4Addr::new(127, 0, 0, 2);
+        let flags = [
+            "--datacenter",
+            datacenter,
+            "--primary-datacenter",
+            &primary_dc,
+            "--join-wan",
+            &primary.addr.to_string(),
+        ];
+        options.extra_args.extend(flags.map(str::to_owned));
+        let agent = DevAgent::start(options).await;
+        agent.wait_federated(primary, datacenter).await;
+        agent
+    }
+
+    /// Waits until this secondary's roots are the primary's and the primary lists
+    /// `datacenter`.
+    async fn wait_federated(&self, primary: &DevAgent, datacenter: &str) {
+        let trust_domain = primary
+            .get_json("/v1/agent/connect/ca/roots")
+            .await
+            .ok()
+            .and_then(|r| r["TrustDomain"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| panic!("the primary agent at {} has no roots", primary.addr));
+        eventually(
+            &format!("{datacenter} joins the primary and follows its CA"),
+            START_TIMEOUT,
+            || async {
+                let roots = self.get_json("/v1/agent/connect/ca/roots").await?;
+                anyhow::ensure!(roots["TrustDomain"] == trust_domain.as_str(), "roots: {roots}");
+                let known = primary.get_json("/v1/catalog/datacenters").await?;
+                anyhow::ensure!(
+                    known.as_array().is_some_and(|dcs| dcs.iter().any(|d| d == datacenter)),
+                    "the primary knows {known}"
+                );
+                Ok(())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}; log:\n{}", self.current_log()));
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -145,7 +206,8 @@ impl DevAgent {
         self.dir.path()
     }
 
-    /// The agent's active CA (from its data dir), to mint SVIDs its sidecars trust.
+    /// The agent's active CA (from its data dir), to mint SVIDs its sidecars trust. A
+    /// secondary datacenter's agent keeps none there (its CA is the primary's).
     pub fn ca(&self) -> ferrule_dev::ca::DevCa {
         let read = |name: &str| {
             std::fs::read_to_string(self.dir.path().join(name))

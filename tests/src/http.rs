@@ -54,10 +54,29 @@ pub async fn request(
     path: &str,
     body: Bytes,
 ) -> anyhow::Result<Answer> {
+    request_within(addr, method, path, body, TIMEOUT).await
+}
+
+/// `GET path`, bounded by `timeout` instead of the usual 5 s: a blocking query.
+pub async fn get_within(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<Answer> {
+    request_within(addr, Method::GET, path, Bytes::new(), timeout).await
+}
+
+async fn request_within(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> anyhow::Result<Answer> {
     let what = format!("{method} {path} on {addr}");
-    tokio::time::timeout(TIMEOUT, exchange(addr, method, path, body))
+    tokio::time::timeout(timeout, exchange(addr, method, path, body))
         .await
-        .map_err(|_| anyhow::anyhow!("{what}: no answer within {TIMEOUT:?}"))?
+        .map_err(|_| anyhow::anyhow!("{what}: no answer within {timeout:?}"))?
         .with_context(|| what)
 }
 

@@ -2,7 +2,8 @@
 //! talk to it with real clients.
 //!
 //! - `admin`: a sidecar's `/ready`, `/metrics` and `/config`.
-//! - `agent`: a `ferrule dev` agent process and the API calls tests make to it.
+//! - `agent`: a `ferrule dev` agent process (one per datacenter) and the API calls tests
+//!   make to it.
 //! - `binary`: builds and finds the `ferrule` binary (once per test process).
 //! - `sidecar`: a running `ferrule proxy --config` with its own directory, its
 //!   watched files, and its admin endpoints (`/ready`, `/metrics`).
@@ -22,8 +23,9 @@
 //! - `workload`: a `ferrule dev` serving the SPIFFE Workload API, one socket per
 //!   service, its CA, and a raw gRPC client of its sockets.
 //!
-//! Everything binds 127.0.0.1 only, on ports picked free at start, in its own temporary
-//! directory, so tests run in parallel; everything a test starts stops when dropped.
+//! Everything binds loopback only (127.0.0.1; a second datacenter's agent 127.0.0.2), on
+//! ports picked free at start, in its own temporary directory, so tests run in parallel;
+//! everything a test starts stops when dropped.
 
 pub mod admin;
 pub mod agent;

@@ -2,7 +2,7 @@
 //! wait for a peer to close a connection.
 
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -50,18 +50,24 @@ where
 /// outgoing connection (another test's, or a sidecar's), which can take it between
 /// this release and the child's bind. Below that range only explicit binds compete.
 pub fn free_port() -> SocketAddr {
+    free_port_on(Ipv4Addr::LOCALHOST)
+}
+
+/// Like [`free_port`], on another loopback address (127.0.0.2 for a second
+/// datacenter, say: Linux routes all of 127.0.0.0/8 to loopback).
+pub fn free_port_on(ip: Ipv4Addr) -> SocketAddr {
     let low = ephemeral_low().unwrap_or(32768);
     if low > 11_000 {
         for _ in 0..200 {
             let port = fastrand::u16(10_000..low);
-            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            if let Ok(listener) = TcpListener::bind((ip, port)) {
                 return listener
                     .local_addr()
                     .expect("local address of a just-bound listener");
             }
         }
     }
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 for a free port");
+    let listener = TcpListener::bind((ip, 0)).expect("bind port 0 for a free port");
     listener
         .local_addr()
         .expect("local address of a just-bound listener")
