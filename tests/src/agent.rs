@@ -120,10 +120,15 @@ impl DevAgent {
             START_TIMEOUT,
             || async {
                 let roots = self.get_json("/v1/agent/connect/ca/roots").await?;
-                anyhow::ensure!(roots["TrustDomain"] == trust_domain.as_str(), "roots: {roots}");
+                anyhow::ensure!(
+                    roots["TrustDomain"] == trust_domain.as_str(),
+                    "roots: {roots}"
+                );
                 let known = primary.get_json("/v1/catalog/datacenters").await?;
                 anyhow::ensure!(
-                    known.as_array().is_some_and(|dcs| dcs.iter().any(|d| d == datacenter)),
+                    known
+                        .as_array()
+                        .is_some_and(|dcs| dcs.iter().any(|d| d == datacenter)),
                     "the primary knows {known}"
                 );
                 Ok(())

@@ -58,11 +58,7 @@ pub async fn request(
 }
 
 /// `GET path`, bounded by `timeout` instead of the usual 5 s: a blocking query.
-pub async fn get_within(
-    addr: SocketAddr,
-    path: &str,
-    timeout: Duration,
-) -> anyhow::Result<Answer> {
+pub async fn get_within(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<Answer> {
     request_within(addr, Method::GET, path, Bytes::new(), timeout).await
 }
 

@@ -84,7 +84,11 @@ async fn two_datacenters_share_a_root_and_intentions_and_answer_for_each_other()
     let dc2_roots = dc2.get_json("/v1/agent/connect/ca/roots").await.unwrap();
     assert_eq!(dc2_roots["Roots"][0]["RootCert"], root_pem.as_str());
     assert_eq!(
-        pem_certs(dc2_roots["Roots"][0]["IntermediateCerts"][0].as_str().unwrap())[0],
+        pem_certs(
+            dc2_roots["Roots"][0]["IntermediateCerts"][0]
+                .as_str()
+                .unwrap()
+        )[0],
         chain[1]
     );
 
@@ -121,14 +125,14 @@ async fn two_datacenters_share_a_root_and_intentions_and_answer_for_each_other()
     dc2.put("/v1/agent/service/register", &api("127.0.0.2", 9090))
         .await
         .unwrap();
-    let there = dc1
-        .get_json("/v1/health/connect/api?dc=dc2")
-        .await
-        .unwrap();
+    let there = dc1.get_json("/v1/health/connect/api?dc=dc2").await.unwrap();
     assert_eq!(there[0]["Node"]["Datacenter"], "dc2");
     assert_eq!(there[0]["Service"]["Address"], "127.0.0.2");
     let nowhere = dc1.get("/v1/health/connect/api?dc=dc3").await.unwrap();
-    assert_eq!((nowhere.status, nowhere.body.as_str()), (500, "No path to datacenter"));
+    assert_eq!(
+        (nowhere.status, nowhere.body.as_str()),
+        (500, "No path to datacenter")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,8 +7,8 @@
 //! secondary.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    IsCa, SerialNumber, SubjectPublicKeyInfo,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, IsCa,
+    SerialNumber, SubjectPublicKeyInfo,
 };
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use time::OffsetDateTime;

@@ -582,9 +582,16 @@ fn every_key_type_signs_leaves_with_sha256_and_p256_keys_as_consul_does() {
         verify_via(&ca, &ec_leaf, &[cross]).unwrap();
 
         let dc2 = ca.intermediate().unwrap();
-        assert_eq!(dc2.key_type(), KeyType::default(), "a secondary's own key type");
+        assert_eq!(
+            dc2.key_type(),
+            KeyType::default(),
+            "a secondary's own key type"
+        );
         let signed = der_of(dc2.cert_pem());
-        assert_eq!(parse(&signed).signature_algorithm.algorithm.to_id_string(), sig_oid);
+        assert_eq!(
+            parse(&signed).signature_algorithm.algorithm.to_id_string(),
+            sig_oid
+        );
         let leaf = dc2.issue(&LeafSpec::service("api")).unwrap();
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())

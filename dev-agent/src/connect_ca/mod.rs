@@ -187,7 +187,10 @@ impl CaState {
         if self.secondary {
             return self.federated_root_ders();
         }
-        self.roots.iter().map(|r| r.ca.cert_der().to_vec()).collect()
+        self.roots
+            .iter()
+            .map(|r| r.ca.cert_der().to_vec())
+            .collect()
     }
 
     /// Signs a new leaf for `service` with the active root (in a secondary, this

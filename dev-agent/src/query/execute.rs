@@ -226,14 +226,24 @@ mod tests {
         assert_eq!(select(all.clone(), &q, 0).len(), 1);
         q.only_passing = false;
         q.ignore_check_ids = vec!["c1".to_owned()];
-        assert_eq!(select(all.clone(), &q, 0).len(), 3, "the critical one ignored");
+        assert_eq!(
+            select(all.clone(), &q, 0).len(),
+            3,
+            "the critical one ignored"
+        );
         assert_eq!(select(all, &q, 2).len(), 2, "the limit");
     }
 
     #[test]
     fn tags_are_required_or_forbidden_ignoring_case() {
-        assert!(tags_match(&["Primary".into(), "v2".into()], &["primary".into()]));
-        assert!(!tags_match(&["primary".into()], &["primary".into(), "!PRIMARY".into()]));
+        assert!(tags_match(
+            &["Primary".into(), "v2".into()],
+            &["primary".into()]
+        ));
+        assert!(!tags_match(
+            &["primary".into()],
+            &["primary".into(), "!PRIMARY".into()]
+        ));
         assert!(tags_match(&[], &["!canary".into()]));
         assert!(!tags_match(&[], &["v2".into()]));
     }
@@ -249,7 +259,10 @@ mod tests {
             },
             ..ServiceQuery::default()
         };
-        assert_eq!(failover_order(&query(0, &[]), &others), Vec::<String>::new());
+        assert_eq!(
+            failover_order(&query(0, &[]), &others),
+            Vec::<String>::new()
+        );
         assert_eq!(failover_order(&query(2, &[]), &others), ["dc2", "dc3"]);
         assert_eq!(
             failover_order(&query(1, &["dc4", "dc9", "dc2", "dc3"]), &others),

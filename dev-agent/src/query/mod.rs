@@ -121,7 +121,10 @@ pub(super) async fn specific(shared: &Shared, call: &Call, rest: &str) -> Result
         Method::GET => get(shared, call, rest).await,
         Method::PUT => update(shared, call, rest),
         Method::DELETE => delete(shared, rest),
-        _ => Err(ApiError::method_not_allowed(&call.method, "GET, PUT, DELETE")),
+        _ => Err(ApiError::method_not_allowed(
+            &call.method,
+            "GET, PUT, DELETE",
+        )),
     }
 }
 
@@ -158,8 +161,7 @@ fn validate(query: &PreparedQuery) -> Result<(), String> {
             failover.nearest_n
         ));
     }
-    if !failover.targets.is_empty()
-        && (failover.nearest_n != 0 || !failover.datacenters.is_empty())
+    if !failover.targets.is_empty() && (failover.nearest_n != 0 || !failover.datacenters.is_empty())
     {
         return Err("Targets cannot be populated with NearestN or Datacenters".to_owned());
     }
@@ -223,9 +225,7 @@ fn delete(shared: &Shared, id: &str) -> Result<Reply, ApiError> {
 }
 
 fn not_modifiable(id: &str) -> ApiError {
-    ApiError::internal(format!(
-        "Cannot modify non-existent prepared query: '{id}'"
-    ))
+    ApiError::internal(format!("Cannot modify non-existent prepared query: '{id}'"))
 }
 
 /// `GET /v1/query`.

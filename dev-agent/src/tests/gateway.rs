@@ -42,19 +42,32 @@ async fn a_mesh_gateway_is_shown_as_consul_shows_it() {
     let tagged = &own["TaggedAddresses"];
     assert_eq!(tagged["wan"], json!({"Address": "127.0.0.2", "Port": 8443}));
     assert_eq!(tagged["lan"], json!({"Address": "127.0.0.1", "Port": port}));
-    assert_eq!(tagged["lan_ipv4"], json!({"Address": "127.0.0.1", "Port": port}));
+    assert_eq!(
+        tagged["lan_ipv4"],
+        json!({"Address": "127.0.0.1", "Port": port})
+    );
 
     let health = agent.get("/v1/health/service/mesh-gateway").await.value();
     assert_eq!(health[0]["Service"]["Kind"], "mesh-gateway");
-    assert_eq!(health[0]["Service"]["TaggedAddresses"]["wan"]["Address"], "127.0.0.2");
+    assert_eq!(
+        health[0]["Service"]["TaggedAddresses"]["wan"]["Address"],
+        "127.0.0.2"
+    );
     let check = &health[0]["Checks"][1];
     assert_eq!(check["CheckID"], "service:mesh-gateway");
     assert_eq!(check["Name"], "mesh-gateway listening");
     assert_eq!(check["Type"], "tcp");
-    eventually("the gateway's TCP check passes", Duration::from_secs(5), || async {
-        let health = agent.get("/v1/health/service/mesh-gateway?passing=1").await.value();
-        (health.as_array().map(Vec::len) == Some(1)).then_some(())
-    })
+    eventually(
+        "the gateway's TCP check passes",
+        Duration::from_secs(5),
+        || async {
+            let health = agent
+                .get("/v1/health/service/mesh-gateway?passing=1")
+                .await
+                .value();
+            (health.as_array().map(Vec::len) == Some(1)).then_some(())
+        },
+    )
     .await;
     drop(listener);
 
@@ -72,7 +85,10 @@ async fn a_mesh_gateway_is_shown_as_consul_shows_it() {
 
     // Gateways are never connect instances of anything.
     for name in ["mesh-gateway", "api"] {
-        let connect = agent.get(&format!("/v1/health/connect/{name}")).await.value();
+        let connect = agent
+            .get(&format!("/v1/health/connect/{name}"))
+            .await
+            .value();
         assert!(
             connect
                 .as_array()
@@ -104,7 +120,10 @@ async fn a_gateways_own_checks_replace_the_default_one() {
 async fn gateway_registrations_are_refused_as_consul_refuses_them() {
     let agent = Agent::start().await;
     let cases = [
-        (json!({"Port": 0}), "Validation failed: Port must be non-zero for a mesh-gateway"),
+        (
+            json!({"Port": 0}),
+            "Validation failed: Port must be non-zero for a mesh-gateway",
+        ),
         (
             json!({"Connect": {"SidecarService": {}}}),
             "Validation failed: A mesh-gateway cannot have a sidecar service defined",

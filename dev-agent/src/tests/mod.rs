@@ -161,12 +161,16 @@ async fn two_datacenters() -> (Agent, Agent) {
     })
     .await;
     let td = dc1.agent.trust_domain().to_owned();
-    eventually("dc2 joined dc1 and follows its CA", Duration::from_secs(10), || async {
-        let roots = dc2.get("/v1/agent/connect/ca/roots").await.value();
-        let known = dc1.get("/v1/catalog/datacenters").await.value();
-        (roots["TrustDomain"] == td.as_str() && known == serde_json::json!(["dc1", "dc2"]))
-            .then_some(())
-    })
+    eventually(
+        "dc2 joined dc1 and follows its CA",
+        Duration::from_secs(10),
+        || async {
+            let roots = dc2.get("/v1/agent/connect/ca/roots").await.value();
+            let known = dc1.get("/v1/catalog/datacenters").await.value();
+            (roots["TrustDomain"] == td.as_str() && known == serde_json::json!(["dc1", "dc2"]))
+                .then_some(())
+        },
+    )
     .await;
     (dc1, dc2)
 }

@@ -19,7 +19,9 @@ async fn write(agent: &Agent, entry: Value) {
 /// The names of the intentions a `match` by destination lists for `name`.
 async fn sources_of(agent: &Agent, name: &str) -> Vec<(String, String)> {
     let answer = agent
-        .get(&format!("/v1/connect/intentions/match?by=destination&name={name}"))
+        .get(&format!(
+            "/v1/connect/intentions/match?by=destination&name={name}"
+        ))
         .await
         .value();
     answer[name]
@@ -42,7 +44,8 @@ async fn the_primarys_intentions_reach_the_secondary_and_wake_its_readers() {
         .get("/v1/connect/intentions/match?by=destination&name=api")
         .await;
     let index = before.index();
-    let path = format!("/v1/connect/intentions/match?by=destination&name=api&index={index}&wait=20s");
+    let path =
+        format!("/v1/connect/intentions/match?by=destination&name=api&index={index}&wait=20s");
     let blocked = dc2.get(&path);
     let started = Instant::now();
     let written = async {
@@ -55,7 +58,10 @@ async fn the_primarys_intentions_reach_the_secondary_and_wake_its_readers() {
         .await;
     };
     let (woken, ()) = tokio::join!(blocked, written);
-    assert!(started.elapsed() < Duration::from_secs(5), "woken by the replication");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "woken by the replication"
+    );
     assert!(woken.index() > index);
     assert_eq!(woken.value()["api"][0]["SourceName"], "web");
     assert_eq!(woken.value()["api"][0]["Action"], "deny");
@@ -80,9 +86,11 @@ async fn the_primarys_intentions_reach_the_secondary_and_wake_its_readers() {
             .status,
         StatusCode::OK
     );
-    eventually("dc2 drops the intention", Duration::from_secs(5), || async {
-        sources_of(&dc2, "api").await.is_empty().then_some(())
-    })
+    eventually(
+        "dc2 drops the intention",
+        Duration::from_secs(5),
+        || async { sources_of(&dc2, "api").await.is_empty().then_some(()) },
+    )
     .await;
 }
 
@@ -96,10 +104,16 @@ async fn writes_to_the_secondary_land_in_the_primary_and_come_back() {
     )
     .await;
     let expected = vec![("api".to_owned(), "allow".to_owned())];
-    assert_eq!(sources_of(&dc1, "db").await, expected, "written in the primary");
-    eventually("replicated back into dc2", Duration::from_secs(5), || async {
-        (sources_of(&dc2, "db").await == expected).then_some(())
-    })
+    assert_eq!(
+        sources_of(&dc1, "db").await,
+        expected,
+        "written in the primary"
+    );
+    eventually(
+        "replicated back into dc2",
+        Duration::from_secs(5),
+        || async { (sources_of(&dc2, "db").await == expected).then_some(()) },
+    )
     .await;
 
     let exact = dc2
@@ -112,13 +126,21 @@ async fn writes_to_the_secondary_land_in_the_primary_and_come_back() {
     assert_eq!(exact.status, StatusCode::OK, "{}", exact.text());
     assert_eq!(sources_of(&dc1, "db").await.len(), 2);
 
-    write(&dc2, json!({"Kind": "service-defaults", "Name": "db", "Protocol": "http"})).await;
+    write(
+        &dc2,
+        json!({"Kind": "service-defaults", "Name": "db", "Protocol": "http"}),
+    )
+    .await;
     assert_eq!(
         dc1.get("/v1/config/service-defaults/db").await.value()["Protocol"],
         "http"
     );
     let deleted = dc2
-        .call(Method::DELETE, "/v1/config/service-defaults/db?dc=dc2", None)
+        .call(
+            Method::DELETE,
+            "/v1/config/service-defaults/db?dc=dc2",
+            None,
+        )
         .await;
     assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.text());
     assert_eq!(
@@ -132,7 +154,10 @@ async fn writes_to_the_secondary_land_in_the_primary_and_come_back() {
     .await;
     // A refused write is refused as the primary refuses it.
     let bad = dc2
-        .put("/v1/config", json!({"Kind": "service-defaults", "Name": "x", "Bogus": 1}))
+        .put(
+            "/v1/config",
+            json!({"Kind": "service-defaults", "Name": "x", "Bogus": 1}),
+        )
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text());
 }
@@ -157,12 +182,17 @@ async fn chains_compiled_for_another_datacenter_and_failing_over_to_one() {
     )
     .await;
     let chain = dc1.get("/v1/discovery-chain/api").await.value();
-    let failover = &chain["Chain"]["Nodes"]["resolver:api.default.default.dc1"]["Resolver"]["Failover"];
+    let failover =
+        &chain["Chain"]["Nodes"]["resolver:api.default.default.dc1"]["Resolver"]["Failover"];
     assert_eq!(failover["Targets"], json!(["api.default.default.dc2"]));
     let remote = target(&chain, "api.default.default.dc2");
     assert_eq!(remote["Datacenter"], "dc2");
     assert_eq!(remote["SNI"], format!("api.default.dc2.internal.{td}"));
-    assert_eq!(remote["MeshGateway"], json!({"Mode": "local"}), "proxy-defaults'");
+    assert_eq!(
+        remote["MeshGateway"],
+        json!({"Mode": "local"}),
+        "proxy-defaults'"
+    );
 
     write(
         &dc1,
@@ -193,7 +223,10 @@ async fn chains_compiled_for_another_datacenter_and_failing_over_to_one() {
     // target is in dc2, and its failover names dc2 itself, which is dropped.
     for agent in [&dc1, &dc2] {
         let answer = eventually("the entries are in dc2", Duration::from_secs(5), || async {
-            let chain = agent.get("/v1/discovery-chain/api?compile-dc=dc2").await.value();
+            let chain = agent
+                .get("/v1/discovery-chain/api?compile-dc=dc2")
+                .await
+                .value();
             let remote = target(&chain, "api.default.default.dc2").clone();
             (remote["MeshGateway"] == json!({"Mode": "remote"})).then_some(chain)
         })

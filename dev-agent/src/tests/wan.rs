@@ -15,7 +15,10 @@ use ferrule_control::api::ca::{IndexedCARoots, IssuedCert};
 #[tokio::test]
 async fn datacenters_know_each_other_and_an_unknown_one_has_no_path() {
     let (dc1, dc2) = two_datacenters().await;
-    assert_eq!(dc2.get("/v1/catalog/datacenters").await.value(), json!(["dc2", "dc1"]));
+    assert_eq!(
+        dc2.get("/v1/catalog/datacenters").await.value(),
+        json!(["dc2", "dc1"])
+    );
     let me = dc2.get("/v1/agent/self").await.value();
     assert_eq!(me["Config"]["Datacenter"], "dc2");
     assert_eq!(me["Config"]["PrimaryDatacenter"], "dc1");
@@ -34,7 +37,10 @@ async fn datacenters_know_each_other_and_an_unknown_one_has_no_path() {
         assert_eq!(answer.text(), "No path to datacenter", "{path}");
     }
     // Our own name is ours, whatever the path.
-    assert_eq!(dc1.get("/v1/catalog/services?dc=dc1").await.status, StatusCode::OK);
+    assert_eq!(
+        dc1.get("/v1/catalog/services?dc=dc1").await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -54,12 +60,23 @@ async fn a_secondary_without_a_reachable_primary_serves_but_signs_nothing() {
     assert_eq!(roots, IndexedCARoots::default());
     let leaf = dc2.get("/v1/agent/connect/ca/leaf/api").await;
     assert_eq!(leaf.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(leaf.text().contains("not initialized yet"), "{}", leaf.text());
+    assert!(
+        leaf.text().contains("not initialized yet"),
+        "{}",
+        leaf.text()
+    );
     let config = dc2
-        .put("/v1/connect/ca/configuration", json!({"Provider": "consul", "Config": {}}))
+        .put(
+            "/v1/connect/ca/configuration",
+            json!({"Provider": "consul", "Config": {}}),
+        )
         .await;
     assert_eq!(config.status, StatusCode::BAD_REQUEST);
-    assert!(config.text().contains("primary datacenter"), "{}", config.text());
+    assert!(
+        config.text().contains("primary datacenter"),
+        "{}",
+        config.text()
+    );
 }
 
 #[test]
@@ -126,7 +143,10 @@ async fn a_secondarys_leaves_chain_through_its_intermediate_to_the_primarys_root
     assert!(usage.key_cert_sign() && usage.crl_sign() && usage.digital_signature());
 
     let leaf: IssuedCert = dc2.get("/v1/agent/connect/ca/leaf/api").await.json();
-    assert_eq!(leaf.service_uri, format!("spiffe://{td}/ns/default/dc/dc2/svc/api"));
+    assert_eq!(
+        leaf.service_uri,
+        format!("spiffe://{td}/ns/default/dc/dc2/svc/api")
+    );
     let chain = certs(&leaf.cert_pem);
     assert_eq!(chain.len(), 2, "the leaf, then dc2's intermediate");
     assert_eq!(chain[1], intermediate);
@@ -157,7 +177,10 @@ async fn a_rotation_in_the_primary_reaches_the_secondary_and_wakes_its_readers()
         assert_eq!(dc1.rotate_ca().await.status, StatusCode::OK);
     };
     let (new_leaf, new_roots, ()) = tokio::join!(blocked_leaf, blocked_roots, rotate);
-    assert!(started.elapsed() < Duration::from_secs(10), "woken, not timed out");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woken, not timed out"
+    );
 
     let new_leaf: IssuedCert = new_leaf.json();
     assert_ne!(new_leaf.serial_number, leaf.serial_number);
@@ -173,7 +196,11 @@ async fn a_rotation_in_the_primary_reaches_the_secondary_and_wakes_its_readers()
         "the primary's cross-signed root, then dc2's new intermediate"
     );
     let chain = certs(&new_leaf.cert_pem);
-    assert_eq!(chain.len(), 3, "leaf, cross-signed root, dc2's intermediate");
+    assert_eq!(
+        chain.len(),
+        3,
+        "leaf, cross-signed root, dc2's intermediate"
+    );
     verify(&chain, &active.root_cert).expect("verifies against the new root");
     let old = roots.roots.iter().find(|r| !r.active).unwrap();
     verify(&chain, &old.root_cert).expect("and, through the cross-signed root, the old one");
@@ -192,7 +219,10 @@ async fn the_other_datacenter_answers_dc_reads_with_its_headers_and_blocking() {
     assert_eq!(here, json!([]));
     let there = dc1.get("/v1/health/connect/api?dc=dc2").await;
     assert_eq!(there.status, StatusCode::OK);
-    assert_eq!(there.header("X-Consul-Query-Backend"), Some("blocking-query"));
+    assert_eq!(
+        there.header("X-Consul-Query-Backend"),
+        Some("blocking-query")
+    );
     let entries = there.value();
     assert_eq!(entries.as_array().unwrap().len(), 1);
     assert_eq!(entries[0]["Node"]["Datacenter"], "dc2");
@@ -232,7 +262,11 @@ async fn the_other_datacenter_answers_dc_reads_with_its_headers_and_blocking() {
     assert!(missing.text().starts_with("Config entry not found"));
     assert!(missing.header("x-consul-index").is_some());
     let chain = dc2
-        .call(Method::POST, "/v1/discovery-chain/api?dc=dc1&compile-dc=dc2", Some(json!({})))
+        .call(
+            Method::POST,
+            "/v1/discovery-chain/api?dc=dc1&compile-dc=dc2",
+            Some(json!({})),
+        )
         .await;
     assert_eq!(chain.status, StatusCode::OK, "{}", chain.text());
     assert_eq!(chain.value()["Chain"]["Datacenter"], "dc2");
@@ -265,9 +299,11 @@ async fn a_restarted_primary_learns_the_secondary_again() {
     .await;
     dc1.agent.shutdown().await.unwrap();
     let dc1 = Agent::with(DevAgentConfig { addr, ..config }).await;
-    eventually("the restarted dc1 knows dc2 again", Duration::from_secs(10), || async {
-        (datacenters(&dc1).await == json!(["dc1", "dc2"])).then_some(())
-    })
+    eventually(
+        "the restarted dc1 knows dc2 again",
+        Duration::from_secs(10),
+        || async { (datacenters(&dc1).await == json!(["dc1", "dc2"])).then_some(()) },
+    )
     .await;
     let leaf: IssuedCert = eventually("dc2 signs leaves", Duration::from_secs(10), || async {
         let answer = dc2.get("/v1/agent/connect/ca/leaf/api").await;

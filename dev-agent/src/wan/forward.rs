@@ -14,8 +14,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName};
 use http::Method;
+use http::header::{self, HeaderMap, HeaderName};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use crate::blocking::{DEFAULT_WAIT, MAX_WAIT};
@@ -87,9 +87,7 @@ fn forwardable(path: &str) -> bool {
 fn primary_write(path: &str, method: &Method) -> bool {
     match *method {
         Method::PUT => path == "/v1/config" || path == "/v1/connect/intentions/exact",
-        Method::DELETE => {
-            path.starts_with("/v1/config/") || path == "/v1/connect/intentions/exact"
-        }
+        Method::DELETE => path.starts_with("/v1/config/") || path == "/v1/connect/intentions/exact",
         _ => false,
     }
 }
@@ -246,7 +244,10 @@ mod tests {
             "/v1/config/service-intentions/api",
             &Method::DELETE
         ));
-        assert!(!primary_write("/v1/config/service-intentions/api", &Method::GET));
+        assert!(!primary_write(
+            "/v1/config/service-intentions/api",
+            &Method::GET
+        ));
         assert!(!primary_write("/v1/agent/service/register", &Method::PUT));
     }
 }

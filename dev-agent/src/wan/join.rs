@@ -45,7 +45,9 @@ pub(crate) async fn handle(shared: &Shared, call: &Call) -> Result<Reply, ApiErr
     let (member, _) = decode_strict::<Member>(&call.body, "Request decode failed")?;
     let wan = &shared.wan;
     if member.datacenter.is_empty() || member.datacenter.contains('/') {
-        return Err(ApiError::bad_request("Datacenter must be a datacenter name"));
+        return Err(ApiError::bad_request(
+            "Datacenter must be a datacenter name",
+        ));
     }
     if member.datacenter == wan.datacenter() {
         return Err(ApiError::bad_request(format!(

@@ -62,7 +62,9 @@ async fn round(shared: &Shared, index: u64) -> Result<u64, String> {
         () = shared.shutdown.cancelled() => return Ok(index),
     }
     .map_err(|e| format!("{addr}: {e}"))?;
-    waited.json::<serde_json::Value>().map_err(|e| format!("{addr}: {e}"))?;
+    waited
+        .json::<serde_json::Value>()
+        .map_err(|e| format!("{addr}: {e}"))?;
     let entries = ConfigEntries {
         intentions: list(shared, "service-intentions").await?,
         service_defaults: list(shared, "service-defaults").await?,
@@ -217,12 +219,12 @@ mod tests {
         ];
         assert!(mirror(&mut local, wanted.clone(), 9));
         assert_eq!(local["api"], defaults("api", "http", 5), "unchanged");
-        assert_eq!(
-            (local["db"].create_index, local["db"].modify_index),
-            (6, 9)
-        );
+        assert_eq!((local["db"].create_index, local["db"].modify_index), (6, 9));
         assert_eq!(local["db"].protocol, "grpc");
-        assert_eq!((local["new"].create_index, local["new"].modify_index), (9, 9));
+        assert_eq!(
+            (local["new"].create_index, local["new"].modify_index),
+            (9, 9)
+        );
         assert!(!local.contains_key("old"));
         assert!(!mirror(&mut local, wanted, 10), "the same again: no change");
     }
