@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use ferrule_control::api::agent::{
     AgentService, AgentServiceCheck, AgentServiceConnect, AgentServiceConnectProxyConfig,
-    AgentServiceRegistration, DESTINATION_SERVICE, KIND_CONNECT_PROXY, ServiceAddress,
+    AgentServiceRegistration, DESTINATION_SERVICE, KIND_CONNECT_PROXY, KIND_MESH_GATEWAY,
+    ServiceAddress,
 };
 use ferrule_control::api::health::{HealthCheck, NodeService, PASSING, ServiceEntry};
 
@@ -272,9 +273,10 @@ fn to_service(reg: &AgentServiceRegistration) -> Result<AgentService, ApiError> 
     let proxy = match reg.kind.as_str() {
         "" => None,
         KIND_CONNECT_PROXY => Some(proxy_config(reg, native)?),
+        KIND_MESH_GATEWAY => Some(gateway_config(reg, native)?),
         other => {
             return Err(ApiError::bad_request(format!(
-                "the dev agent registers plain services and connect-proxy services, not {other:?}"
+                "the dev agent registers plain services, connect-proxy services and mesh gateways, not {other:?}"
             )));
         }
     };
@@ -333,6 +335,38 @@ fn proxy_config(
         return Err(invalid("A Proxy cannot have SidecarService set"));
     }
     fill_upstream_defaults(&mut proxy).map_err(|e| invalid(&e))?;
+    Ok(proxy)
+}
+
+/// A mesh gateway's `Proxy` block, checked as Consul's `NodeService.Validate` checks a
+/// gateway: a port, no sidecar, not native, nothing of a sidecar's proxy settings.
+fn gateway_config(
+    reg: &AgentServiceRegistration,
+    native: bool,
+) -> Result<AgentServiceConnectProxyConfig, ApiError> {
+    let invalid = |reason: &str| ApiError::bad_request(format!("Validation failed: {reason}"));
+    if reg.port == 0 {
+        return Err(invalid("Port must be non-zero for a mesh-gateway"));
+    }
+    if native
+        || reg
+            .connect
+            .as_ref()
+            .is_some_and(|c| c.sidecar_service.is_some())
+    {
+        return Err(invalid(
+            "A mesh-gateway cannot be Connect native or have a sidecar",
+        ));
+    }
+    let proxy = reg.proxy.clone().unwrap_or_default();
+    if !proxy.destination_service_name.is_empty()
+        || proxy.local_service_port != 0
+        || !proxy.upstreams.is_empty()
+    {
+        return Err(invalid(
+            "a mesh-gateway takes no destination service, local service or upstreams",
+        ));
+    }
     Ok(proxy)
 }
 
