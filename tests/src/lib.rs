@@ -20,6 +20,8 @@
 //! - `clients`: `curl`, `openssl s_client`, and a rustls caller presenting an SVID.
 //! - `mesh`: the common set-up, a CA plus the `api` sidecar, and intentions JSON.
 //! - `metrics`: reading Prometheus text.
+//! - `multi_dc`: two datacenters on one machine (dc1 on 127.0.0.1, dc2 on 127.0.0.2),
+//!   their mesh gateways, services registered across them, and which hops a call took.
 //! - `traffic`: curl in a loop, counting what got through.
 //! - `wait`: deadlines instead of sleeps, free ports.
 //! - `workload`: a `ferrule dev` serving the SPIFFE Workload API, one socket per
@@ -43,6 +45,7 @@ pub mod grpc;
 pub mod http;
 pub mod mesh;
 pub mod metrics;
+pub mod multi_dc;
 pub mod sidecar;
 pub mod traffic;
 pub mod wait;
