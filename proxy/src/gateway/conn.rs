@@ -55,11 +55,7 @@ pub(super) async fn handle(
             );
         }
         Err(Miss::NoEndpoints | Miss::NotYet) => {
-            return refuse(
-                &mut guard,
-                GatewayOutcome::NoEndpoints,
-                "nothing healthy to send to",
-            );
+            return refuse(&mut guard, GatewayOutcome::NoEndpoints, "nothing healthy");
         }
     };
     let Ok(route) = route(&view, &sni) else {
@@ -69,7 +65,7 @@ pub(super) async fn handle(
             "the route went away",
         );
     };
-    let Some(backend) = dial(&shared, &route, &hello, &limits).await else {
+    let Some(mut backend) = dial(&shared, &route, &hello, &limits).await else {
         tracing::debug!(sni = %sni, "no instance or gateway could be reached; closing");
         return guard.finish(GatewayOutcome::ConnectError);
     };
@@ -80,18 +76,27 @@ pub(super) async fn handle(
         }
         Route::Remote { datacenter, .. } => guard.routed(datacenter, ""),
     }
-    let bytes = guard.bytes();
-    bytes.received(hello.len());
+    guard.bytes().received(hello.len());
+    if forward(caller, &mut backend, &guard, &limits).await == Spliced::Idle {
+        tracing::debug!(sni = %sni, "closing idle connection");
+    }
+}
+
+/// Splices the caller and the backend (which has the hello already) until both are
+/// done or the connection is idle for the idle timeout.
+async fn forward(
+    caller: Watched<TcpStream>,
+    backend: &mut TcpStream,
+    guard: &GatewayGuard,
+    limits: &GatewayLimits,
+) -> Spliced {
     let idle = limits::idle(caller.activity(), limits.idle_timeout);
-    let mut caller = Metered::new(caller, bytes);
-    let mut backend = backend;
+    let mut caller = Metered::new(caller, guard.bytes());
     let stop = async {
         idle.await;
         Spliced::Idle
     };
-    if splice(&mut caller, &mut backend, stop).await == Spliced::Idle {
-        tracing::debug!(sni = %sni, "closing idle connection");
-    }
+    splice(&mut caller, backend, stop).await
 }
 
 /// Counts a connection that is closed without a route, and says why at debug.

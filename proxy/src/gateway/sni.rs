@@ -274,11 +274,8 @@ async fn read_until_whole<S: AsyncRead + Unpin>(
         if room == 0 {
             return Err(HelloError::TooLarge);
         }
-        let n = match stream.read(&mut chunk[..room]).await {
-            Ok(n) => n,
-            // A reset before any byte is a health check's way to close too.
-            Err(_) => 0,
-        };
+        // A reset counts as a close: before any byte, a health check's way to end.
+        let n: usize = stream.read(&mut chunk[..room]).await.unwrap_or_default();
         if n == 0 {
             return Err(if buf.is_empty() {
                 HelloError::Closed

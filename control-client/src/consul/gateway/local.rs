@@ -8,6 +8,7 @@
 //! on their LAN address: the gateway is in their datacenter. A name without a subset
 //! gets the resolver's `DefaultSubset` when it has one, as Consul's gateway does.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Agent, Event};
@@ -142,10 +143,9 @@ impl LocalServices {
             self.entries.remove(key);
         }
         for key in wanted {
-            if !self.health.contains_key(&key) {
-                let k = key.clone();
-                let watcher = agent.watch(key.spec(), move |u| Event::Health(k.clone(), u));
-                self.health.insert(key, watcher);
+            if let Entry::Vacant(slot) = self.health.entry(key) {
+                let (spec, k) = (slot.key().spec(), slot.key().clone());
+                slot.insert(agent.watch(spec, move |u| Event::Health(k.clone(), u)));
             }
         }
         gone

@@ -7,6 +7,7 @@
 //! A remote gateway is dialled on its WAN address, as Consul's `BestAddress` picks it,
 //! and takes traffic unless a check of it is critical (the rule instances have).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -157,10 +158,9 @@ impl RemoteDatacenters {
         });
         self.entries.retain(|key, _| wanted.contains(key));
         for key in wanted {
-            if !self.health.contains_key(&key) {
-                let k = key.clone();
-                let watcher = agent.watch(key.spec(), move |u| Event::Gateways(k.clone(), u));
-                self.health.insert(key, watcher);
+            if let Entry::Vacant(slot) = self.health.entry(key) {
+                let (spec, k) = (slot.key().spec(), slot.key().clone());
+                slot.insert(agent.watch(spec, move |u| Event::Gateways(k.clone(), u)));
             }
         }
         gone
