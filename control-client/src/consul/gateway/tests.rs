@@ -21,6 +21,7 @@ fn tuning() -> Tuning {
         refill: Duration::from_millis(1),
         force_retry: Duration::from_secs(60),
         unsupported_retry: Duration::from_millis(300),
+        poll: Duration::from_millis(50),
     }
 }
 
