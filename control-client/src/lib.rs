@@ -13,6 +13,7 @@ pub mod api;
 pub mod consul;
 pub mod duration;
 pub mod file;
+pub mod gateway;
 pub mod identity;
 pub mod intentions;
 pub mod model;

@@ -17,10 +17,15 @@ pub(crate) enum Resource {
     /// own settings.
     Config,
     /// The instances of the upstreams: those of every target of their discovery chains
-    /// (`/v1/health/connect/<service>`).
+    /// (`/v1/health/connect/<service>`); for a mesh gateway, those of the services of its
+    /// datacenter and the other datacenters' mesh gateways.
     Endpoints,
-    /// The upstreams' compiled discovery chains (`/v1/discovery-chain/<service>`).
+    /// The upstreams' compiled discovery chains (`/v1/discovery-chain/<service>`); for a
+    /// mesh gateway, the `service-resolver` entries.
     Chain,
+    /// A mesh gateway's catalog reads: the services of its datacenter, the datacenters,
+    /// and the mesh gateways of each other one.
+    Catalog,
 }
 
 impl Resource {
@@ -33,6 +38,7 @@ impl Resource {
             Resource::Config => "config",
             Resource::Endpoints => "endpoints",
             Resource::Chain => "chain",
+            Resource::Catalog => "catalog",
         }
     }
 }
@@ -64,6 +70,7 @@ mod tests {
             Resource::Config,
             Resource::Endpoints,
             Resource::Chain,
+            Resource::Catalog,
         ];
         let labels: Vec<_> = all.iter().map(|r| r.label()).collect();
         assert_eq!(
@@ -74,7 +81,8 @@ mod tests {
                 "intentions",
                 "config",
                 "endpoints",
-                "chain"
+                "chain",
+                "catalog"
             ]
         );
     }

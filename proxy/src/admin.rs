@@ -1,10 +1,11 @@
 //! The admin listener: `/metrics` (Prometheus text), `/ready`, `/config`.
 //!
-//! It is bound before anything else, so `/ready` answers 503 from the first moment and
-//! turns 200 only when the snapshot is complete, every listener is bound (as
-//! `listeners::Listening` reports), the leaf is valid now and the TLS configs are built;
-//! a 503 lists every reason, one per line (`readiness`). It accepts through
-//! the same loop as the other listeners, without their limit or drain tracking.
+//! It is bound before anything else, so `/ready` answers 503 from the first moment. What
+//! it reports on is a [`Report`]: a sidecar's ([`Sidecar`]: ready only when the snapshot
+//! is complete, every listener is bound (as `listeners::Listening` reports), the leaf is
+//! valid now and the TLS configs are built) or a mesh gateway's (`gateway`); a 503 lists
+//! every reason, one per line (`readiness`). It accepts through the same loop as the
+//! other listeners, without their limit or drain tracking.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,14 +26,38 @@ use tokio_util::sync::CancellationToken;
 use crate::listeners::{Accepting, Listening, accept};
 use crate::readiness::Readiness;
 
+/// What `/ready` and `/config` answer from.
+pub trait Report: Send + Sync + 'static {
+    /// Ready or not now, and every reason why not.
+    fn readiness(&self) -> Readiness;
+    /// The configuration in force, as pretty JSON (no secrets).
+    fn config(&self) -> serde_json::Result<String>;
+}
+
 #[derive(Clone)]
 pub struct Admin {
     pub metrics: PrometheusHandle,
+    pub report: Arc<dyn Report>,
+}
+
+/// A sidecar's state: its snapshot, its listeners and its TLS configs.
+pub struct Sidecar {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub listening: Listening,
     /// The configs handshakes use: built from the snapshot by a task of their own, so
     /// a snapshot with a leaf can be there a moment before they are.
     pub tls: watch::Receiver<Arc<crate::tls::TlsState>>,
+}
+
+impl Report for Sidecar {
+    fn readiness(&self) -> Readiness {
+        Readiness::now(&self.listening, &self.tls)
+    }
+
+    fn config(&self) -> serde_json::Result<String> {
+        let snapshot = self.snapshots.borrow().clone();
+        serde_json::to_string_pretty(&*snapshot)
+    }
 }
 
 /// Serves until the process ends (the caller aborts it), any number of connections at
@@ -76,7 +101,7 @@ fn route(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             );
             resp
         }
-        "/ready" => match Readiness::now(&admin.listening, &admin.tls) {
+        "/ready" => match admin.report.readiness() {
             Readiness::Ready => text(StatusCode::OK, "ready\n".into()),
             Readiness::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
             Readiness::NotReady(causes) => {
@@ -89,20 +114,17 @@ fn route(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 text(StatusCode::SERVICE_UNAVAILABLE, body)
             }
         },
-        "/config" => {
-            let snapshot = admin.snapshots.borrow().clone();
-            match serde_json::to_string_pretty(&*snapshot) {
-                Ok(json) => {
-                    let mut resp = text(StatusCode::OK, json + "\n");
-                    resp.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        header::HeaderValue::from_static("application/json"),
-                    );
-                    resp
-                }
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        "/config" => match admin.report.config() {
+            Ok(json) => {
+                let mut resp = text(StatusCode::OK, json + "\n");
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                resp
             }
-        }
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
             "try /metrics, /ready or /config\n".into(),

@@ -26,11 +26,15 @@
 //!   reason why not, for `/ready` and the periodic not-ready warning).
 //! - beside them all: `access_log` (a record per L4 connection, per L7 request and per
 //!   refused connection, rendered as configured and written off the data path).
+//! - beside the sidecar: `gateway/`, `ferrule gateway` (a mesh gateway routing on the
+//!   TLS server name without terminating TLS), on the same accept loop, limits, splice,
+//!   admin listener and drain.
 
 pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod demo;
+pub mod gateway;
 pub mod http;
 pub mod inbound;
 pub mod limits;
@@ -111,20 +115,22 @@ pub async fn serve(
     // Everything spawned here stops when this returns, so nothing keeps following the
     // source: a process running several sidecars (`ferrule demo`) can stop one cleanly.
     let (tls, _tls_task) = spawn_tls(snapshots.clone(), provider);
+    let report = Arc::new(admin::Sidecar {
+        snapshots: snapshots.clone(),
+        listening: listening.clone(),
+        tls: tls.clone(),
+    });
     let _admin = AbortOnDropHandle::new(tokio::spawn(admin::serve(
         admin_listener,
         admin::Admin {
             metrics,
-            snapshots: snapshots.clone(),
-            listening: listening.clone(),
-            tls: tls.clone(),
+            report: report.clone(),
         },
     )));
     let _reopen = AbortOnDropHandle::new(tokio::spawn(access_log::reopen_on_sigusr1()));
-    let _remind = AbortOnDropHandle::new(tokio::spawn(readiness::remind(
-        listening.clone(),
-        tls.clone(),
-    )));
+    let _remind = AbortOnDropHandle::new(tokio::spawn(readiness::remind(move || {
+        admin::Report::readiness(&*report)
+    })));
     let state = State {
         snapshots,
         tls,
@@ -139,20 +145,30 @@ pub async fn serve(
     }
     // The listeners went with `listeners::run`: nothing new is accepted from here on.
     listening.drain();
-    let open = state.connections.len();
-    tracing::info!(open, timeout = ?drain_timeout, "draining");
-    state.draining.cancel();
-    state.connections.close();
-    if tokio::time::timeout(drain_timeout, state.connections.wait())
+    drain(&state.connections, &state.draining, drain_timeout).await;
+    Ok(())
+}
+
+/// Tells every tracked connection that draining started, and gives them up to
+/// `timeout` to end; the ones still open are then left to be dropped with the runtime.
+pub(crate) async fn drain(
+    connections: &TaskTracker,
+    draining: &CancellationToken,
+    timeout: Duration,
+) {
+    let open = connections.len();
+    tracing::info!(open, timeout = ?timeout, "draining");
+    draining.cancel();
+    connections.close();
+    if tokio::time::timeout(timeout, connections.wait())
         .await
         .is_err()
     {
-        let left = state.connections.len();
+        let left = connections.len();
         tracing::warn!(left, "drain timeout: closing the connections still open");
     } else {
         tracing::info!(open, "drained");
     }
-    Ok(())
 }
 
 /// Binds the admin address; failing here is fatal, before anything else starts.

@@ -161,6 +161,13 @@ pub struct BindError {
     source: std::io::Error,
 }
 
+impl BindError {
+    /// The address is not one of this host's (e.g. a public address NAT maps to us).
+    pub fn is_not_local(&self) -> bool {
+        self.source.kind() == std::io::ErrorKind::AddrNotAvailable
+    }
+}
+
 impl Listeners {
     async fn reconcile(&mut self, snapshot: &Snapshot, state: &State) -> Vec<BindError> {
         let mut errors = Vec::new();
@@ -229,7 +236,11 @@ impl Listeners {
     }
 }
 
-async fn bind(addr: SocketAddr, what: impl FnOnce() -> String) -> Result<TcpListener, BindError> {
+/// Binds `addr`; an error names it and `what` listens there.
+pub(crate) async fn bind(
+    addr: SocketAddr,
+    what: impl FnOnce() -> String,
+) -> Result<TcpListener, BindError> {
     TcpListener::bind(addr).await.map_err(|source| BindError {
         addr,
         what: what(),

@@ -2,6 +2,7 @@
 //! 2 bad flags or bad config.
 
 mod certs;
+mod gateway_command;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,9 @@ struct Cli {
 enum Command {
     /// Run the sidecar proxy.
     Proxy(Box<ProxyArgs>),
+    /// Run a Consul mesh gateway: routes connections on their TLS server name, without
+    /// terminating TLS, to this datacenter's services and to other datacenters' gateways.
+    Gateway(Box<gateway_command::GatewayArgs>),
     /// Run an embedded development agent that speaks Consul's agent API (like
     /// `consul agent -dev`): for trying ferrule and for tests, not for production.
     Dev(DevArgs),
@@ -130,6 +134,27 @@ struct ProxyArgs {
     /// Consul mode: serve this registered connect-proxy service.
     #[arg(long, value_name = "PROXY_SERVICE_ID", env = "CONNECT_PROXY_ID")]
     proxy_id: Option<String>,
+    #[command(flatten)]
+    agent: AgentFlags,
+    /// Take leaf, key and trust bundles from this SPIFFE Workload API (a SPIRE agent):
+    /// unix:///path/to/agent.sock or tcp://IP:PORT. Intentions, listeners and upstreams
+    /// still come from --config or the Consul agent.
+    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", value_name = "ADDR")]
+    workload_api: Option<String>,
+    /// What applies when no intention matches [default: learned from the agent].
+    #[arg(long, value_enum)]
+    default_action: Option<DefaultActionArg>,
+    #[command(flatten)]
+    run: RunFlags,
+    /// TLS session resumption between sidecars (tickets on the inbound side, a session
+    /// cache per upstream identity on the outbound side).
+    #[arg(long, env = "FERRULE_TLS_RESUMPTION", value_enum, default_value_t = Switch::On)]
+    tls_resumption: Switch,
+}
+
+/// How to reach the local Consul agent: `ferrule proxy`'s and `ferrule gateway`'s.
+#[derive(clap::Args)]
+struct AgentFlags {
     /// The local Consul agent: host:port (`:PORT` is 127.0.0.1:PORT), http://, https://
     /// or unix:///path.
     #[arg(
@@ -147,14 +172,26 @@ struct ProxyArgs {
     /// CA certificates to verify an https agent with.
     #[arg(long, env = "CONSUL_CACERT", value_name = "PATH")]
     ca_file: Option<PathBuf>,
-    /// Take leaf, key and trust bundles from this SPIFFE Workload API (a SPIRE agent):
-    /// unix:///path/to/agent.sock or tcp://IP:PORT. Intentions, listeners and upstreams
-    /// still come from --config or the Consul agent.
-    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", value_name = "ADDR")]
-    workload_api: Option<String>,
-    /// What applies when no intention matches [default: learned from the agent].
-    #[arg(long, value_enum)]
-    default_action: Option<DefaultActionArg>,
+}
+
+impl AgentFlags {
+    /// The agent client's configuration; a bad address is a usage error.
+    fn client_config(&self) -> Result<AgentClientConfig, Fail> {
+        let addr: AgentAddr = self
+            .consul_addr
+            .parse()
+            .map_err(|e| Fail::Usage(format!("--consul-addr: {e}")))?;
+        let mut agent = AgentClientConfig::new(addr);
+        agent.token = self.token.clone();
+        agent.token_file = self.token_file.clone();
+        agent.ca_file = self.ca_file.clone();
+        Ok(agent)
+    }
+}
+
+/// How the process runs and shows itself: `ferrule proxy`'s and `ferrule gateway`'s.
+#[derive(clap::Args)]
+struct RunFlags {
     /// Address of the admin listener (/metrics, /ready, /config); `localhost:PORT` and
     /// `:PORT` mean 127.0.0.1:PORT [default: admin_addr from the config file, else
     /// 127.0.0.1:19100].
@@ -175,10 +212,6 @@ struct ProxyArgs {
     /// beside a small service, and is how `cargo xtask bench` runs every peer.
     #[arg(long, env = "FERRULE_WORKER_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
-    /// TLS session resumption between sidecars (tickets on the inbound side, a session
-    /// cache per upstream identity on the outbound side).
-    #[arg(long, env = "FERRULE_TLS_RESUMPTION", value_enum, default_value_t = Switch::On)]
-    tls_resumption: Switch,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -206,6 +239,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Proxy(args) => proxy(*args),
+        Command::Gateway(args) => gateway_command::run(*args),
         Command::Dev(args) => dev(args),
         Command::Demo(args) => demo(args),
         Command::Certs(args) => certs::run(args),
@@ -288,15 +322,21 @@ enum Fail {
 }
 
 fn proxy(args: ProxyArgs) -> ExitCode {
-    if let Err(code) = init_logging(args.log_level.as_deref(), "info", args.log_format) {
+    if let Err(code) = init_logging(args.run.log_level.as_deref(), "info", args.run.log_format) {
         return code;
     }
     ferrule::tls::set_session_resumption(args.tls_resumption == Switch::On);
-    let runtime = match runtime_with(args.worker_threads) {
+    let runtime = match runtime_with(args.run.worker_threads) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(run_proxy(args)) {
+    exit_code(runtime.block_on(run_proxy(args)))
+}
+
+/// The exit code of a run: 0, 2 for bad input (said on stderr), 1 for a runtime failure
+/// (logged and said on stderr).
+fn exit_code(result: Result<(), Fail>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail::Usage(message)) => {
             eprintln!("ferrule: {message}");
@@ -320,6 +360,7 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
     };
     let (source, config_admin_addr) = source(&args, workload.is_some(), &provider)?;
     let admin_addr = args
+        .run
         .admin_addr
         .or(config_admin_addr)
         .unwrap_or_else(|| SocketAddr::from(DEFAULT_ADMIN_ADDR));
@@ -335,7 +376,7 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
         metrics,
         provider,
         fatal,
-        args.drain_timeout,
+        args.run.drain_timeout,
     )
     .await
 }
@@ -368,14 +409,7 @@ fn source(
             ));
         }
     };
-    let addr: AgentAddr = args
-        .consul_addr
-        .parse()
-        .map_err(|e| Fail::Usage(format!("--consul-addr: {e}")))?;
-    let mut agent = AgentClientConfig::new(addr);
-    agent.token = args.token.clone();
-    agent.token_file = args.token_file.clone();
-    agent.ca_file = args.ca_file.clone();
+    let agent = args.agent.client_config()?;
     let mut config = ConsulConfig::new(agent, selector);
     config.default_action = args.default_action.map(Action::from);
     let source =

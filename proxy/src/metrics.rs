@@ -27,6 +27,10 @@ pub const HTTP_REQUEST_DURATION: &str = "ferrule_http_request_duration_seconds";
 pub const UPSTREAM_REQUESTS: &str = "ferrule_upstream_requests_total";
 pub const UPSTREAM_RETRIES: &str = "ferrule_upstream_retries_total";
 pub const UPSTREAM_ACTIVE_TARGET: &str = "ferrule_upstream_active_target";
+pub const GATEWAY_CONNECTIONS: &str = "ferrule_gateway_connections_total";
+pub const GATEWAY_ROUTED: &str = "ferrule_gateway_routed_total";
+pub const GATEWAY_ACTIVE: &str = "ferrule_gateway_active_connections";
+pub const GATEWAY_BYTES: &str = "ferrule_gateway_bytes_total";
 
 /// How often histogram samples are folded into their buckets.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -391,6 +395,133 @@ impl Drop for ConnGuard {
     }
 }
 
+/// What a connection to a mesh gateway came to: its `result` on
+/// `ferrule_gateway_connections_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewayOutcome {
+    /// Its bytes went to an instance or to another datacenter's gateway.
+    Routed,
+    /// Closed without sending a byte: a TCP health check.
+    Probe,
+    /// The first bytes are no TLS handshake record (plaintext, say).
+    NotTls,
+    /// A TLS record that is no well-formed ClientHello, or one cut short.
+    BadHello,
+    /// A ClientHello beyond the size the gateway reads.
+    HelloTooLarge,
+    /// No whole ClientHello within the timeout.
+    HelloTimeout,
+    /// A ClientHello without a server name.
+    NoSni,
+    /// A server name the gateway has no route for.
+    UnknownSni,
+    /// A known service or datacenter with nothing healthy to send to.
+    NoEndpoints,
+    /// Every instance or gateway tried refused or timed out.
+    ConnectError,
+}
+
+impl GatewayOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            GatewayOutcome::Routed => "routed",
+            GatewayOutcome::Probe => "probe",
+            GatewayOutcome::NotTls => "not_tls",
+            GatewayOutcome::BadHello => "bad_hello",
+            GatewayOutcome::HelloTooLarge => "hello_too_large",
+            GatewayOutcome::HelloTimeout => "hello_timeout",
+            GatewayOutcome::NoSni => "no_sni",
+            GatewayOutcome::UnknownSni => "unknown_sni",
+            GatewayOutcome::NoEndpoints => "no_endpoints",
+            GatewayOutcome::ConnectError => "connect_error",
+        }
+    }
+}
+
+/// Owns one mesh gateway connection's metrics: the active gauge while it lives, its
+/// result (counted once) and where it was routed, and its single access-log line.
+pub struct GatewayGuard {
+    listener: &'static str,
+    peer: std::net::SocketAddr,
+    started: Instant,
+    sni: Option<String>,
+    /// `(datacenter, service)` of the route taken; the service is empty for another
+    /// datacenter (its names are the peer's to choose, so never a label).
+    route: Option<(String, String)>,
+    result: Option<GatewayOutcome>,
+    bytes: Bytes,
+}
+
+impl GatewayGuard {
+    /// A connection accepted on the `lan` or `wan` listener.
+    pub fn new(listener: &'static str, peer: std::net::SocketAddr) -> Self {
+        gauge!(GATEWAY_ACTIVE, "listener" => listener).increment(1.0);
+        GatewayGuard {
+            listener,
+            peer,
+            started: Instant::now(),
+            sni: None,
+            route: None,
+            result: None,
+            bytes: Bytes::gateway(),
+        }
+    }
+
+    pub fn set_sni(&mut self, sni: &str) {
+        self.sni = Some(sni.to_owned());
+    }
+
+    /// Counts the connection under `outcome`. Only the first call counts.
+    pub fn finish(&mut self, outcome: GatewayOutcome) {
+        if self.result.is_some() {
+            return;
+        }
+        self.result = Some(outcome);
+        counter!(GATEWAY_CONNECTIONS, "listener" => self.listener, "result" => outcome.label())
+            .increment(1);
+    }
+
+    /// The connection reached `service` in `datacenter` (`""` for another datacenter's
+    /// gateways): counted as routed.
+    pub fn routed(&mut self, datacenter: &str, service: &str) {
+        if self.result.is_some() {
+            return;
+        }
+        counter!(
+            GATEWAY_ROUTED,
+            "datacenter" => datacenter.to_owned(),
+            "service" => service.to_owned()
+        )
+        .increment(1);
+        self.route = Some((datacenter.to_owned(), service.to_owned()));
+        self.finish(GatewayOutcome::Routed);
+    }
+
+    /// Counters for the bytes from (rx) and back to (tx) the caller.
+    pub fn bytes(&self) -> Bytes {
+        self.bytes.clone()
+    }
+}
+
+impl Drop for GatewayGuard {
+    fn drop(&mut self) {
+        gauge!(GATEWAY_ACTIVE, "listener" => self.listener).decrement(1.0);
+        let (datacenter, service) = self.route.clone().unwrap_or_default();
+        tracing::debug!(
+            target: "ferrule::access",
+            direction = "gateway",
+            listener = self.listener,
+            peer = %self.peer,
+            sni = self.sni.as_deref().unwrap_or(""),
+            datacenter = %datacenter,
+            service = %service,
+            result = self.result.map_or("closed", GatewayOutcome::label),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            "connection closed"
+        );
+    }
+}
+
 /// `ferrule_bytes_total` handles for one direction, resolved once per connection, and
 /// the connection's own totals (for its access-log record).
 #[derive(Clone)]
@@ -425,6 +556,20 @@ impl Bytes {
             self.tx.increment(tx);
             self.totals[1].fetch_add(tx, Relaxed);
         }
+    }
+
+    /// `ferrule_gateway_bytes_total`: rx from the callers, tx back to them.
+    fn gateway() -> Self {
+        Bytes {
+            rx: counter!(GATEWAY_BYTES, "flow" => "rx"),
+            tx: counter!(GATEWAY_BYTES, "flow" => "tx"),
+            totals: Default::default(),
+        }
+    }
+
+    /// Counts bytes received before the stream was metered (a peeked ClientHello).
+    pub fn received(&self, n: usize) {
+        self.add(n as u64, 0);
     }
 }
 
@@ -507,6 +652,26 @@ mod tests {
         ];
         for (attempt, label) in attempts {
             assert_eq!(attempt.label(), label);
+        }
+    }
+
+    /// The gateway's result labels are a contract too.
+    #[test]
+    fn gateway_outcome_labels_are_the_published_ones() {
+        let outcomes = [
+            (GatewayOutcome::Routed, "routed"),
+            (GatewayOutcome::Probe, "probe"),
+            (GatewayOutcome::NotTls, "not_tls"),
+            (GatewayOutcome::BadHello, "bad_hello"),
+            (GatewayOutcome::HelloTooLarge, "hello_too_large"),
+            (GatewayOutcome::HelloTimeout, "hello_timeout"),
+            (GatewayOutcome::NoSni, "no_sni"),
+            (GatewayOutcome::UnknownSni, "unknown_sni"),
+            (GatewayOutcome::NoEndpoints, "no_endpoints"),
+            (GatewayOutcome::ConnectError, "connect_error"),
+        ];
+        for (outcome, label) in outcomes {
+            assert_eq!(outcome.label(), label);
         }
     }
 

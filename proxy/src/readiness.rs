@@ -93,15 +93,15 @@ fn reminder_period() -> Duration {
         .map_or(REMINDER, Duration::from_millis)
 }
 
-/// Warns once a period, while not ready (and not draining), saying why. Runs until
-/// dropped.
-pub async fn remind(listening: Listening, tls: watch::Receiver<Arc<TlsState>>) {
+/// Warns once a period, while `now` says not ready (and not draining), saying why. Runs
+/// until dropped.
+pub async fn remind(now: impl Fn() -> Readiness) {
     let period = reminder_period();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Readiness::NotReady(causes) = Readiness::now(&listening, &tls) {
+        if let Readiness::NotReady(causes) = now() {
             tracing::warn!("not ready: {}", causes.join("; "));
         }
     }

@@ -299,10 +299,21 @@ pub struct CallerConn {
     stream: TlsStream<TcpStream>,
 }
 
+impl From<TlsStream<TcpStream>> for CallerConn {
+    fn from(stream: TlsStream<TcpStream>) -> Self {
+        CallerConn { stream }
+    }
+}
+
 impl CallerConn {
     /// The TLS stream itself, to speak any protocol over it.
     pub fn into_stream(self) -> TlsStream<TcpStream> {
         self.stream
+    }
+
+    /// The TLS stream, to read an answer of any shape.
+    pub fn stream_mut(&mut self) -> &mut TlsStream<TcpStream> {
+        &mut self.stream
     }
 
     /// The serial of the certificate the server presented, colon-hex like

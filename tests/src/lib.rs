@@ -14,10 +14,14 @@
 //! - `consul`: a `ferrule proxy --sidecar-for` process fed by a dev agent.
 //! - `envoy`: real Envoy as a Consul-configured sidecar next to ferrule (interop tests).
 //! - `faulty_agent`: a fault injector between a sidecar and its agent.
+//! - `gateway`: a mesh gateway's registration, a `ferrule gateway` process, and a
+//!   caller dialling through it (SNI named, the server's SPIFFE ID checked).
 //! - `grpc`: a tonic gRPC service (unary and streaming calls) and its client.
 //! - `clients`: `curl`, `openssl s_client`, and a rustls caller presenting an SVID.
 //! - `mesh`: the common set-up, a CA plus the `api` sidecar, and intentions JSON.
 //! - `metrics`: reading Prometheus text.
+//! - `multi_dc`: two datacenters on one machine (dc1 on 127.0.0.1, dc2 on 127.0.0.2),
+//!   their mesh gateways, services registered across them, and which hops a call took.
 //! - `traffic`: curl in a loop, counting what got through.
 //! - `wait`: deadlines instead of sleeps, free ports.
 //! - `workload`: a `ferrule dev` serving the SPIFFE Workload API, one socket per
@@ -36,10 +40,12 @@ pub mod clients;
 pub mod consul;
 pub mod envoy;
 pub mod faulty_agent;
+pub mod gateway;
 pub mod grpc;
 pub mod http;
 pub mod mesh;
 pub mod metrics;
+pub mod multi_dc;
 pub mod sidecar;
 pub mod traffic;
 pub mod wait;
@@ -63,4 +69,8 @@ pub mod names {
     pub const UPSTREAM_RETRIES: &str = "ferrule_upstream_retries_total";
     /// 1 for the target each of an upstream's clusters sends to, 0 for its others.
     pub const UPSTREAM_ACTIVE_TARGET: &str = "ferrule_upstream_active_target";
+    /// A mesh gateway's connections, by `listener` (lan, wan) and `result`.
+    pub const GATEWAY_CONNECTIONS: &str = "ferrule_gateway_connections_total";
+    /// A mesh gateway's routed connections, by `datacenter` and `service`.
+    pub const GATEWAY_ROUTED: &str = "ferrule_gateway_routed_total";
 }

@@ -23,8 +23,8 @@ const LIMIT: Duration = Duration::from_secs(300);
 
 /// The ports the README's walk-throughs name; each gets a free one.
 const PORTS: &[u16] = &[
-    8500, 8080, 8081, 8082, 8083, 8090, 9191, 19100, 19101, 19102, 19103, 19104, 21000, 21001,
-    21002, 21003, 21004,
+    8500, 8501, 8080, 8081, 8082, 8083, 8090, 8443, 8444, 9191, 19100, 19101, 19102, 19103, 19104,
+    19105, 19106, 21000, 21001, 21002, 21003, 21004,
 ];
 
 /// The blocks of walk-through `name`, in order, joined.
@@ -172,6 +172,22 @@ async fn with_consul_and_traffic_management() {
             "api v1",
             "api v2",
             "the admin service",
+        ],
+    )
+    .await;
+}
+
+/// Two datacenters, a mesh gateway in each, web in dc1 calling api in dc2 by failover,
+/// then api in dc1 taking the traffic back, and failing over again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_datacenters() {
+    run(
+        "datacenters",
+        &[
+            "hello from api in dc2",
+            "ferrule_gateway_routed_total{datacenter=\"dc2\"",
+            "hello from api in dc1",
+            "api.default.default.dc2",
         ],
     )
     .await;

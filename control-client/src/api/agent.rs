@@ -17,6 +17,8 @@ use super::{is_false, is_zero, nullable};
 
 /// `Kind` of a sidecar or other connect proxy.
 pub const KIND_CONNECT_PROXY: &str = "connect-proxy";
+/// `Kind` of a mesh gateway.
+pub const KIND_MESH_GATEWAY: &str = "mesh-gateway";
 /// `DestinationType` of an upstream that names a service (the default).
 pub const DESTINATION_SERVICE: &str = "service";
 /// `DestinationType` of an upstream that names a prepared query.

@@ -36,6 +36,31 @@ impl ServiceEntry {
             _ => &self.service.service,
         }
     }
+
+    /// Where Consul would have a peer dial the instance (`CheckServiceNode.BestAddress`):
+    /// from another datacenter (`wan`), the service's `wan` tagged address (with its port
+    /// when it has one), else the service's address; from the same one, the service's
+    /// address. Either way an empty address falls back to the node's (its `wan` tagged
+    /// address first, from another datacenter).
+    pub fn best_address(&self, wan: bool) -> (&str, u16) {
+        let svc = &self.service;
+        let (mut address, mut port) = (svc.address.as_str(), svc.port);
+        if wan && let Some(tagged) = svc.tagged_addresses.get("wan") {
+            address = &tagged.address;
+            if tagged.port != 0 {
+                port = tagged.port;
+            }
+        }
+        if address.is_empty() {
+            let node = &self.node;
+            address = node
+                .tagged_addresses
+                .get("wan")
+                .filter(|a| wan && !a.is_empty())
+                .unwrap_or(&node.address);
+        }
+        (address, port)
+    }
 }
 
 /// A catalog node (`structs.Node`).

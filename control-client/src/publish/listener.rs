@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use crate::gateway::GatewayLimits;
 use crate::identity::ServiceId;
 use crate::model::{Endpoint, InboundConfig, Protocol, UpstreamConfig};
 use crate::routing::{Routing, Target};
@@ -161,6 +162,30 @@ impl UpstreamListener {
             max_connections: self.max_connections,
             routing,
         }
+    }
+}
+
+/// A mesh gateway listener's limits as its registration states them (`Proxy.Config`, in
+/// milliseconds); `None` takes the default the sidecar has for the same key.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct GatewayLimitsMs {
+    pub(crate) handshake_timeout_ms: Option<u64>,
+    pub(crate) connect_timeout_ms: Option<u64>,
+    pub(crate) idle_timeout_ms: Option<u64>,
+    pub(crate) max_connections: Option<u64>,
+}
+
+/// A mesh gateway listener's limits with the defaults applied: the TLS handshake's
+/// timeout bounds the wait for a ClientHello, the upstream connect timeout each dial.
+pub(crate) fn gateway_limits(limits: &GatewayLimitsMs) -> GatewayLimits {
+    GatewayLimits {
+        hello_timeout: millis_or(limits.handshake_timeout_ms, DEFAULT_HANDSHAKE_TIMEOUT),
+        connect_timeout: millis_or(
+            limits.connect_timeout_ms.filter(|ms| *ms > 0),
+            DEFAULT_CONNECT_TIMEOUT,
+        ),
+        idle_timeout: idle_timeout_ms(limits.idle_timeout_ms),
+        max_connections: max_connections(limits.max_connections),
     }
 }
 

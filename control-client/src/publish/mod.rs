@@ -20,7 +20,9 @@ use crate::file::FileSource;
 use crate::model::Snapshot;
 use crate::workload::IdentityFeed;
 
-pub(crate) use listener::{InboundLimits, UpstreamLimits, UpstreamListener, inbound};
+pub(crate) use listener::{
+    GatewayLimitsMs, InboundLimits, UpstreamLimits, UpstreamListener, gateway_limits, inbound,
+};
 #[cfg(test)]
 pub(crate) use publisher::same_arc;
 pub(crate) use publisher::{Admit, Publisher, Wake, same_default};

@@ -516,8 +516,10 @@ pub(super) async fn configuration(shared: &Shared, call: &Call) -> Result<Reply,
 /// to that root; a `PrivateKeyType`/`PrivateKeyBits` other than the active root's
 /// rotates to a new root with such a key (leaves stay EC P-256, signed by it). Anything
 /// else (`LeafCertTTL`, ...) is stored, keeps the root, and `LeafCertTTL` applies to
-/// later leaves. The body is merged into the configuration in force, so a key type left
-/// out keeps the current one.
+/// later leaves. The body replaces the configuration in force, as Consul's does: a key
+/// left out takes its default (and is shown with it) (`PrivateKeyType` ec, `PrivateKeyBits` 256, `LeafCertTTL`
+/// the agent's `--leaf-ttl`), so leaving out the key type of an EC P-384 root rotates
+/// to a P-256 one.
 pub(super) async fn set_configuration(shared: &Shared, call: &Call) -> Result<Reply, ApiError> {
     let (body, _) = decode_strict::<CaConfiguration>(&call.body, "Request decode failed")?;
     if shared.wan.is_secondary() {
@@ -534,14 +536,11 @@ pub(super) async fn set_configuration(shared: &Shared, call: &Call) -> Result<Re
     }
     let str_key = |key: &str| body.config.get(key).and_then(Value::as_str);
     let leaf_ttl = match str_key("LeafCertTTL").filter(|s| !s.is_empty()) {
-        None => None,
-        Some(text) => Some(leaf_ttl(text)?),
+        None => shared.config.leaf_ttl,
+        Some(text) => leaf_ttl(text)?,
     };
-    let (cluster_id, current) = shared.with(|state| {
-        let mut merged = state.ca.provider_config.clone();
-        merged.extend(body.config.clone());
-        (state.ca.cluster_id.clone(), key_type(&merged))
-    });
+    let current = key_type(&body.config);
+    let cluster_id = shared.with(|state| state.ca.cluster_id.clone());
     let new = match (str_key("PrivateKey"), str_key("RootCert")) {
         (None, None) => new_key_root(shared, &cluster_id, current?)?,
         (key, cert) => {
@@ -561,16 +560,17 @@ pub(super) async fn set_configuration(shared: &Shared, call: &Call) -> Result<Re
 fn apply_configuration(
     state: &mut State,
     body: &CaConfiguration,
-    leaf_ttl: Option<Duration>,
+    leaf_ttl: Duration,
     new: Option<DevCa>,
 ) -> Result<Option<Arc<DevCa>>, CaError> {
-    if let Some(ttl) = leaf_ttl {
-        state.ca.leaf_ttl = ttl;
-    }
-    let mut config = body.config.clone();
+    state.ca.leaf_ttl = leaf_ttl;
+    // The defaults, then what the body says (a key type it leaves out is the default,
+    // or else a new root would have been made above).
+    let mut config = provider_config(leaf_ttl, KeyType::default());
+    config.extend(body.config.clone());
     config.remove("PrivateKey");
     config.remove("RootCert");
-    state.ca.provider_config.extend(config);
+    state.ca.provider_config = config;
     state.ca.force_without_cross_signing = body.force_without_cross_signing;
     match new {
         Some(new) => {

@@ -135,7 +135,8 @@ async fn a_root_rotation_is_cross_signed_and_both_roots_are_published() {
 
     let config = agent.get("/v1/connect/ca/configuration").await.value();
     assert_eq!(config["Provider"], "consul");
-    assert_eq!(config["Config"]["LeafCertTTL"], "72h");
+    // The rotation's body named no TTL: the default again, as shown at start.
+    assert_eq!(config["Config"]["LeafCertTTL"], "72h0m0s");
     assert_eq!(
         format!("{}.consul", config["ClusterID"].as_str().unwrap()),
         agent.agent.trust_domain()
@@ -256,16 +257,34 @@ async fn the_key_type_of_the_configuration_makes_the_root_and_signs_the_leaves()
     let config = agent.get("/v1/connect/ca/configuration").await.value();
     assert_eq!(config["Config"]["PrivateKeyType"], "rsa");
 
-    // Another setting alone keeps the RSA root; P-384 rotates again.
+    // Another setting with the same key keeps the RSA root; the body replaces the
+    // configuration (as Consul's does), so a key type left out is the default, EC P-256,
+    // and rotates; P-384 rotates again.
     let ttl = agent
         .put(
             "/v1/connect/ca/configuration",
-            json!({ "Config": { "LeafCertTTL": "24h" } }),
+            json!({ "Config": { "LeafCertTTL": "24h", "PrivateKeyType": "rsa", "PrivateKeyBits": 2048 } }),
         )
         .await;
     assert_eq!(ttl.status, StatusCode::OK, "{}", ttl.text());
     let kept: IndexedCARoots = agent.get("/v1/agent/connect/ca/roots").await.json();
     assert_eq!(kept.active_root_id, roots.active_root_id);
+    let config = agent.get("/v1/connect/ca/configuration").await.value();
+    assert_eq!(config["Config"]["LeafCertTTL"], "24h");
+    let default_key = agent
+        .put(
+            "/v1/connect/ca/configuration",
+            json!({ "Config": { "LeafCertTTL": "24h" } }),
+        )
+        .await;
+    assert_eq!(default_key.status, StatusCode::OK, "{}", default_key.text());
+    let reverted: IndexedCARoots = agent.get("/v1/agent/connect/ca/roots").await.json();
+    let active = reverted.roots.iter().find(|r| r.active).unwrap();
+    assert_ne!(active.id, roots.active_root_id);
+    assert_eq!(
+        (active.private_key_type.as_str(), active.private_key_bits),
+        ("ec", 256)
+    );
     let p384 = agent
         .put("/v1/connect/ca/configuration", put_key("ec", json!(384)))
         .await;

@@ -90,8 +90,11 @@ pub struct Upstream {
     pub endpoints: Vec<SocketAddr>,
 }
 
-/// A mesh gateway's listener: `tls_inspector`, then one filter chain that matches only
-/// `server_name` and passes the TLS bytes, untouched, to `endpoint`.
+/// A mesh gateway's route: on listener `listener` (with `tls_inspector` in front), a
+/// filter chain that matches only `server_name` and passes the TLS bytes, untouched, to
+/// `endpoint`. Routes naming the same listener are its filter chains, in order; a
+/// server name may be a wildcard (`*.dc2.internal.<trust domain>`), as Consul's
+/// gateways route a whole datacenter.
 #[derive(Debug, Clone)]
 pub struct SniRoute {
     pub listener: String,
@@ -147,9 +150,20 @@ impl EnvoyConfig {
             listeners.push(self.upstream_listener(upstream));
             clusters.push(self.upstream_cluster(upstream));
         }
+        let mut gateway_listeners: Vec<&str> = Vec::new();
         for route in &self.sni_routes {
-            listeners.push(sni_listener(route));
-            clusters.push(plain_cluster(&route.listener, route.endpoint, false));
+            if !gateway_listeners.contains(&route.listener.as_str()) {
+                gateway_listeners.push(&route.listener);
+            }
+            clusters.push(plain_cluster(&route_cluster(route), route.endpoint, false));
+        }
+        for name in gateway_listeners {
+            let routes: Vec<&SniRoute> = self
+                .sni_routes
+                .iter()
+                .filter(|r| r.listener == name)
+                .collect();
+            listeners.push(sni_listener(name, &routes));
         }
         json!({
             "node": { "id": format!("{}-sidecar-proxy", self.service), "cluster": self.service },
@@ -389,18 +403,30 @@ fn http2_options() -> Value {
 }
 
 /// A mesh gateway's shape (`makeMeshGatewayListener`): the TLS inspector reads the
-/// client's SNI, and the only filter chain matches one server name.
-fn sni_listener(route: &SniRoute) -> Value {
+/// client's SNI, and each filter chain matches one server name (exact or wildcard).
+/// Every chain counts under the listener's `tcp.mesh_gateway.<listener>.*` stats.
+fn sni_listener(name: &str, routes: &[&SniRoute]) -> Value {
+    let chains: Vec<Value> = routes
+        .iter()
+        .map(|route| {
+            json!({
+                "filter_chain_match": { "server_names": [route.server_name] },
+                "filters": [tcp_proxy(&format!("mesh_gateway.{name}"), &route_cluster(route))],
+            })
+        })
+        .collect();
     json!({
-        "name": route.listener,
+        "name": name,
         "address": loopback_any(),
         "listener_filters": [{
             "name": "envoy.filters.listener.tls_inspector",
             "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" },
         }],
-        "filter_chains": [{
-            "filter_chain_match": { "server_names": [route.server_name] },
-            "filters": [tcp_proxy(&format!("mesh_gateway.{}", route.listener), &route.listener)],
-        }],
+        "filter_chains": chains,
     })
+}
+
+/// The cluster of one gateway route: its listener and server name.
+fn route_cluster(route: &SniRoute) -> String {
+    format!("{}/{}", route.listener, route.server_name)
 }

@@ -137,7 +137,7 @@ impl TargetHealth {
 /// Whether Consul's Envoy would send traffic to the instance: no check of the node or
 /// the service is critical (an instance in maintenance has a critical check), and with
 /// `only_passing` every check passes.
-pub(super) fn healthy(entry: &ServiceEntry, only_passing: bool) -> bool {
+pub(in crate::consul) fn healthy(entry: &ServiceEntry, only_passing: bool) -> bool {
     entry.checks.iter().all(|check| {
         let status = check.status.as_str();
         if only_passing {

@@ -12,14 +12,14 @@ use crate::telemetry::{Resource, record_update};
 
 /// What is failing now, by the name used in the logs, with its latest error.
 #[derive(Default)]
-pub(super) struct Failures {
+pub(in crate::consul) struct Failures {
     failing: BTreeMap<String, String>,
 }
 
 impl Failures {
     /// Counts and logs a watch update. `None` if it failed; else its headers' facts, and
     /// the new value if there is one (the caller counts that once it has used it).
-    pub(super) fn answered<T>(
+    pub(in crate::consul) fn answered<T>(
         &mut self,
         resource: Resource,
         what: &str,
@@ -48,26 +48,26 @@ impl Failures {
     }
 
     /// `what` failed with `error`; says whether that is news (it was not failing before).
-    pub(super) fn started(&mut self, what: &str, error: &str) -> bool {
+    pub(in crate::consul) fn started(&mut self, what: &str, error: &str) -> bool {
         self.failing
             .insert(what.to_owned(), error.to_owned())
             .is_none()
     }
 
     /// Every failure now, one line each: `what: error`.
-    pub(super) fn blocked(&self) -> impl Iterator<Item = String> + '_ {
+    pub(in crate::consul) fn blocked(&self) -> impl Iterator<Item = String> + '_ {
         self.failing
             .iter()
             .map(|(what, error)| format!("{what}: {error}"))
     }
 
     /// `what` is no longer asked for: its failure, if any, is forgotten.
-    pub(super) fn forget(&mut self, what: &str) {
+    pub(in crate::consul) fn forget(&mut self, what: &str) {
         self.failing.remove(what);
     }
 
     /// `what` answered; logs the recovery if it was failing.
-    pub(super) fn recovered(&mut self, what: &str) {
+    pub(in crate::consul) fn recovered(&mut self, what: &str) {
         if self.failing.remove(what).is_some() {
             tracing::info!("{what}: the agent answers again");
         }

@@ -29,12 +29,12 @@ mod agent;
 mod agent_self;
 mod certs;
 mod chain;
-mod endpoints;
-mod failures;
+pub(super) mod endpoints;
+pub(super) mod failures;
 mod gateways;
 mod intentions;
 mod query;
-mod registration;
+pub(super) mod registration;
 mod run;
 mod sidecar;
 

@@ -244,7 +244,7 @@ fn config_str<'a>(config: &'a Map<String, Value>, key: &str) -> Option<&'a str> 
 
 /// A non-negative integer given as a JSON number or a numeric string (both appear in
 /// real registrations: HCL and JSON write them differently).
-fn config_u64(config: &Map<String, Value>, key: &str) -> Option<u64> {
+pub(in crate::consul) fn config_u64(config: &Map<String, Value>, key: &str) -> Option<u64> {
     let value = config.get(key)?;
     let parsed = match value {
         Value::Number(n) => n.as_u64().or_else(|| {
@@ -285,7 +285,7 @@ fn protocol(config: &Map<String, Value>, whose: &str) -> Protocol {
 }
 
 /// `host:port`, with an IPv6 host in brackets.
-pub(super) fn host_port(host: &str, port: u16) -> String {
+pub(in crate::consul) fn host_port(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
     } else {
