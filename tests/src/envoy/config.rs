@@ -110,6 +110,12 @@ pub struct EnvoyConfig {
     pub public: Option<PublicListener>,
     pub upstreams: Vec<Upstream>,
     pub sni_routes: Vec<SniRoute>,
+    /// Listeners (by name) bound to a fixed address instead of 127.0.0.1:0, and the
+    /// admin listener's (`"admin"`): for a benchmark's fixed topology.
+    pub binds: Vec<(String, SocketAddr)>,
+    /// TLS session resumption (Envoy's default: on, tickets downstream and one cached
+    /// session per upstream host); off disables both.
+    pub resumption: bool,
 }
 
 /// The listener name of the public listener.
@@ -134,6 +140,21 @@ impl EnvoyConfig {
             public: None,
             upstreams: Vec::new(),
             sni_routes: Vec::new(),
+            binds: Vec::new(),
+            resumption: true,
+        }
+    }
+
+    /// Binds listener `name` (or `"admin"`) to `addr`.
+    pub fn bind(mut self, name: &str, addr: SocketAddr) -> EnvoyConfig {
+        self.binds.push((name.to_owned(), addr));
+        self
+    }
+
+    fn address(&self, name: &str) -> Value {
+        match self.binds.iter().find(|(n, _)| n == name) {
+            Some((_, addr)) => socket_address(*addr),
+            None => loopback_any(),
         }
     }
 
@@ -167,7 +188,7 @@ impl EnvoyConfig {
         }
         json!({
             "node": { "id": format!("{}-sidecar-proxy", self.service), "cluster": self.service },
-            "admin": { "address": loopback_any() },
+            "admin": { "address": self.address("admin") },
             "static_resources": { "listeners": listeners, "clusters": clusters },
         })
     }
@@ -210,19 +231,21 @@ impl EnvoyConfig {
                 tcp_proxy("public_listener", "local_app"),
             ]
         };
+        let mut downstream = json!({
+            "@type": TLS_DOWNSTREAM,
+            "common_tls_context": self.common_tls(&public.protocol.public_alpn(), None),
+            "require_client_certificate": true,
+        });
+        if !self.resumption {
+            downstream["disable_stateless_session_resumption"] = json!(true);
+            downstream["disable_stateful_session_resumption"] = json!(true);
+        }
         json!({
             "name": PUBLIC_LISTENER,
-            "address": loopback_any(),
+            "address": self.address(PUBLIC_LISTENER),
             "filter_chains": [{
                 "filters": filters,
-                "transport_socket": {
-                    "name": "tls",
-                    "typed_config": {
-                        "@type": TLS_DOWNSTREAM,
-                        "common_tls_context": self.common_tls(&public.protocol.public_alpn(), None),
-                        "require_client_certificate": true,
-                    },
-                },
+                "transport_socket": { "name": "tls", "typed_config": downstream },
             }],
             "traffic_direction": "INBOUND",
         })
@@ -261,7 +284,7 @@ impl EnvoyConfig {
         };
         json!({
             "name": upstream.service,
-            "address": loopback_any(),
+            "address": self.address(&upstream.service),
             "filter_chains": [{ "filters": [filter] }],
             "traffic_direction": "OUTBOUND",
         })
@@ -287,6 +310,9 @@ impl EnvoyConfig {
                 "sni": name,
             },
         });
+        if !self.resumption {
+            cluster["transport_socket"]["typed_config"]["max_session_keys"] = json!(0);
+        }
         if upstream.protocol.is_http2() {
             cluster["typed_extension_protocol_options"] = http2_options();
         }
@@ -296,6 +322,10 @@ impl EnvoyConfig {
 
 fn loopback_any() -> Value {
     json!({ "socket_address": { "address": "127.0.0.1", "port_value": 0 } })
+}
+
+fn socket_address(addr: SocketAddr) -> Value {
+    json!({ "socket_address": { "address": addr.ip().to_string(), "port_value": addr.port() } })
 }
 
 fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Value {

@@ -5,7 +5,8 @@
 //! generator's core: it finds the end of each request head, answers, and closes when the
 //! request asked for it (`Connection: close`, or HTTP/1.0 without keep-alive). A
 //! connection that starts with `BULK <n>\n` gets n bytes and a close instead, which is
-//! the bulk-transfer scenario through an L4 pair.
+//! the bulk-transfer scenario through an L4 pair; `GET <…>/bulk/<n>` gets one response
+//! with an n-byte body, which is the same through an L7 pair.
 
 use std::io;
 
@@ -43,6 +44,14 @@ async fn connection(mut stream: TcpStream) -> io::Result<()> {
             if let Some(n) = bulk_request(&buf[..end]) {
                 return bulk(&mut stream, n).await;
             }
+            if let Some(n) = http_bulk_request(&buf[..end]) {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+                     Content-Length: {n}\r\nConnection: close\r\n\r\n"
+                );
+                stream.write_all(head.as_bytes()).await?;
+                return bulk(&mut stream, n).await;
+            }
             let close = wants_close(&buf[..end]);
             buf.drain(..end);
             stream.write_all(RESPONSE).await?;
@@ -73,6 +82,13 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 fn bulk_request(head: &[u8]) -> Option<u64> {
     let line = head.strip_prefix(b"BULK ")?;
     std::str::from_utf8(line).ok()?.trim().parse().ok()
+}
+
+/// `GET <anything>/bulk/<n> HTTP/1.1`: the body size asked for.
+fn http_bulk_request(head: &[u8]) -> Option<u64> {
+    let line = head.split(|&b| b == b'\r').next()?;
+    let target = std::str::from_utf8(line).ok()?.split(' ').nth(1)?;
+    target.rsplit_once("/bulk/")?.1.parse().ok()
 }
 
 fn wants_close(head: &[u8]) -> bool {
@@ -110,5 +126,13 @@ mod tests {
             b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
         ));
         assert_eq!(bulk_request(b"BULK 1024\n"), Some(1024));
+        assert_eq!(
+            http_bulk_request(b"GET /api/p19/bulk/2048 HTTP/1.1\r\nHost: api\r\n\r\n"),
+            Some(2048)
+        );
+        assert_eq!(
+            http_bulk_request(b"GET /api/p19/item HTTP/1.1\r\n\r\n"),
+            None
+        );
     }
 }

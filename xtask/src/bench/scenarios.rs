@@ -26,6 +26,7 @@ pub(crate) enum Scenario {
     Close,
     CloseL7,
     Bulk,
+    BulkL7,
     L7,
     Idle,
     Intentions,
@@ -33,12 +34,13 @@ pub(crate) enum Scenario {
 }
 
 impl Scenario {
-    pub(crate) const ALL: [Scenario; 9] = [
+    pub(crate) const ALL: [Scenario; 10] = [
         Scenario::KeepAlive,
         Scenario::Latency,
         Scenario::Close,
         Scenario::CloseL7,
         Scenario::Bulk,
+        Scenario::BulkL7,
         Scenario::L7,
         Scenario::Idle,
         Scenario::Intentions,
@@ -52,6 +54,7 @@ impl Scenario {
             Scenario::Close => "close",
             Scenario::CloseL7 => "close-l7",
             Scenario::Bulk => "bulk",
+            Scenario::BulkL7 => "bulk-l7",
             Scenario::L7 => "l7",
             Scenario::Idle => "idle",
             Scenario::Intentions => "intentions",
@@ -74,6 +77,9 @@ impl Scenario {
                 "(2b) new connection per request, {CLOSE_CONNS} workers, L7 (HTTP mode): requests/s"
             ),
             Scenario::Bulk => "(3) bulk download through the pair, L4: Gbit/s".to_owned(),
+            Scenario::BulkL7 => {
+                "(3b) bulk download through the pair, L7 (one HTTP response): Gbit/s".to_owned()
+            }
             Scenario::L7 => format!(
                 "(4) L7, intention with {} permissions, {KEEPALIVE_CONNS} keep-alive connections: requests/s",
                 peers::PERMISSIONS
@@ -92,30 +98,23 @@ impl Scenario {
 
     pub(crate) fn mode(self) -> Mode {
         match self {
-            Scenario::CloseL7 | Scenario::L7 | Scenario::IntentionsL7 => Mode::L7,
+            Scenario::CloseL7 | Scenario::BulkL7 | Scenario::L7 | Scenario::IntentionsL7 => {
+                Mode::L7
+            }
             _ => Mode::L4,
         }
     }
 
     /// The peers this scenario compares, direct first.
-    pub(crate) fn peers(self) -> Vec<Peer> {
-        let ferrule = Peer::Ferrule { resumption: true };
+    /// `resumption`: the settings each proxy runs with (on, off, or both).
+    pub(crate) fn peers(self, resumption: &[bool]) -> Vec<Peer> {
+        let proxies = resumption.iter().flat_map(|&r| Peer::proxies(r));
         match self {
-            Scenario::Close => vec![
-                Peer::Direct,
-                ferrule,
-                Peer::Ferrule { resumption: false },
-                Peer::Haproxy,
-                Peer::Nginx,
-            ],
-            Scenario::Idle => vec![
-                ferrule,
-                Peer::Ferrule { resumption: false },
-                Peer::Haproxy,
-                Peer::Nginx,
-            ],
-            Scenario::Intentions | Scenario::IntentionsL7 => vec![ferrule],
-            _ => vec![Peer::Direct, ferrule, Peer::Haproxy, Peer::Nginx],
+            Scenario::Intentions | Scenario::IntentionsL7 => vec![Peer::Ferrule {
+                resumption: resumption.first().copied().unwrap_or(true),
+            }],
+            Scenario::Idle => proxies.collect(),
+            _ => std::iter::once(Peer::Direct).chain(proxies).collect(),
         }
     }
 }
@@ -143,6 +142,11 @@ pub(crate) struct Sample {
     pub(crate) peak_kib: u64,
     /// The pair's anonymous RSS at the end of the run, KiB.
     pub(crate) anon_kib: u64,
+    /// The pair's proportional set size at the end of the run (shared pages split
+    /// between the processes that map them), KiB.
+    pub(crate) pss_kib: u64,
+    /// Requests completed (closed-loop runs), for CPU per request.
+    pub(crate) requests: u64,
     /// Share of one core the load generator and backend used over the run.
     pub(crate) generator_busy: f64,
 }
@@ -157,11 +161,13 @@ pub(crate) async fn run(scenario: Scenario, pair: &mut Running, sizes: Sizes) ->
             let t = load::keepalive(entry, KEEPALIVE_CONNS, sizes.duration).await;
             sample.value = t.per_second();
             sample.errors = t.errors;
+            sample.requests = t.ok;
         }
         Scenario::Close | Scenario::CloseL7 => {
             let t = load::per_connection(entry, CLOSE_CONNS, sizes.duration).await;
             sample.value = t.per_second();
             sample.errors = t.errors;
+            sample.requests = t.ok;
         }
         Scenario::Latency => {
             let (t, lat) = load::paced(entry, PACED_RATE, sizes.duration, PACED_CONNS).await;
@@ -169,8 +175,8 @@ pub(crate) async fn run(scenario: Scenario, pair: &mut Running, sizes: Sizes) ->
             sample.extra = Some(load::quantile(&lat, 0.50) as f64);
             sample.errors = t.errors;
         }
-        Scenario::Bulk => {
-            let (got, took) = load::bulk(entry, sizes.bulk_bytes)
+        Scenario::Bulk | Scenario::BulkL7 => {
+            let (got, took) = load::bulk(entry, sizes.bulk_bytes, scenario == Scenario::BulkL7)
                 .await
                 .context("bulk transfer")?;
             if got != sizes.bulk_bytes {
@@ -201,6 +207,7 @@ pub(crate) async fn run(scenario: Scenario, pair: &mut Running, sizes: Sizes) ->
     sample.cpu_secs = pair1.cpu_secs - pair0.cpu_secs;
     sample.peak_kib = pair1.peak_kib;
     sample.anon_kib = pair1.anon_kib;
+    sample.pss_kib = pair1.pss_kib;
     sample.generator_busy = (gen1.cpu_secs - gen0.cpu_secs) / elapsed.as_secs_f64().max(1e-9);
     Ok(sample)
 }
