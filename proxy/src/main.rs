@@ -26,6 +26,12 @@ use ferrule_dev::workload::{Federation, WorkloadSocket};
 use rustls::crypto::CryptoProvider;
 use tokio::sync::watch;
 
+/// jemalloc, whose background threads (switched on first thing in `main`) return freed
+/// memory to the kernel, where glibc's malloc kept a burst's peak resident for good
+/// (`tests/tests/memory.rs`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const DEFAULT_ADMIN_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 19100);
 
 #[derive(Parser)]
@@ -236,6 +242,10 @@ impl From<DefaultActionArg> for Action {
 }
 
 fn main() -> ExitCode {
+    // jemalloc purges freed pages from background threads; without them it purges only
+    // when the process allocates again, which an idle sidecar after a burst does not.
+    // Failing to start them only delays that, so it is not an error worth stopping for.
+    let _ = tikv_jemalloc_ctl::background_thread::write(true);
     let cli = Cli::parse();
     match cli.command {
         Command::Proxy(args) => proxy(*args),

@@ -229,13 +229,18 @@ pub(crate) fn render(records: &[Record]) -> String {
             Scenario::Idle => {
                 let _ = writeln!(
                     out,
-                    "| peer | KiB per connection per proxy | × Envoy | pair RSS growth MiB | pair peak RSS / PSS at end, MiB | failed to open |\n|---|---|---|---|---|---|"
+                    "| peer | KiB per connection per proxy | × Envoy | pair RSS growth MiB | pair peak RSS / PSS at end, MiB | RSS after closing ÷ before (s waited, ≤ 60) | failed to open |\n|---|---|---|---|---|---|---|"
                 );
                 for &p in &peers {
                     let v = t.value(s, p);
+                    let settled = format!(
+                        "{} ({})",
+                        fmt(t.med(s, p, |x| x.settled.map_or(f64::NAN, |(r, _)| r)), 2),
+                        fmt(t.med(s, p, |x| x.settled.map_or(f64::NAN, |(_, s)| s)), 0)
+                    );
                     let _ = writeln!(
                         out,
-                        "| {} | {} | {} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {} | {settled} | {} |",
                         p.name(),
                         fmt(v, 1),
                         fmt(ratio(v, envoy(p)), 2),
@@ -357,6 +362,14 @@ fn targets(t: &Table<'_>) -> String {
         "≤ 24",
         t.value(Scenario::Idle, f),
         |v| v <= 24.0,
+    );
+    add(
+        "RSS after the idle connections closed, ÷ before (within 60 s)",
+        "≤ 1.5",
+        t.med(Scenario::Idle, f, |x| {
+            x.settled.map_or(f64::INFINITY, |(r, _)| r)
+        }),
+        |v| v <= 1.5,
     );
     add(
         "intention change → new connections refused, ms (L4)",

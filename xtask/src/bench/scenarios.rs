@@ -16,6 +16,8 @@ const CLOSE_CONNS: usize = 64;
 /// The paced run's rate and the connections it spreads over.
 pub(crate) const PACED_RATE: u32 = 2_000;
 const PACED_CONNS: usize = 32;
+/// How long the idle run waits for the pair's memory to come back after closing.
+const SETTLE_WITHIN: Duration = Duration::from_secs(60);
 /// How many idle connections are opened at once.
 const IDLE_PARALLEL: usize = 64;
 
@@ -147,6 +149,10 @@ pub(crate) struct Sample {
     pub(crate) pss_kib: u64,
     /// Requests completed (closed-loop runs), for CPU per request.
     pub(crate) requests: u64,
+    /// Idle: the pair's RSS after the connections closed, as a multiple of its RSS
+    /// before they opened, and the seconds it took to come within 1.5× (or the 60 s
+    /// the run waits).
+    pub(crate) settled: Option<(f64, f64)>,
     /// Share of one core the load generator and backend used over the run.
     pub(crate) generator_busy: f64,
 }
@@ -196,6 +202,19 @@ pub(crate) async fn run(scenario: Scenario, pair: &mut Running, sizes: Sizes) ->
             sample.extra = Some(grown / 1024.0);
             sample.errors = failed;
             drop(conns);
+            // Memory that comes back: wait (bounded) for the pair to shrink to 1.5×
+            // where it started.
+            let closed = Instant::now();
+            let target = before.max(1) as f64 * 1.5;
+            let mut now = pair.usage().rss_kib;
+            while (now as f64) > target && closed.elapsed() < SETTLE_WITHIN {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                now = pair.usage().rss_kib;
+            }
+            sample.settled = Some((
+                now as f64 / before.max(1) as f64,
+                closed.elapsed().as_secs_f64(),
+            ));
         }
         Scenario::Intentions | Scenario::IntentionsL7 => {
             let (new_ms, live_ms) = intention_change(pair).await?;
