@@ -306,6 +306,7 @@ pub async fn run(mut state: State, listening: Listening) -> Result<(), BindError
             ::metrics::gauge!(metrics::LEAF_EXPIRY).set(leaf.not_after as f64);
         }
         active_targets.update(&snapshot);
+        metrics::catalog::register_upstreams(&snapshot);
         listening.set(snapshot.clone(), now);
 
         let retry = async {
