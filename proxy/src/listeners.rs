@@ -6,13 +6,16 @@
 //! closed; connections it already accepted carry on. A bind that fails before the first
 //! complete snapshot is a start-up error (the binary exits 1 naming the address); after
 //! it, the failure is warned about once, retried, and named by `/ready` until it binds.
+//! The public Prometheus listener is one of them, except that in Consul mode its
+//! failure is never a start-up error (`PrometheusListener::required`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrule_control::model::{Snapshot, UpstreamConfig};
+use ferrule_control::model::{PrometheusListener, Snapshot, UpstreamConfig};
+use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -151,6 +154,7 @@ impl Drop for Bound {
 struct Listeners {
     inbound: Option<Bound>,
     upstreams: HashMap<String, Bound>,
+    prometheus: Option<Bound>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +208,39 @@ impl Listeners {
         spawn_inbound(listener, state, limit, cancel.clone());
         self.inbound = Some(Bound {
             addr: ib.bind,
+            cancel,
+        });
+        Ok(())
+    }
+
+    /// Binds, moves or closes the public Prometheus listener as `wanted` says.
+    async fn reconcile_prometheus(
+        &mut self,
+        wanted: Option<&PrometheusListener>,
+        metrics: &PrometheusHandle,
+    ) -> Result<(), BindError> {
+        let Some(wanted) = wanted else {
+            self.prometheus = None;
+            return Ok(());
+        };
+        if self
+            .prometheus
+            .as_ref()
+            .is_some_and(|b| b.addr == wanted.bind)
+        {
+            return Ok(());
+        }
+        self.prometheus = None;
+        let listener = bind(wanted.bind, || "prometheus".into()).await?;
+        tracing::info!(addr = %wanted.bind, "prometheus listener bound");
+        let cancel = CancellationToken::new();
+        tokio::spawn(crate::admin::serve_prometheus(
+            listener,
+            metrics.clone(),
+            cancel.clone(),
+        ));
+        self.prometheus = Some(Bound {
+            addr: wanted.bind,
             cancel,
         });
         Ok(())
@@ -283,9 +320,14 @@ fn spawn_upstream(
 
 /// Reconciles listeners with every new snapshot. Until a complete snapshot has been
 /// served, a bind error is returned (a port taken at start-up is a fatal
-/// misconfiguration, in both modes); after that, a new one is warned about once and
-/// retried every few seconds, and `/ready` names it.
-pub async fn run(mut state: State, listening: Listening) -> Result<(), BindError> {
+/// misconfiguration, in both modes; the Prometheus listener's only when it is
+/// `required`); after that, a new one is warned about once and retried every few
+/// seconds, and `/ready` names it. `metrics` is what the Prometheus listener renders.
+pub async fn run(
+    mut state: State,
+    listening: Listening,
+    metrics: PrometheusHandle,
+) -> Result<(), BindError> {
     let mut listeners = Listeners::default();
     let mut started = false;
     let mut failing: Vec<String> = Vec::new();
@@ -293,8 +335,15 @@ pub async fn run(mut state: State, listening: Listening) -> Result<(), BindError
     loop {
         let snapshot: Arc<Snapshot> = state.snapshots.borrow_and_update().clone();
         let mut errors = listeners.reconcile(&snapshot, &state).await;
-        if !started && !errors.is_empty() {
-            return Err(errors.remove(0));
+        let wanted = snapshot.prometheus.as_ref();
+        if let Err(e) = listeners.reconcile_prometheus(wanted, &metrics).await {
+            if !started && wanted.is_some_and(|p| p.required) {
+                return Err(e);
+            }
+            errors.push(e);
+        }
+        if !started && let Some(i) = errors.iter().position(|e| e.what != "prometheus") {
+            return Err(errors.remove(i));
         }
         started |= snapshot.is_complete();
         let now: Vec<String> = errors.iter().map(ToString::to_string).collect();
