@@ -1,0 +1,342 @@
+//! Metrics people and scrapers can read, and the log level changed at run time:
+//!
+//! - a fresh sidecar's `/metrics`, read by PyPI `prometheus_client`'s text parser (as a
+//!   Prometheus client library reads it), has `# HELP` and `# TYPE` for every family,
+//!   and its known counters at 0 before any traffic;
+//! - `/stats/prometheus` (Envoy's path) answers as `/metrics` does, on the admin
+//!   listener and on the public Prometheus listener, which answers nothing else;
+//! - that listener comes from the static config's `prometheus_bind_addr` (a taken
+//!   address exits 1 at start-up, as any listener) and from `Proxy.Config`'s
+//!   `envoy_prometheus_bind_addr` in Consul mode (followed when it moves; a taken
+//!   address is named by `/ready`, never an exit);
+//! - `POST /logging?level=debug` turns debug lines on in a running sidecar, `GET
+//!   /logging` says so, and a level that is not one is a 400 that changes nothing.
+//!
+//! `.ci/run` installs `prometheus_client` into `target/ci-venv`; without it the parser
+//! check fails under CI (`CI=true`) and is skipped with a note elsewhere.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferrule_tests::DevCa;
+use ferrule_tests::agent::{AgentOptions, DevAgent, ServiceRegistration};
+use ferrule_tests::backends::TcpEcho;
+use ferrule_tests::consul::ConsulSidecar;
+use ferrule_tests::http;
+use ferrule_tests::mesh::{API, intentions_json, svid};
+use ferrule_tests::sidecar::{Sidecar, SidecarConfig};
+use ferrule_tests::wait::{eventually, free_port};
+use hyper::Method;
+use serde_json::{Value, json};
+
+/// A registration change reaching the sidecar, and a bind retried (every 2 s).
+const APPLIES_WITHIN: Duration = Duration::from_secs(15);
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// `url` scraped and parsed by `prometheus_client` (see
+/// `tests/clients/python/prometheus_text.py`): its families by the parser's name.
+/// `None` when the client is not installed, outside CI.
+async fn parsed_by_prometheus_client(url: &str) -> Option<serde_json::Map<String, Value>> {
+    let python = workspace().join("target/ci-venv/bin/python");
+    if !python.is_file() {
+        let why = format!(
+            "no {} (run .ci/run, or python3 -m venv target/ci-venv && target/ci-venv/bin/pip install prometheus-client)",
+            python.display()
+        );
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "prometheus_client is missing under CI: {why}"
+        );
+        eprintln!("skipped: prometheus_client is not installed: {why}");
+        return None;
+    }
+    let script = workspace().join("tests/clients/python/prometheus_text.py");
+    let mut command = tokio::process::Command::new(&python);
+    command
+        .arg(&script)
+        .arg(url)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
+        .await
+        .expect("the parser finishes")
+        .expect("run the parser");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "prometheus_client refused {url}:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    match serde_json::from_str(&stdout) {
+        Ok(Value::Object(families)) => Some(families),
+        other => panic!("the parser printed {other:?}"),
+    }
+}
+
+/// Every family has a HELP and a TYPE line.
+fn assert_help_and_type(families: &serde_json::Map<String, Value>) {
+    assert!(!families.is_empty());
+    for (name, family) in families {
+        assert_ne!(family["type"], "unknown", "{name} has no TYPE: {family}");
+        let help = family["help"].as_str().unwrap_or_default();
+        assert!(!help.is_empty(), "{name} has no HELP: {family}");
+    }
+}
+
+/// The value of the sample `name{labels}` in the parser's families, if it is there.
+fn sample(families: &serde_json::Map<String, Value>, name: &str, labels: &Value) -> Option<f64> {
+    families
+        .values()
+        .flat_map(|f| f["samples"].as_array().cloned().unwrap_or_default())
+        .find(|s| s["name"] == name && &s["labels"] == labels)
+        .and_then(|s| s["value"].as_f64())
+}
+
+/// `GET path` on `addr`: status and body.
+async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let answer = http::get(addr, path).await?;
+    Ok((answer.status, answer.body))
+}
+
+fn api_config(ca: &DevCa, local_app: SocketAddr) -> SidecarConfig {
+    SidecarConfig::new(ca, &svid(ca, API))
+        .inbound(local_app, intentions_json(API, &[("web", "allow")]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_sidecar_exports_readable_metrics_on_every_path() {
+    let ca = DevCa::generate(None).expect("CA");
+    let app = TcpEcho::start().await;
+    let prometheus = free_port();
+    let sidecar = Sidecar::start(
+        api_config(&ca, app.addr()).key("prometheus_bind_addr", &format!("\"{prometheus}\"")),
+    )
+    .await;
+    let admin = sidecar.admin_addr();
+
+    let url = format!("http://{admin}/metrics");
+    if let Some(families) = parsed_by_prometheus_client(&url).await {
+        assert_help_and_type(&families);
+        for result in [
+            "accepted",
+            "probe",
+            "tls_error",
+            "denied",
+            "app_unreachable",
+        ] {
+            let labels = json!({ "result": result });
+            let value = sample(&families, "ferrule_inbound_connections_total", &labels);
+            assert_eq!(value, Some(0.0), "inbound {result} before any traffic");
+        }
+        let labels = json!({ "direction": "inbound", "kind": "resumed",
+                             "version": "TLSv1_3", "alpn": "none" });
+        let value = sample(&families, "ferrule_tls_handshakes_total", &labels);
+        assert_eq!(value, Some(0.0), "resumed handshakes before any traffic");
+        let via_envoys_path = format!("http://{admin}/stats/prometheus");
+        let again = parsed_by_prometheus_client(&via_envoys_path)
+            .await
+            .expect("the parser is there");
+        let names = |f: &serde_json::Map<String, Value>| f.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(
+            names(&again),
+            names(&families),
+            "/stats/prometheus is /metrics"
+        );
+        let public = format!("http://{prometheus}/stats/prometheus");
+        let public = parsed_by_prometheus_client(&public).await.expect("parser");
+        assert_help_and_type(&public);
+    }
+
+    for path in ["/metrics", "/stats/prometheus"] {
+        let (status, body) = get(admin, path).await.expect("admin");
+        assert_eq!(status, 200, "admin {path}");
+        assert!(
+            body.contains("# HELP ferrule_inbound_connections_total "),
+            "{body}"
+        );
+        let (status, body) = get(prometheus, path).await.expect("prometheus listener");
+        assert_eq!(status, 200, "prometheus listener {path}");
+        assert!(
+            body.contains("ferrule_leaf_cert_expiry_timestamp_seconds "),
+            "{body}"
+        );
+    }
+    for path in ["/ready", "/config", "/logging", "/"] {
+        let (status, _) = get(prometheus, path).await.expect("prometheus listener");
+        assert_eq!(status, 404, "the prometheus listener serves {path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_prometheus_address_stops_a_static_sidecar_at_start_up() {
+    let ca = DevCa::generate(None).expect("CA");
+    let app = TcpEcho::start().await;
+    let holder = TcpListener::bind("127.0.0.1:0").expect("take a port");
+    let taken = holder.local_addr().expect("its address");
+    let mut sidecar = Sidecar::spawn(
+        api_config(&ca, app.addr()).key("prometheus_bind_addr", &format!("\"{taken}\"")),
+    );
+    let code = sidecar
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("the sidecar exits");
+    assert_eq!(code, Some(1), "{}", sidecar.stderr());
+    let named = format!("cannot listen on {taken} (prometheus)");
+    assert!(sidecar.stderr().contains(&named), "{}", sidecar.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prometheus_listener_follows_proxy_config_from_the_agent() {
+    let agent = DevAgent::start(AgentOptions::default()).await;
+    let app = TcpEcho::start().await;
+    let first = free_port();
+    let api = ServiceRegistration::new(API, app.addr().port())
+        .with_proxy_config("envoy_prometheus_bind_addr", json!(first.to_string()));
+    agent.register(&api).await;
+    let sidecar = ConsulSidecar::start(&agent, &api.id).await;
+    eventually(
+        "the prometheus listener answers",
+        APPLIES_WITHIN,
+        || async {
+            let (status, body) = get(first, "/metrics").await?;
+            anyhow::ensure!(status == 200 && body.contains("# TYPE "), "{status} {body}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", sidecar.stderr()));
+    let (status, _) = get(first, "/stats/prometheus").await.expect("scrape");
+    assert_eq!(status, 200);
+
+    // The address moves: the new one answers, the old one is closed.
+    let second = free_port();
+    let moved = ServiceRegistration {
+        proxy_config: vec![(
+            "envoy_prometheus_bind_addr".into(),
+            json!(second.to_string()),
+        )],
+        ..api.clone()
+    };
+    agent.register(&moved).await;
+    eventually("the listener moves", APPLIES_WITHIN, || async {
+        let (status, _) = get(second, "/metrics").await?;
+        anyhow::ensure!(status == 200, "{status}");
+        anyhow::ensure!(
+            get(first, "/metrics").await.is_err(),
+            "{first} still answers"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", sidecar.stderr()));
+
+    // Onto a taken address (Consul's other key this time): named by /ready, no exit.
+    let holder = TcpListener::bind("127.0.0.1:0").expect("take a port");
+    let taken = holder.local_addr().expect("its address");
+    let onto_taken = ServiceRegistration {
+        proxy_config: vec![("prometheus_bind_addr".into(), json!(taken.to_string()))],
+        ..api.clone()
+    };
+    agent.register(&onto_taken).await;
+    let named = format!("cannot listen on {taken} (prometheus)");
+    eventually("/ready names the taken address", APPLIES_WITHIN, || async {
+        let (code, body) = sidecar.admin().ready().await?;
+        anyhow::ensure!(code == 503 && body.contains(&named), "{code} {body}");
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", sidecar.stderr()));
+    let (status, _) = get(sidecar.admin().addr, "/metrics").await.expect("admin");
+    assert_eq!(status, 200, "the admin listener still serves");
+    drop(holder);
+    eventually("bound once the address is free", APPLIES_WITHIN, || async {
+        let (status, _) = get(taken, "/metrics").await?;
+        anyhow::ensure!(status == 200, "{status}");
+        let (code, body) = sidecar.admin().ready().await?;
+        anyhow::ensure!(code == 200, "{code} {body}");
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", sidecar.stderr()));
+}
+
+/// `POST /logging` on the admin listener: the status and body.
+async fn post_logging(admin: SocketAddr, query: &str) -> (u16, String) {
+    let path = format!("/logging?{query}");
+    let answer = http::request(admin, Method::POST, &path, Bytes::new())
+        .await
+        .expect("POST /logging");
+    (answer.status, answer.body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_logging_changes_the_level_of_a_running_sidecar() {
+    let agent = DevAgent::start(AgentOptions::default()).await;
+    let app = TcpEcho::start().await;
+    let api = ServiceRegistration::new(API, app.addr().port());
+    agent.register(&api).await;
+    let sidecar = ConsulSidecar::start_with_args(&agent, &api.id, &["--log-level", "info"]).await;
+    let admin = sidecar.admin().addr;
+    let (status, body) = get(admin, "/logging").await.expect("GET /logging");
+    assert_eq!((status, body.as_str()), (200, "active filter: info\n"));
+
+    // A probe (connect, close) is recorded at debug: nothing at info.
+    let probes = |n: f64| move |v: f64| v >= n;
+    let probe = || async {
+        drop(tokio::net::TcpStream::connect(api.sidecar_addr()).await);
+    };
+    let inbound = ferrule_tests::metrics::Selector {
+        name: "ferrule_inbound_connections_total",
+        labels: &[("result", "probe")],
+    };
+    probe().await;
+    sidecar
+        .admin()
+        .wait_for_metric(inbound, probes(1.0), APPLIES_WITHIN)
+        .await
+        .expect("the probe is counted");
+    assert!(!sidecar.stderr().contains("DEBUG"), "{}", sidecar.stderr());
+
+    let (status, body) = post_logging(admin, "level=debug").await;
+    assert_eq!((status, body.as_str()), (200, "active filter: debug\n"));
+    probe().await;
+    eventually("a debug line", APPLIES_WITHIN, || async {
+        let log = sidecar.stderr();
+        anyhow::ensure!(
+            log.contains("DEBUG") && log.contains("connection closed"),
+            "{log}"
+        );
+        Ok(())
+    })
+    .await
+    .expect("debug lines after POST /logging?level=debug");
+    let (_, body) = get(admin, "/logging").await.expect("GET /logging");
+    assert_eq!(body, "active filter: debug\n");
+
+    // Envoy's names, and a bad one that changes nothing.
+    let (status, body) = post_logging(admin, "level=verbose").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"verbose\" is not a log level"), "{body}");
+    let (_, body) = get(admin, "/logging").await.expect("GET /logging");
+    assert_eq!(
+        body, "active filter: debug\n",
+        "a refused level changes nothing"
+    );
+    let (status, body) = post_logging(admin, "level=warning").await;
+    assert_eq!((status, body.as_str()), (200, "active filter: warn\n"));
+    let (status, body) = post_logging(admin, "level=info%2Cferrule%3Ddebug").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "active filter: ferrule=debug,info\n")
+    );
+}
