@@ -449,3 +449,64 @@ mod tests {
         assert!(family_of("ferrule_nonsense").is_none());
     }
 }
+
+/// The README's metrics table against the catalogue: the same names, in either
+/// direction, with the same type and exactly the catalogue's labels.
+#[cfg(test)]
+mod readme {
+    use super::*;
+
+    const README: &str = include_str!("../../../README.md");
+
+    /// `(name, type, labels named)` of each row of the table under `### Metrics`.
+    fn rows() -> Vec<(String, String, Vec<String>)> {
+        let section = README
+            .split("\n### Metrics\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n### ").next())
+            .expect("a ### Metrics section in README.md");
+        section
+            .lines()
+            .filter(|line| line.starts_with("| `ferrule_"))
+            .map(|line| {
+                let cells: Vec<&str> = line.split(" | ").map(str::trim).collect();
+                let name = cells[0].trim_start_matches("| ").trim_matches('`');
+                let labels = cells
+                    .get(2)
+                    .map(|cell| {
+                        cell.split('`')
+                            .skip(1)
+                            .step_by(2)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (name.to_owned(), cells[1].to_owned(), labels)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_metric_is_in_the_readme_table_and_nothing_else() {
+        let rows = rows();
+        for family in FAMILIES {
+            let row = rows.iter().find(|(name, _, _)| name == family.name);
+            let Some((_, kind, labels)) = row else {
+                panic!("{} is described but not in README.md's table", family.name);
+            };
+            assert_eq!(kind, family.kind.as_str(), "{}", family.name);
+            let mut want: Vec<&str> = family.labels.to_vec();
+            let mut got: Vec<&str> = labels.iter().map(String::as_str).collect();
+            want.sort_unstable();
+            got.sort_unstable();
+            // Label values are written plainly; only label names are in backticks.
+            assert_eq!(got, want, "labels of {} in README.md", family.name);
+        }
+        for (name, _, _) in &rows {
+            assert!(
+                FAMILIES.iter().any(|f| f.name == name),
+                "README.md's table lists {name}, which is not described"
+            );
+        }
+    }
+}
