@@ -340,3 +340,177 @@ async fn post_logging_changes_the_level_of_a_running_sidecar() {
         (200, "active filter: ferrule=debug,info\n")
     );
 }
+
+/// The metric names a PromQL expression reads.
+fn metric_names(expr: &str) -> Vec<String> {
+    let name = regex::Regex::new(r"\bferrule_[a-z0-9_]+").expect("regex");
+    name.find_iter(expr)
+        .map(|m| m.as_str().to_owned())
+        .collect()
+}
+
+/// Every expression of the dashboard: each panel's queries and each variable's.
+fn dashboard_queries() -> Vec<String> {
+    let path = workspace().join("dashboards/ferrule.json");
+    let text = std::fs::read_to_string(&path).expect("read dashboards/ferrule.json");
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    assert!(
+        dashboard["schemaVersion"].as_u64() >= Some(39),
+        "schemaVersion"
+    );
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let datasource = variables
+        .iter()
+        .find(|v| v["type"] == "datasource")
+        .expect("a data source variable");
+    assert_eq!(datasource["query"], "prometheus");
+    for name in ["service", "instance"] {
+        assert!(
+            variables.iter().any(|v| v["name"] == name),
+            "no ${name} variable"
+        );
+    }
+    let mut queries: Vec<String> = variables
+        .iter()
+        .filter_map(|v| v["definition"].as_str().map(str::to_owned))
+        .collect();
+    let panels = dashboard["panels"].as_array().cloned().unwrap_or_default();
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "{}",
+            panel["title"]
+        );
+        let targets = panel["targets"].as_array().cloned().unwrap_or_default();
+        assert!(!targets.is_empty(), "{} queries nothing", panel["title"]);
+        for target in targets {
+            let expr = target["expr"].as_str().expect("a PromQL expression");
+            assert!(
+                expr.contains("$service") && expr.contains("$instance"),
+                "{expr}"
+            );
+            queries.push(expr.to_owned());
+        }
+    }
+    queries
+}
+
+/// The sample names of one scrape, and the families `# TYPE` calls histograms.
+fn sample_names(text: &str) -> (std::collections::BTreeSet<String>, Vec<String>) {
+    let mut names = std::collections::BTreeSet::new();
+    let mut histograms = Vec::new();
+    for line in text.lines() {
+        if let Some(family) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.strip_suffix(" histogram"))
+        {
+            histograms.push(family.to_owned());
+        } else if !line.starts_with('#') {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            names.insert(line[..end].to_owned());
+        }
+    }
+    (names, histograms)
+}
+
+/// A mesh with traffic of every kind the dashboard shows: web calls api over HTTP and
+/// db over TCP; web's connection to db is then cut by a deny. Every metric the
+/// dashboard queries is in the sidecars' `/metrics`, and every `histogram_quantile`
+/// reads the buckets of a family exported as a histogram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_queries_is_exported() {
+    use ferrule_tests::backends::HttpEcho;
+    use ferrule_tests::clients::curl;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SETUP: Duration = Duration::from_secs(30);
+
+    let queries = dashboard_queries();
+    let agent = DevAgent::start(AgentOptions::default()).await;
+    let api_app = HttpEcho::start().await;
+    let db_app = TcpEcho::start().await;
+    let api = ServiceRegistration::new("api", api_app.addr().port());
+    let db = ServiceRegistration::new("db", db_app.addr().port());
+    let web = ServiceRegistration::new("web", free_port().port())
+        .with_upstream("api")
+        .with_upstream("db");
+    let http = json!({ "Kind": "service-defaults", "Name": "api", "Protocol": "http" });
+    agent
+        .put("/v1/config", &http)
+        .await
+        .expect("api speaks http");
+    for service in [&api, &db, &web] {
+        agent.register(service).await;
+    }
+    agent.set_intentions("api", &[("web", "allow")]).await;
+    agent.set_intentions("db", &[("web", "allow")]).await;
+    let sidecars = [
+        ConsulSidecar::start(&agent, &api.id).await,
+        ConsulSidecar::start(&agent, &db.id).await,
+        ConsulSidecar::start(&agent, &web.id).await,
+    ];
+    agent.wait_passing("api", &[api.sidecar_port], SETUP).await;
+    agent.wait_passing("db", &[db.sidecar_port], SETUP).await;
+    let url = format!("http://{}/", web.upstream_addr("api"));
+    eventually("web calls api", SETUP, || async {
+        let got = curl(&url, &["--max-time", "5"]).await?;
+        anyhow::ensure!(got.http_code == 200, "{got:?}");
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", sidecars[2].stderr()));
+
+    let mut conn = eventually("web reaches db", SETUP, || async {
+        let mut conn = tokio::net::TcpStream::connect(web.upstream_addr("db")).await?;
+        conn.write_all(b"ping").await?;
+        let mut echoed = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut echoed)).await??;
+        anyhow::ensure!(&echoed == b"ping", "{echoed:?}");
+        Ok(conn)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", sidecars[1].stderr()));
+    agent.set_intentions("db", &[("web", "deny")]).await;
+    let terminated = ferrule_tests::metrics::Selector {
+        name: "ferrule_authz_terminations_total",
+        labels: &[("source", "web")],
+    };
+    sidecars[1]
+        .admin()
+        .wait_for_metric(terminated, |v| v >= 1.0, APPLIES_WITHIN)
+        .await
+        .expect("the deny closes web's open connection to db");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut rest)).await;
+
+    let mut exported = std::collections::BTreeSet::new();
+    let mut histograms = Vec::new();
+    for sidecar in &sidecars {
+        let (status, text) = get(sidecar.admin().addr, "/metrics").await.expect("scrape");
+        assert_eq!(status, 200);
+        let (names, families) = sample_names(&text);
+        exported.extend(names);
+        histograms.extend(families);
+    }
+    for expr in &queries {
+        for name in metric_names(expr) {
+            assert!(
+                exported.contains(&name),
+                "the dashboard queries {name}, which no sidecar exports: {expr}\nexported: {exported:?}"
+            );
+        }
+        if expr.contains("histogram_quantile") {
+            for name in metric_names(expr) {
+                let family = name.strip_suffix("_bucket").unwrap_or_else(|| {
+                    panic!("histogram_quantile over {name}, not a _bucket series")
+                });
+                assert!(
+                    histograms.iter().any(|h| h == family),
+                    "{family} is not exported as a histogram"
+                );
+            }
+        }
+    }
+}
