@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrule_control::model::{PrometheusListener, Snapshot, UpstreamConfig};
+use ferrule_control::model::{Snapshot, UpstreamConfig};
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
@@ -154,7 +154,43 @@ impl Drop for Bound {
 struct Listeners {
     inbound: Option<Bound>,
     upstreams: HashMap<String, Bound>,
-    prometheus: Option<Bound>,
+    prometheus: PrometheusSlot,
+}
+
+/// The public Prometheus listener (a sidecar's or a mesh gateway's), kept at the
+/// address its configuration asks for.
+#[derive(Default)]
+pub(crate) struct PrometheusSlot(Option<Bound>);
+
+impl PrometheusSlot {
+    /// Binds, moves or closes the listener as `wanted` says; it renders `metrics`.
+    pub(crate) async fn reconcile(
+        &mut self,
+        wanted: Option<SocketAddr>,
+        metrics: &PrometheusHandle,
+    ) -> Result<(), BindError> {
+        let Some(wanted) = wanted else {
+            self.0 = None;
+            return Ok(());
+        };
+        if self.0.as_ref().is_some_and(|b| b.addr == wanted) {
+            return Ok(());
+        }
+        self.0 = None;
+        let listener = bind(wanted, || "prometheus".into()).await?;
+        tracing::info!(addr = %wanted, "prometheus listener bound");
+        let cancel = CancellationToken::new();
+        tokio::spawn(crate::admin::serve_prometheus(
+            listener,
+            metrics.clone(),
+            cancel.clone(),
+        ));
+        self.0 = Some(Bound {
+            addr: wanted,
+            cancel,
+        });
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,39 +244,6 @@ impl Listeners {
         spawn_inbound(listener, state, limit, cancel.clone());
         self.inbound = Some(Bound {
             addr: ib.bind,
-            cancel,
-        });
-        Ok(())
-    }
-
-    /// Binds, moves or closes the public Prometheus listener as `wanted` says.
-    async fn reconcile_prometheus(
-        &mut self,
-        wanted: Option<&PrometheusListener>,
-        metrics: &PrometheusHandle,
-    ) -> Result<(), BindError> {
-        let Some(wanted) = wanted else {
-            self.prometheus = None;
-            return Ok(());
-        };
-        if self
-            .prometheus
-            .as_ref()
-            .is_some_and(|b| b.addr == wanted.bind)
-        {
-            return Ok(());
-        }
-        self.prometheus = None;
-        let listener = bind(wanted.bind, || "prometheus".into()).await?;
-        tracing::info!(addr = %wanted.bind, "prometheus listener bound");
-        let cancel = CancellationToken::new();
-        tokio::spawn(crate::admin::serve_prometheus(
-            listener,
-            metrics.clone(),
-            cancel.clone(),
-        ));
-        self.prometheus = Some(Bound {
-            addr: wanted.bind,
             cancel,
         });
         Ok(())
@@ -335,15 +338,18 @@ pub async fn run(
     loop {
         let snapshot: Arc<Snapshot> = state.snapshots.borrow_and_update().clone();
         let mut errors = listeners.reconcile(&snapshot, &state).await;
+        if !started && !errors.is_empty() {
+            return Err(errors.remove(0));
+        }
         let wanted = snapshot.prometheus.as_ref();
-        if let Err(e) = listeners.reconcile_prometheus(wanted, &metrics).await {
+        let prometheus = listeners
+            .prometheus
+            .reconcile(wanted.map(|p| p.bind), &metrics);
+        if let Err(e) = prometheus.await {
             if !started && wanted.is_some_and(|p| p.required) {
                 return Err(e);
             }
             errors.push(e);
-        }
-        if !started && let Some(i) = errors.iter().position(|e| e.what != "prometheus") {
-            return Err(errors.remove(i));
         }
         started |= snapshot.is_complete();
         let now: Vec<String> = errors.iter().map(ToString::to_string).collect();

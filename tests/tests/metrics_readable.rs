@@ -8,7 +8,9 @@
 //! - that listener comes from the static config's `prometheus_bind_addr` (a taken
 //!   address exits 1 at start-up, as any listener) and from `Proxy.Config`'s
 //!   `envoy_prometheus_bind_addr` in Consul mode (followed when it moves; a taken
-//!   address is named by `/ready`, never an exit);
+//!   address is named by `/ready`, never an exit), for a sidecar and a mesh gateway;
+//! - every metric `dashboards/ferrule.json` queries is exported by a live mesh's
+//!   sidecars, and its percentiles read histogram buckets;
 //! - `POST /logging?level=debug` turns debug lines on in a running sidecar, `GET
 //!   /logging` says so, and a level that is not one is a 400 that changes nothing.
 //!
@@ -512,5 +514,43 @@ async fn every_metric_the_dashboard_queries_is_exported() {
                 );
             }
         }
+    }
+}
+
+/// A mesh gateway: its `/metrics` read by the parser, every result of its connections
+/// at 0 before any, and its Prometheus listener from `Proxy.Config`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_gateway_exports_readable_metrics_and_its_prometheus_listener() {
+    use ferrule_tests::gateway::{FerruleGateway, MeshGatewayRegistration};
+    let agent = DevAgent::start(AgentOptions::default()).await;
+    let registration = MeshGatewayRegistration::new("mesh-gateway");
+    let prometheus = free_port();
+    let mut body = registration.to_json();
+    body["Proxy"] = json!({ "Config": { "envoy_prometheus_bind_addr": prometheus.to_string() } });
+    agent
+        .put("/v1/agent/service/register", &body)
+        .await
+        .expect("register the gateway");
+    let gateway = FerruleGateway::start(&agent.url(), &registration.id).await;
+    eventually(
+        "the gateway's prometheus listener",
+        APPLIES_WITHIN,
+        || async {
+            let (status, body) = get(prometheus, "/stats/prometheus").await?;
+            anyhow::ensure!(status == 200, "{status} {body}");
+            let zero =
+                "ferrule_gateway_connections_total{listener=\"wan\",result=\"unknown_sni\"} 0";
+            anyhow::ensure!(body.contains(zero), "{body}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", gateway.stderr()));
+    let url = format!("http://{}/metrics", gateway.admin().addr);
+    if let Some(families) = parsed_by_prometheus_client(&url).await {
+        assert_help_and_type(&families);
+        let labels = json!({ "listener": "lan", "result": "routed" });
+        let routed = sample(&families, "ferrule_gateway_connections_total", &labels);
+        assert_eq!(routed, Some(0.0));
     }
 }

@@ -104,7 +104,7 @@ pub(super) fn registration(svc: &AgentService) -> Result<Registration, String> {
 /// serves only the metrics), else `prometheus_bind_addr`. An address that is not one
 /// is warned about and no listener is bound; a bind failure never stops the sidecar
 /// (`docs/consul-semantics.md#prometheus`).
-fn prometheus_of(config: &Map<String, Value>) -> Option<PrometheusListener> {
+pub(in crate::consul) fn prometheus_of(config: &Map<String, Value>) -> Option<PrometheusListener> {
     let (key, text) = ["envoy_prometheus_bind_addr", "prometheus_bind_addr"]
         .into_iter()
         .find_map(|key| config_str(config, key).map(|text| (key, text)))?;
