@@ -70,6 +70,10 @@ pub struct GatewayConfig {
     /// LAN one.
     pub wan: Option<SocketAddr>,
     pub limits: GatewayLimits,
+    /// The public Prometheus listener `Proxy.Config` asks for
+    /// (`envoy_prometheus_bind_addr`); its bind failure never stops the gateway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<SocketAddr>,
 }
 
 /// One listener's limits and timeouts.

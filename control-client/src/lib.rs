@@ -19,5 +19,5 @@ pub mod intentions;
 pub mod model;
 pub mod publish;
 pub mod routing;
-mod telemetry;
+pub mod telemetry;
 pub mod workload;

@@ -240,6 +240,23 @@ pub struct Snapshot {
     /// change applies to the records that come after it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_logs: Option<Arc<crate::access_log::AccessLogs>>,
+    /// The public Prometheus listener, when one is configured
+    /// (`docs/consul-semantics.md#prometheus`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusListener>,
+}
+
+/// A listener that answers `/metrics` and `/stats/prometheus` and nothing else: what
+/// Consul's `envoy_prometheus_bind_addr` asks of an Envoy sidecar, or static mode's
+/// `prometheus_bind_addr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PrometheusListener {
+    pub bind: SocketAddr,
+    /// Whether a bind failure before the first complete snapshot stops the process, as
+    /// for every other listener (static mode: the address is this proxy's own file's);
+    /// otherwise (Consul mode, where `proxy-defaults` may give every sidecar of a host
+    /// the same address) it is warned about, retried, and named by `/ready`.
+    pub required: bool,
 }
 
 impl Snapshot {

@@ -3,6 +3,11 @@
 
 use crate::model;
 
+/// Control-plane answers, by `resource` and `result`.
+pub const CONTROL_UPDATES: &str = "ferrule_control_updates_total";
+/// When the last good answer for a `resource` arrived, in seconds since the Unix epoch.
+pub const CONTROL_LAST_UPDATE: &str = "ferrule_control_last_update_timestamp_seconds";
+
 /// What a control update is about: the `resource` label of
 /// `ferrule_control_updates_total` and `ferrule_control_last_update_timestamp_seconds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,11 +54,9 @@ impl Resource {
 pub(crate) fn record_update(resource: Resource, ok: bool) {
     let resource = resource.label();
     let result = if ok { "ok" } else { "error" };
-    metrics::counter!("ferrule_control_updates_total", "resource" => resource, "result" => result)
-        .increment(1);
+    metrics::counter!(CONTROL_UPDATES, "resource" => resource, "result" => result).increment(1);
     if ok {
-        metrics::gauge!("ferrule_control_last_update_timestamp_seconds", "resource" => resource)
-            .set(model::unix_now());
+        metrics::gauge!(CONTROL_LAST_UPDATE, "resource" => resource).set(model::unix_now());
     }
 }
 

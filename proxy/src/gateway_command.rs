@@ -45,7 +45,8 @@ async fn serve(args: GatewayArgs) -> Result<(), Fail> {
         .run
         .admin_addr
         .unwrap_or_else(|| SocketAddr::from(DEFAULT_ADMIN_ADDR));
-    let metrics = ferrule::metrics::install().map_err(Fail::Runtime)?;
+    let metrics =
+        ferrule::metrics::install(ferrule::metrics::Exporter::Gateway).map_err(Fail::Runtime)?;
     let admin = ferrule::bind_admin(admin_addr)
         .await
         .map_err(Fail::Runtime)?;

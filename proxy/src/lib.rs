@@ -123,7 +123,7 @@ pub async fn serve(
     let _admin = AbortOnDropHandle::new(tokio::spawn(admin::serve(
         admin_listener,
         admin::Admin {
-            metrics,
+            metrics: metrics.clone(),
             report: report.clone(),
         },
     )));
@@ -138,7 +138,7 @@ pub async fn serve(
         draining: CancellationToken::new(),
     };
     tokio::select! {
-        result = listeners::run(state.clone(), listening.clone()) => {
+        result = listeners::run(state.clone(), listening.clone(), metrics) => {
             return result.map_err(anyhow::Error::from);
         }
         () = shutdown => {}

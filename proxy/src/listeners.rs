@@ -6,6 +6,8 @@
 //! closed; connections it already accepted carry on. A bind that fails before the first
 //! complete snapshot is a start-up error (the binary exits 1 naming the address); after
 //! it, the failure is warned about once, retried, and named by `/ready` until it binds.
+//! The public Prometheus listener is one of them, except that in Consul mode its
+//! failure is never a start-up error (`PrometheusListener::required`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrule_control::model::{Snapshot, UpstreamConfig};
+use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -151,6 +154,43 @@ impl Drop for Bound {
 struct Listeners {
     inbound: Option<Bound>,
     upstreams: HashMap<String, Bound>,
+    prometheus: PrometheusSlot,
+}
+
+/// The public Prometheus listener (a sidecar's or a mesh gateway's), kept at the
+/// address its configuration asks for.
+#[derive(Default)]
+pub(crate) struct PrometheusSlot(Option<Bound>);
+
+impl PrometheusSlot {
+    /// Binds, moves or closes the listener as `wanted` says; it renders `metrics`.
+    pub(crate) async fn reconcile(
+        &mut self,
+        wanted: Option<SocketAddr>,
+        metrics: &PrometheusHandle,
+    ) -> Result<(), BindError> {
+        let Some(wanted) = wanted else {
+            self.0 = None;
+            return Ok(());
+        };
+        if self.0.as_ref().is_some_and(|b| b.addr == wanted) {
+            return Ok(());
+        }
+        self.0 = None;
+        let listener = bind(wanted, || "prometheus".into()).await?;
+        tracing::info!(addr = %wanted, "prometheus listener bound");
+        let cancel = CancellationToken::new();
+        tokio::spawn(crate::admin::serve_prometheus(
+            listener,
+            metrics.clone(),
+            cancel.clone(),
+        ));
+        self.0 = Some(Bound {
+            addr: wanted,
+            cancel,
+        });
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -283,9 +323,14 @@ fn spawn_upstream(
 
 /// Reconciles listeners with every new snapshot. Until a complete snapshot has been
 /// served, a bind error is returned (a port taken at start-up is a fatal
-/// misconfiguration, in both modes); after that, a new one is warned about once and
-/// retried every few seconds, and `/ready` names it.
-pub async fn run(mut state: State, listening: Listening) -> Result<(), BindError> {
+/// misconfiguration, in both modes; the Prometheus listener's only when it is
+/// `required`); after that, a new one is warned about once and retried every few
+/// seconds, and `/ready` names it. `metrics` is what the Prometheus listener renders.
+pub async fn run(
+    mut state: State,
+    listening: Listening,
+    metrics: PrometheusHandle,
+) -> Result<(), BindError> {
     let mut listeners = Listeners::default();
     let mut started = false;
     let mut failing: Vec<String> = Vec::new();
@@ -295,6 +340,16 @@ pub async fn run(mut state: State, listening: Listening) -> Result<(), BindError
         let mut errors = listeners.reconcile(&snapshot, &state).await;
         if !started && !errors.is_empty() {
             return Err(errors.remove(0));
+        }
+        let wanted = snapshot.prometheus.as_ref();
+        let prometheus = listeners
+            .prometheus
+            .reconcile(wanted.map(|p| p.bind), &metrics);
+        if let Err(e) = prometheus.await {
+            if !started && wanted.is_some_and(|p| p.required) {
+                return Err(e);
+            }
+            errors.push(e);
         }
         started |= snapshot.is_complete();
         let now: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -306,6 +361,7 @@ pub async fn run(mut state: State, listening: Listening) -> Result<(), BindError
             ::metrics::gauge!(metrics::LEAF_EXPIRY).set(leaf.not_after as f64);
         }
         active_targets.update(&snapshot);
+        metrics::catalog::register_upstreams(&snapshot);
         listening.set(snapshot.clone(), now);
 
         let retry = async {

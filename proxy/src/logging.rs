@@ -7,12 +7,21 @@
 //! with the list of levels, where `tracing` would read it as the name of a target and
 //! turn every other log line off. A target alone is still written `target=level`.
 //!
+//! The filter can be changed while the process runs (the admin listener's
+//! `POST /logging?level=...`, Envoy's verb): it sits behind `tracing_subscriber`'s
+//! reload layer, and a filter that is refused leaves the one in force as it was.
+//! Envoy's level names are read too: `warning` and `critical` (as `error`).
+//!
 //! At the default `info` a sidecar in a steady state is quiet: what it logs is what an
 //! operator acts on (listeners bound, configuration and certificates changing,
 //! connections closed because intentions now deny them, misconfiguration); each
 //! connection's record is at `debug` under the `ferrule::access` target.
 
-use tracing_subscriber::EnvFilter;
+use std::sync::OnceLock;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
 /// The levels a bare word may name.
 pub const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
@@ -71,13 +80,14 @@ fn normalize(text: &str) -> Result<String, FilterError> {
     Ok(out.join(","))
 }
 
-/// A level word in lower case, `warning` read as `warn`.
+/// A level word in lower case, Envoy's `warning` read as `warn` and `critical` as
+/// `error` (`tracing` has nothing above error).
 fn level_word(word: &str) -> String {
     let word = word.trim().to_ascii_lowercase();
-    if word == "warning" {
-        "warn".to_owned()
-    } else {
-        word
+    match word.as_str() {
+        "warning" => "warn".to_owned(),
+        "critical" => "error".to_owned(),
+        _ => word,
     }
 }
 
@@ -89,16 +99,52 @@ fn is_bare_word(directive: &str) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Installs the global subscriber, writing to stderr.
+/// Changes the filter of the installed subscriber at run time.
+type Reload = reload::Handle<EnvFilter, Registry>;
+
+/// The installed subscriber's filter handle; unset until `init` (and in unit tests).
+static RELOAD: OnceLock<Reload> = OnceLock::new();
+
+/// Why the filter could not be changed at run time.
+#[derive(Debug, thiserror::Error)]
+pub enum SetError {
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error("the log filter cannot be changed: {0}")]
+    Reload(String),
+}
+
+/// Installs the global subscriber, writing to stderr, with its filter reloadable.
 pub fn init(filter: EnvFilter, format: Format) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = reload::Layer::new(filter);
+    let _ = RELOAD.set(handle);
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        Format::Text => builder.init(),
-        Format::Json => builder.json().init(),
+        Format::Text => registry.with(layer).init(),
+        Format::Json => registry.with(layer.json()).init(),
     }
+}
+
+/// The filter in force, as `tracing` writes it (`debug`, `info,ferrule=debug`).
+pub fn current() -> Option<String> {
+    RELOAD.get()?.with_current(ToString::to_string).ok()
+}
+
+/// Puts `text` (a level, or a whole filter) in force from now on and returns it as
+/// `tracing` writes it; a filter that is refused leaves the one in force unchanged.
+pub fn set(text: &str) -> Result<String, SetError> {
+    let filter = filter(text)?;
+    let now = filter.to_string();
+    let handle = RELOAD
+        .get()
+        .ok_or_else(|| SetError::Reload("no log installed".into()))?;
+    handle
+        .reload(filter)
+        .map_err(|e| SetError::Reload(e.to_string()))?;
+    Ok(now)
 }
 
 #[cfg(test)]
@@ -115,6 +161,8 @@ mod tests {
             ("info,ferrule=debug", "info,ferrule=debug"),
             ("warn, ferrule::access=DEBUG", "warn,ferrule::access=debug"),
             ("ferrule::access", "ferrule::access"),
+            ("critical", "error"),
+            ("ferrule=CRITICAL", "ferrule=error"),
         ];
         for (text, want) in cases {
             assert_eq!(normalize(text).as_deref(), Ok(want), "{text}");

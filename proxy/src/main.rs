@@ -313,7 +313,7 @@ fn demo(args: DemoArgs) -> ExitCode {
         Err(code) => return code,
     };
     let result = runtime.block_on(async {
-        let metrics = ferrule::metrics::install()?;
+        let metrics = ferrule::metrics::install(ferrule::metrics::Exporter::Sidecar)?;
         ferrule::demo::run(args.duration, metrics).await
     });
     match result {
@@ -374,7 +374,8 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
         .admin_addr
         .or(config_admin_addr)
         .unwrap_or_else(|| SocketAddr::from(DEFAULT_ADMIN_ADDR));
-    let metrics = ferrule::metrics::install().map_err(Fail::Runtime)?;
+    let metrics =
+        ferrule::metrics::install(ferrule::metrics::Exporter::Sidecar).map_err(Fail::Runtime)?;
     let admin = ferrule::bind_admin(admin_addr)
         .await
         .map_err(Fail::Runtime)?;

@@ -12,6 +12,9 @@ use metrics::{Counter, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+pub mod catalog;
+pub use catalog::Exporter;
+
 pub const INBOUND_CONNECTIONS: &str = "ferrule_inbound_connections_total";
 pub const OUTBOUND_CONNECTIONS: &str = "ferrule_outbound_connections_total";
 pub const ACTIVE_CONNECTIONS: &str = "ferrule_active_connections";
@@ -35,18 +38,29 @@ pub const GATEWAY_BYTES: &str = "ferrule_gateway_bytes_total";
 /// How often histogram samples are folded into their buckets.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Installs the global recorder and returns the handle `/metrics` renders from.
+/// Installs the global recorder and returns the handle `/metrics` renders from: every
+/// metric described (`# HELP`), and those of this `exporter` whose label values are
+/// known in advance registered at zero.
 ///
 /// The exporter keeps every histogram sample until upkeep folds it into its buckets;
 /// without upkeep, a sidecar nobody scrapes would grow by a few bytes per request and
 /// per handshake for ever. A thread of its own runs it, whatever the runtime is doing.
-pub fn install() -> anyhow::Result<PrometheusHandle> {
+pub fn install(exporter: Exporter) -> anyhow::Result<PrometheusHandle> {
     let buckets = [
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), &buckets)?
         .install_recorder()?;
+    catalog::describe();
+    match exporter {
+        Exporter::Sidecar => catalog::register_sidecar(),
+        Exporter::Gateway => catalog::register_gateway(),
+        Exporter::Both => {
+            catalog::register_sidecar();
+            catalog::register_gateway();
+        }
+    }
     let upkeep = handle.clone();
     std::thread::Builder::new()
         .name("metrics-upkeep".into())
@@ -90,6 +104,14 @@ pub enum InboundOutcome {
 }
 
 impl InboundOutcome {
+    pub const ALL: [InboundOutcome; 5] = [
+        InboundOutcome::Accepted,
+        InboundOutcome::Probe,
+        InboundOutcome::TlsError,
+        InboundOutcome::Denied,
+        InboundOutcome::AppUnreachable,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             InboundOutcome::Accepted => "accepted",
@@ -176,12 +198,31 @@ fn status_class(status: u16) -> &'static str {
 }
 
 /// Records one finished HTTP request: its status class (`0xx` when no response was
-/// sent) and how long it took.
-pub fn http_request(direction: Direction, status: u16, started: Instant) {
+/// sent) and how long it took. `upstream` is the upstream's name outbound and the local
+/// service's name inbound (see [`local_service`]): one value per configured listener.
+pub fn http_request(direction: Direction, upstream: &str, status: u16, started: Instant) {
     let class = status_class(status);
-    counter!(HTTP_REQUESTS, "direction" => direction.as_str(), "status" => class).increment(1);
-    histogram!(HTTP_REQUEST_DURATION, "direction" => direction.as_str())
+    let direction = direction.as_str();
+    counter!(
+        HTTP_REQUESTS,
+        "direction" => direction,
+        "upstream" => upstream.to_owned(),
+        "status" => class
+    )
+    .increment(1);
+    histogram!(HTTP_REQUEST_DURATION, "direction" => direction, "upstream" => upstream.to_owned())
         .record(started.elapsed().as_secs_f64());
+}
+
+/// The `upstream` label of inbound HTTP metrics: the local service, as the leaf in
+/// force names it (empty before there is one), so a dashboard can put what a service
+/// answered and what its callers asked for it side by side.
+pub fn local_service(snapshot: &ferrule_control::model::Snapshot) -> String {
+    snapshot
+        .leaf
+        .as_ref()
+        .map(|leaf| leaf.id.service.clone())
+        .unwrap_or_default()
 }
 
 /// Records a live connection closed because intentions now deny it.
@@ -422,6 +463,19 @@ pub enum GatewayOutcome {
 }
 
 impl GatewayOutcome {
+    pub const ALL: [GatewayOutcome; 10] = [
+        GatewayOutcome::Routed,
+        GatewayOutcome::Probe,
+        GatewayOutcome::NotTls,
+        GatewayOutcome::BadHello,
+        GatewayOutcome::HelloTooLarge,
+        GatewayOutcome::HelloTimeout,
+        GatewayOutcome::NoSni,
+        GatewayOutcome::UnknownSni,
+        GatewayOutcome::NoEndpoints,
+        GatewayOutcome::ConnectError,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             GatewayOutcome::Routed => "routed",

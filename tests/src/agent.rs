@@ -424,6 +424,8 @@ pub struct ServiceRegistration {
     pub tags: Vec<String>,
     /// `Checks` of the service, as JSON.
     pub checks: Vec<Value>,
+    /// More keys of the sidecar's `Proxy.Config` (beside `bind_address`).
+    pub proxy_config: Vec<(String, Value)>,
 }
 
 impl ServiceRegistration {
@@ -439,7 +441,15 @@ impl ServiceRegistration {
             meta: Vec::new(),
             tags: Vec::new(),
             checks: Vec::new(),
+            proxy_config: Vec::new(),
         }
+    }
+
+    /// One more key of the sidecar's `Proxy.Config`, e.g.
+    /// `("envoy_prometheus_bind_addr", "127.0.0.1:9102")`.
+    pub fn with_proxy_config(mut self, key: &str, value: Value) -> ServiceRegistration {
+        self.proxy_config.push((key.to_owned(), value));
+        self
     }
 
     /// One `Meta` key of the service, e.g. `("version", "v1")`.
@@ -544,6 +554,9 @@ impl ServiceRegistration {
                 },
             }},
         });
+        for (key, value) in &self.proxy_config {
+            service["Connect"]["SidecarService"]["Proxy"]["Config"][key] = value.clone();
+        }
         if !self.meta.is_empty() {
             let meta: serde_json::Map<String, Value> = self
                 .meta

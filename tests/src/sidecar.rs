@@ -59,6 +59,8 @@ pub struct SidecarConfig {
     env: Vec<(&'static str, String)>,
     /// Further tables of the config file, as written (`[access_logs]`, say).
     tables: Vec<String>,
+    /// Top-level `key = value` lines, written before any table.
+    keys: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +103,7 @@ impl SidecarConfig {
             workload_api: None,
             overrides: Vec::new(),
             tables: Vec::new(),
+            keys: Vec::new(),
             env: Vec::new(),
         }
     }
@@ -119,6 +122,7 @@ impl SidecarConfig {
             drain_timeout: None,
             overrides: Vec::new(),
             tables: Vec::new(),
+            keys: Vec::new(),
             env: Vec::new(),
         }
     }
@@ -238,6 +242,13 @@ impl SidecarConfig {
         self
     }
 
+    /// A top-level key of the config file (`prometheus_bind_addr`, say), its value
+    /// written as given (quote strings).
+    pub fn key(mut self, key: &str, value: &str) -> SidecarConfig {
+        self.keys.push(format!("{key} = {value}"));
+        self
+    }
+
     /// Sets an environment variable of the process.
     pub fn env(mut self, key: &'static str, value: &str) -> SidecarConfig {
         self.env.push((key, value.to_owned()));
@@ -246,6 +257,9 @@ impl SidecarConfig {
 
     fn render_toml(&self, ports: &Ports) -> String {
         let mut toml = String::new();
+        for line in &self.keys {
+            let _ = writeln!(toml, "{line}");
+        }
         let _ = writeln!(toml, "[identity]");
         if self.workload_api.is_some() {
             let _ = writeln!(toml, "service = {:?}", self.service);

@@ -21,6 +21,8 @@ use crate::publish::{self, InboundLimits, UpstreamLimits, UpstreamListener};
 struct RawConfig {
     #[serde(default, deserialize_with = "crate::addr::deserialize_opt")]
     admin_addr: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "crate::addr::deserialize_opt")]
+    prometheus_bind_addr: Option<SocketAddr>,
     #[serde(default)]
     default_action: Option<Action>,
     #[serde(default)]
@@ -164,6 +166,9 @@ pub(super) struct IdentityFiles {
 pub struct StaticConfig {
     pub path: PathBuf,
     pub admin_addr: Option<SocketAddr>,
+    /// The public Prometheus listener (`/metrics` and `/stats/prometheus` only), as
+    /// Consul's `envoy_prometheus_bind_addr` asks for one; follows SIGHUP.
+    pub(super) prometheus_bind_addr: Option<SocketAddr>,
     /// `None` only when the Workload API gives the identity.
     pub(super) files: Option<IdentityFiles>,
     pub(super) intentions: Option<PathBuf>,
@@ -262,6 +267,7 @@ impl StaticConfig {
         Ok(StaticConfig {
             path: path.to_owned(),
             admin_addr: raw.admin_addr,
+            prometheus_bind_addr: raw.prometheus_bind_addr,
             files,
             intentions,
             pins: IdentityPins {
@@ -450,6 +456,15 @@ name = "db"
 bind = "127.0.0.1:9191"
 endpoints = ["127.0.0.1:21001"]
 "#;
+
+    #[test]
+    fn prometheus_bind_addr_is_an_address_or_names_the_key() {
+        assert_eq!(parse(GOOD).unwrap().prometheus_bind_addr, None);
+        let on = parse(&format!("prometheus_bind_addr = \":9102\"\n{GOOD}")).unwrap();
+        assert_eq!(on.prometheus_bind_addr, "127.0.0.1:9102".parse().ok());
+        let e = parse(&format!("prometheus_bind_addr = \"nowhere\"\n{GOOD}")).unwrap_err();
+        assert!(e.to_string().contains("prometheus_bind_addr"), "{e}");
+    }
 
     #[test]
     fn access_logs_table_compiles_or_names_the_key() {

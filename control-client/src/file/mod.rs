@@ -32,7 +32,9 @@ pub use first::StartupError;
 use crate::api::intentions::ServiceIntentionsEntry;
 use crate::identity::ServiceId;
 use crate::intentions::{Destination, Intentions, validate_config_entries};
-use crate::model::{self, Endpoint, Leaf, Snapshot, TrustBundle, UpstreamConfig};
+use crate::model::{
+    self, Endpoint, Leaf, PrometheusListener, Snapshot, TrustBundle, UpstreamConfig,
+};
 use crate::publish::{Admit, Publisher, Wake};
 use crate::telemetry::{Resource, record_update};
 use crate::workload::{Identity, IdentityFeed};
@@ -342,6 +344,13 @@ impl Files {
             default_action: Some(self.config.default_action.clone()),
             blocked: Vec::new(),
             access_logs: self.config.access_logs.clone(),
+            prometheus: self
+                .config
+                .prometheus_bind_addr
+                .map(|bind| PrometheusListener {
+                    bind,
+                    required: true,
+                }),
         }
     }
 

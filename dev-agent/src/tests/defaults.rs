@@ -240,3 +240,36 @@ async fn proxy_defaults_keep_access_logs_and_refuse_what_consul_refuses() {
         "refused writes change nothing"
     );
 }
+
+/// `envoy_prometheus_bind_addr` is one of the keys Consul passes through untouched:
+/// from the registration's own `Proxy.Config`, or from proxy-defaults' `Config` when
+/// the registration does not set it.
+#[tokio::test]
+async fn the_prometheus_bind_address_is_kept_in_proxy_config() {
+    let agent = Agent::start().await;
+    agent
+        .register(
+            json!({ "Name": "web", "Port": 8080, "Connect": { "SidecarService": {
+            "Proxy": { "Config": { "envoy_prometheus_bind_addr": "127.0.0.1:9102" } } } } }),
+        )
+        .await;
+    agent
+        .register(json!({ "Name": "api", "Port": 8081, "Connect": { "SidecarService": {} } }))
+        .await;
+    let defaults = json!({ "Kind": "proxy-defaults", "Name": "global",
+        "Config": { "envoy_prometheus_bind_addr": "0.0.0.0:9102" } });
+    assert_eq!(
+        agent.put("/v1/config", defaults).await.status,
+        StatusCode::OK
+    );
+    for (id, want) in [
+        ("web-sidecar-proxy", "127.0.0.1:9102"),
+        ("api-sidecar-proxy", "0.0.0.0:9102"),
+    ] {
+        let proxy = agent.get(&format!("/v1/agent/service/{id}")).await.value()["Proxy"].clone();
+        assert_eq!(
+            proxy["Config"]["envoy_prometheus_bind_addr"], want,
+            "{id}: {proxy}"
+        );
+    }
+}

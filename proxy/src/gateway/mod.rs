@@ -116,7 +116,7 @@ pub async fn serve(
     let _admin = AbortOnDropHandle::new(tokio::spawn(admin::serve(
         admin_listener,
         admin::Admin {
-            metrics,
+            metrics: metrics.clone(),
             report: Arc::new(report.clone()),
         },
     )));
@@ -130,7 +130,7 @@ pub async fn serve(
         connections: TaskTracker::new(),
     };
     tokio::select! {
-        result = run(shared.clone(), report.clone()) => return result,
+        result = run(shared.clone(), report.clone(), metrics) => return result,
         () = shutdown => {}
     }
     // The listeners went with `run`: nothing new is accepted from here on.
@@ -148,9 +148,15 @@ pub async fn serve(
 /// Keeps the listeners equal to what each new view asks for. Until the gateway was
 /// first ready, a listener that cannot be bound (or a registration that is no mesh
 /// gateway) ends the run; after that, a bind failure is warned about once, retried,
-/// and named by `/ready`.
-async fn run(mut shared: Shared, report: StatusReport) -> Result<(), GatewayError> {
+/// and named by `/ready`. The public Prometheus listener's failure never ends it
+/// (`docs/consul-semantics.md#prometheus`).
+async fn run(
+    mut shared: Shared,
+    report: StatusReport,
+    metrics: PrometheusHandle,
+) -> Result<(), GatewayError> {
     let mut listeners = listen::Listeners::default();
+    let mut prometheus = crate::listeners::PrometheusSlot::default();
     let mut started = false;
     let mut failing: Vec<String> = Vec::new();
     loop {
@@ -161,6 +167,10 @@ async fn run(mut shared: Shared, report: StatusReport) -> Result<(), GatewayErro
         let mut errors = listeners.reconcile(view.gateway.as_ref(), &shared).await;
         if !started && !errors.is_empty() {
             return Err(errors.remove(0).into());
+        }
+        let wanted = view.gateway.as_ref().and_then(|g| g.prometheus);
+        if let Err(e) = prometheus.reconcile(wanted, &metrics).await {
+            errors.push(e);
         }
         started |= view.missing().is_empty();
         let now: Vec<String> = errors.iter().map(ToString::to_string).collect();

@@ -54,6 +54,7 @@ fn view(lan: SocketAddr, api: Vec<SocketAddr>, dc2: SocketAddr) -> GatewayView {
             lan,
             wan: None,
             limits: limits(),
+            prometheus: None,
         }),
         datacenter: Some("dc1".into()),
         trust_domain: Some(TD.into()),

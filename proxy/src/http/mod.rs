@@ -279,6 +279,8 @@ pub fn requested_authority<B>(req: &Request<B>) -> Option<String> {
 /// the record (if logging is on) be written.
 pub struct RequestGuard {
     direction: Direction,
+    /// The `upstream` label of the request's metrics (`metrics::http_request`).
+    upstream: String,
     started: Instant,
     method: http::Method,
     path: String,
@@ -289,9 +291,10 @@ pub struct RequestGuard {
 }
 
 impl RequestGuard {
-    pub fn new<B>(direction: Direction, req: &Request<B>) -> RequestGuard {
+    pub fn new<B>(direction: Direction, upstream: String, req: &Request<B>) -> RequestGuard {
         RequestGuard {
             direction,
+            upstream,
             started: Instant::now(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
@@ -363,7 +366,7 @@ impl RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         let status = self.status.map_or(0, |s| s.as_u16());
-        metrics::http_request(self.direction, status, self.started);
+        metrics::http_request(self.direction, &self.upstream, status, self.started);
         tracing::debug!(
             target: "ferrule::access",
             direction = self.direction.as_str(),

@@ -34,7 +34,7 @@ use crate::http::{
     DENIED_BODY, RequestGuard, ResponseBody, XFCC, is_grpc, local_reply, rebuild_uri,
     requested_authority, strip_hop_by_hop, within,
 };
-use crate::metrics::{Direction, Layer};
+use crate::metrics::{self, Direction, Layer};
 
 /// How long an idle pooled connection to the app is kept.
 const APP_POOL_IDLE: Duration = Duration::from_secs(60);
@@ -168,9 +168,9 @@ pub(super) async fn serve_connection<S>(
 
 /// One request: rebuilt for the app, decided, then forwarded or refused.
 async fn handle(mut req: Request<Incoming>, conn: &Connection) -> Response<ResponseBody> {
-    let mut guard = RequestGuard::new(Direction::Inbound, &req);
-    let grpc = is_grpc(&req);
     let snapshot = conn.snapshots.borrow().clone();
+    let mut guard = RequestGuard::new(Direction::Inbound, metrics::local_service(&snapshot), &req);
+    let grpc = is_grpc(&req);
     guard.log(&snapshot, &req);
     let Some(inbound) = snapshot.inbound.as_ref() else {
         return guard.respond(local_reply(

@@ -75,7 +75,7 @@ async fn handle(
     peer: Peer,
     state: &State,
 ) -> Response<Measured<OutBody>> {
-    let mut guard = RequestGuard::new(Direction::Outbound, &req);
+    let mut guard = RequestGuard::new(Direction::Outbound, shared.name.clone(), &req);
     let grpc = is_grpc(&req);
     let snapshot = state.snapshots.borrow().clone();
     guard.log(&snapshot, &req);

@@ -9,7 +9,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::api::agent::{AgentService, KIND_MESH_GATEWAY, ServiceAddress};
-use crate::consul::source::registration::config_u64;
+use crate::consul::source::registration::{config_u64, prometheus_of};
 use crate::gateway::GatewayConfig;
 use crate::publish::{GatewayLimitsMs, gateway_limits};
 
@@ -63,6 +63,7 @@ pub(super) fn registration(svc: &AgentService) -> Result<Registration, Problem> 
             lan,
             wan,
             limits: gateway_limits(&limits),
+            prometheus: prometheus_of(&config).map(|p| p.bind),
         },
         datacenter: svc.datacenter.clone(),
     })

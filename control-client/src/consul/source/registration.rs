@@ -15,7 +15,7 @@ use crate::api::agent::{
 };
 use crate::api::chain::{DiscoveryChainRequest, GoDuration};
 use crate::identity::DEFAULT;
-use crate::model::{InboundConfig, Protocol};
+use crate::model::{InboundConfig, PrometheusListener, Protocol};
 use crate::publish::{self, InboundLimits, UpstreamLimits, UpstreamListener};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -57,6 +57,8 @@ pub(super) struct Registration {
     pub(super) datacenter: String,
     pub(super) inbound: Option<InboundConfig>,
     pub(super) upstreams: Vec<UpstreamSpec>,
+    /// `envoy_prometheus_bind_addr` (or `prometheus_bind_addr`) of `Proxy.Config`.
+    pub(super) prometheus: Option<PrometheusListener>,
 }
 
 /// Validates a registration and derives the proxy's configuration from it.
@@ -93,7 +95,29 @@ pub(super) fn registration(svc: &AgentService) -> Result<Registration, String> {
         datacenter: svc.datacenter.clone(),
         inbound,
         upstreams,
+        prometheus: prometheus_of(&proxy.config),
     })
+}
+
+/// The public Prometheus listener `Proxy.Config` asks for: Consul's
+/// `envoy_prometheus_bind_addr` (what its Envoy bootstrap turns into a listener that
+/// serves only the metrics), else `prometheus_bind_addr`. An address that is not one
+/// is warned about and no listener is bound; a bind failure never stops the sidecar
+/// (`docs/consul-semantics.md#prometheus`).
+pub(in crate::consul) fn prometheus_of(config: &Map<String, Value>) -> Option<PrometheusListener> {
+    let (key, text) = ["envoy_prometheus_bind_addr", "prometheus_bind_addr"]
+        .into_iter()
+        .find_map(|key| config_str(config, key).map(|text| (key, text)))?;
+    match crate::addr::parse(text) {
+        Ok(bind) => Some(PrometheusListener {
+            bind,
+            required: false,
+        }),
+        Err(e) => {
+            tracing::warn!("Proxy.Config {key}: {e}; no Prometheus listener");
+            None
+        }
+    }
 }
 
 /// The public listener, unless the registration leaves it without a port or the
@@ -300,6 +324,37 @@ mod tests {
     use super::*;
     use crate::api::agent::Upstream;
     use crate::consul::source::tests::{sidecar, upstream};
+
+    #[test]
+    fn the_prometheus_listener_comes_from_envoys_key_first() {
+        let config = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+        let addr = |a: &str| a.parse::<std::net::SocketAddr>().ok();
+        let bind = |v| prometheus_of(&config(v)).map(|p| p.bind);
+        assert_eq!(
+            bind(json!({ "envoy_prometheus_bind_addr": "0.0.0.0:9102" })),
+            addr("0.0.0.0:9102")
+        );
+        assert_eq!(
+            bind(json!({ "prometheus_bind_addr": "127.0.0.1:9103" })),
+            addr("127.0.0.1:9103")
+        );
+        assert_eq!(
+            bind(json!({ "prometheus_bind_addr": "127.0.0.1:9103",
+                         "envoy_prometheus_bind_addr": ":9102" })),
+            addr("127.0.0.1:9102")
+        );
+        assert_eq!(
+            bind(json!({ "envoy_prometheus_bind_addr": "nonsense" })),
+            None
+        );
+        assert_eq!(bind(json!({ "envoy_prometheus_bind_addr": "" })), None);
+        assert_eq!(bind(json!({})), None);
+        let listener = prometheus_of(&config(json!({ "envoy_prometheus_bind_addr": ":1" })));
+        assert!(
+            !listener.is_some_and(|p| p.required),
+            "never fatal in Consul mode"
+        );
+    }
 
     #[test]
     fn registration_reads_proxy_config() {

@@ -431,6 +431,7 @@ impl Follower {
             default_action: self.settings.default_action.clone(),
             blocked: self.blocked(),
             access_logs: self.access_logs.current.clone(),
+            prometheus: self.registration.as_ref().and_then(|r| r.prometheus),
         });
     }
 
