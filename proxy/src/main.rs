@@ -150,6 +150,17 @@ struct ProxyArgs {
     /// cache per upstream identity on the outbound side).
     #[arg(long, env = "FERRULE_TLS_RESUMPTION", value_enum, default_value_t = Switch::On)]
     tls_resumption: Switch,
+    /// Export a span per L7 request with OTLP to this collector: an http:// URL (for
+    /// http/protobuf, one without a path gets /v1/traces) [default:
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT; neither: no
+    /// tracing]. OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER[_ARG] and OTEL_BSP_* apply.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// How spans are sent: grpc or http/protobuf [default:
+    /// OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL, else
+    /// http/protobuf].
+    #[arg(long, value_name = "PROTOCOL")]
+    otlp_protocol: Option<String>,
 }
 
 /// How to reach the local Consul agent: `ferrule proxy`'s and `ferrule gateway`'s.
@@ -365,12 +376,13 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
         .or(config_admin_addr)
         .unwrap_or_else(|| SocketAddr::from(DEFAULT_ADMIN_ADDR));
     let metrics = ferrule::metrics::install().map_err(Fail::Runtime)?;
+    start_tracing(&args)?;
     let admin = ferrule::bind_admin(admin_addr)
         .await
         .map_err(Fail::Runtime)?;
     let (feed, fatal) = workload.map(WorkloadSource::spawn).unzip();
     let snapshots = source.spawn(feed);
-    serve(
+    let served = serve(
         admin,
         snapshots,
         metrics,
@@ -378,7 +390,34 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
         fatal,
         args.run.drain_timeout,
     )
-    .await
+    .await;
+    // The requests are done: their spans go out before the process does.
+    ferrule::trace::flush(TRACE_FLUSH_TIMEOUT).await;
+    served
+}
+
+/// How long the spans still queued at shutdown get to reach the collector.
+const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tracing as the flags and `OTEL_*` say (off without an endpoint); a value that cannot
+/// be used is a usage error naming its flag or variable.
+fn start_tracing(args: &ProxyArgs) -> Result<(), Fail> {
+    let flags = ferrule::trace::Flags {
+        endpoint: args.otlp_endpoint.clone(),
+        protocol: args.otlp_protocol.clone(),
+        // Without OTEL_SERVICE_NAME: the service instance or proxy we serve.
+        default_service_name: args
+            .sidecar_for
+            .clone()
+            .or_else(|| args.proxy_id.clone())
+            .unwrap_or_else(|| "ferrule".to_owned()),
+    };
+    let settings = ferrule::trace::resolve(&flags, |name| std::env::var(name).ok())
+        .map_err(|e| Fail::Usage(format!("tracing: {e}")))?;
+    if let Some(settings) = settings {
+        ferrule::trace::install(&settings).map_err(|e| Fail::Usage(format!("tracing: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The snapshot source the flags ask for, not yet started, and the config file's
