@@ -102,6 +102,12 @@ where
     for reason in [Dropped::QueueFull, Dropped::ExportFailed] {
         counter!(TRACE_SPANS_DROPPED, "reason" => reason.label()).absolute(0);
     }
+    // A batch never holds more than the queue: what waits is at most twice `max_queue`
+    // (the queue, and the batch taken off it while the previous one is being sent).
+    let batch = Batch {
+        max_batch: batch.max_batch.min(batch.max_queue),
+        ..batch
+    };
     let (spans, rx) = mpsc::channel(batch.max_queue);
     let (requests, flushes) = mpsc::channel(4);
     tokio::spawn(run(exporter, rx, flushes, batch));
