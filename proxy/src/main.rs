@@ -16,7 +16,7 @@ use ferrule_control::consul::{
     AgentAddr, AgentClientConfig, ConsulConfig, ConsulSource, ProxySelector,
 };
 use ferrule_control::duration;
-use ferrule_control::file::{ConfigError, FileSource, StaticConfig};
+use ferrule_control::file::{ConfigError, FileSource, StaticConfig, TracingTable};
 use ferrule_control::intentions::Action;
 use ferrule_control::model::Snapshot;
 use ferrule_control::publish::Source;
@@ -369,14 +369,15 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
         ),
         None => None,
     };
-    let (source, config_admin_addr) = source(&args, workload.is_some(), &provider)?;
+    let (source, file) = source(&args, workload.is_some(), &provider)?;
+    let config_admin_addr = file.admin_addr;
     let admin_addr = args
         .run
         .admin_addr
         .or(config_admin_addr)
         .unwrap_or_else(|| SocketAddr::from(DEFAULT_ADMIN_ADDR));
     let metrics = ferrule::metrics::install().map_err(Fail::Runtime)?;
-    start_tracing(&args)?;
+    start_tracing(&args, file.tracing)?;
     let admin = ferrule::bind_admin(admin_addr)
         .await
         .map_err(Fail::Runtime)?;
@@ -401,10 +402,11 @@ const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Tracing as the flags and `OTEL_*` say (off without an endpoint); a value that cannot
 /// be used is a usage error naming its flag or variable.
-fn start_tracing(args: &ProxyArgs) -> Result<(), Fail> {
+fn start_tracing(args: &ProxyArgs, file: Option<TracingTable>) -> Result<(), Fail> {
     let flags = ferrule::trace::Flags {
         endpoint: args.otlp_endpoint.clone(),
         protocol: args.otlp_protocol.clone(),
+        file,
         // Without OTEL_SERVICE_NAME: the service instance or proxy we serve.
         default_service_name: args
             .sidecar_for
@@ -420,24 +422,34 @@ fn start_tracing(args: &ProxyArgs) -> Result<(), Fail> {
     Ok(())
 }
 
+/// What the static config file says for the whole process, read at start-up only.
+#[derive(Default)]
+struct ProcessSettings {
+    admin_addr: Option<SocketAddr>,
+    tracing: Option<TracingTable>,
+}
+
 /// The snapshot source the flags ask for, not yet started, and the config file's
-/// `admin_addr` in static mode. Bad flags or a bad config file are usage errors.
+/// process-wide settings in static mode. Bad flags or a bad config file are usage errors.
 fn source(
     args: &ProxyArgs,
     workload_api: bool,
     provider: &Arc<CryptoProvider>,
-) -> Result<(Source, Option<SocketAddr>), Fail> {
+) -> Result<(Source, ProcessSettings), Fail> {
     if let Some(path) = &args.config {
         let config =
             load_config(path, workload_api).map_err(|e| Fail::Usage(format!("bad config: {e}")))?;
-        let admin_addr = config.admin_addr;
+        let settings = ProcessSettings {
+            admin_addr: config.admin_addr,
+            tracing: config.tracing.clone(),
+        };
         let source = FileSource::new(config, provider.clone());
         // No last good state to keep yet: a bad file stops the start.
         source
             .check(workload_api)
             .map_err(|e| Fail::Usage(e.to_string()))?;
         let source = source.with_reloads(reload_on_sighup(path.clone(), workload_api));
-        return Ok((source.into(), admin_addr));
+        return Ok((source.into(), settings));
     }
     let selector = match (&args.sidecar_for, &args.proxy_id) {
         (_, Some(id)) => ProxySelector::ProxyId(id.clone()),
@@ -453,7 +465,7 @@ fn source(
     config.default_action = args.default_action.map(Action::from);
     let source =
         ConsulSource::new(config, provider.clone()).map_err(|e| Fail::Usage(e.to_string()))?;
-    Ok((source.into(), None))
+    Ok((source.into(), ProcessSettings::default()))
 }
 
 /// Reads the static config; with `--workload-api` the identity files may be left out.

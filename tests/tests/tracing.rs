@@ -269,19 +269,25 @@ async fn a_trace_through_two_sidecars_over_otlp_grpc() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trace_through_two_sidecars_over_otlp_http_with_the_flags() {
+async fn a_trace_through_two_sidecars_over_otlp_http_set_by_flags_and_by_the_config_file() {
     let Some(receiver) = Receiver::start(Protocol::HttpProtobuf).await else {
         return;
     };
     let endpoint = receiver.endpoint();
     let pair = start_pair(|config, service| {
-        config
-            .arg("--otlp-endpoint")
-            .arg(&endpoint)
-            .arg("--otlp-protocol")
-            .arg("http/protobuf")
-            .env("OTEL_SERVICE_NAME", service)
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        let config = config.env("OTEL_BSP_SCHEDULE_DELAY", "100");
+        if service == WEB {
+            config
+                .arg("--otlp-endpoint")
+                .arg(&endpoint)
+                .arg("--otlp-protocol")
+                .arg("http/protobuf")
+                .env("OTEL_SERVICE_NAME", service)
+        } else {
+            config.table(&format!(
+                "[tracing]\nendpoint = {endpoint:?}\nprotocol = \"http/protobuf\"\nservice_name = {service:?}\n"
+            ))
+        }
     })
     .await;
     two_hops(&receiver, &pair).await;

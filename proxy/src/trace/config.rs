@@ -2,12 +2,14 @@
 //! `--otlp-protocol`) over OpenTelemetry's standard environment variables
 //! (`OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`, `..._PROTOCOL`, `OTEL_SERVICE_NAME`,
 //! `OTEL_TRACES_SAMPLER[_ARG]`, `OTEL_BSP_*`, `OTEL_SDK_DISABLED`,
-//! `OTEL_TRACES_EXPORTER`), read once at start-up. No endpoint: tracing is off. A value
+//! `OTEL_TRACES_EXPORTER`) over the static config's `[tracing]`, read once at start-up. No endpoint: tracing is off. A value
 //! that cannot be used is an error naming the flag or variable (exit 2), rather than
 //! the specification's "warn and use the default": a sidecar that silently exports
 //! nothing, or everything, is worse than one that does not start.
 
 use std::time::Duration;
+
+use ferrule_control::file::TracingTable;
 
 /// How spans travel to the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,12 +102,14 @@ fn bad(source_name: &str, reason: impl Into<String>) -> SettingsError {
     }
 }
 
-/// What the command line says, and the name a span's resource gets when
-/// `OTEL_SERVICE_NAME` (or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`) does not say.
+/// What the command line and the config file say, and the name a span's resource gets
+/// when nothing else does.
 #[derive(Debug, Clone, Default)]
 pub struct Flags {
     pub endpoint: Option<String>,
     pub protocol: Option<String>,
+    /// The static config's `[tracing]`: below the flags and the environment.
+    pub file: Option<TracingTable>,
     pub default_service_name: String,
 }
 
@@ -128,30 +132,34 @@ pub fn resolve(
             ));
         }
     }
-    let protocol = match (&flags.protocol, var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")) {
-        (Some(flag), _) => Some(("--otlp-protocol", flag.clone())),
-        (None, Some(v)) => Some(("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", v)),
-        (None, None) => {
-            var("OTEL_EXPORTER_OTLP_PROTOCOL").map(|v| ("OTEL_EXPORTER_OTLP_PROTOCOL", v))
-        }
-    };
+    let file = flags.file.clone().unwrap_or_default();
+    let protocol = flags
+        .protocol
+        .clone()
+        .map(|v| ("--otlp-protocol".to_owned(), v))
+        .or_else(|| named(&var, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
+        .or_else(|| named(&var, "OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .or_else(|| file.protocol.clone().map(|l| (l.at, l.value)));
     let protocol = match protocol {
         None => Protocol::HttpProtobuf,
         Some((from, text)) => Protocol::parse(&text).ok_or_else(|| {
             bad(
-                from,
+                &from,
                 format!("{text:?}: expected \"grpc\" or \"http/protobuf\""),
             )
         })?,
     };
-    let endpoint = if let Some(flag) = &flags.endpoint {
-        let url = checked_url("--otlp-endpoint", flag)?;
-        // A bare collector address gets the signal's path, as the generic variable does.
+    // A bare collector address (flag or file) gets the signal's path, as the generic
+    // variable does.
+    let with_path = |url: String| {
         if protocol == Protocol::HttpProtobuf && path_of(&url).is_empty() {
             format!("{}/v1/traces", url.trim_end_matches('/'))
         } else {
             url
         }
+    };
+    let endpoint = if let Some(flag) = &flags.endpoint {
+        with_path(checked_url("--otlp-endpoint", flag)?)
     } else if let Some(v) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
         checked_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &v)?
     } else if let Some(v) = var("OTEL_EXPORTER_OTLP_ENDPOINT") {
@@ -160,6 +168,8 @@ pub fn resolve(
             Protocol::Grpc => url,
             Protocol::HttpProtobuf => format!("{}/v1/traces", url.trim_end_matches('/')),
         }
+    } else if let Some(located) = &file.endpoint {
+        with_path(checked_url(&located.at, &located.value)?)
     } else {
         return Ok(None);
     };
@@ -167,9 +177,16 @@ pub fn resolve(
         Some(name) => name.trim().to_owned(),
         None => var("OTEL_RESOURCE_ATTRIBUTES")
             .and_then(|attrs| service_name_in(&attrs))
+            .or_else(|| file.service_name.clone().map(|l| l.value))
             .unwrap_or_else(|| flags.default_service_name.clone()),
     };
-    let sampler = sampler(var("OTEL_TRACES_SAMPLER"), var("OTEL_TRACES_SAMPLER_ARG"))?;
+    let name = named(&var, "OTEL_TRACES_SAMPLER")
+        .or_else(|| file.sampler.clone().map(|l| (l.at, l.value)));
+    let arg = match named(&var, "OTEL_TRACES_SAMPLER_ARG") {
+        Some((from, text)) => Some((from, text.trim().parse::<f64>().map_err(|_| text))),
+        None => file.sampler_arg.clone().map(|l| (l.at, Ok(l.value))),
+    };
+    let sampler = sampler(name, arg)?;
     let defaults = Batch::default();
     let batch = Batch {
         max_queue: positive(&var, "OTEL_BSP_MAX_QUEUE_SIZE", defaults.max_queue as u64)? as usize,
@@ -249,22 +266,36 @@ fn service_name_in(attrs: &str) -> Option<String> {
     })
 }
 
-fn sampler(name: Option<String>, arg: Option<String>) -> Result<SamplerChoice, SettingsError> {
+/// A variable's value with its name, as a source to name in errors.
+fn named(var: &impl Fn(&str) -> Option<String>, name: &str) -> Option<(String, String)> {
+    var(name).map(|v| (name.to_owned(), v))
+}
+
+/// A sampler argument and where it came from: the ratio, or the text that is not one.
+type Arg = (String, Result<f64, String>);
+
+fn sampler(
+    name: Option<(String, String)>,
+    arg: Option<Arg>,
+) -> Result<SamplerChoice, SettingsError> {
     let ratio = || -> Result<f64, SettingsError> {
-        let Some(arg) = &arg else { return Ok(1.0) };
-        match arg.trim().parse::<f64>() {
-            Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-            _ => Err(bad(
-                "OTEL_TRACES_SAMPLER_ARG",
-                format!("{arg:?}: expected a probability from 0 to 1"),
+        let Some((from, arg)) = &arg else {
+            return Ok(1.0);
+        };
+        match arg {
+            Ok(r) if (0.0..=1.0).contains(r) => Ok(*r),
+            Ok(r) => Err(bad(
+                from,
+                format!("{r}: expected a probability from 0 to 1"),
+            )),
+            Err(text) => Err(bad(
+                from,
+                format!("{text:?}: expected a probability from 0 to 1"),
             )),
         }
     };
-    let name = name
-        .as_deref()
-        .map(str::trim)
-        .unwrap_or("parentbased_always_on");
-    Ok(match name {
+    let (from, name) = name.unwrap_or_else(|| ("-".to_owned(), "parentbased_always_on".to_owned()));
+    Ok(match name.trim() {
         "always_on" => SamplerChoice::AlwaysOn,
         "always_off" => SamplerChoice::AlwaysOff,
         "traceidratio" => SamplerChoice::Ratio(ratio()?),
@@ -273,7 +304,7 @@ fn sampler(name: Option<String>, arg: Option<String>) -> Result<SamplerChoice, S
         "parentbased_traceidratio" => SamplerChoice::ParentBased(Root::Ratio(ratio()?)),
         other => {
             return Err(bad(
-                "OTEL_TRACES_SAMPLER",
+                &from,
                 format!(
                     "{other:?}: expected always_on, always_off, traceidratio, \
                      parentbased_always_on, parentbased_always_off or parentbased_traceidratio"
@@ -433,6 +464,64 @@ mod tests {
         assert_eq!(
             resolve_with(&f, &[on]).unwrap_err().source_name,
             "--otlp-protocol"
+        );
+    }
+
+    #[test]
+    fn the_config_file_comes_below_flags_and_variables() {
+        use ferrule_control::file::Located;
+        let at = |key: &str| format!("f.toml:9:1: tracing.{key}");
+        let located = |key: &str, value: &str| {
+            Some(Located {
+                value: value.to_owned(),
+                at: at(key),
+            })
+        };
+        let mut f = flags();
+        f.file = Some(TracingTable {
+            endpoint: located("endpoint", "127.0.0.1:4318"),
+            protocol: None,
+            service_name: located("service_name", "from-file"),
+            sampler: located("sampler", "traceidratio"),
+            sampler_arg: Some(Located {
+                value: 0.25,
+                at: at("sampler_arg"),
+            }),
+        });
+        let s = resolve_with(&f, &[]).unwrap().unwrap();
+        assert_eq!(s.endpoint, "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(s.service_name, "from-file");
+        assert_eq!(s.sampler, SamplerChoice::Ratio(0.25));
+        let s = resolve_with(
+            &f,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4318"),
+                ("OTEL_SERVICE_NAME", "from-env"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+            ],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.endpoint, "http://env:4318/v1/traces");
+        assert_eq!(s.service_name, "from-env");
+        assert_eq!(s.sampler, SamplerChoice::Ratio(0.5));
+        if let Some(table) = &mut f.file {
+            table.sampler = located("sampler", "sometimes");
+        }
+        assert_eq!(
+            resolve_with(&f, &[]).unwrap_err().source_name,
+            at("sampler")
+        );
+        if let Some(table) = &mut f.file {
+            table.sampler = located("sampler", "traceidratio");
+            table.sampler_arg = Some(Located {
+                value: 1.5,
+                at: at("sampler_arg"),
+            });
+        }
+        assert_eq!(
+            resolve_with(&f, &[]).unwrap_err().source_name,
+            at("sampler_arg")
         );
     }
 
