@@ -455,11 +455,11 @@ async fn a_collector_down_or_hanging_costs_the_traffic_nothing() {
                 .env("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{hanging}"))
                 .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
                 .env("OTEL_BSP_MAX_QUEUE_SIZE", "2")
-                .env("OTEL_BSP_EXPORT_TIMEOUT", "3000")
+                .env("OTEL_BSP_EXPORT_TIMEOUT", "5000")
         } else {
             config
                 .env("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{nobody}"))
-                .env("OTEL_BSP_EXPORT_TIMEOUT", "1000")
+                .env("OTEL_BSP_EXPORT_TIMEOUT", "5000")
         }
     })
     .await;
@@ -482,9 +482,10 @@ async fn a_collector_down_or_hanging_costs_the_traffic_nothing() {
         "40 traced requests with the collectors down: {:?} in all, the slowest {slowest:?}",
         started.elapsed()
     );
-    // Far below the exports' own timeouts (1 s, 3 s): nobody waited on them.
+    // Far below the exports' own timeout (5 s): nobody waited on them, even with both
+    // cores busy.
     assert!(
-        slowest < Duration::from_millis(900),
+        slowest < Duration::from_millis(2500),
         "slowest request: {slowest:?}"
     );
     assert_eq!(pair.app.count(), 40);

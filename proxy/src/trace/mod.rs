@@ -396,3 +396,48 @@ fn request_attributes<B>(
     }
     attrs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_nothing_is_started_and_headers_pass_untouched() {
+        // No test of this crate installs tracing: it is off here, as without an endpoint.
+        let req = Request::builder()
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .header("b3", "0")
+            .body(())
+            .unwrap();
+        let mut span = RequestSpan::start(Direction::Inbound, &req);
+        assert!(span.active.is_none() && !span.is_recording());
+        span.set(attr::INTENTION, "allow");
+        span.respond(StatusCode::OK, None);
+        let mut headers = req.headers().clone();
+        span.propagate(&mut headers);
+        assert_eq!(&headers, req.headers());
+    }
+
+    #[test]
+    fn samplers_map_to_the_sdks() {
+        assert!(matches!(
+            sampler(SamplerChoice::ParentBased(Root::Ratio(0.5))),
+            Sampler::ParentBased(_)
+        ));
+        assert!(matches!(
+            root_sampler(SamplerChoice::ParentBased(Root::AlwaysOff)),
+            Sampler::AlwaysOff
+        ));
+        assert!(matches!(
+            root_sampler(SamplerChoice::Ratio(0.1)),
+            Sampler::TraceIdRatioBased(r) if r == 0.1
+        ));
+        assert_eq!(
+            method_name(&http::Method::from_bytes(b"PURGE").unwrap()),
+            "_OTHER"
+        );
+    }
+}
