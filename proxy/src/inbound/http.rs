@@ -68,9 +68,7 @@ impl ConnFacts {
         record.upstream_cluster = Some(super::LOCAL_APP.to_owned());
         record.upstream_host = Some(inbound.local_app.clone());
     }
-}
 
-impl ConnFacts {
     /// What a request's SERVER span says of the connection and of the decision.
     fn describe(&self, span: &mut RequestSpan, decision: &'static str) {
         use crate::trace::attr;

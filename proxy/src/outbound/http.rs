@@ -104,7 +104,9 @@ async fn handle(
         grpc,
         via: guard.record().is_some() || guard.span().is_recording(),
     };
-    guard.span().set(attr::UPSTREAM, upstream.name.clone());
+    if guard.span().is_recording() {
+        guard.span().set(attr::UPSTREAM, upstream.name.clone());
+    }
     let response = route_and_send(req, &ctx, peer, guard.span()).await;
     if let Some(via) = response.extensions().get::<Via>() {
         if let Some(record) = guard.record() {
@@ -216,7 +218,9 @@ async fn route_and_send(
     }
     let status = response.status().as_u16();
     metrics::upstream_request(name, target.unwrap_or(""), status);
-    if let Some(target) = target {
+    if let Some(target) = target
+        && span.is_recording()
+    {
         span.set(attr::TARGET, target.to_owned());
     }
     response
