@@ -25,7 +25,9 @@
 //!   `admin` (`/metrics`, `/ready`, `/config`), `readiness` (ready or not, and every
 //!   reason why not, for `/ready` and the periodic not-ready warning).
 //! - beside them all: `access_log` (a record per L4 connection, per L7 request and per
-//!   refused connection, rendered as configured and written off the data path).
+//!   refused connection, rendered as configured and written off the data path) and
+//!   `trace` (a span per L7 request, the trace context carried from hop to hop,
+//!   exported with OTLP off the data path).
 //! - beside the sidecar: `gateway/`, `ferrule gateway` (a mesh gateway routing on the
 //!   TLS server name without terminating TLS), on the same accept loop, limits, splice,
 //!   admin listener and drain.
@@ -45,6 +47,7 @@ pub mod outbound;
 pub mod readiness;
 pub mod splice;
 pub mod tls;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

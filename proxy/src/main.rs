@@ -16,7 +16,7 @@ use ferrule_control::consul::{
     AgentAddr, AgentClientConfig, ConsulConfig, ConsulSource, ProxySelector,
 };
 use ferrule_control::duration;
-use ferrule_control::file::{ConfigError, FileSource, StaticConfig};
+use ferrule_control::file::{ConfigError, FileSource, StaticConfig, TracingTable};
 use ferrule_control::intentions::Action;
 use ferrule_control::model::Snapshot;
 use ferrule_control::publish::Source;
@@ -156,6 +156,17 @@ struct ProxyArgs {
     /// cache per upstream identity on the outbound side).
     #[arg(long, env = "FERRULE_TLS_RESUMPTION", value_enum, default_value_t = Switch::On)]
     tls_resumption: Switch,
+    /// Export a span per L7 request with OTLP to this collector: an http:// URL (for
+    /// http/protobuf, one without a path gets /v1/traces) [default:
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT; neither: no
+    /// tracing]. OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER[_ARG] and OTEL_BSP_* apply.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// How spans are sent: grpc or http/protobuf [default:
+    /// OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL, else
+    /// http/protobuf].
+    #[arg(long, value_name = "PROTOCOL")]
+    otlp_protocol: Option<String>,
 }
 
 /// How to reach the local Consul agent: `ferrule proxy`'s and `ferrule gateway`'s.
@@ -368,7 +379,8 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
         ),
         None => None,
     };
-    let (source, config_admin_addr) = source(&args, workload.is_some(), &provider)?;
+    let (source, file) = source(&args, workload.is_some(), &provider)?;
+    let config_admin_addr = file.admin_addr;
     let admin_addr = args
         .run
         .admin_addr
@@ -376,12 +388,13 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
         .unwrap_or_else(|| SocketAddr::from(DEFAULT_ADMIN_ADDR));
     let metrics =
         ferrule::metrics::install(ferrule::metrics::Exporter::Sidecar).map_err(Fail::Runtime)?;
+    start_tracing(&args, file.tracing)?;
     let admin = ferrule::bind_admin(admin_addr)
         .await
         .map_err(Fail::Runtime)?;
     let (feed, fatal) = workload.map(WorkloadSource::spawn).unzip();
     let snapshots = source.spawn(feed);
-    serve(
+    let served = serve(
         admin,
         snapshots,
         metrics,
@@ -389,27 +402,65 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
         fatal,
         args.run.drain_timeout,
     )
-    .await
+    .await;
+    // The requests are done: their spans go out before the process does.
+    ferrule::trace::flush(TRACE_FLUSH_TIMEOUT).await;
+    served
+}
+
+/// How long the spans still queued at shutdown get to reach the collector.
+const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tracing as the flags and `OTEL_*` say (off without an endpoint); a value that cannot
+/// be used is a usage error naming its flag or variable.
+fn start_tracing(args: &ProxyArgs, file: Option<TracingTable>) -> Result<(), Fail> {
+    let flags = ferrule::trace::Flags {
+        endpoint: args.otlp_endpoint.clone(),
+        protocol: args.otlp_protocol.clone(),
+        file,
+        // Without OTEL_SERVICE_NAME: the service instance or proxy we serve.
+        default_service_name: args
+            .sidecar_for
+            .clone()
+            .or_else(|| args.proxy_id.clone())
+            .unwrap_or_else(|| "ferrule".to_owned()),
+    };
+    let settings = ferrule::trace::resolve(&flags, |name| std::env::var(name).ok())
+        .map_err(|e| Fail::Usage(format!("tracing: {e}")))?;
+    if let Some(settings) = settings {
+        ferrule::trace::install(&settings).map_err(|e| Fail::Usage(format!("tracing: {e}")))?;
+    }
+    Ok(())
+}
+
+/// What the static config file says for the whole process, read at start-up only.
+#[derive(Default)]
+struct ProcessSettings {
+    admin_addr: Option<SocketAddr>,
+    tracing: Option<TracingTable>,
 }
 
 /// The snapshot source the flags ask for, not yet started, and the config file's
-/// `admin_addr` in static mode. Bad flags or a bad config file are usage errors.
+/// process-wide settings in static mode. Bad flags or a bad config file are usage errors.
 fn source(
     args: &ProxyArgs,
     workload_api: bool,
     provider: &Arc<CryptoProvider>,
-) -> Result<(Source, Option<SocketAddr>), Fail> {
+) -> Result<(Source, ProcessSettings), Fail> {
     if let Some(path) = &args.config {
         let config =
             load_config(path, workload_api).map_err(|e| Fail::Usage(format!("bad config: {e}")))?;
-        let admin_addr = config.admin_addr;
+        let settings = ProcessSettings {
+            admin_addr: config.admin_addr,
+            tracing: config.tracing.clone(),
+        };
         let source = FileSource::new(config, provider.clone());
         // No last good state to keep yet: a bad file stops the start.
         source
             .check(workload_api)
             .map_err(|e| Fail::Usage(e.to_string()))?;
         let source = source.with_reloads(reload_on_sighup(path.clone(), workload_api));
-        return Ok((source.into(), admin_addr));
+        return Ok((source.into(), settings));
     }
     let selector = match (&args.sidecar_for, &args.proxy_id) {
         (_, Some(id)) => ProxySelector::ProxyId(id.clone()),
@@ -425,7 +476,7 @@ fn source(
     config.default_action = args.default_action.map(Action::from);
     let source =
         ConsulSource::new(config, provider.clone()).map_err(|e| Fail::Usage(e.to_string()))?;
-    Ok((source.into(), None))
+    Ok((source.into(), ProcessSettings::default()))
 }
 
 /// Reads the static config; with `--workload-api` the identity files may be left out.

@@ -34,6 +34,10 @@ pub const GATEWAY_CONNECTIONS: &str = "ferrule_gateway_connections_total";
 pub const GATEWAY_ROUTED: &str = "ferrule_gateway_routed_total";
 pub const GATEWAY_ACTIVE: &str = "ferrule_gateway_active_connections";
 pub const GATEWAY_BYTES: &str = "ferrule_gateway_bytes_total";
+/// Spans not exported, by `reason` = queue_full, export_failed (`crate::trace`).
+pub const TRACE_SPANS_DROPPED: &str = "ferrule_trace_spans_dropped_total";
+/// Spans the collector accepted.
+pub const TRACE_SPANS_EXPORTED: &str = "ferrule_trace_spans_exported_total";
 
 /// How often histogram samples are folded into their buckets.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);

@@ -20,6 +20,8 @@
 //! - `clients`: `curl`, `openssl s_client`, and a rustls caller presenting an SVID.
 //! - `mesh`: the common set-up, a CA plus the `api` sidecar, and intentions JSON.
 //! - `metrics`: reading Prometheus text.
+//! - `otlp`: a real OTLP trace receiver (gRPC or HTTP/protobuf, the official protos in
+//!   Python) that writes every span it gets as a JSON line.
 //! - `multi_dc`: two datacenters on one machine (dc1 on 127.0.0.1, dc2 on 127.0.0.2),
 //!   their mesh gateways, services registered across them, and which hops a call took.
 //! - `traffic`: curl in a loop, counting what got through.
@@ -46,6 +48,7 @@ pub mod http;
 pub mod mesh;
 pub mod metrics;
 pub mod multi_dc;
+pub mod otlp;
 pub mod sidecar;
 pub mod traffic;
 pub mod wait;

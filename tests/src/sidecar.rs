@@ -57,6 +57,8 @@ pub struct SidecarConfig {
     overrides: Vec<(&'static str, Option<String>)>,
     /// More environment variables for the process.
     env: Vec<(&'static str, String)>,
+    /// More command-line arguments for `ferrule proxy`.
+    args: Vec<String>,
     /// Further tables of the config file, as written (`[access_logs]`, say).
     tables: Vec<String>,
     /// Top-level `key = value` lines, written before any table.
@@ -105,6 +107,7 @@ impl SidecarConfig {
             tables: Vec::new(),
             keys: Vec::new(),
             env: Vec::new(),
+            args: Vec::new(),
         }
     }
 
@@ -124,6 +127,7 @@ impl SidecarConfig {
             tables: Vec::new(),
             keys: Vec::new(),
             env: Vec::new(),
+            args: Vec::new(),
         }
     }
 
@@ -252,6 +256,12 @@ impl SidecarConfig {
     /// Sets an environment variable of the process.
     pub fn env(mut self, key: &'static str, value: &str) -> SidecarConfig {
         self.env.push((key, value.to_owned()));
+        self
+    }
+
+    /// Adds a command-line argument (`--otlp-endpoint`, say).
+    pub fn arg(mut self, arg: &str) -> SidecarConfig {
+        self.args.push(arg.to_owned());
         self
     }
 
@@ -400,6 +410,7 @@ impl Sidecar {
             None => command.env_remove("SPIFFE_ENDPOINT_SOCKET"),
         };
         command.envs(config.env.iter().map(|(k, v)| (k, v)));
+        command.args(&config.args);
         let child = command
             .stdout(Stdio::null())
             .stderr(stderr_file(dir.path()))

@@ -31,6 +31,39 @@ struct RawConfig {
     #[serde(default)]
     upstreams: Vec<RawUpstream>,
     access_logs: Option<toml::Spanned<RawAccessLogs>>,
+    tracing: Option<RawTracing>,
+}
+
+/// `[tracing]`: the same settings as `--otlp-endpoint`, `--otlp-protocol` and their
+/// `OTEL_*` variables, in snake case.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTracing {
+    endpoint: Option<toml::Spanned<String>>,
+    protocol: Option<toml::Spanned<String>>,
+    service_name: Option<toml::Spanned<String>>,
+    sampler: Option<toml::Spanned<String>>,
+    sampler_arg: Option<toml::Spanned<f64>>,
+}
+
+/// `[tracing]`, as written. Read at start-up only, as `admin_addr` is (a change needs a
+/// restart): tracing is the process's, not a snapshot's. What the values mean, and so
+/// whether they are usable, is the proxy's tracing module's to say; each carries where
+/// it was written, for that module's errors.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TracingTable {
+    pub endpoint: Option<Located<String>>,
+    pub protocol: Option<Located<String>>,
+    pub service_name: Option<Located<String>>,
+    pub sampler: Option<Located<String>>,
+    pub sampler_arg: Option<Located<f64>>,
+}
+
+/// A value of the config file and where it is: `file:line:column: key`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located<T> {
+    pub value: T,
+    pub at: String,
 }
 
 /// `[access_logs]`: Consul's `AccessLogs` fields in snake case; the table's presence
@@ -178,6 +211,8 @@ pub struct StaticConfig {
     pub(super) upstreams: Vec<UpstreamSpec>,
     /// `[access_logs]`, compiled; `None`: not logging.
     pub(super) access_logs: Option<Arc<AccessLogs>>,
+    /// `[tracing]`; `None` when the file has no such table.
+    pub tracing: Option<TracingTable>,
 }
 
 /// Places errors in the text being parsed.
@@ -264,7 +299,30 @@ impl StaticConfig {
             Some(table) => access_logs_of(table, dir, &at)?,
             None => None,
         };
+        let tracing = raw.tracing.map(|t| {
+            fn locate<T>(
+                at: &Locate<'_>,
+                key: &str,
+                v: Option<toml::Spanned<T>>,
+            ) -> Option<Located<T>> {
+                v.map(|v| {
+                    let (line, column) = line_col(at.text, v.span().start);
+                    Located {
+                        at: format!("{}:{line}:{column}: tracing.{key}", at.path.display()),
+                        value: v.into_inner(),
+                    }
+                })
+            }
+            TracingTable {
+                endpoint: locate(&at, "endpoint", t.endpoint),
+                protocol: locate(&at, "protocol", t.protocol),
+                service_name: locate(&at, "service_name", t.service_name),
+                sampler: locate(&at, "sampler", t.sampler),
+                sampler_arg: locate(&at, "sampler_arg", t.sampler_arg),
+            }
+        });
         Ok(StaticConfig {
+            tracing,
             path: path.to_owned(),
             admin_addr: raw.admin_addr,
             prometheus_bind_addr: raw.prometheus_bind_addr,
@@ -464,6 +522,30 @@ endpoints = ["127.0.0.1:21001"]
         assert_eq!(on.prometheus_bind_addr, "127.0.0.1:9102".parse().ok());
         let e = parse(&format!("prometheus_bind_addr = \"nowhere\"\n{GOOD}")).unwrap_err();
         assert!(e.to_string().contains("prometheus_bind_addr"), "{e}");
+    }
+
+    #[test]
+    fn tracing_table_is_kept_with_where_each_value_is() {
+        assert!(parse(GOOD).unwrap().tracing.is_none());
+        let text = format!(
+            "{GOOD}\n[tracing]\nendpoint = \"http://127.0.0.1:4318\"\nsampler = \"parentbased_traceidratio\"\nsampler_arg = 0\n"
+        );
+        let tracing = parse(&text).unwrap().tracing.unwrap();
+        let endpoint = tracing.endpoint.unwrap();
+        assert_eq!(endpoint.value, "http://127.0.0.1:4318");
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("endpoint ="))
+            .unwrap()
+            + 1;
+        assert_eq!(
+            endpoint.at,
+            format!("/etc/ferrule/ferrule.toml:{line}:12: tracing.endpoint")
+        );
+        assert_eq!(tracing.sampler_arg.unwrap().value, 0.0);
+        assert!(tracing.protocol.is_none());
+        let unknown = parse(&format!("{GOOD}\n[tracing]\nurl = \"x\"\n")).unwrap_err();
+        assert!(unknown.key.starts_with("tracing"), "{unknown}");
     }
 
     #[test]

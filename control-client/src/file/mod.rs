@@ -25,7 +25,7 @@ use std::time::Duration;
 use rustls::crypto::CryptoProvider;
 use tokio::sync::{mpsc, watch};
 
-pub use config::{ConfigError, StaticConfig};
+pub use config::{ConfigError, Located, StaticConfig, TracingTable};
 use config::{IdentityFiles, IdentityPins};
 pub use first::StartupError;
 

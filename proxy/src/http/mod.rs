@@ -4,7 +4,7 @@
 //! depends on neither; it holds the server both use, the local replies (Envoy's, so
 //! callers cannot tell the proxies apart), hop-by-hop header handling, the URI rebuilt
 //! with `normalize`'s one form of a path (the form rules are matched against), and the
-//! per-request guard that owns a request's metrics.
+//! per-request guard that owns a request's metrics, its access-log record and its span.
 
 pub mod normalize;
 
@@ -20,6 +20,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::access_log::{self, RequestFacts};
 use crate::metrics::{self, Direction};
+use crate::trace::RequestSpan;
 use ferrule_control::model::Snapshot;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -273,10 +274,10 @@ pub fn requested_authority<B>(req: &Request<B>) -> Option<String> {
         .map(|a| a.as_str().to_owned())
 }
 
-/// Owns one request's metrics and its access-log record: when dropped, with the
-/// response fully sent or the exchange abandoned, it counts the request under its
+/// Owns one request's metrics, its access-log record and its span: when dropped, with
+/// the response fully sent or the exchange abandoned, it counts the request under its
 /// status class, records how long it took, writes the request's debug line, and lets
-/// the record (if logging is on) be written.
+/// the record (if logging is on) be written and the span (if tracing is on) end.
 pub struct RequestGuard {
     direction: Direction,
     /// The `upstream` label of the request's metrics (`metrics::http_request`).
@@ -286,6 +287,7 @@ pub struct RequestGuard {
     path: String,
     status: Option<StatusCode>,
     log: access_log::Pending,
+    span: RequestSpan,
     /// Response body bytes sent so far.
     sent: u64,
 }
@@ -300,8 +302,14 @@ impl RequestGuard {
             path: req.uri().path().to_owned(),
             status: None,
             log: access_log::Pending::off(),
+            span: RequestSpan::start(direction, req),
             sent: 0,
         }
+    }
+
+    /// The request's span, to add what is learnt and to pass its context on.
+    pub fn span(&mut self) -> &mut RequestSpan {
+        &mut self.span
     }
 
     /// Starts the request's access-log record (when the snapshot has logging on) with
@@ -345,6 +353,9 @@ impl RequestGuard {
     /// Wraps the response body so that the guard lives until the body is done.
     pub fn respond<B>(mut self, response: Response<B>) -> Response<Measured<B>> {
         self.status = Some(response.status());
+        let local = response.extensions().get::<LocalReply>();
+        self.span
+            .respond(response.status(), local.and_then(|l| l.flags));
         if let Some(record) = self.log.record() {
             record.response_code = response.status().as_u16();
             record.response_headers = Some(response.headers().clone());

@@ -35,6 +35,7 @@ use crate::http::{
     requested_authority, strip_hop_by_hop, within,
 };
 use crate::metrics::{self, Direction, Layer};
+use crate::trace::RequestSpan;
 
 /// How long an idle pooled connection to the app is kept.
 const APP_POOL_IDLE: Duration = Duration::from_secs(60);
@@ -66,6 +67,18 @@ impl ConnFacts {
         record.downstream_local_uri_san = Some(self.our_uri.clone());
         record.upstream_cluster = Some(super::LOCAL_APP.to_owned());
         record.upstream_host = Some(inbound.local_app.clone());
+    }
+
+    /// What a request's SERVER span says of the connection and of the decision.
+    fn describe(&self, span: &mut RequestSpan, decision: &'static str) {
+        use crate::trace::attr;
+        span.set(attr::PEER_SPIFFE_ID, self.peer_uri.clone());
+        span.set(attr::INTENTION, decision);
+        let ip = self.remote.ip().to_string();
+        span.set(attr::CLIENT_ADDRESS, ip.clone());
+        span.set(attr::CLIENT_PORT, i64::from(self.remote.port()));
+        span.set(attr::PEER_ADDRESS, ip);
+        span.set(attr::PEER_PORT, i64::from(self.remote.port()));
     }
 }
 
@@ -192,14 +205,20 @@ async fn handle(mut req: Request<Incoming>, conn: &Connection) -> Response<Respo
     };
     present_caller(&mut req, &conn.caller);
     let allowed = permitted(&req, uri.path(), &snapshot, &conn.caller);
+    let decision = if allowed { "allow" } else { "deny" };
     if let Some(record) = guard.record() {
         conn.caller.conn.fill(record, inbound);
-        record.decision = Some(if allowed { "allow" } else { "deny" });
+        record.decision = Some(decision);
+    }
+    if guard.span().is_recording() {
+        conn.caller.conn.describe(guard.span(), decision);
     }
     if !allowed {
         return guard.respond(local_reply(StatusCode::FORBIDDEN, DENIED_BODY, grpc));
     }
     *req.uri_mut() = uri;
+    // After the decision: the rules saw the headers as the caller sent them.
+    guard.span().propagate(req.headers_mut());
     guard.respond(forward(req, inbound, &conn.app, grpc).await)
 }
 

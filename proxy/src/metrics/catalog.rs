@@ -214,6 +214,22 @@ pub const FAMILIES: &[Family] = &[
         "Access-log records dropped because the writer's queue was full.",
     ),
     family(
+        crate::metrics::TRACE_SPANS_DROPPED,
+        Counter,
+        Some(Unit::Count),
+        &["reason"],
+        Sidecar,
+        "Spans not exported: queue_full (spans end faster than the collector takes them) or export_failed (a batch the collector refused or did not answer in time).",
+    ),
+    family(
+        crate::metrics::TRACE_SPANS_EXPORTED,
+        Counter,
+        Some(Unit::Count),
+        &[],
+        Sidecar,
+        "Spans the OTLP collector accepted.",
+    ),
+    family(
         CONTROL_UPDATES,
         Counter,
         Some(Unit::Count),

@@ -46,6 +46,7 @@ use crate::http::{
 use crate::limits::Watched;
 use crate::metrics::{self, Attempt, Direction};
 use crate::tls::TlsState;
+use crate::trace::{RequestSpan, attr};
 
 /// Serves one app connection until the app closes it, or until a drain or `idle` has
 /// let its requests in flight finish.
@@ -101,25 +102,48 @@ async fn handle(
         shared,
         tls: &tls,
         grpc,
-        logging: guard.record().is_some(),
+        via: guard.record().is_some() || guard.span().is_recording(),
     };
-    let response = route_and_send(req, &ctx, peer).await;
-    if let (Some(record), Some(via)) = (guard.record(), response.extensions().get::<Via>()) {
-        record.upstream_host = Some(via.host.clone());
-        record.upstream_cluster = Some(via.cluster.clone());
-        record.upstream_peer_uri_san = Some(via.peer.clone());
+    if guard.span().is_recording() {
+        guard.span().set(attr::UPSTREAM, upstream.name.clone());
+    }
+    let response = route_and_send(req, &ctx, peer, guard.span()).await;
+    if let Some(via) = response.extensions().get::<Via>() {
+        if let Some(record) = guard.record() {
+            record.upstream_host = Some(via.host.clone());
+            record.upstream_cluster = Some(via.cluster.clone());
+            record.upstream_peer_uri_san = Some(via.peer.clone());
+        }
+        via.describe(guard.span());
     }
     guard.respond(response)
 }
 
-/// Which instance answered a request, for its access-log record (a response extension:
-/// it never leaves the process).
+/// Which instance answered a request, for its access-log record and its span (a
+/// response extension: it never leaves the process).
 #[derive(Clone)]
 struct Via {
     host: String,
     /// The target's server name: the cluster's name in Consul's Envoy configuration.
     cluster: String,
     peer: String,
+}
+
+impl Via {
+    /// The CLIENT span's view of the instance: where it is, who it proved to be.
+    fn describe(&self, span: &mut RequestSpan) {
+        if !span.is_recording() {
+            return;
+        }
+        span.set(attr::CLUSTER, self.cluster.clone());
+        span.set(attr::PEER_SPIFFE_ID, self.peer.clone());
+        if let Ok(addr) = self.host.parse::<std::net::SocketAddr>() {
+            span.set(attr::PEER_ADDRESS, addr.ip().to_string());
+            span.set(attr::PEER_PORT, i64::from(addr.port()));
+        } else {
+            span.set(attr::PEER_ADDRESS, self.host.clone());
+        }
+    }
 }
 
 /// What every step of one request reads.
@@ -130,8 +154,9 @@ struct Ctx<'a> {
     shared: &'a Shared,
     tls: &'a TlsState,
     grpc: bool,
-    /// The request has an access-log record: say which instance answered.
-    logging: bool,
+    /// The request has an access-log record or a recording span: say which instance
+    /// answered.
+    via: bool,
 }
 
 /// What the route decided for one request.
@@ -143,11 +168,13 @@ struct Plan<'a> {
     idle: Option<(Duration, Arc<Activity>)>,
 }
 
-/// Routes `req`, sends it, and gives the answer the route's response header changes.
+/// Routes `req`, sends it with our span's context, and gives the answer the route's
+/// response header changes; the span learns the target.
 async fn route_and_send(
     mut req: Request<Incoming>,
     ctx: &Ctx<'_>,
     peer: Peer,
+    span: &mut RequestSpan,
 ) -> Response<OutBody> {
     let name = &ctx.upstream.name;
     let Some((route, split, cluster)) = destination(ctx.routing, &req, &ctx.shared.rolls) else {
@@ -163,6 +190,8 @@ async fn route_and_send(
     if let Some(rewrite) = &route.prefix_rewrite {
         route::rewrite_path(&route.matcher, rewrite, &mut req);
     }
+    // Routed on the app's headers; what goes on names our span as the parent.
+    span.propagate(req.headers_mut());
     let plan = Plan {
         cluster,
         hash: affinity.hash,
@@ -189,6 +218,11 @@ async fn route_and_send(
     }
     let status = response.status().as_u16();
     metrics::upstream_request(name, target.unwrap_or(""), status);
+    if let Some(target) = target
+        && span.is_recording()
+    {
+        span.set(attr::TARGET, target.to_owned());
+    }
     response
 }
 
@@ -425,7 +459,7 @@ async fn try_target(
         let addr = endpoint.addr.clone();
         let mut e = match answered {
             Ok(Ok(response)) => {
-                let via = ctx.logging.then(|| {
+                let via = ctx.via.then(|| {
                     Box::new(Via {
                         host: addr.clone(),
                         cluster: target.sni.clone(),
