@@ -342,6 +342,7 @@ impl Files {
             default_action: Some(self.config.default_action.clone()),
             blocked: Vec::new(),
             access_logs: self.config.access_logs.clone(),
+            request_normalization: self.config.request_normalization,
         }
     }
 

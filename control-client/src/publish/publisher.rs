@@ -198,6 +198,7 @@ fn same_snapshot(a: &Snapshot, b: &Snapshot) -> bool {
         && same_default(&a.default_action, &b.default_action)
         && a.blocked == b.blocked
         && same_arc(&a.access_logs, &b.access_logs)
+        && a.request_normalization == b.request_normalization
 }
 
 /// Two defaults are the same when both the action and where it came from are.
