@@ -261,6 +261,41 @@ pub fn rebuild_uri(uri: &Uri, scheme: &str, authority: &str) -> Result<Uri, Requ
         .build()?)
 }
 
+/// What the inbound side makes of a request's URI under the mesh's request
+/// normalization.
+#[derive(Debug)]
+pub enum Rebuilt {
+    /// Match and forward with this URI.
+    Uri(Uri),
+    /// Answer 307 with this `Location` (path and query).
+    Redirect(String),
+}
+
+/// As [`rebuild_uri`], with the path normalized as `settings` say
+/// (`normalize::normalize_with`).
+pub fn rebuild_uri_with(
+    uri: &Uri,
+    scheme: &str,
+    authority: &str,
+    settings: &ferrule_control::normalization::RequestNormalization,
+) -> Result<Rebuilt, RequestError> {
+    let with_query = |path: &str| match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let path = match normalize::normalize_with(uri.path(), settings)? {
+        normalize::Normalized::Path(path) => path,
+        normalize::Normalized::Redirect(path) => return Ok(Rebuilt::Redirect(with_query(&path))),
+    };
+    Ok(Rebuilt::Uri(
+        Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(with_query(&path))
+            .build()?,
+    ))
+}
+
 /// The authority the client asked for: the URI's (HTTP/2, absolute form) or `Host`.
 pub fn requested_authority<B>(req: &Request<B>) -> Option<String> {
     if let Some(authority) = req.uri().authority() {
