@@ -33,7 +33,7 @@ use super::authorize::authorize;
 use crate::State;
 use crate::http::normalize::{self, PathError};
 use crate::http::{
-    DENIED_BODY, RequestError, RequestGuard, ResponseBody, Rebuilt, XFCC, is_grpc, local_reply,
+    CallerBody, DENIED_BODY, RequestError, bad_body, RequestGuard, ResponseBody, Rebuilt, XFCC, is_grpc, local_reply,
     rebuild_uri_with, requested_authority, strip_hop_by_hop, within,
 };
 use crate::metrics::{self, ClientError, Direction, Layer};
@@ -87,7 +87,7 @@ impl Caller {
     }
 }
 
-type AppClient = Client<HttpConnector, Incoming>;
+type AppClient = Client<HttpConnector, CallerBody>;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct AppKey {
@@ -297,13 +297,17 @@ async fn forward(
     } else {
         *req.version_mut() = Version::HTTP_11;
     }
-    let sent = app.client(inbound).request(req);
+    let (head, body) = req.into_parts();
+    let (body, fault) = CallerBody::new(body, Direction::Inbound);
+    let sent = app.client(inbound).request(Request::from_parts(head, body));
     let answered = within(inbound.local_request_timeout, sent).await;
     match answered {
         Some(Ok(mut response)) => {
             strip_hop_by_hop(response.headers_mut());
             response.map(Either::Left)
         }
+        // The caller's body broke on the way: its mistake, not the app's.
+        Some(Err(_)) if fault.broke() => bad_body(grpc),
         Some(Err(e)) => {
             tracing::warn!(app = %inbound.local_app, error = %e, "local app request failed");
             local_reply(
