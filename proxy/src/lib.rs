@@ -45,6 +45,7 @@ pub mod outbound;
 pub mod readiness;
 pub mod splice;
 pub mod tls;
+pub mod warnings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
