@@ -102,6 +102,10 @@ pub(super) struct State {
     pub(super) proxy_defaults: Option<ProxyDefaultsEntry>,
     /// The `mesh` entry.
     pub(super) mesh: Option<MeshEntry>,
+    /// Services whose Workload API identity was withdrawn
+    /// (`DELETE /v1/internal/ferrule/workload-api/:service`): their streams answer
+    /// `PERMISSION_DENIED`, as SPIRE's do once a workload's entry is deleted.
+    pub(super) withdrawn_workloads: std::collections::BTreeSet<String>,
     /// `service-resolver`, `service-splitter` and `service-router` entries.
     pub(super) chain: ChainEntries,
     /// Max index of the config-entries table (writes and deletes, every kind).
@@ -132,6 +136,7 @@ impl State {
             service_defaults: BTreeMap::new(),
             proxy_defaults: None,
             mesh: None,
+            withdrawn_workloads: std::collections::BTreeSet::new(),
             chain: ChainEntries::default(),
             // No config entry yet: Consul's empty table answers index 0 (sent as 1).
             intentions_index: 0,
