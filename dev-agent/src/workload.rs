@@ -378,7 +378,16 @@ pub(super) fn entry(shared: &Shared, call: &Call, service: &str) -> Result<Reply
         changed
     });
     if changed {
-        tracing::info!(service, withdrawn = withdraw, "dev agent: Workload API identity {}", if withdraw { "withdrawn" } else { "issued again" });
+        tracing::info!(
+            service,
+            withdrawn = withdraw,
+            "dev agent: Workload API identity {}",
+            if withdraw {
+                "withdrawn"
+            } else {
+                "issued again"
+            }
+        );
     }
     Reply::json(&changed)
 }

@@ -55,9 +55,13 @@ async fn a_malformed_request_body_is_the_callers_error_on_both_sides() {
     let mesh = L7Pair::start("http", app.addr(), &allow).await;
     let upstream = mesh.web.upstream_addr(API);
     assert_eq!(
-        send(upstream, b"GET /ok HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n", false)
-            .await
-            .unwrap(),
+        send(
+            upstream,
+            b"GET /ok HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n",
+            false
+        )
+        .await
+        .unwrap(),
         200
     );
 
@@ -67,11 +71,19 @@ async fn a_malformed_request_body_is_the_callers_error_on_both_sides() {
     let status = send(upstream, TRUNCATED, true).await.unwrap();
     assert!(matches!(status, 0 | 400), "{status}");
 
-    let web = eventually("web counts both as the app's mistakes", COUNTED_WITHIN, || async {
-        let metrics = mesh.web.metrics().await?;
-        anyhow::ensure!(bad_bodies(&metrics, "outbound") >= 2.0, "{}", metrics.show("ferrule_http_client_errors_total"));
-        Ok(metrics)
-    })
+    let web = eventually(
+        "web counts both as the app's mistakes",
+        COUNTED_WITHIN,
+        || async {
+            let metrics = mesh.web.metrics().await?;
+            anyhow::ensure!(
+                bad_bodies(&metrics, "outbound") >= 2.0,
+                "{}",
+                metrics.show("ferrule_http_client_errors_total")
+            );
+            Ok(metrics)
+        },
+    )
     .await
     .expect("counted on web's outbound side");
     assert_eq!(
@@ -87,13 +99,19 @@ async fn a_malformed_request_body_is_the_callers_error_on_both_sides() {
     // caller's mistake, not as its app's failure.
     let before = app.requests();
     let mut tcp = TcpStream::connect(upstream).await.unwrap();
-    tcp.write_all(b"POST /relayed HTTP/1.1\r\nhost: api\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
-        .await
-        .unwrap();
-    eventually("the app sees the relayed request", COUNTED_WITHIN, || async {
-        anyhow::ensure!(app.requests() > before);
-        Ok(())
-    })
+    tcp.write_all(
+        b"POST /relayed HTTP/1.1\r\nhost: api\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the app sees the relayed request",
+        COUNTED_WITHIN,
+        || async {
+            anyhow::ensure!(app.requests() > before);
+            Ok(())
+        },
+    )
     .await
     .expect("relayed");
     tcp.write_all(b"zz\r\nworld\r\n").await.unwrap();
@@ -126,15 +144,22 @@ async fn a_malformed_request_body_is_the_callers_error_on_both_sides() {
             "no endpoint could be reached",
             "upstream connect error",
         ] {
-            assert!(!stderr.contains(blame), "{who} blamed the other side: {stderr}");
+            assert!(
+                !stderr.contains(blame),
+                "{who} blamed the other side: {stderr}"
+            );
         }
     }
 
     // The mesh is none the worse for it.
     assert_eq!(
-        send(upstream, b"GET /ok HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n", false)
-            .await
-            .unwrap(),
+        send(
+            upstream,
+            b"GET /ok HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n",
+            false
+        )
+        .await
+        .unwrap(),
         200
     );
 }

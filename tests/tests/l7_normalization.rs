@@ -35,7 +35,11 @@ fn deny_admin() -> serde_json::Value {
 
 /// The status line's code and the whole head of the answer to one HTTP/1.1 request
 /// sent byte for byte (no client rewrites the path on the way).
-async fn raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, String)> {
+async fn raw(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
     let mut tcp = TcpStream::connect(addr).await?;
     let mut request = format!("GET {path} HTTP/1.1\r\nhost: api\r\nconnection: close\r\n");
     for (name, value) in headers {
@@ -144,13 +148,20 @@ async fn static_request_normalization_closes_the_slash_detours_around_a_deny() {
         Some("[request_normalization]\nmerge_slashes = true\npath_with_escaped_slashes_action = \"UNESCAPE_AND_REDIRECT\""),
     )
     .await;
-    let (status, head) = raw(redirect.upstream(), "/%2Fadmin?x=1", &[]).await.unwrap();
+    let (status, head) = raw(redirect.upstream(), "/%2Fadmin?x=1", &[])
+        .await
+        .unwrap();
     assert_eq!(status, 307, "{head}");
     assert!(
-        head.to_ascii_lowercase().contains("\r\nlocation: /admin?x=1\r\n"),
+        head.to_ascii_lowercase()
+            .contains("\r\nlocation: /admin?x=1\r\n"),
         "{head}"
     );
-    assert_eq!(app.count(), before, "a refused or redirected request reached the app");
+    assert_eq!(
+        app.count(),
+        before,
+        "a refused or redirected request reached the app"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +182,10 @@ async fn headers_with_underscores_are_dropped_or_refused() {
         Some("[request_normalization]\nheaders_with_underscores_action = \"DROP_HEADER\""),
     )
     .await;
-    assert_eq!(raw(drop_header.upstream(), "/b", &headers).await.unwrap().0, 200);
+    assert_eq!(
+        raw(drop_header.upstream(), "/b", &headers).await.unwrap().0,
+        200
+    );
     let seen = app.seen().pop().expect("the app got it");
     assert!(seen.headers.get("x_user").is_none(), "{:?}", seen.headers);
     assert_eq!(seen.headers["x-user"], "guest");
@@ -186,7 +200,10 @@ async fn headers_with_underscores_are_dropped_or_refused() {
     let before = app.count();
     let (status, head) = raw(reject.upstream(), "/c", &headers).await.unwrap();
     assert_eq!(status, 400, "{head}");
-    assert_eq!(raw(reject.upstream(), "/d", &headers[1..]).await.unwrap().0, 200);
+    assert_eq!(
+        raw(reject.upstream(), "/d", &headers[1..]).await.unwrap().0,
+        200
+    );
     assert_eq!(app.count(), before + 1);
 }
 
@@ -242,8 +259,7 @@ async fn the_mesh_entry_of_the_dev_agent_applies_to_open_sidecars() {
     .expect("denied once the mesh entry is in force");
     let config = api_proxy.admin().config().await.expect("api's /config");
     assert_eq!(
-        config["request_normalization"]["path_with_escaped_slashes_action"],
-        "UNESCAPE_AND_FORWARD",
+        config["request_normalization"]["path_with_escaped_slashes_action"], "UNESCAPE_AND_FORWARD",
         "{config}"
     );
 

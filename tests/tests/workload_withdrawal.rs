@@ -43,16 +43,23 @@ async fn a_withdrawn_identity_fails_closed_and_comes_back_when_issued_again() {
         .expect("a handshake with the issued SVID");
 
     entry(&spire, API, Method::DELETE).await;
-    eventually("handshakes fail and /ready says why", APPLIES_WITHIN, || async {
-        anyhow::ensure!(
-            caller.connect(api.inbound_addr()).await.is_err(),
-            "a handshake still succeeds"
-        );
-        let (status, body) = api.ready().await?;
-        anyhow::ensure!(status == 503 && body.contains("withdrew"), "{status}: {body}");
-        anyhow::ensure!(body.contains("PERMISSION_DENIED"), "{body}");
-        Ok(())
-    })
+    eventually(
+        "handshakes fail and /ready says why",
+        APPLIES_WITHIN,
+        || async {
+            anyhow::ensure!(
+                caller.connect(api.inbound_addr()).await.is_err(),
+                "a handshake still succeeds"
+            );
+            let (status, body) = api.ready().await?;
+            anyhow::ensure!(
+                status == 503 && body.contains("withdrew"),
+                "{status}: {body}"
+            );
+            anyhow::ensure!(body.contains("PERMISSION_DENIED"), "{body}");
+            Ok(())
+        },
+    )
     .await
     .expect("the withdrawn identity is no longer used");
 

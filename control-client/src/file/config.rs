@@ -538,7 +538,10 @@ endpoints = ["127.0.0.1:21001"]
             bad.key,
             "request_normalization.path_with_escaped_slashes_action"
         );
-        assert!(bad.line > 0 && bad.message.contains("UNESCAPE_AND_FORWARD"), "{bad}");
+        assert!(
+            bad.line > 0 && bad.message.contains("UNESCAPE_AND_FORWARD"),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -158,7 +158,8 @@ async fn a_withdrawn_identity_is_not_served_and_says_why() {
     tx.send_replace(Some(id.clone()));
     assert!(next(&mut rx).await.is_complete());
 
-    let why = "the Workload API withdrew this proxy's identity (PERMISSION_DENIED: no identity issued)";
+    let why =
+        "the Workload API withdrew this proxy's identity (PERMISSION_DENIED: no identity issued)";
     tx.send_replace(Some(Arc::new(Identity {
         leaf: id.leaf.clone(),
         bundle: id.bundle.clone(),

@@ -264,7 +264,10 @@ async fn the_mesh_entry_is_stored_with_consuls_checks_and_wakes_its_watchers() {
     assert_eq!(listed[0]["Kind"], "mesh");
     let normalization = &listed[0]["HTTP"]["Incoming"]["RequestNormalization"];
     assert_eq!(normalization["MergeSlashes"], true);
-    assert_eq!(normalization["PathWithEscapedSlashesAction"], "REJECT_REQUEST");
+    assert_eq!(
+        normalization["PathWithEscapedSlashesAction"],
+        "REJECT_REQUEST"
+    );
     assert_eq!(normalization["HeadersWithUnderscoresAction"], "");
     let one = agent.get("/v1/config/mesh/mesh").await;
     assert_eq!(one.status, StatusCode::OK);
@@ -281,7 +284,10 @@ async fn the_mesh_entry_is_stored_with_consuls_checks_and_wakes_its_watchers() {
                 "PathWithEscapedSlashesAction": "DECODE" } } } }),
             "no matching PathWithEscapedSlashesAction value found for DECODE",
         ),
-        (json!({ "Kind": "mesh", "Name": "other" }), "only \"mesh\" is supported"),
+        (
+            json!({ "Kind": "mesh", "Name": "other" }),
+            "only \"mesh\" is supported",
+        ),
         (
             json!({ "Kind": "mesh", "HTTP": { "SanitizeXForwardedClientCert": true } }),
             "SanitizeXForwardedClientCert",
@@ -292,7 +298,9 @@ async fn the_mesh_entry_is_stored_with_consuls_checks_and_wakes_its_watchers() {
         assert!(answer.text().contains(says), "{}", answer.text());
     }
 
-    let deleted = agent.call(Method::DELETE, "/v1/config/mesh/mesh", None).await;
+    let deleted = agent
+        .call(Method::DELETE, "/v1/config/mesh/mesh", None)
+        .await;
     assert_eq!(deleted.status, StatusCode::OK);
     assert_eq!(agent.get("/v1/config/mesh").await.value(), json!([]));
 }

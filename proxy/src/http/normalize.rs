@@ -317,11 +317,7 @@ mod tests {
         assert_eq!(normalize(""), Err(PathError::NotAbsolute));
     }
 
-    fn settings(
-        disable: bool,
-        merge: bool,
-        escaped: EscapedSlashesAction,
-    ) -> RequestNormalization {
+    fn settings(disable: bool, merge: bool, escaped: EscapedSlashesAction) -> RequestNormalization {
         RequestNormalization {
             insecure_disable_path_normalization: disable,
             merge_slashes: merge,
@@ -346,8 +342,16 @@ mod tests {
             ("//admin", default, path("//admin")),
             ("/%2Fadmin", default, path("/%2Fadmin")),
             ("/%2fadmin", default, path("/%2Fadmin")),
-            ("//admin", settings(false, true, KeepUnchanged), path("/admin")),
-            ("/a///b//", settings(false, true, KeepUnchanged), path("/a/b/")),
+            (
+                "//admin",
+                settings(false, true, KeepUnchanged),
+                path("/admin"),
+            ),
+            (
+                "/a///b//",
+                settings(false, true, KeepUnchanged),
+                path("/a/b/"),
+            ),
             (
                 "/%2fadmin",
                 settings(false, false, UnescapeAndForward),
@@ -378,15 +382,27 @@ mod tests {
                 settings(false, true, RejectRequest),
                 Err(PathError::EscapedSlash),
             ),
-            ("/admin", settings(false, true, RejectRequest), path("/admin")),
+            (
+                "/admin",
+                settings(false, true, RejectRequest),
+                path("/admin"),
+            ),
             (
                 "/%2Fadmin",
                 settings(false, true, ImplementationSpecificDefault),
                 path("/%2Fadmin"),
             ),
             // Normalization off: the raw path, even one that would be refused.
-            ("/a/../%61dmin", settings(true, false, KeepUnchanged), path("/a/../%61dmin")),
-            ("/../%zz", settings(true, false, KeepUnchanged), path("/../%zz")),
+            (
+                "/a/../%61dmin",
+                settings(true, false, KeepUnchanged),
+                path("/a/../%61dmin"),
+            ),
+            (
+                "/../%zz",
+                settings(true, false, KeepUnchanged),
+                path("/../%zz"),
+            ),
             ("//a//b", settings(true, true, KeepUnchanged), path("/a/b")),
         ];
         for (input, settings, want) in cases {
@@ -414,7 +430,10 @@ mod tests {
         assert!(!underscores(&mut dropped, UnderscoresAction::DropHeader));
         assert_eq!(dropped.len(), 1);
         assert_eq!(dropped["x-user"], "guest");
-        assert!(underscores(&mut headers(), UnderscoresAction::RejectRequest));
+        assert!(underscores(
+            &mut headers(),
+            UnderscoresAction::RejectRequest
+        ));
         let mut clean = HeaderMap::new();
         clean.insert("x-user", "guest".parse().unwrap());
         assert!(!underscores(&mut clean, UnderscoresAction::RejectRequest));

@@ -33,8 +33,8 @@ use super::authorize::authorize;
 use crate::State;
 use crate::http::normalize::{self, PathError};
 use crate::http::{
-    CallerBody, DENIED_BODY, RequestError, bad_body, RequestGuard, ResponseBody, Rebuilt, XFCC, is_grpc, local_reply,
-    rebuild_uri_with, requested_authority, strip_hop_by_hop, within,
+    CallerBody, DENIED_BODY, Rebuilt, RequestError, RequestGuard, ResponseBody, XFCC, bad_body,
+    is_grpc, local_reply, rebuild_uri_with, requested_authority, strip_hop_by_hop, within,
 };
 use crate::metrics::{self, ClientError, Direction, Layer};
 
@@ -185,7 +185,11 @@ async fn handle(mut req: Request<Incoming>, conn: &Connection) -> Response<Respo
     if normalize::underscores(req.headers_mut(), settings.headers_with_underscores_action) {
         tracing::debug!("inbound request refused: a header name holds an underscore");
         metrics::http_client_error(Direction::Inbound, ClientError::UnderscoreHeader);
-        let reply = local_reply(StatusCode::BAD_REQUEST, "header name with underscores", grpc);
+        let reply = local_reply(
+            StatusCode::BAD_REQUEST,
+            "header name with underscores",
+            grpc,
+        );
         return guard.respond(close_after(reply, req.version()));
     }
     let uri = match rebuild_uri_with(req.uri(), "http", &inbound.local_app, settings) {

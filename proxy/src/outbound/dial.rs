@@ -19,9 +19,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::balance::Balancer;
-use crate::warnings;
 use crate::metrics::{self, Attempt, ConnGuard, DialError, Direction};
 use crate::tls::{PeerIdentityMismatch, TlsState, resumed_with_expired_peer};
+use crate::warnings;
 
 /// What a dial is for: which upstream listener, which target of which cluster, and
 /// that cluster's connect timeout.

@@ -303,7 +303,12 @@ impl Outcome {
 
     /// The answer to the app, unless the try failed because the app's own request body
     /// broke: that is the app's mistake (400), not the upstream's.
-    fn respond_or_blame(self, ctx: &Ctx<'_>, plan: &Plan<'_>, fault: &BodyFault) -> Response<OutBody> {
+    fn respond_or_blame(
+        self,
+        ctx: &Ctx<'_>,
+        plan: &Plan<'_>,
+        fault: &BodyFault,
+    ) -> Response<OutBody> {
         let failed = !matches!(self, Outcome::Answered { .. });
         if failed && fault.broke() {
             tracing::debug!(upstream = %ctx.upstream.name, "request refused: the app's request body broke off or was malformed");
