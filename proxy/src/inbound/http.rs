@@ -2,10 +2,10 @@
 //! the caller is authorized on its own and forwarded to the local app.
 //!
 //! Per request: headers with underscores and the path as the mesh's request
-//! normalization says (`crate::http::normalize`) -> set `X-Forwarded-Client-Cert` -> decide with the
-//! newest intentions (so an update applies to the next request on every open
-//! connection) -> 403 / gRPC PERMISSION_DENIED, or forward over the pooled client to
-//! the app. The connection stays up after a denial. What both directions share (local
+//! normalization says (`crate::http::normalize`) -> set `X-Forwarded-Client-Cert` ->
+//! decide with the newest intentions (so an update applies to the next request on
+//! every open connection) -> 403 / gRPC PERMISSION_DENIED, or forward over the pooled
+//! client to the app (a request body the caller breaks on the way is its `400`). The connection stays up after a denial. What both directions share (local
 //! replies, hop-by-hop headers, the request guard) is `crate::http`'s.
 
 use std::convert::Infallible;
