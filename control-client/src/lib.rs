@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod identity;
 pub mod intentions;
 pub mod model;
+pub mod normalization;
 pub mod publish;
 pub mod routing;
 pub mod telemetry;

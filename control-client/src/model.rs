@@ -240,6 +240,9 @@ pub struct Snapshot {
     /// change applies to the records that come after it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_logs: Option<Arc<crate::access_log::AccessLogs>>,
+    /// How the inbound L7 side normalizes a request before intentions see it
+    /// (`docs/consul-semantics.md#request-normalization`).
+    pub request_normalization: crate::normalization::RequestNormalization,
     /// The public Prometheus listener, when one is configured
     /// (`docs/consul-semantics.md#prometheus`).
     #[serde(skip_serializing_if = "Option::is_none")]

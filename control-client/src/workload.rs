@@ -11,9 +11,15 @@
 //! its TLS configs, new handshakes use the new SVID, open connections stay.
 //!
 //! Failures are handled as `docs/consul-semantics.md#workload-api` describes. The stream is reopened with backoff
-//! after any transient failure (agent unreachable, `UNAVAILABLE`, `PERMISSION_DENIED`,
-//! the stream ending), and the last good SVID stays in force while it is valid; when it
-//! expires the feed goes empty and the proxy fails closed. `INVALID_ARGUMENT` (the
+//! after any transient failure (agent unreachable, `UNAVAILABLE`, the stream ending),
+//! and the last good SVID stays in force while it is valid; when it expires the feed
+//! goes empty and the proxy fails closed. `PERMISSION_DENIED` is different: the server
+//! says this workload is entitled to no identity any more (its SPIRE entry was
+//! deleted), and the specification's advice is to stop using what it had. After the
+//! withdrawal grace period ([`WorkloadSource::with_withdrawal_grace`], 0 by default)
+//! the identity is marked [`Identity::withdrawn`]: the leaf is taken out of service
+//! (handshakes fail closed, `/ready` says why) while the stream is retried, and the
+//! next SVID the server sends puts it back. `INVALID_ARGUMENT` (the
 //! server says the request itself is wrong, e.g. without the `workload.spiffe.io`
 //! header) and `UNIMPLEMENTED` (no X.509-SVID profile there) cannot be cured by
 //! retrying: they are fatal, reported through [`Fatal`] once no valid SVID is left.
@@ -42,6 +48,9 @@ pub struct Identity {
     pub leaf: Arc<Leaf>,
     /// The SVID's own trust domain, with the federated bundles inside.
     pub bundle: Arc<TrustBundle>,
+    /// Why the leaf must no longer be served, once the server withdrew it
+    /// (`PERMISSION_DENIED`); the bundle stays trusted.
+    pub withdrawn: Option<String>,
 }
 
 /// The current identity; `None` until the first SVID, and again once the last one
@@ -104,6 +113,8 @@ pub struct WorkloadSource {
     shown: String,
     provider: Arc<CryptoProvider>,
     backoff: Backoff,
+    /// How long `PERMISSION_DENIED` may last before the SVID is withdrawn.
+    grace: Duration,
 }
 
 /// Resolves with the fatal error, if the Workload API ever gives one while no valid SVID
@@ -133,7 +144,16 @@ impl WorkloadSource {
             shown: addr.to_owned(),
             provider,
             backoff: Backoff::default(),
+            grace: Duration::ZERO,
         })
+    }
+
+    /// `--workload-api-withdrawal-grace`: how long the server may answer
+    /// `PERMISSION_DENIED` before the SVID is taken out of service (a SPIRE entry
+    /// deleted and re-created within it goes unnoticed).
+    pub fn with_withdrawal_grace(mut self, grace: Duration) -> WorkloadSource {
+        self.grace = grace;
+        self
     }
 
     /// Returns at once with an empty feed and follows the Workload API in the background
@@ -158,8 +178,10 @@ impl WorkloadSource {
     ) {
         tracing::info!(endpoint = %self.shown, "following the SPIFFE Workload API for this proxy's identity");
         let mut failures = 0u32;
+        // Since when the server has been denying us, while it does.
+        let mut denied_since: Option<tokio::time::Instant> = None;
         loop {
-            let error = self.session(tx, &mut failures).await;
+            let error = self.session(tx, &mut failures, &mut denied_since).await;
             if let Some(fatal_error) = self.fatal(&error) {
                 record_update(Resource::Leaf, false);
                 match tx.borrow().as_ref() {
@@ -180,6 +202,22 @@ impl WorkloadSource {
             failures = failures.saturating_add(1);
             record_update(Resource::Leaf, false);
             record_update(Resource::Roots, false);
+            let mut pause = backoff(failures, self.backoff.base, self.backoff.cap);
+            if let Some(message) = permission_denied(&error) {
+                let since = *denied_since.get_or_insert_with(tokio::time::Instant::now);
+                let left = self.grace.saturating_sub(since.elapsed());
+                if left.is_zero() {
+                    withdraw(tx, &self.shown, message);
+                } else {
+                    if failures == 1 {
+                        tracing::warn!(endpoint = %self.shown, %error, grace_left = ?left, "the Workload API denies this workload an identity; the SVID is withdrawn if that lasts through the grace period");
+                    }
+                    // Back in time to withdraw when the grace period ends.
+                    pause = pause.min(left);
+                }
+                tokio::time::sleep(pause).await;
+                continue;
+            }
             let held = tx
                 .borrow()
                 .as_ref()
@@ -198,7 +236,7 @@ impl WorkloadSource {
             } else {
                 tracing::debug!(endpoint = %self.shown, %error, failures, "Workload API still failing");
             }
-            tokio::time::sleep(backoff(failures, self.backoff.base, self.backoff.cap)).await;
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -208,6 +246,7 @@ impl WorkloadSource {
         &self,
         tx: &watch::Sender<Option<Arc<Identity>>>,
         failures: &mut u32,
+        denied_since: &mut Option<tokio::time::Instant>,
     ) -> WorkloadApiError {
         let client = match WorkloadApiClient::connect(self.endpoint.clone()).await {
             Ok(client) => client,
@@ -235,11 +274,13 @@ impl WorkloadSource {
                         tracing::info!(endpoint = %self.shown, "the Workload API answers again");
                     }
                     *failures = 0;
+                    *denied_since = None;
                     record_update(Resource::Leaf, true);
                     record_update(Resource::Roots, true);
                     let unchanged = previous.as_ref().is_some_and(|p| {
                         Arc::ptr_eq(&p.leaf, &identity.leaf)
                             && Arc::ptr_eq(&p.bundle, &identity.bundle)
+                            && p.withdrawn.is_none()
                     });
                     if !unchanged {
                         tracing::info!(
@@ -280,6 +321,42 @@ impl WorkloadSource {
             message: status.message().to_owned(),
         })
     }
+}
+
+/// The server's message when it answered `PERMISSION_DENIED` (the client library names
+/// SPIRE's "no identity issued" apart).
+fn permission_denied(error: &WorkloadApiError) -> Option<&str> {
+    match error {
+        WorkloadApiError::NoIdentityIssued => Some("no identity issued"),
+        WorkloadApiError::PermissionDenied(message) => Some(message),
+        WorkloadApiError::Transport(TransportError::Status(status))
+            if status.code() == GrpcStatusCode::PermissionDenied =>
+        {
+            Some(status.message())
+        }
+        _ => None,
+    }
+}
+
+/// Takes the held SVID out of service, keeping its bundle; nothing to do when none is
+/// held or it is withdrawn already.
+fn withdraw(tx: &watch::Sender<Option<Arc<Identity>>>, endpoint: &str, message: &str) {
+    tx.send_if_modified(|held| {
+        let Some(current) = held.as_ref().filter(|h| h.withdrawn.is_none()) else {
+            return false;
+        };
+        let why = format!(
+            "the Workload API withdrew this proxy's identity (PERMISSION_DENIED: {message}); \
+             handshakes fail until it issues an SVID again"
+        );
+        tracing::warn!(endpoint, serial = %current.leaf.serial, id = %current.leaf.id, "{why}");
+        *held = Some(Arc::new(Identity {
+            leaf: current.leaf.clone(),
+            bundle: current.bundle.clone(),
+            withdrawn: Some(why),
+        }));
+        true
+    });
 }
 
 /// A message that did not parse, on a stream that may well go on.
@@ -395,7 +472,11 @@ fn identity_from(
         Some(p) if same_bundle(&p.bundle, &bundle) => p.bundle.clone(),
         _ => Arc::new(bundle),
     };
-    Ok(Identity { leaf, bundle })
+    Ok(Identity {
+        leaf,
+        bundle,
+        withdrawn: None,
+    })
 }
 
 fn same_chain(leaf: &Leaf, chain: &[CertificateDer<'static>]) -> bool {

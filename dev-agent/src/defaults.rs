@@ -13,6 +13,11 @@
 //! protocol is not HTTP-like, and a protocol change that would leave such intentions
 //! behind. Writes and deletes honour `?cas=`. Keys that never reach a sidecar are
 //! refused, naming them.
+//!
+//! The `mesh` entry is stored here too, for its `HTTP.Incoming.RequestNormalization`
+//! (which a proxy reads itself, as it reads proxy-defaults' `AccessLogs`): its name is
+//! always `mesh`, and its actions are checked as Consul's server checks them
+//! (`docs/consul-semantics.md#request-normalization`).
 
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -21,9 +26,10 @@ use serde_json::Map;
 
 use ferrule_control::api::agent::{AgentService, MeshGatewayConfig};
 use ferrule_control::api::defaults::{
-    AccessLogsConfig, GLOBAL, PROXY_DEFAULTS, ProxyDefaultsEntry, SERVICE_DEFAULTS,
-    ServiceDefaultsEntry,
+    AccessLogsConfig, GLOBAL, MESH, MeshEntry, PROXY_DEFAULTS, ProxyDefaultsEntry,
+    SERVICE_DEFAULTS, ServiceDefaultsEntry,
 };
+use ferrule_control::normalization::RequestNormalization;
 
 use super::blocking::{self, DEFAULT_WAIT};
 use super::http::{ApiError, Call, Reply};
@@ -35,7 +41,7 @@ const PROTOCOL: &str = "protocol";
 const READ_ONLY_KEYS: [&str; 3] = ["CreateIndex", "ModifyIndex", "Hash"];
 
 pub(super) fn is_defaults_kind(kind: &str) -> bool {
-    kind == SERVICE_DEFAULTS || kind == PROXY_DEFAULTS
+    kind == SERVICE_DEFAULTS || kind == PROXY_DEFAULTS || kind == MESH
 }
 
 fn is_http_like(protocol: &str) -> bool {
@@ -204,7 +210,7 @@ fn decode<T: DeserializeOwned>(raw: Value, kind: &str) -> Result<T, ApiError> {
         .collect();
     if !unknown.is_empty() {
         return Err(ApiError::bad_request(format!(
-            "Request decoding failed: the dev agent keeps only the keys that reach a sidecar of {kind} entries (Protocol, MeshGateway, LocalConnectTimeoutMs, LocalRequestTimeoutMs, MaxInboundConnections, UpstreamConfig; Config, MeshGateway, AccessLogs), not {unknown:?}"
+            "Request decoding failed: the dev agent keeps only the keys that reach a sidecar of {kind} entries (Protocol, MeshGateway, LocalConnectTimeoutMs, LocalRequestTimeoutMs, MaxInboundConnections, UpstreamConfig; Config, MeshGateway, AccessLogs; HTTP.Incoming.RequestNormalization), not {unknown:?}"
         )));
     }
     Ok(entry)
@@ -247,6 +253,37 @@ pub(super) fn put(
                 &entry,
                 |state| state.service_defaults.get_mut(&name),
                 |state, old| restore(&mut state.service_defaults, &entry.name, old),
+            )
+        })?
+    } else if kind == MESH {
+        let mut entry: MeshEntry = decode(raw, kind)?;
+        if !entry.name.is_empty() && entry.name != MESH {
+            return Err(ApiError::internal(format!(
+                "invalid name ({:?}), only \"{MESH}\" is supported",
+                entry.name
+            )));
+        }
+        entry.kind = MESH.to_owned();
+        entry.name = String::new();
+        if let Some(config) = entry.request_normalization() {
+            RequestNormalization::from_config(config).map_err(|e| {
+                ApiError::internal(format!(
+                    "error in HTTP incoming request normalization configuration: {e}"
+                ))
+            })?;
+        }
+        shared.with(|state| {
+            let current = state.mesh.as_ref().map(|e| e.modify_index);
+            if !intentions::cas_allows(cas, current) {
+                return Ok(false);
+            }
+            let old = state.mesh.replace(entry.clone());
+            commit(
+                state,
+                old,
+                &entry,
+                |state| state.mesh.as_mut(),
+                |state, old| state.mesh = old,
             )
         })?
     } else {
@@ -347,6 +384,12 @@ impl Indexed for ProxyDefaultsEntry {
     }
 }
 
+impl Indexed for MeshEntry {
+    fn indexes(&mut self) -> (&mut u64, &mut u64) {
+        (&mut self.create_index, &mut self.modify_index)
+    }
+}
+
 /// Finishes a write whose new entry is already in place: undone if it would strand an
 /// L7 intention; otherwise stamped with a new index, unless nothing changed.
 fn commit<T: Indexed>(
@@ -392,6 +435,14 @@ fn defaults_of(state: &State, kind: &str, name: Option<&str>) -> Value {
                 .get(name)
                 .map_or(Value::Null, |e| json!(e)),
             None => json!(state.service_defaults.values().collect::<Vec<_>>()),
+        }
+    } else if kind == MESH {
+        let entry = state.mesh.as_ref();
+        match name {
+            Some(name) => entry
+                .filter(|_| name == MESH)
+                .map_or(Value::Null, |e| json!(e)),
+            None => json!(entry.into_iter().collect::<Vec<_>>()),
         }
     } else {
         let entry = state.proxy_defaults.as_ref();
@@ -446,6 +497,12 @@ pub(super) fn delete(
     let deleted = shared.with(|state| {
         let current = if kind == SERVICE_DEFAULTS {
             state.service_defaults.get(name).map(|e| e.modify_index)
+        } else if kind == MESH {
+            state
+                .mesh
+                .as_ref()
+                .filter(|_| name == MESH)
+                .map(|e| e.modify_index)
         } else {
             state
                 .proxy_defaults
@@ -481,6 +538,9 @@ fn remove(state: &mut State, kind: &str, name: &str) -> Result<(), ApiError> {
             state.service_defaults.insert(name.to_owned(), old);
             return Err(e);
         }
+    } else if kind == MESH {
+        // Nothing else depends on the mesh entry.
+        state.mesh = None;
     } else if let Some(old) = state.proxy_defaults.take()
         && let Err(e) = state
             .check_l7_intentions()

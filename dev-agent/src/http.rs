@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::blocking::Blocking;
 use super::checks::{CRITICAL, WARNING};
 use super::state::Shared;
-use super::{catalog, chain, checks, connect_ca, intentions, query, services, wan};
+use super::{catalog, chain, checks, connect_ca, intentions, query, services, wan, workload};
 use ferrule_control::api::agent_self::{AgentSelf, AgentSelfConfig};
 use ferrule_control::api::health::PASSING;
 
@@ -543,7 +543,9 @@ async fn catalog_route(
 }
 
 /// `/v1/internal/ferrule/...`: what the dev agents of several datacenters say to each
-/// other (`wan`), where Consul's servers use RPC and gossip.
+/// other (`wan`), where Consul's servers use RPC and gossip; and a workload's Workload
+/// API identity withdrawn or issued again (`workload`), as a SPIRE entry is deleted or
+/// created.
 async fn internal_route(
     shared: &Arc<Shared>,
     path: &str,
@@ -555,6 +557,9 @@ async fn internal_route(
     } else if path == wan::ca::PATH {
         only(call, POST, "POST")?;
         wan::ca::sign(shared, call).await
+    } else if let Some(service) = tail(path, workload::ENTRY_PATH) {
+        only(call, &[Method::PUT, Method::DELETE], "PUT, DELETE")?;
+        workload::entry(shared, call, service)
     } else {
         return Ok(None);
     };

@@ -297,7 +297,7 @@ fn check_kind(kind: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(
-            "the dev agent stores {KIND}, service-defaults, proxy-defaults, service-resolver, service-splitter and service-router config entries only, not {kind:?}"
+            "the dev agent stores {KIND}, service-defaults, proxy-defaults, mesh, service-resolver, service-splitter and service-router config entries only, not {kind:?}"
         )))
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use ferrule_control::api::chain::{ServiceResolverEntry, ServiceRouterEntry, ServiceSplitterEntry};
-use ferrule_control::api::defaults::{ProxyDefaultsEntry, ServiceDefaultsEntry};
+use ferrule_control::api::defaults::{MeshEntry, ProxyDefaultsEntry, ServiceDefaultsEntry};
 use ferrule_control::api::intentions::ServiceIntentionsEntry;
 
 use super::http::{Call, Query};
@@ -36,6 +36,7 @@ pub(super) struct Persisted {
     intentions: Vec<ServiceIntentionsEntry>,
     service_defaults: Vec<ServiceDefaultsEntry>,
     proxy_defaults: Option<ProxyDefaultsEntry>,
+    mesh: Option<MeshEntry>,
     resolvers: Vec<ServiceResolverEntry>,
     splitters: Vec<ServiceSplitterEntry>,
     routers: Vec<ServiceRouterEntry>,
@@ -52,6 +53,7 @@ impl State {
             intentions: self.intentions.values().cloned().collect(),
             service_defaults: self.service_defaults.values().cloned().collect(),
             proxy_defaults: self.proxy_defaults.clone(),
+            mesh: self.mesh.clone(),
             resolvers: self.chain.resolvers.values().cloned().collect(),
             splitters: self.chain.splitters.values().cloned().collect(),
             routers: self.chain.routers.values().cloned().collect(),
@@ -109,6 +111,10 @@ pub(super) async fn restore(shared: &Arc<Shared>, dir: &Path) {
             state.service_defaults.insert(entry.name.clone(), entry);
         }
         state.proxy_defaults = saved.proxy_defaults.map(|mut entry| {
+            (entry.create_index, entry.modify_index) = (index, index);
+            entry
+        });
+        state.mesh = saved.mesh.map(|mut entry| {
             (entry.create_index, entry.modify_index) = (index, index);
             entry
         });

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use ferrule_control::api::defaults::{ProxyDefaultsEntry, ServiceDefaultsEntry};
+use ferrule_control::api::defaults::{MeshEntry, ProxyDefaultsEntry, ServiceDefaultsEntry};
 use ferrule_control::api::health::{HealthCheck, Node};
 use ferrule_control::api::intentions::ServiceIntentionsEntry;
 
@@ -100,6 +100,12 @@ pub(super) struct State {
     /// `service-defaults` entries by service name, and the `proxy-defaults` entry.
     pub(super) service_defaults: BTreeMap<String, ServiceDefaultsEntry>,
     pub(super) proxy_defaults: Option<ProxyDefaultsEntry>,
+    /// The `mesh` entry.
+    pub(super) mesh: Option<MeshEntry>,
+    /// Services whose Workload API identity was withdrawn
+    /// (`DELETE /v1/internal/ferrule/workload-api/:service`): their streams answer
+    /// `PERMISSION_DENIED`, as SPIRE's do once a workload's entry is deleted.
+    pub(super) withdrawn_workloads: std::collections::BTreeSet<String>,
     /// `service-resolver`, `service-splitter` and `service-router` entries.
     pub(super) chain: ChainEntries,
     /// Max index of the config-entries table (writes and deletes, every kind).
@@ -129,6 +135,8 @@ impl State {
             intentions: BTreeMap::new(),
             service_defaults: BTreeMap::new(),
             proxy_defaults: None,
+            mesh: None,
+            withdrawn_workloads: std::collections::BTreeSet::new(),
             chain: ChainEntries::default(),
             // No config entry yet: Consul's empty table answers index 0 (sent as 1).
             intentions_index: 0,

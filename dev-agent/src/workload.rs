@@ -14,6 +14,11 @@
 //! Every request must carry the `workload.spiffe.io: true` metadata; one without it is
 //! refused with `INVALID_ARGUMENT`, as the specification requires. The JWT profile is
 //! answered `UNIMPLEMENTED`.
+//!
+//! A workload's identity can be withdrawn and issued again, as deleting and re-creating
+//! its SPIRE registration entry does: `DELETE /v1/internal/ferrule/workload-api/:service`
+//! ends its open streams and answers new ones with `PERMISSION_DENIED` ("no identity
+//! issued", SPIRE's words), `PUT` on the same path serves its SVID again.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -30,6 +35,7 @@ use tonic::{Request, Response, Status};
 
 use super::DevError;
 use super::connect_ca::WorkloadSvid;
+use super::http::{ApiError, Call, Reply};
 use super::state::Shared;
 
 /// The code generated from `proto/workload.proto`: messages, server and client.
@@ -337,9 +343,53 @@ impl WorkloadService {
 }
 
 fn svid_of(shared: &Shared, service: &str) -> Result<WorkloadSvid, Status> {
-    shared
-        .with(|state| state.workload_svid(service))
-        .map_err(|e| Status::internal(format!("issuing the SVID of {service}: {e}")))
+    shared.with(|state| {
+        if state.withdrawn_workloads.contains(service) {
+            return Err(Status::permission_denied("no identity issued"));
+        }
+        state
+            .workload_svid(service)
+            .map_err(|e| Status::internal(format!("issuing the SVID of {service}: {e}")))
+    })
+}
+
+/// Where a workload's identity is withdrawn (`DELETE`) or issued again (`PUT`).
+pub(super) const ENTRY_PATH: &str = "/v1/internal/ferrule/workload-api/";
+
+/// `PUT`/`DELETE /v1/internal/ferrule/workload-api/:service`: `true` when that changed
+/// anything. Every open stream of the service re-reads its answer.
+pub(super) fn entry(shared: &Shared, call: &Call, service: &str) -> Result<Reply, ApiError> {
+    if !is_service_name(service) {
+        return Err(ApiError::bad_request(format!(
+            "{service:?} is not a service name"
+        )));
+    }
+    let withdraw = call.method == http::Method::DELETE;
+    let changed = shared.with(|state| {
+        let changed = if withdraw {
+            state.withdrawn_workloads.insert(service.to_owned())
+        } else {
+            state.withdrawn_workloads.remove(service)
+        };
+        if changed {
+            // Wakes the streams, which read the change.
+            state.bump();
+        }
+        changed
+    });
+    if changed {
+        tracing::info!(
+            service,
+            withdrawn = withdraw,
+            "dev agent: Workload API identity {}",
+            if withdraw {
+                "withdrawn"
+            } else {
+                "issued again"
+            }
+        );
+    }
+    Reply::json(&changed)
 }
 
 fn x509_svid_response(svid: WorkloadSvid, federated: &Bundles) -> X509svidResponse {

@@ -48,6 +48,7 @@ pub mod readiness;
 pub mod splice;
 pub mod tls;
 pub mod trace;
+pub mod warnings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

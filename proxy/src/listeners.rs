@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::State;
 use crate::limits::ConnectionLimit;
-use crate::{inbound, metrics, outbound};
+use crate::{inbound, metrics, outbound, warnings};
 
 const RETRY_BIND: Duration = Duration::from_secs(2);
 
@@ -105,6 +105,25 @@ pub async fn accept<C, F>(
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
+    }
+}
+
+/// Accept failures' warnings, one kind per listener: at the descriptor limit every
+/// accept fails, as often as the back-off lets it.
+static ACCEPT_WARNINGS: warnings::Limiter = warnings::Limiter::new(warnings::EVERY);
+
+/// Warns that `listener` could not accept, rate-limited (`crate::warnings`); every
+/// failure is logged at debug.
+pub fn accept_failed(listener: &str, e: &std::io::Error) {
+    tracing::debug!(listener, error = %e, "accept failed");
+    if let Some(suppressed) = ACCEPT_WARNINGS.admit(listener) {
+        tracing::warn!(
+            listener,
+            error = %e,
+            suppressed,
+            "accept failed{}",
+            warnings::suppressed(suppressed)
+        );
     }
 }
 
@@ -297,7 +316,7 @@ fn spawn_inbound(
     cancel: CancellationToken,
 ) {
     let accepting = Accepting::tracked(limit, cancel, state);
-    let failed = |e: &std::io::Error| tracing::warn!(error = %e, "inbound accept failed");
+    let failed = |e: &std::io::Error| accept_failed("inbound", e);
     let app = Arc::new(inbound::LocalApp::default());
     let state = state.clone();
     let connection = move |tcp, peer| inbound::handle(tcp, peer, state.clone(), app.clone());
@@ -315,7 +334,8 @@ fn spawn_upstream(
 ) {
     let accepting = Accepting::tracked(limit, cancel, state);
     let upstream = outbound::Upstream::new(name.clone());
-    let failed = move |e: &std::io::Error| tracing::warn!(upstream = %name, error = %e, "upstream accept failed");
+    let listener_name = format!("upstream {name}");
+    let failed = move |e: &std::io::Error| accept_failed(&listener_name, e);
     let state = state.clone();
     let connection = move |app, peer| upstream.connection(app, peer, &state);
     tokio::spawn(accept(listener, accepting, failed, connection));

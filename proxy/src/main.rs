@@ -147,6 +147,17 @@ struct ProxyArgs {
     /// still come from --config or the Consul agent.
     #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", value_name = "ADDR")]
     workload_api: Option<String>,
+    /// With --workload-api: how long the Workload API may answer PERMISSION_DENIED (the
+    /// workload's identity withdrawn, e.g. its SPIRE entry deleted) before the SVID is
+    /// no longer used (handshakes fail, /ready says why), in Go's duration syntax
+    /// [default: 0s, at once].
+    #[arg(
+        long,
+        env = "FERRULE_WORKLOAD_API_WITHDRAWAL_GRACE",
+        value_parser = duration::flag,
+        value_name = "DUR"
+    )]
+    workload_api_withdrawal_grace: Option<Duration>,
     /// What applies when no intention matches [default: learned from the agent].
     #[arg(long, value_enum)]
     default_action: Option<DefaultActionArg>,
@@ -375,7 +386,9 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
     let provider = ferrule::tls::provider();
     let workload = match args.workload_api.as_deref() {
         Some(addr) => Some(
-            WorkloadSource::new(addr, provider.clone()).map_err(|e| Fail::Usage(e.to_string()))?,
+            WorkloadSource::new(addr, provider.clone())
+                .map_err(|e| Fail::Usage(e.to_string()))?
+                .with_withdrawal_grace(args.workload_api_withdrawal_grace.unwrap_or_default()),
         ),
         None => None,
     };

@@ -27,6 +27,7 @@ pub const LEAF_EXPIRY: &str = "ferrule_leaf_cert_expiry_timestamp_seconds";
 pub const CONNECTIONS_LIMITED: &str = "ferrule_connections_limited_total";
 pub const HTTP_REQUESTS: &str = "ferrule_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "ferrule_http_request_duration_seconds";
+pub const HTTP_CLIENT_ERRORS: &str = "ferrule_http_client_errors_total";
 pub const UPSTREAM_REQUESTS: &str = "ferrule_upstream_requests_total";
 pub const UPSTREAM_RETRIES: &str = "ferrule_upstream_retries_total";
 pub const UPSTREAM_ACTIVE_TARGET: &str = "ferrule_upstream_active_target";
@@ -227,6 +228,37 @@ pub fn local_service(snapshot: &ferrule_control::model::Snapshot) -> String {
         .as_ref()
         .map(|leaf| leaf.id.service.clone())
         .unwrap_or_default()
+}
+
+/// What was wrong with a request the proxy answered with a 4xx of its own: the
+/// caller's mistake, never the app's or the upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientError {
+    /// A path that cannot be normalized (bad escape, above the root).
+    BadPath,
+    /// An escaped slash, refused by `PathWithEscapedSlashesAction`.
+    EscapedSlash,
+    /// A header name with `_`, refused by `HeadersWithUnderscoresAction`.
+    UnderscoreHeader,
+    /// A request body that broke off or was malformed (bad chunk size, truncated).
+    BadBody,
+}
+
+impl ClientError {
+    pub fn label(self) -> &'static str {
+        match self {
+            ClientError::BadPath => "bad_path",
+            ClientError::EscapedSlash => "escaped_slash",
+            ClientError::UnderscoreHeader => "underscore_header",
+            ClientError::BadBody => "bad_body",
+        }
+    }
+}
+
+/// Counts a request refused for the caller's mistake.
+pub fn http_client_error(direction: Direction, reason: ClientError) {
+    counter!(HTTP_CLIENT_ERRORS, "direction" => direction.as_str(), "reason" => reason.label())
+        .increment(1);
 }
 
 /// Records a live connection closed because intentions now deny it.

@@ -210,3 +210,81 @@ pub struct AccessLogsConfig {
     #[serde(alias = "text_format", skip_serializing_if = "String::is_empty")]
     pub text_format: String,
 }
+
+pub const MESH: &str = "mesh";
+
+/// The `mesh` config entry, as far as a sidecar's inbound side goes: its
+/// `HTTP.Incoming.RequestNormalization` (checked and applied by `crate::normalization`).
+/// Consul's entry has no name of its own (it is always `mesh`); one sent is kept only to
+/// be checked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MeshEntry {
+    pub kind: String,
+    #[serde(default, skip_serializing)]
+    pub name: String,
+    #[serde(
+        default,
+        rename = "HTTP",
+        alias = "http",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http: Option<MeshHttpConfig>,
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    pub meta: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub create_index: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub modify_index: u64,
+}
+
+impl MeshEntry {
+    /// `HTTP.Incoming.RequestNormalization`, when set.
+    pub fn request_normalization(&self) -> Option<&RequestNormalizationConfig> {
+        self.http
+            .as_ref()?
+            .incoming
+            .as_ref()?
+            .request_normalization
+            .as_ref()
+    }
+}
+
+/// The mesh entry's `HTTP`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MeshHttpConfig {
+    #[serde(default, alias = "incoming", skip_serializing_if = "Option::is_none")]
+    pub incoming: Option<MeshDirectionalHttpConfig>,
+}
+
+/// The mesh entry's `HTTP.Incoming`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MeshDirectionalHttpConfig {
+    #[serde(
+        default,
+        alias = "request_normalization",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_normalization: Option<RequestNormalizationConfig>,
+}
+
+/// `RequestNormalization`, as written: the two actions are Consul's enum names, empty
+/// for the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RequestNormalizationConfig {
+    #[serde(alias = "insecure_disable_path_normalization")]
+    pub insecure_disable_path_normalization: bool,
+    #[serde(alias = "merge_slashes")]
+    pub merge_slashes: bool,
+    #[serde(alias = "path_with_escaped_slashes_action")]
+    pub path_with_escaped_slashes_action: String,
+    #[serde(alias = "headers_with_underscores_action")]
+    pub headers_with_underscores_action: String,
+}

@@ -14,6 +14,7 @@ use crate::api::defaults::AccessLogsConfig;
 use crate::identity::ServiceId;
 use crate::intentions::Action;
 use crate::model::{DefaultAction, InboundConfig, Protocol};
+use crate::normalization::{RequestNormalization, UnknownAction};
 use crate::publish::{self, InboundLimits, UpstreamLimits, UpstreamListener};
 
 #[derive(Debug, Deserialize)]
@@ -31,6 +32,7 @@ struct RawConfig {
     #[serde(default)]
     upstreams: Vec<RawUpstream>,
     access_logs: Option<toml::Spanned<RawAccessLogs>>,
+    request_normalization: Option<RawRequestNormalization>,
     tracing: Option<RawTracing>,
 }
 
@@ -64,6 +66,19 @@ pub struct TracingTable {
 pub struct Located<T> {
     pub value: T,
     pub at: String,
+}
+
+/// `[request_normalization]`: the `mesh` entry's `HTTP.Incoming.RequestNormalization`
+/// in snake case, the actions by Consul's names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequestNormalization {
+    #[serde(default)]
+    insecure_disable_path_normalization: bool,
+    #[serde(default)]
+    merge_slashes: bool,
+    path_with_escaped_slashes_action: Option<toml::Spanned<String>>,
+    headers_with_underscores_action: Option<toml::Spanned<String>>,
 }
 
 /// `[access_logs]`: Consul's `AccessLogs` fields in snake case; the table's presence
@@ -213,6 +228,8 @@ pub struct StaticConfig {
     pub(super) access_logs: Option<Arc<AccessLogs>>,
     /// `[tracing]`; `None` when the file has no such table.
     pub tracing: Option<TracingTable>,
+    /// `[request_normalization]`; the default without the table.
+    pub(super) request_normalization: RequestNormalization,
 }
 
 /// Places errors in the text being parsed.
@@ -321,6 +338,10 @@ impl StaticConfig {
                 sampler_arg: locate(&at, "sampler_arg", t.sampler_arg),
             }
         });
+        let request_normalization = match raw.request_normalization {
+            Some(table) => request_normalization_of(table, &at)?,
+            None => RequestNormalization::default(),
+        };
         Ok(StaticConfig {
             tracing,
             path: path.to_owned(),
@@ -339,8 +360,45 @@ impl StaticConfig {
             inbound,
             upstreams,
             access_logs,
+            request_normalization,
         })
     }
+}
+
+/// `[request_normalization]`, checked as Consul checks the mesh entry; an error names
+/// the key.
+fn request_normalization_of(
+    raw: RawRequestNormalization,
+    at: &Locate<'_>,
+) -> Result<RequestNormalization, ConfigError> {
+    fn action<T: std::str::FromStr<Err = UnknownAction> + Default>(
+        value: Option<toml::Spanned<String>>,
+        key: &str,
+        at: &Locate<'_>,
+    ) -> Result<T, ConfigError> {
+        let Some(value) = value else {
+            return Ok(T::default());
+        };
+        let span = value.span();
+        value
+            .into_inner()
+            .parse()
+            .map_err(|e: UnknownAction| at.error(Some(span), key, e.to_string()))
+    }
+    Ok(RequestNormalization {
+        insecure_disable_path_normalization: raw.insecure_disable_path_normalization,
+        merge_slashes: raw.merge_slashes,
+        path_with_escaped_slashes_action: action(
+            raw.path_with_escaped_slashes_action,
+            "request_normalization.path_with_escaped_slashes_action",
+            at,
+        )?,
+        headers_with_underscores_action: action(
+            raw.headers_with_underscores_action,
+            "request_normalization.headers_with_underscores_action",
+            at,
+        )?,
+    })
 }
 
 /// `[access_logs]`, compiled as Consul's `AccessLogs` is; an error names the key.
@@ -546,6 +604,41 @@ endpoints = ["127.0.0.1:21001"]
         assert!(tracing.protocol.is_none());
         let unknown = parse(&format!("{GOOD}\n[tracing]\nurl = \"x\"\n")).unwrap_err();
         assert!(unknown.key.starts_with("tracing"), "{unknown}");
+    }
+
+    #[test]
+    fn request_normalization_table_takes_consuls_names_or_names_the_key() {
+        use crate::normalization::{EscapedSlashesAction, UnderscoresAction};
+        assert_eq!(
+            parse(GOOD).unwrap().request_normalization,
+            RequestNormalization::default()
+        );
+        let set = parse(&format!(
+            "{GOOD}\n[request_normalization]\nmerge_slashes = true\npath_with_escaped_slashes_action = \"REJECT_REQUEST\"\nheaders_with_underscores_action = \"DROP_HEADER\"\n"
+        ))
+        .unwrap()
+        .request_normalization;
+        assert!(set.merge_slashes && !set.insecure_disable_path_normalization);
+        assert_eq!(
+            set.path_with_escaped_slashes_action,
+            EscapedSlashesAction::RejectRequest
+        );
+        assert_eq!(
+            set.headers_with_underscores_action,
+            UnderscoresAction::DropHeader
+        );
+        let bad = parse(&format!(
+            "{GOOD}\n[request_normalization]\npath_with_escaped_slashes_action = \"DECODE\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            bad.key,
+            "request_normalization.path_with_escaped_slashes_action"
+        );
+        assert!(
+            bad.line > 0 && bad.message.contains("UNESCAPE_AND_FORWARD"),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -351,6 +351,7 @@ impl Files {
                     bind,
                     required: true,
                 }),
+            request_normalization: self.config.request_normalization,
         }
     }
 

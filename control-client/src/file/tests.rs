@@ -142,7 +142,39 @@ fn identity(ca: &DevCa, service: &str, federated: &[&DevCa]) -> Arc<Identity> {
     Arc::new(Identity {
         leaf: Arc::new(leaf),
         bundle: Arc::new(bundle),
+        withdrawn: None,
     })
+}
+
+#[tokio::test]
+async fn a_withdrawn_identity_is_not_served_and_says_why() {
+    let ca = DevCa::generate(None).unwrap();
+    let (tx, feed) = watch::channel(None);
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = StaticConfig::parse_with(Path::new("/etc/ferrule/ferrule.toml"), NO_FILES, true);
+    let source = FileSource::new(config.unwrap(), provider);
+    let mut rx = source.with_identity(feed).spawn();
+    let id = identity(&ca, "api", &[]);
+    tx.send_replace(Some(id.clone()));
+    assert!(next(&mut rx).await.is_complete());
+
+    let why =
+        "the Workload API withdrew this proxy's identity (PERMISSION_DENIED: no identity issued)";
+    tx.send_replace(Some(Arc::new(Identity {
+        leaf: id.leaf.clone(),
+        bundle: id.bundle.clone(),
+        withdrawn: Some(why.to_owned()),
+    })));
+    let snap = next(&mut rx).await;
+    assert!(snap.leaf.is_none(), "a withdrawn leaf is still served");
+    assert!(Arc::ptr_eq(snap.bundle.as_ref().unwrap(), &id.bundle));
+    assert_eq!(snap.blocked, [why]);
+
+    // The server issues it again: served again.
+    tx.send_replace(Some(id.clone()));
+    let snap = next(&mut rx).await;
+    assert!(snap.is_complete());
+    assert!(snap.blocked.is_empty());
 }
 
 #[tokio::test]
@@ -176,6 +208,7 @@ async fn the_workload_identity_fills_the_snapshot_and_follows_rotations() {
     let rotated = Arc::new(Identity {
         leaf: identity(&ca, "api", &[]).leaf.clone(),
         bundle: id.bundle.clone(),
+        withdrawn: None,
     });
     tx.send_replace(Some(rotated.clone()));
     let snap2 = next(&mut rx).await;

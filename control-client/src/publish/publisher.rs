@@ -152,6 +152,8 @@ impl Publisher {
         };
         let (leaf, bundle) = match &overlay.latest {
             None => (None, None),
+            // Withdrawn by the server: not served, whoever it is for.
+            Some(identity) if identity.withdrawn.is_some() => (None, Some(identity.bundle.clone())),
             Some(identity) => match admit(&identity.leaf) {
                 Admit::Serve => (Some(identity.leaf.clone()), Some(identity.bundle.clone())),
                 Admit::BundleOnly => (None, Some(identity.bundle.clone())),
@@ -171,8 +173,10 @@ impl Publisher {
         if let Some(overlay) = &self.overlay {
             next.leaf = overlay.leaf.clone();
             next.bundle = overlay.bundle.clone();
-            if overlay.latest.is_none() && overlay.leaf.is_none() {
-                next.blocked.push(WAITING_FOR_SVID.to_owned());
+            match overlay.latest.as_ref() {
+                None if overlay.leaf.is_none() => next.blocked.push(WAITING_FOR_SVID.to_owned()),
+                Some(identity) => next.blocked.extend(identity.withdrawn.iter().cloned()),
+                None => {}
             }
         }
         // What blocks the source matters only until the snapshot is complete; after
@@ -199,6 +203,7 @@ fn same_snapshot(a: &Snapshot, b: &Snapshot) -> bool {
         && a.blocked == b.blocked
         && same_arc(&a.access_logs, &b.access_logs)
         && a.prometheus == b.prometheus
+        && a.request_normalization == b.request_normalization
 }
 
 /// Two defaults are the same when both the action and where it came from are.

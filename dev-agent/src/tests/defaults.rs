@@ -273,3 +273,67 @@ async fn the_prometheus_bind_address_is_kept_in_proxy_config() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_mesh_entry_is_stored_with_consuls_checks_and_wakes_its_watchers() {
+    let agent = Agent::start().await;
+    let empty = agent.get("/v1/config/mesh").await;
+    assert_eq!(empty.value(), json!([]));
+    assert_eq!(
+        agent.get("/v1/config/mesh/mesh").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let path = format!("/v1/config/mesh?index={}&wait=10s", empty.index());
+    let blocked = agent.get(&path);
+    let write = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let entry = json!({ "Kind": "mesh", "HTTP": { "Incoming": { "RequestNormalization": {
+            "MergeSlashes": true, "PathWithEscapedSlashesAction": "REJECT_REQUEST" } } } });
+        assert_eq!(agent.put("/v1/config", entry).await.status, StatusCode::OK);
+    };
+    let (changed, ()) = tokio::join!(blocked, write);
+    let listed = changed.value();
+    assert_eq!(listed[0]["Kind"], "mesh");
+    let normalization = &listed[0]["HTTP"]["Incoming"]["RequestNormalization"];
+    assert_eq!(normalization["MergeSlashes"], true);
+    assert_eq!(
+        normalization["PathWithEscapedSlashesAction"],
+        "REJECT_REQUEST"
+    );
+    assert_eq!(normalization["HeadersWithUnderscoresAction"], "");
+    let one = agent.get("/v1/config/mesh/mesh").await;
+    assert_eq!(one.status, StatusCode::OK);
+    assert_eq!(one.value()["HTTP"], listed[0]["HTTP"]);
+
+    for (bad, says) in [
+        (
+            json!({ "Kind": "mesh", "HTTP": { "Incoming": { "RequestNormalization": {
+                "HeadersWithUnderscoresAction": "drop" } } } }),
+            "no matching HeadersWithUnderscoresAction value found for drop",
+        ),
+        (
+            json!({ "Kind": "mesh", "HTTP": { "Incoming": { "RequestNormalization": {
+                "PathWithEscapedSlashesAction": "DECODE" } } } }),
+            "no matching PathWithEscapedSlashesAction value found for DECODE",
+        ),
+        (
+            json!({ "Kind": "mesh", "Name": "other" }),
+            "only \"mesh\" is supported",
+        ),
+        (
+            json!({ "Kind": "mesh", "HTTP": { "SanitizeXForwardedClientCert": true } }),
+            "SanitizeXForwardedClientCert",
+        ),
+    ] {
+        let answer = agent.put("/v1/config", bad).await;
+        assert_ne!(answer.status, StatusCode::OK);
+        assert!(answer.text().contains(says), "{}", answer.text());
+    }
+
+    let deleted = agent
+        .call(Method::DELETE, "/v1/config/mesh/mesh", None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    assert_eq!(agent.get("/v1/config/mesh").await.value(), json!([]));
+}

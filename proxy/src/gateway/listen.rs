@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Shared, conn};
 use crate::limits::ConnectionLimit;
-use crate::listeners::{Accepting, BindError, accept, bind};
+use crate::listeners::{Accepting, BindError, accept, accept_failed, bind};
 
 /// A bound listener; dropping it stops its accept loop.
 struct Bound {
@@ -109,7 +109,8 @@ fn spawn(
         cancel,
         tasks: Some(shared.connections.clone()),
     };
-    let failed = move |e: &std::io::Error| tracing::warn!(listener = name, error = %e, "gateway accept failed");
+    let listener_name = format!("gateway {name}");
+    let failed = move |e: &std::io::Error| accept_failed(&listener_name, e);
     let shared = shared.clone();
     let connection = move |tcp, peer| conn::handle(tcp, peer, name, limits, shared.clone());
     tokio::spawn(accept(listener, accepting, failed, connection));

@@ -9,6 +9,8 @@
 pub mod normalize;
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -260,6 +262,111 @@ pub fn rebuild_uri(uri: &Uri, scheme: &str, authority: &str) -> Result<Uri, Requ
         .authority(authority)
         .path_and_query(path_and_query)
         .build()?)
+}
+
+/// What the inbound side makes of a request's URI under the mesh's request
+/// normalization.
+#[derive(Debug)]
+pub enum Rebuilt {
+    /// Match and forward with this URI.
+    Uri(Uri),
+    /// Answer 307 with this `Location` (path and query).
+    Redirect(String),
+}
+
+/// As [`rebuild_uri`], with the path normalized as `settings` say
+/// (`normalize::normalize_with`).
+pub fn rebuild_uri_with(
+    uri: &Uri,
+    scheme: &str,
+    authority: &str,
+    settings: &ferrule_control::normalization::RequestNormalization,
+) -> Result<Rebuilt, RequestError> {
+    let with_query = |path: &str| match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let path = match normalize::normalize_with(uri.path(), settings)? {
+        normalize::Normalized::Path(path) => path,
+        normalize::Normalized::Redirect(path) => return Ok(Rebuilt::Redirect(with_query(&path))),
+    };
+    Ok(Rebuilt::Uri(
+        Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(with_query(&path))
+            .build()?,
+    ))
+}
+
+/// A request body as the caller sends it, which remembers whether it broke off or was
+/// malformed (a bad chunk size, fewer bytes than `Content-Length`, a reset stream) and
+/// counts that as the caller's mistake (`ferrule_http_client_errors_total{reason=
+/// "bad_body"}`) the moment it happens: the request's handler may be gone by then (an
+/// HTTP/2 caller that resets the stream cancels it). When a request fails while its
+/// body is being passed on, this tells the caller's mistake (400) from the peer's
+/// (503): whatever the hop's HTTP version, the error the client returns need not name
+/// the body.
+pub struct CallerBody {
+    inner: Incoming,
+    broke: Arc<AtomicBool>,
+    direction: Direction,
+}
+
+/// Whether a [`CallerBody`] broke; kept by whoever answers the request.
+#[derive(Clone)]
+pub struct BodyFault(Arc<AtomicBool>);
+
+impl BodyFault {
+    pub fn broke(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl CallerBody {
+    pub fn new(inner: Incoming, direction: Direction) -> (CallerBody, BodyFault) {
+        let broke = Arc::new(AtomicBool::new(false));
+        let fault = BodyFault(broke.clone());
+        let body = CallerBody {
+            inner,
+            broke,
+            direction,
+        };
+        (body, fault)
+    }
+}
+
+impl Body for CallerBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(e))) = &polled
+            && !self.broke.swap(true, Ordering::Relaxed)
+        {
+            tracing::debug!(direction = self.direction.as_str(), error = %e, "the caller's request body broke");
+            metrics::http_client_error(self.direction, metrics::ClientError::BadBody);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The answer to a request whose body the caller broke (already counted by its
+/// [`CallerBody`]), if anyone is still there to read it.
+pub fn bad_body(grpc: bool) -> Response<Either<Incoming, Full<Bytes>>> {
+    local_reply(StatusCode::BAD_REQUEST, "bad request body", grpc)
 }
 
 /// The authority the client asked for: the URI's (HTTP/2, absolute form) or `Host`.

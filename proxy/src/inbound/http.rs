@@ -1,10 +1,11 @@
 //! The inbound direction's L7 side: after the mTLS handshake, each HTTP request from
 //! the caller is authorized on its own and forwarded to the local app.
 //!
-//! Per request: normalize the path -> set `X-Forwarded-Client-Cert` -> decide with the
-//! newest intentions (so an update applies to the next request on every open
-//! connection) -> 403 / gRPC PERMISSION_DENIED, or forward over the pooled client to
-//! the app. The connection stays up after a denial. What both directions share (local
+//! Per request: headers with underscores and the path as the mesh's request
+//! normalization says (`crate::http::normalize`) -> set `X-Forwarded-Client-Cert` ->
+//! decide with the newest intentions (so an update applies to the next request on
+//! every open connection) -> 403 / gRPC PERMISSION_DENIED, or forward over the pooled
+//! client to the app (a request body the caller breaks on the way is its `400`). The connection stays up after a denial. What both directions share (local
 //! replies, hop-by-hop headers, the request guard) is `crate::http`'s.
 
 use std::convert::Infallible;
@@ -30,11 +31,12 @@ use tokio::sync::watch;
 
 use super::authorize::authorize;
 use crate::State;
+use crate::http::normalize::{self, PathError};
 use crate::http::{
-    DENIED_BODY, RequestGuard, ResponseBody, XFCC, is_grpc, local_reply, rebuild_uri,
-    requested_authority, strip_hop_by_hop, within,
+    CallerBody, DENIED_BODY, Rebuilt, RequestError, RequestGuard, ResponseBody, XFCC, bad_body,
+    is_grpc, local_reply, rebuild_uri_with, requested_authority, strip_hop_by_hop, within,
 };
-use crate::metrics::{self, Direction, Layer};
+use crate::metrics::{self, ClientError, Direction, Layer};
 use crate::trace::RequestSpan;
 
 /// How long an idle pooled connection to the app is kept.
@@ -98,7 +100,7 @@ impl Caller {
     }
 }
 
-type AppClient = Client<HttpConnector, Incoming>;
+type AppClient = Client<HttpConnector, CallerBody>;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct AppKey {
@@ -192,10 +194,27 @@ async fn handle(mut req: Request<Incoming>, conn: &Connection) -> Response<Respo
             grpc,
         ));
     };
-    let uri = match rebuild_uri(req.uri(), "http", &inbound.local_app) {
-        Ok(uri) => uri,
+    let settings = &snapshot.request_normalization;
+    if normalize::underscores(req.headers_mut(), settings.headers_with_underscores_action) {
+        tracing::debug!("inbound request refused: a header name holds an underscore");
+        metrics::http_client_error(Direction::Inbound, ClientError::UnderscoreHeader);
+        let reply = local_reply(
+            StatusCode::BAD_REQUEST,
+            "header name with underscores",
+            grpc,
+        );
+        return guard.respond(close_after(reply, req.version()));
+    }
+    let uri = match rebuild_uri_with(req.uri(), "http", &inbound.local_app, settings) {
+        Ok(Rebuilt::Uri(uri)) => uri,
+        Ok(Rebuilt::Redirect(location)) => return guard.respond(redirect(&location, grpc)),
         Err(e) => {
             tracing::debug!(error = %e, "inbound request refused");
+            let reason = match e {
+                RequestError::Path(PathError::EscapedSlash) => ClientError::EscapedSlash,
+                _ => ClientError::BadPath,
+            };
+            metrics::http_client_error(Direction::Inbound, reason);
             return guard.respond(local_reply(
                 StatusCode::BAD_REQUEST,
                 "bad request path",
@@ -220,6 +239,33 @@ async fn handle(mut req: Request<Incoming>, conn: &Connection) -> Response<Respo
     // After the decision: the rules saw the headers as the caller sent them.
     guard.span().propagate(req.headers_mut());
     guard.respond(forward(req, inbound, &conn.app, grpc).await)
+}
+
+/// `UNESCAPE_AND_REDIRECT`: 307 to the unescaped, normalized path, as Envoy answers;
+/// a gRPC client cannot follow a redirect, so it is refused instead.
+fn redirect(location: &str, grpc: bool) -> Response<Either<Incoming, Full<Bytes>>> {
+    let value = HeaderValue::from_str(location).ok().filter(|_| !grpc);
+    let Some(value) = value else {
+        metrics::http_client_error(Direction::Inbound, ClientError::EscapedSlash);
+        return local_reply(StatusCode::BAD_REQUEST, "bad request path", grpc);
+    };
+    let mut response = local_reply(StatusCode::TEMPORARY_REDIRECT, "", false);
+    response.headers_mut().insert(header::LOCATION, value);
+    response
+}
+
+/// An HTTP/1.x connection is closed after this reply (Envoy closes it after a request
+/// its codec refused); HTTP/2 has no such header and keeps its other streams.
+fn close_after(
+    mut response: Response<Either<Incoming, Full<Bytes>>>,
+    version: Version,
+) -> Response<Either<Incoming, Full<Bytes>>> {
+    if version < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// What the rules see is what the app will get: our client certificate header, and
@@ -274,13 +320,17 @@ async fn forward(
     } else {
         *req.version_mut() = Version::HTTP_11;
     }
-    let sent = app.client(inbound).request(req);
+    let (head, body) = req.into_parts();
+    let (body, fault) = CallerBody::new(body, Direction::Inbound);
+    let sent = app.client(inbound).request(Request::from_parts(head, body));
     let answered = within(inbound.local_request_timeout, sent).await;
     match answered {
         Some(Ok(mut response)) => {
             strip_hop_by_hop(response.headers_mut());
             response.map(Either::Left)
         }
+        // The caller's body broke on the way: its mistake, not the app's.
+        Some(Err(_)) if fault.broke() => bad_body(grpc),
         Some(Err(e)) => {
             tracing::warn!(app = %inbound.local_app, error = %e, "local app request failed");
             local_reply(

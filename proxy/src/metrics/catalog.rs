@@ -158,6 +158,14 @@ pub const FAMILIES: &[Family] = &[
         "HTTP request duration until the response body is done, in seconds.",
     ),
     family(
+        crate::metrics::HTTP_CLIENT_ERRORS,
+        Counter,
+        Some(Unit::Count),
+        &["direction", "reason"],
+        Sidecar,
+        "Requests the proxy refused for the caller's mistake: bad_body, bad_path, escaped_slash, underscore_header.",
+    ),
+    family(
         UPSTREAM_REQUESTS,
         Counter,
         Some(Unit::Count),

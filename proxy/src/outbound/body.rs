@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::balance::least::Started;
+use crate::http::CallerBody;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -74,13 +75,13 @@ pub(super) struct MeshBody {
 }
 
 enum Inner {
-    Stream(Incoming),
+    Stream(CallerBody),
     Replay(Replay),
 }
 
 impl MeshBody {
     /// `body` as it comes, never to be sent twice.
-    pub(super) fn stream(body: Incoming, activity: Option<Arc<Activity>>) -> MeshBody {
+    pub(super) fn stream(body: CallerBody, activity: Option<Arc<Activity>>) -> MeshBody {
         MeshBody {
             inner: Inner::Stream(body),
             activity,

@@ -4,16 +4,14 @@
 //! ALPN the upstream's protocol allows, the server's SVID exactly the endpoint's
 //! expected identity (the target's), and everything a dial records: the handshake
 //! metric, the endpoint's standing with the target's balancer, a failed attempt on the
-//! connection's guard, and why it failed, in a rate-limited warning.
+//! connection's guard, and why it failed, in a rate-limited warning (`crate::warnings`).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ferrule_control::model::{Endpoint, Protocol};
 use ferrule_control::routing::Target;
-use parking_lot::Mutex;
 use rustls::{AlertDescription, CertificateError};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -23,6 +21,7 @@ use tokio_rustls::client::TlsStream;
 use crate::balance::Balancer;
 use crate::metrics::{self, Attempt, ConnGuard, DialError, Direction};
 use crate::tls::{PeerIdentityMismatch, TlsState, resumed_with_expired_peer};
+use crate::warnings;
 
 /// What a dial is for: which upstream listener, which target of which cluster, and
 /// that cluster's connect timeout.
@@ -53,15 +52,16 @@ pub(crate) async fn dial(
         }
         Err(failure) => {
             tracing::debug!(upstream = %to.upstream, target = %to.target.id, endpoint = %endpoint.addr, result = failure.error.label(), why = %failure.why, "dial failed");
-            if let Some(suppressed) = WARNINGS.admit(to.upstream, Instant::now()) {
+            if let Some(suppressed) = WARNINGS.admit(to.upstream) {
                 tracing::warn!(
                     upstream = %to.upstream,
                     target = %to.target.id,
                     endpoint = %endpoint.addr,
                     result = failure.error.label(),
                     suppressed,
-                    "dial failed: {}",
-                    failure.why
+                    "dial failed: {}{}",
+                    failure.why,
+                    warnings::suppressed(suppressed)
                 );
             }
             guard.attempt(Attempt::Failed(failure.error));
@@ -224,67 +224,14 @@ async fn connect(
         .unwrap_or_else(|_| Err(Why::Timeout.failure()))
 }
 
-/// At most one warning per upstream per this long; the next says how many were held back.
-const WARN_EVERY: Duration = Duration::from_secs(10);
-
-static WARNINGS: WarnLimiter = WarnLimiter::new(WARN_EVERY);
-
-/// Rate-limits a warning per key: a black-holed upstream under load fails thousands of
-/// dials a second, and one line with a count says as much as all of them.
-pub(crate) struct WarnLimiter {
-    every: Duration,
-    /// Per key: when the last line was written, and how many were held back since.
-    last: Mutex<Option<HashMap<String, (Instant, u64)>>>,
-}
-
-impl WarnLimiter {
-    const fn new(every: Duration) -> WarnLimiter {
-        WarnLimiter {
-            every,
-            last: Mutex::new(None),
-        }
-    }
-
-    /// Whether to write a line for `key` at `now`, and if so how many were held back
-    /// since the last one.
-    fn admit(&self, key: &str, now: Instant) -> Option<u64> {
-        let mut last = self.last.lock();
-        let map = last.get_or_insert_with(HashMap::new);
-        match map.get_mut(key) {
-            Some((at, held)) if now.saturating_duration_since(*at) < self.every => {
-                *held += 1;
-                None
-            }
-            Some((at, held)) => {
-                let suppressed = *held;
-                (*at, *held) = (now, 0);
-                Some(suppressed)
-            }
-            None => {
-                // Bounded by the upstreams configured; a removed one's entry is tiny.
-                map.insert(key.to_owned(), (now, 0));
-                Some(0)
-            }
-        }
-    }
-}
+/// Dial failures' warnings, one kind per upstream, every 10 s (as the README says): a
+/// black-holed upstream under load fails thousands of dials a second.
+static WARNINGS: warnings::Limiter = warnings::Limiter::new(Duration::from_secs(10));
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use ferrule_control::identity::ServiceId;
-
-    #[test]
-    fn warnings_are_one_per_upstream_per_period_with_a_count() {
-        let limiter = WarnLimiter::new(Duration::from_secs(10));
-        let t0 = Instant::now();
-        assert_eq!(limiter.admit("api", t0), Some(0));
-        assert_eq!(limiter.admit("api", t0 + Duration::from_secs(1)), None);
-        assert_eq!(limiter.admit("db", t0 + Duration::from_secs(1)), Some(0));
-        assert_eq!(limiter.admit("api", t0 + Duration::from_secs(9)), None);
-        assert_eq!(limiter.admit("api", t0 + Duration::from_secs(10)), Some(2));
-        assert_eq!(limiter.admit("api", t0 + Duration::from_secs(11)), None);
-    }
 
     #[test]
     fn the_server_name_is_the_targets_and_never_the_address() {

@@ -40,8 +40,8 @@ use crate::State;
 use crate::balance::Pick;
 use crate::balance::least::Started;
 use crate::http::{
-    Measured, RequestError, RequestGuard, XFCC, is_grpc, local_reply, rebuild_uri,
-    requested_authority, strip_hop_by_hop, within,
+    BodyFault, CallerBody, Measured, RequestError, RequestGuard, XFCC, bad_body, is_grpc,
+    local_reply, rebuild_uri, requested_authority, strip_hop_by_hop, within,
 };
 use crate::limits::Watched;
 use crate::metrics::{self, Attempt, Direction};
@@ -248,11 +248,11 @@ async fn forward<'a>(
 ) -> Response<OutBody> {
     let activity = plan.idle.as_ref().map(|(_, a)| a.clone());
     let (head, body) = req.into_parts();
+    let (body, fault) = CallerBody::new(body, Direction::Outbound);
     if !plan.retry.may_retry() {
         let req = Request::from_parts(head, MeshBody::stream(body, activity));
-        return try_once(req, ctx, plan, &[], target)
-            .await
-            .respond(ctx, plan);
+        let outcome = try_once(req, ctx, plan, &[], target).await;
+        return outcome.respond_or_blame(ctx, plan, &fault);
     }
     let (mut body, recorder) = MeshBody::recorded(body, activity);
     let mut tried: Vec<String> = Vec::new();
@@ -260,7 +260,7 @@ async fn forward<'a>(
     loop {
         let outcome = try_once(same_request(&head, body), ctx, plan, &tried, target).await;
         let Some((condition, next)) = again(&outcome, plan, retries, &recorder) else {
-            return outcome.respond(ctx, plan);
+            return outcome.respond_or_blame(ctx, plan, &fault);
         };
         metrics::upstream_retry(&ctx.upstream.name, target.unwrap_or(""), condition.label());
         tracing::debug!(upstream = %ctx.upstream.name, reason = condition.label(), retry = retries + 1, "retrying request");
@@ -333,6 +333,22 @@ impl Outcome {
             Outcome::Failed { addr, .. } => addr.as_deref(),
             Outcome::NoInstance | Outcome::Idle | Outcome::Invalid => None,
         }
+    }
+
+    /// The answer to the app, unless the try failed because the app's own request body
+    /// broke: that is the app's mistake (400), not the upstream's.
+    fn respond_or_blame(
+        self,
+        ctx: &Ctx<'_>,
+        plan: &Plan<'_>,
+        fault: &BodyFault,
+    ) -> Response<OutBody> {
+        let failed = !matches!(self, Outcome::Answered { .. });
+        if failed && fault.broke() {
+            tracing::debug!(upstream = %ctx.upstream.name, "request refused: the app's request body broke off or was malformed");
+            return bad_body(ctx.grpc).map(OutBody::new);
+        }
+        self.respond(ctx, plan)
     }
 
     /// The answer to the app.

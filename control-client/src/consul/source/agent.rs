@@ -14,7 +14,7 @@ use super::query::QueryKey;
 use crate::api::agent::AgentService;
 use crate::api::ca::{IndexedCARoots, IssuedCert};
 use crate::api::chain::DiscoveryChainResponse;
-use crate::api::defaults::ProxyDefaultsEntry;
+use crate::api::defaults::{MeshEntry, ProxyDefaultsEntry};
 use crate::api::health::ServiceEntry;
 use crate::api::intentions::IntentionMatchResponse;
 use crate::api::query::PreparedQueryExecuteResponse;
@@ -47,6 +47,8 @@ pub(super) enum Event {
     Query(QueryKey, Update<Box<PreparedQueryExecuteResponse>>),
     /// The `proxy-defaults` entries, for their `AccessLogs`.
     ProxyDefaults(Update<Vec<ProxyDefaultsEntry>>),
+    /// The `mesh` entries (none or one), for their request normalization.
+    Mesh(Update<Vec<MeshEntry>>),
 }
 
 /// The agent client, the tuning of its watches, and the channel they all report into.

@@ -10,7 +10,8 @@
 //! mesh gateways that lead to targets in other datacenters (`gateways`), and the
 //! answers of prepared-query upstreams (`query`); it also learns the agent's datacenter
 //! and the default intention action (`agent_self`), and reads access logging from the
-//! `proxy-defaults` entry (`access_logs`). Every
+//! `proxy-defaults` entry (`access_logs`) and request normalization from the `mesh`
+//! entry (`mesh`). Every
 //! answer is counted and a failure keeps the last good value (`failures`); a change is
 //! applied and published at once. Unchanged pieces keep their `Arc`, so the proxy can
 //! tell by pointer what changed (a new `Arc<Intentions>` re-checks live connections, a
@@ -33,6 +34,7 @@ pub(super) mod endpoints;
 pub(super) mod failures;
 mod gateways;
 mod intentions;
+mod mesh;
 mod query;
 pub(super) mod registration;
 mod run;

@@ -19,6 +19,7 @@ use super::endpoints::{HealthKey, TargetHealth};
 use super::failures::Failures;
 use super::gateways::{GatewayKey, MeshGateways, names_what};
 use super::intentions::IntentionsWatch;
+use super::mesh::MeshWatch;
 use super::query::{Queries, QueryKey};
 use super::registration::{Registration, UpstreamKind, registration};
 use super::sidecar::resolve_sidecar;
@@ -54,6 +55,7 @@ pub(super) struct Follower {
     queries: Queries,
     settings: AgentSettings,
     access_logs: AccessLogsWatch,
+    mesh: MeshWatch,
     failures: Failures,
     /// Why the sidecar registration is not found yet, or the registration is unusable.
     registration_problem: Option<String>,
@@ -85,6 +87,7 @@ impl Follower {
             queries: Queries::default(),
             settings,
             access_logs: AccessLogsWatch::default(),
+            mesh: MeshWatch::default(),
             failures: Failures::default(),
             registration_problem: None,
         }
@@ -119,6 +122,7 @@ impl Follower {
             self.certs.watch_roots(&self.agent);
         }
         self.access_logs.start(&self.agent);
+        self.mesh.start(&self.agent);
         if self.settings.needs_self() {
             let task = self.agent.spawn(self_loop(self.agent.clone()));
             self.tasks.push(task);
@@ -183,6 +187,12 @@ impl Follower {
             Event::ProxyDefaults(update) => {
                 if let Some(entries) = self.answered(Resource::Config, "proxy-defaults", update) {
                     let ok = self.access_logs.on_entries(&entries);
+                    record_update(Resource::Config, ok);
+                }
+            }
+            Event::Mesh(update) => {
+                if let Some(entries) = self.answered(Resource::Config, "mesh", update) {
+                    let ok = self.mesh.on_entries(&entries);
                     record_update(Resource::Config, ok);
                 }
             }
@@ -432,6 +442,7 @@ impl Follower {
             blocked: self.blocked(),
             access_logs: self.access_logs.current.clone(),
             prometheus: self.registration.as_ref().and_then(|r| r.prometheus),
+            request_normalization: self.mesh.current,
         });
     }
 

@@ -601,6 +601,7 @@ fn workload_identity(ca: &DevCa, service: &str) -> Arc<crate::workload::Identity
     Arc::new(crate::workload::Identity {
         leaf: Arc::new(leaf),
         bundle: Arc::new(bundle),
+        withdrawn: None,
     })
 }
 
