@@ -11,7 +11,7 @@
 //! decodes to far more than that limit is refused before it is held; only one PING ACK
 //! and one SETTINGS ACK are ever pending, and h2 reads no further frame until they are
 //! written, so a peer that floods them without reading stalls its own connection (and
-//! the keep-alive below then closes it) rather than growing a queue.
+//! `crate::limits::WriteStall` then closes it) rather than growing a queue.
 
 use std::time::Duration;
 
@@ -37,10 +37,11 @@ pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 /// The most response (or request) body a stream buffers for a peer whose window is open
 /// but whose socket is not read, beyond the one chunk the body handed over (at most
-/// `APP_READ_BUF` from the local app). hyper's 400 KiB (server) and 1 MiB (client)
-/// let 400 such streams hold 290 MB; the kernel's socket buffer carries what is in
-/// flight, this is only the hand-over between the body and the socket, so throughput
-/// does not need more.
+/// `APP_READ_BUF` from the local app). With 256 KiB here and hyper's 400 KiB read
+/// buffer to the app, 400 such streams held 290 MB; with 64 KiB each, 106 MB
+/// (`tests/tests/h2_abuse.rs`). hyper's defaults are 400 KiB (server) and 1 MiB
+/// (client). The kernel's socket buffer carries what is in flight, this is only the
+/// hand-over between the body and the socket, so throughput does not need more.
 pub const MAX_SEND_BUF: usize = 64 * 1024;
 
 /// The largest read buffer of an HTTP/1.1 connection to the local app, and so the
@@ -48,9 +49,10 @@ pub const MAX_SEND_BUF: usize = 64 * 1024;
 pub const APP_READ_BUF: usize = 64 * 1024;
 
 /// A connection on which nothing has been read for this long is pinged, and closed if
-/// the ACK does not come within `KEEPALIVE_TIMEOUT`. This is what cuts off a peer that
-/// stops reading (a PING or SETTINGS flooder whose ACKs back up, a zero-window reader
-/// that does not answer): its connection is closed 20 s after its last request. A
+/// the ACK does not come within `KEEPALIVE_TIMEOUT`: a peer that went away, or one that
+/// holds streams open and answers nothing (a zero-window reader), is cut off 20 s after
+/// its last request. A peer that stops reading altogether is not: the GOAWAY of this
+/// close could never be written, and `crate::limits::WriteStall` is what ends it. A
 /// peer that is alive answers a PING every 10 s, 17 bytes.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
