@@ -10,7 +10,9 @@
 //! 4. HPACK bomb: one large dynamic-table entry referenced until the decoded list is far
 //!    beyond the header list limit;
 //! 5. zero-window slow reader: `SETTINGS_INITIAL_WINDOW_SIZE` 0, large responses asked
-//!    for on many streams of many connections, no WINDOW_UPDATE ever.
+//!    for on many streams of many connections, no WINDOW_UPDATE ever; and its opposite,
+//!    every window opened wide and nothing read, so each response is buffered as far as
+//!    the sidecar lets it.
 //!
 //! For each, every good request through web's sidecar succeeds, the abuser's connection
 //! is closed (GOAWAY or reset) within a bound, and api's sidecar's resident memory
