@@ -7,6 +7,11 @@
 //! read or write sets, checked four times per timeout: a connection is closed between
 //! one and one and a quarter timeouts after its last byte, and the data path pays one
 //! relaxed store per I/O call for it.
+//!
+//! A peer that stops taking our bytes is a different case: nothing moves, but the
+//! connection is not idle, it is stuck, and a graceful close (a GOAWAY to write) would
+//! wait on it forever. `WriteStall` bounds that wait on the HTTP connections, whose
+//! protocol makes us write whatever the peer does (PING and SETTINGS ACKs).
 
 use std::io;
 use std::pin::Pin;
@@ -141,6 +146,105 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
+/// How long a write may wait for a peer that takes none of our bytes before the
+/// connection fails. A sidecar (or any HTTP client) that is alive reads: HTTP/2 flow
+/// control stops one slow stream long before it fills the socket, so a socket that
+/// takes nothing for this long belongs to a peer that stopped reading altogether (a
+/// PING or SETTINGS flood whose ACKs back up, a reader that reads nothing).
+pub const WRITE_STALL: Duration = Duration::from_secs(20);
+
+/// A stream whose writes fail with `TimedOut` once one has waited `limit` without the
+/// peer taking a byte. Any write or flush that completes starts the count afresh.
+pub struct WriteStall<S> {
+    inner: S,
+    limit: Duration,
+    blocked: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteStall<S> {
+    pub fn new(inner: S, limit: Duration) -> WriteStall<S> {
+        WriteStall {
+            inner,
+            limit,
+            blocked: None,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// After a write came back pending: pending still, or the error once the peer has
+    /// taken nothing for `limit`. The timer wakes the task, which writes again.
+    fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let limit = self.limit;
+        let blocked = self
+            .blocked
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match blocked.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer took none of our bytes for {limit:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn moved<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match poll {
+            Poll::Pending => self.stalled(cx),
+            ready => {
+                self.blocked = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteStall<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStall<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.moved(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.moved(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.moved(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.moved(cx, poll)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +276,30 @@ mod tests {
         let watchdog = tokio::spawn(idle(Activity::default(), None));
         tokio::time::sleep(Duration::from_secs(86_400)).await;
         assert!(!watchdog.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_peer_never_takes_fails_after_the_limit_and_not_before() {
+        let (a, mut b) = tokio::io::duplex(16);
+        let limit = Duration::from_secs(20);
+        let mut stalled = WriteStall::new(a, limit);
+        // A peer that reads, slowly, keeps it going well past the limit.
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 16];
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                let _ = b.read(&mut buf).await;
+            }
+            b
+        });
+        stalled.write_all(&[0u8; 16 * 8]).await.unwrap();
+        let _b = reader.await.unwrap();
+        // Then it stops reading: the next full buffer fails at the limit.
+        let started = tokio::time::Instant::now();
+        let error = stalled.write_all(&[0u8; 64]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), limit);
     }
 
     #[tokio::test]

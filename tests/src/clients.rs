@@ -245,23 +245,34 @@ pub struct TlsCaller {
 
 impl TlsCaller {
     pub fn new(identity: Option<&IssuedLeaf>) -> TlsCaller {
-        TlsCaller::build(identity.map(|leaf| (leaf.cert_pem.as_str(), leaf.key_pem.as_str())))
+        TlsCaller::build(
+            identity.map(|leaf| (leaf.cert_pem.as_str(), leaf.key_pem.as_str())),
+            &[],
+        )
+    }
+
+    /// Offers `alpn` in the handshake (`h2` for a caller that speaks HTTP/2 itself).
+    pub fn with_alpn(identity: Option<&IssuedLeaf>, alpn: &[&[u8]]) -> TlsCaller {
+        TlsCaller::build(
+            identity.map(|leaf| (leaf.cert_pem.as_str(), leaf.key_pem.as_str())),
+            alpn,
+        )
     }
 
     /// Presents a certificate chain and key given as PEM (e.g. a leaf from the agent's
     /// `/v1/agent/connect/ca/leaf/:service`).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> TlsCaller {
-        TlsCaller::build(Some((cert_pem, key_pem)))
+        TlsCaller::build(Some((cert_pem, key_pem)), &[])
     }
 
-    fn build(identity: Option<(&str, &str)>) -> TlsCaller {
+    fn build(identity: Option<(&str, &str)>, alpn: &[&[u8]]) -> TlsCaller {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(rustls::ALL_VERSIONS)
             .expect("rustls protocol versions")
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider)));
-        let config = match identity {
+        let mut config = match identity {
             Some((cert_pem, key_pem)) => {
                 let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
                     .collect::<Result<Vec<_>, _>>()
@@ -274,9 +285,21 @@ impl TlsCaller {
             }
             None => builder.with_no_client_auth(),
         };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         TlsCaller {
             connector: TlsConnector::from(Arc::new(config)),
         }
+    }
+
+    /// The TLS handshake on a connection made elsewhere (with chosen socket options),
+    /// within 5 s.
+    pub async fn handshake(&self, tcp: TcpStream, addr: SocketAddr) -> anyhow::Result<CallerConn> {
+        let name = ServerName::IpAddress(addr.ip().into());
+        let stream = tokio::time::timeout(IO_TIMEOUT, self.connector.connect(name, tcp))
+            .await
+            .with_context(|| format!("TLS handshake with {addr} took over {IO_TIMEOUT:?}"))?
+            .with_context(|| format!("TLS handshake with {addr}"))?;
+        Ok(CallerConn { stream })
     }
 
     /// TCP connect and TLS handshake, within 5 s.

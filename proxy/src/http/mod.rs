@@ -6,6 +6,7 @@
 //! with `normalize`'s one form of a path (the form rules are matched against), and the
 //! per-request guard that owns a request's metrics, its access-log record and its span.
 
+pub mod h2;
 pub mod normalize;
 
 use std::pin::Pin;
@@ -73,10 +74,7 @@ pub fn server(http2_only: bool) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS);
-    builder
-        .http2()
-        .adaptive_window(true)
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    h2::server(&mut builder.http2());
     builder
 }
 

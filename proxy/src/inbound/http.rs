@@ -142,6 +142,8 @@ fn app_client(key: AppKey) -> AppClient {
     builder
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(APP_POOL_IDLE)
+        // Bounds what a stream holds for a caller that reads nothing (`crate::http::h2`).
+        .http1_max_buf_size(crate::http::h2::APP_READ_BUF)
         .http2_only(key.http2);
     builder.build(connector)
 }

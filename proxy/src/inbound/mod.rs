@@ -83,7 +83,9 @@ pub(crate) async fn handle(tcp: TcpStream, peer: SocketAddr, mut state: State, a
             peer_uri: id.to_uri(),
             our_uri: our_uri(&snapshot),
         };
-        let tls = Metered::new(tls, guard.bytes());
+        // A caller that stops reading fails its writes (and so its connection) once
+        // they have waited `WRITE_STALL`: see `docs/architecture.md#http2-limits`.
+        let tls = limits::WriteStall::new(Metered::new(tls, guard.bytes()), limits::WRITE_STALL);
         // Boxed, so that the tasks of L4 connections are not sized for this branch.
         let serve = http::serve_connection(tls, caller, state, app, idle);
         return Box::pin(serve).await;

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferrule_control::identity::ServiceId;
 use ferrule_control::model::Endpoint;
@@ -19,7 +18,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -28,13 +27,9 @@ use super::body::MeshBody;
 use super::dial::{self, DialTo};
 use crate::balance::Balancer;
 use crate::http::MAX_HEADER_BYTES;
+use crate::limits::{WRITE_STALL, WriteStall};
 use crate::metrics::{Attempt, ConnGuard, DialError, Direction, Metered};
 use crate::tls::{H2, TlsState};
-
-/// A pooled connection that has been silent this long is pinged, and closed if the
-/// ping goes unanswered for `KEEPALIVE_TIMEOUT`: a black-holed endpoint is noticed.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many idle HTTP/1.1 connections one endpoint keeps; beyond them a connection
 /// closes once its response is done.
@@ -142,7 +137,11 @@ impl MeshPool {
             Some(alpn) => alpn == H2,
             None => to.protocol.is_http2_only(),
         };
-        let io = TokioIo::new(Metered::new(stream, guard.bytes()));
+        // A callee that stops reading fails the connection (see `crate::limits`).
+        let io = TokioIo::new(WriteStall::new(
+            Metered::new(stream, guard.bytes()),
+            WRITE_STALL,
+        ));
         let handshake = if http2 {
             http2_handshake(io).await
         } else {
@@ -231,17 +230,15 @@ impl MeshPool {
     }
 }
 
-type MeshIo = TokioIo<Metered<TlsStream<TcpStream>>>;
+type MeshIo = TokioIo<WriteStall<Metered<TlsStream<TcpStream>>>>;
 type Driven = std::pin::Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 
 async fn http2_handshake(io: MeshIo) -> hyper::Result<(Sender, Driven)> {
-    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .adaptive_window(true)
-        .keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .handshake(io)
-        .await?;
+    // The limits (and the keep-alive that notices a black-holed or stalled endpoint)
+    // are `crate::http::h2`'s.
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    crate::http::h2::client(&mut builder);
+    let (sender, connection) = builder.handshake(io).await?;
     Ok((Sender::H2(sender), Box::pin(connection)))
 }
 
