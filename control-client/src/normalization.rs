@@ -60,7 +60,28 @@ pub struct RequestNormalization {
 pub struct UnknownAction {
     pub setting: &'static str,
     pub value: String,
-    pub allowed: &'static [&'static str],
+    pub allowed: Vec<&'static str>,
+}
+
+/// The action named `s` in `table` (Consul's names); empty is the default, as Consul
+/// reads it.
+fn action_named<T: Copy + Default>(
+    s: &str,
+    table: &[(&'static str, T)],
+    setting: &'static str,
+) -> Result<T, UnknownAction> {
+    if s.is_empty() {
+        return Ok(T::default());
+    }
+    table
+        .iter()
+        .find(|(name, _)| *name == s)
+        .map(|(_, action)| *action)
+        .ok_or_else(|| UnknownAction {
+            setting,
+            value: s.to_owned(),
+            allowed: table.iter().map(|(name, _)| *name).collect(),
+        })
 }
 
 const ESCAPED_SLASHES: [(&str, EscapedSlashesAction); 5] = [
@@ -88,13 +109,6 @@ const UNDERSCORES: [(&str, UnderscoresAction); 3] = [
 
 impl EscapedSlashesAction {
     pub const SETTING: &'static str = "PathWithEscapedSlashesAction";
-    const NAMES: &'static [&'static str] = &[
-        "IMPLEMENTATION_SPECIFIC_DEFAULT",
-        "KEEP_UNCHANGED",
-        "REJECT_REQUEST",
-        "UNESCAPE_AND_REDIRECT",
-        "UNESCAPE_AND_FORWARD",
-    ];
 
     /// What the path really gets: Envoy's implementation-specific default keeps it.
     pub fn effective(self) -> EscapedSlashesAction {
@@ -109,26 +123,13 @@ impl EscapedSlashesAction {
 
 impl UnderscoresAction {
     pub const SETTING: &'static str = "HeadersWithUnderscoresAction";
-    const NAMES: &'static [&'static str] = &["ALLOW", "REJECT_REQUEST", "DROP_HEADER"];
 }
 
 impl FromStr for EscapedSlashesAction {
     type Err = UnknownAction;
 
-    /// Consul's names; empty is the default, as Consul reads it.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() {
-            return Ok(EscapedSlashesAction::default());
-        }
-        ESCAPED_SLASHES
-            .iter()
-            .find(|(name, _)| *name == s)
-            .map(|(_, action)| *action)
-            .ok_or_else(|| UnknownAction {
-                setting: Self::SETTING,
-                value: s.to_owned(),
-                allowed: Self::NAMES,
-            })
+        action_named(s, &ESCAPED_SLASHES, Self::SETTING)
     }
 }
 
@@ -136,18 +137,7 @@ impl FromStr for UnderscoresAction {
     type Err = UnknownAction;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() {
-            return Ok(UnderscoresAction::default());
-        }
-        UNDERSCORES
-            .iter()
-            .find(|(name, _)| *name == s)
-            .map(|(_, action)| *action)
-            .ok_or_else(|| UnknownAction {
-                setting: Self::SETTING,
-                value: s.to_owned(),
-                allowed: Self::NAMES,
-            })
+        action_named(s, &UNDERSCORES, Self::SETTING)
     }
 }
 

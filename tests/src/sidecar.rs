@@ -548,17 +548,7 @@ impl Sidecar {
     /// Waits for the process to exit, for at most `within`: its exit code (`None` if
     /// killed by a signal), or an error if it is still running.
     pub async fn wait_exit(&mut self, within: Duration) -> anyhow::Result<Option<i32>> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.code());
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "still running {within:?} later"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::wait::exit_within(&mut self.child, within).await
     }
 
     /// The process exited because one of its listener ports was taken meanwhile.

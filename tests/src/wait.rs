@@ -98,3 +98,19 @@ pub async fn closed_within<S: AsyncRead + Unpin>(
         .await
         .map_err(|_| anyhow::anyhow!("the connection was still open after {within:?}"))
 }
+
+/// Waits for `child` to exit, for at most `within`: its exit code (`None` if killed by
+/// a signal), or an error if it is still running.
+pub async fn exit_within(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> anyhow::Result<Option<i32>> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status.code());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "still running {within:?} later");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
