@@ -539,12 +539,12 @@ async fn a_slow_answer_is_a_504_from_whichever_side_times_out_first() {
     );
 }
 
-/// Peak resident memory of a process (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
+/// A memory figure of a process from /proc (`VmHWM:` the peak, `VmRSS:` now), in KiB.
+fn status_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -561,6 +561,10 @@ async fn bodies_stream_through_both_sidecars_without_being_buffered_whole() {
     let body_file = dir.path().join("body");
     let body: Vec<u8> = (0..BODY).map(|i| (i % 251) as u8).collect();
     std::fs::write(&body_file, &body).expect("write the body");
+    let before: Vec<u64> = [&mesh.web, &mesh.api]
+        .iter()
+        .map(|s| status_kib(s.pid(), "VmRSS:"))
+        .collect();
     let got = curl(
         &mesh.url("/echo"),
         &[
@@ -576,16 +580,20 @@ async fn bodies_stream_through_both_sidecars_without_being_buffered_whole() {
         "{} bytes came back of {BODY}",
         got.body.len()
     );
-    // A sidecar that held the whole 96 MiB request or response would peak above it.
-    for sidecar in [&mesh.web, &mesh.api] {
-        let peak = peak_rss_kib(sidecar.pid());
+    // A sidecar that held the whole 96 MiB request or response would grow by more than
+    // it. What may legitimately be in flight is bounded by the HTTP/2 windows (adaptive,
+    // up to 16 MiB per connection and direction) and the allocator's slack, which on a
+    // loaded machine took one sidecar 45 MiB above its level before the request.
+    for (sidecar, before) in [&mesh.web, &mesh.api].into_iter().zip(before) {
+        let peak = status_kib(sidecar.pid(), "VmHWM:");
+        let grown = peak.saturating_sub(before);
         println!(
-            "{}: peak RSS {peak} KiB after a {BODY}-byte POST and its echo",
+            "{}: RSS {before} KiB before, peak {peak} KiB after a {BODY}-byte POST and its echo",
             sidecar.service()
         );
         assert!(
-            peak < 64 * 1024,
-            "{} peaked at {peak} KiB",
+            grown < (BODY as u64 / 1024) * 3 / 4,
+            "{} grew by {grown} KiB (peak {peak} KiB)",
             sidecar.service()
         );
     }
