@@ -7,6 +7,10 @@
 //! connection that starts with `BULK <n>\n` gets n bytes and a close instead, which is
 //! the bulk-transfer scenario through an L4 pair; `GET <…>/bulk/<n>` gets one response
 //! with an n-byte body, which is the same through an L7 pair.
+//!
+//! [`otlp_sink`] is the collector the traced pairs export to: OTLP over HTTP, each
+//! `POST /v1/traces` read whole and answered with an empty `ExportTraceServiceResponse`
+//! (all accepted).
 
 use std::io;
 
@@ -69,6 +73,52 @@ async fn connection(mut stream: TcpStream) -> io::Result<()> {
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// Serves OTLP/HTTP exports until the task is dropped.
+pub(crate) async fn otlp_sink(listener: TcpListener) {
+    loop {
+        if let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = export_connection(stream).await;
+            });
+        }
+    }
+}
+
+const EXPORTED: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
+
+async fn export_connection(mut stream: TcpStream) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(end) = find_head_end(&buf) {
+            let body = content_length(&buf[..end]).unwrap_or(0);
+            if buf.len() < end + body {
+                break;
+            }
+            buf.drain(..end + body);
+            stream.write_all(EXPORTED).await?;
+        }
+        if buf.len() > MAX_HEAD && find_head_end(&buf).is_none() {
+            return Ok(());
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn content_length(head: &[u8]) -> Option<usize> {
+    String::from_utf8_lossy(head).lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
 }
 
 /// The end of the first request head (or `BULK` line), if it has all arrived.
@@ -134,5 +184,10 @@ mod tests {
             http_bulk_request(b"GET /api/p19/item HTTP/1.1\r\n\r\n"),
             None
         );
+        assert_eq!(
+            content_length(b"POST /v1/traces HTTP/1.1\r\ncontent-length: 517\r\n\r\n"),
+            Some(517)
+        );
+        assert_eq!(content_length(b"POST / HTTP/1.1\r\n\r\n"), None);
     }
 }

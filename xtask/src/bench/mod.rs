@@ -50,12 +50,13 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     rounds: Option<usize>,
     /// Only these scenarios (comma-separated): keepalive, latency, close, close-l7, bulk,
-    /// l7, idle, intentions, intentions-l7.
+    /// bulk-l7, l7, idle, intentions, intentions-l7, observe.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Only these peers (comma-separated): direct, ferrule, envoy, haproxy, nginx, each
-    /// also as `<peer>-noresume`. For profiling one of them; ratios need envoy (and
-    /// direct) in the run.
+    /// also as `<peer>-noresume`, and ferrule-logs, ferrule-traces, ferrule-logs-traces
+    /// (scenario observe). For profiling one of them; ratios need envoy (and direct) in
+    /// the run.
     #[arg(long, value_delimiter = ',')]
     peer: Vec<String>,
     /// TLS session resumption between each pair: `on` (every peer at its defaults),
@@ -172,6 +173,10 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding the backend on {}", env.backend))?;
         let _backend = tokio_util_abort(tokio::spawn(backend::serve(listener)));
+        let sink = tokio::net::TcpListener::bind(peers::OTLP_SINK)
+            .await
+            .with_context(|| format!("binding the OTLP sink on {}", peers::OTLP_SINK))?;
+        let _sink = tokio_util_abort(tokio::spawn(backend::otlp_sink(sink)));
         let records = run_all(&env, &scenarios, &args.peer, resumption, rounds, sizes).await?;
         let handshakes = probe_handshakes(&env, &args.peer, resumption).await?;
         anyhow::Ok((records, handshakes))

@@ -48,11 +48,37 @@ pub(crate) enum Peer {
     Nginx {
         resumption: bool,
     },
+    /// ferrule (resumption on) with access logs, tracing or both turned on: what each
+    /// costs, against plain `ferrule` in the same run.
+    FerruleObserved(Observe),
+}
+
+/// What a [`Peer::FerruleObserved`] pair turns on, on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Observe {
+    /// The default JSON access log to a file, one record per request per sidecar.
+    Logs,
+    /// Every request sampled (`always_on`): a span per request per sidecar, exported over
+    /// OTLP/HTTP to the bench's sink.
+    Traces,
+    Both,
+}
+
+impl Observe {
+    pub(crate) const ALL: [Observe; 3] = [Observe::Logs, Observe::Traces, Observe::Both];
+
+    fn logs(self) -> bool {
+        matches!(self, Observe::Logs | Observe::Both)
+    }
+
+    fn traces(self) -> bool {
+        matches!(self, Observe::Traces | Observe::Both)
+    }
 }
 
 impl Peer {
     /// Every name `--peer` takes.
-    pub(crate) const NAMES: [&'static str; 9] = [
+    pub(crate) const NAMES: [&'static str; 12] = [
         "direct",
         "ferrule",
         "ferrule-noresume",
@@ -62,6 +88,9 @@ impl Peer {
         "haproxy-noresume",
         "nginx",
         "nginx-noresume",
+        "ferrule-logs",
+        "ferrule-traces",
+        "ferrule-logs-traces",
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -75,6 +104,9 @@ impl Peer {
             Peer::Haproxy { resumption: false } => "haproxy-noresume",
             Peer::Nginx { resumption: true } => "nginx",
             Peer::Nginx { resumption: false } => "nginx-noresume",
+            Peer::FerruleObserved(Observe::Logs) => "ferrule-logs",
+            Peer::FerruleObserved(Observe::Traces) => "ferrule-traces",
+            Peer::FerruleObserved(Observe::Both) => "ferrule-logs-traces",
         }
     }
 
@@ -92,6 +124,7 @@ impl Peer {
     pub(crate) fn resumption(self) -> bool {
         match self {
             Peer::Direct => false,
+            Peer::FerruleObserved(_) => true,
             Peer::Ferrule { resumption }
             | Peer::Envoy { resumption }
             | Peer::Haproxy { resumption }
@@ -276,11 +309,16 @@ pub(crate) async fn start_via(
     let mut intentions = None;
     let commands: Vec<(String, Command)> = match peer {
         Peer::Direct => Vec::new(),
-        Peer::Ferrule { resumption } => {
+        Peer::Ferrule { .. } | Peer::FerruleObserved(_) => {
             let path = dir.join("intentions.json");
             write(&path, &intentions_json(mode, true))?;
             intentions = Some(path);
-            let (a, b) = ferrule_configs(env, mode, dial);
+            let (mut a, mut b) = ferrule_configs(env, mode, dial);
+            if let Peer::FerruleObserved(observe) = peer {
+                a.push_str(&observe_config(observe, "web"));
+                b.push_str(&observe_config(observe, "api"));
+            }
+            let resumption = peer.resumption();
             write(&dir.join("a.toml"), &a)?;
             write(&dir.join("b.toml"), &b)?;
             ["a", "b"]
@@ -458,6 +496,62 @@ fn ferrule_configs(env: &Env, mode: Mode, dial: SocketAddr) -> (String, String) 
         env.backend
     );
     (a, b)
+}
+
+/// The sink the traced pairs export to (see backend.rs).
+pub(crate) const OTLP_SINK: &str = "127.0.0.1:18090";
+
+/// The `[access_logs]` and `[tracing]` tables of an observed pair's side.
+fn observe_config(observe: Observe, service: &str) -> String {
+    let mut text = String::new();
+    if observe.logs() {
+        let _ = write!(
+            text,
+            "\n[access_logs]\ntype = \"file\"\npath = \"access-{service}.log\"\n"
+        );
+    }
+    if observe.traces() {
+        let _ = write!(
+            text,
+            "\n[tracing]\nendpoint = \"http://{OTLP_SINK}\"\nprotocol = \"http/protobuf\"\n\
+             service_name = \"{service}\"\nsampler = \"always_on\"\n"
+        );
+    }
+    text
+}
+
+/// What the observed pair dropped, summed over both sides' `/metrics`: access-log records
+/// (a full queue) and spans (a full queue or a failed export). Zero when nothing is on.
+pub(crate) async fn observe_drops() -> u64 {
+    let mut dropped = 0.0;
+    for admin in [ADMIN_A, ADMIN_B] {
+        let Ok(text) = admin_get(admin, "/metrics").await else {
+            continue;
+        };
+        dropped += text
+            .lines()
+            .filter(|l| {
+                l.starts_with("ferrule_access_log_dropped_total")
+                    || l.starts_with("ferrule_trace_spans_dropped_total")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    dropped as u64
+}
+
+/// The body of an HTTP/1.0 GET (the admin listener closes after answering it).
+async fn admin_get(addr: &str, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut text)).await??;
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map_or_else(String::new, |(_, body)| body.to_owned()))
 }
 
 /// Envoy's two bootstraps: web's sidecar (A: the `api` upstream listener on the entry

@@ -250,6 +250,34 @@ pub(crate) fn render(records: &[Record]) -> String {
                     );
                 }
             }
+            Scenario::Observe => {
+                let off = Peer::Ferrule { resumption: true };
+                let per_req = |p| t.med(s, p, |x| x.cpu_secs * 1e6 / x.requests.max(1) as f64);
+                let _ = writeln!(
+                    out,
+                    "| peer | req/s | × off | pair CPU µs/request | added µs/request | pair peak RSS / PSS at end, MiB | records and spans dropped | errors |\n|---|---|---|---|---|---|---|---|"
+                );
+                for &p in &peers {
+                    let v = t.value(s, p);
+                    let added = match (per_req(p), per_req(off)) {
+                        (Some(a), Some(b)) if p != off => Some(a - b),
+                        _ => None,
+                    };
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                        p.name(),
+                        fmt(v, 0),
+                        fmt(ratio(v, t.value(s, off)), 2),
+                        fmt(per_req(p), 1),
+                        fmt(added, 1),
+                        rss(p),
+                        fmt(t.med(s, p, |x| x.extra.unwrap_or(0.0)), 0),
+                        errors(p)
+                    );
+                }
+                out.push_str("\nlogs: the default JSON record to a file on both sides; traces: every request sampled, a span per sidecar, exported over OTLP/HTTP to a sink on the generator's core.\n");
+            }
             Scenario::Intentions | Scenario::IntentionsL7 => {
                 let _ = writeln!(
                     out,

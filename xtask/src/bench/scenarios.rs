@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::load;
-use super::peers::{self, Mode, Peer, Running};
+use super::peers::{self, Mode, Observe, Peer, Running};
 
 /// Keep-alive connections of the closed-loop runs.
 const KEEPALIVE_CONNS: usize = 50;
@@ -33,10 +33,11 @@ pub(crate) enum Scenario {
     Idle,
     Intentions,
     IntentionsL7,
+    Observe,
 }
 
 impl Scenario {
-    pub(crate) const ALL: [Scenario; 10] = [
+    pub(crate) const ALL: [Scenario; 11] = [
         Scenario::KeepAlive,
         Scenario::Latency,
         Scenario::Close,
@@ -47,6 +48,7 @@ impl Scenario {
         Scenario::Idle,
         Scenario::Intentions,
         Scenario::IntentionsL7,
+        Scenario::Observe,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -61,6 +63,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Intentions => "intentions",
             Scenario::IntentionsL7 => "intentions-l7",
+            Scenario::Observe => "observe",
         }
     }
 
@@ -95,14 +98,20 @@ impl Scenario {
             Scenario::IntentionsL7 => {
                 "(6b) intention change (allow -> deny) to enforcement, L7, ferrule only".to_owned()
             }
+            Scenario::Observe => {
+                "(7) access logs and tracing on vs off, scenario (4)'s L7 load, ferrule only: requests/s"
+                    .to_owned()
+            }
         }
     }
 
     pub(crate) fn mode(self) -> Mode {
         match self {
-            Scenario::CloseL7 | Scenario::BulkL7 | Scenario::L7 | Scenario::IntentionsL7 => {
-                Mode::L7
-            }
+            Scenario::CloseL7
+            | Scenario::BulkL7
+            | Scenario::L7
+            | Scenario::IntentionsL7
+            | Scenario::Observe => Mode::L7,
             _ => Mode::L4,
         }
     }
@@ -116,6 +125,9 @@ impl Scenario {
                 resumption: resumption.first().copied().unwrap_or(true),
             }],
             Scenario::Idle => proxies.collect(),
+            Scenario::Observe => std::iter::once(Peer::Ferrule { resumption: true })
+                .chain(Observe::ALL.map(Peer::FerruleObserved))
+                .collect(),
             _ => std::iter::once(Peer::Direct).chain(proxies).collect(),
         }
     }
@@ -135,7 +147,8 @@ pub(crate) struct Sample {
     /// The scenario's figure: req/s, p99 µs, Gbit/s, KiB per connection per proxy, or ms.
     pub(crate) value: f64,
     /// A second figure where there is one: p50 µs (latency), live-connection ms
-    /// (intentions), proxies' RSS growth in MiB (idle).
+    /// (intentions), proxies' RSS growth in MiB (idle), records and spans dropped
+    /// (observe).
     pub(crate) extra: Option<f64>,
     pub(crate) errors: u64,
     /// The pair's CPU seconds over the measured part of the run.
@@ -163,11 +176,14 @@ pub(crate) async fn run(scenario: Scenario, pair: &mut Running, sizes: Sizes) ->
     let entry = pair.entry;
     let mut sample = Sample::default();
     match scenario {
-        Scenario::KeepAlive | Scenario::L7 => {
+        Scenario::KeepAlive | Scenario::L7 | Scenario::Observe => {
             let t = load::keepalive(entry, KEEPALIVE_CONNS, sizes.duration).await;
             sample.value = t.per_second();
             sample.errors = t.errors;
             sample.requests = t.ok;
+            if scenario == Scenario::Observe {
+                sample.extra = Some(peers::observe_drops().await as f64);
+            }
         }
         Scenario::Close | Scenario::CloseL7 => {
             let t = load::per_connection(entry, CLOSE_CONNS, sizes.duration).await;
