@@ -447,7 +447,12 @@ async fn bind_loopback() -> TcpListener {
 
 /// Accepts forever, one task per connection. The connection tasks live in a `JoinSet`
 /// owned by this future, so aborting it stops them all.
-async fn accept_loop<F, Fut>(listener: TcpListener, serve: F)
+/// Accepts on `listener` for as long as the task runs, each connection served by
+/// `serve` in a task of its own (aborted with this one). A failed accept (a connection
+/// reset before it was taken, descriptors running out for a moment) is skipped, never
+/// the end of the loop: a listener that closed mid-test would refuse every later
+/// connection and fail a test for the wrong reason.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, serve: F)
 where
     F: Fn(TcpStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -456,8 +461,11 @@ where
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                if let Ok((tcp, _)) = accepted {
-                    connections.spawn(serve(tcp));
+                match accepted {
+                    Ok((tcp, _)) => {
+                        connections.spawn(serve(tcp));
+                    }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
                 }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}

@@ -73,6 +73,21 @@ pub fn free_port_on(ip: Ipv4Addr) -> SocketAddr {
         .expect("local address of a just-bound listener")
 }
 
+/// A port on 127.0.0.1 where nothing listens and nothing else can until the returned
+/// descriptor is dropped: a connect to it is refused. [`free_port`] only says a port
+/// was free a moment ago, and another test's process may bind it next (a sidecar's
+/// admin listener answering where a test wanted a dead app, say). This socket is bound
+/// without `SO_REUSEADDR` and never listens, so every later bind of the port fails
+/// and every connect is reset.
+pub fn refused_port() -> (SocketAddr, rustix::fd::OwnedFd) {
+    use rustix::net::{AddressFamily, SocketType, bind, getsockname, socket};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).expect("a TCP socket");
+    bind(&fd, &std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    let bound = getsockname(&fd).expect("the bound address");
+    let addr = std::net::SocketAddrV4::try_from(bound).expect("an IPv4 address");
+    (SocketAddr::V4(addr), fd)
+}
+
 /// The first port of the kernel's ephemeral range, where Linux says.
 fn ephemeral_low() -> Option<u16> {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;

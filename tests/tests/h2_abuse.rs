@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferrule_tests::backends::accept_loop;
 use ferrule_tests::clients::{KeepAlive, TlsCaller};
 use ferrule_tests::mesh::{API, L7Pair, WEB};
 use ferrule_tests::sidecar::{Sidecar, SidecarConfig};
@@ -235,25 +236,23 @@ impl App {
         let requests = Arc::new(AtomicUsize::new(0));
         let big = Bytes::from(vec![b'x'; BIG]);
         let counter = requests.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (big, counter) = (big.clone(), counter.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        let body = if req.uri().path() == "/big" {
-                            big.clone()
-                        } else {
-                            Bytes::from(req.uri().path().to_owned())
-                        };
-                        async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
+        let task = tokio::spawn(accept_loop(listener, move |tcp| {
+            let (big, counter) = (big.clone(), counter.clone());
+            async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let body = if req.uri().path() == "/big" {
+                        big.clone()
+                    } else {
+                        Bytes::from(req.uri().path().to_owned())
+                    };
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
                 });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
             }
-        });
+        }));
         App {
             addr,
             requests,
@@ -961,24 +960,21 @@ impl FakeApi {
         let addr = listener.local_addr().expect("fake's address");
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = connections.clone();
-        let task = tokio::spawn(async move {
-            let mut served = JoinSet::new();
-            while let Ok((tcp, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::Relaxed);
-                let acceptor = acceptor.clone();
-                served.spawn(async move {
-                    let Ok(Ok(tls)) =
-                        tokio::time::timeout(Duration::from_secs(5), acceptor.accept(tcp)).await
-                    else {
-                        return;
-                    };
-                    match how {
-                        Callee::ZeroWindow => zero_window_callee(tls).await,
-                        Callee::Flood => flood_callee(tls).await,
-                    }
-                });
+        let task = tokio::spawn(accept_loop(listener, move |tcp| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            let acceptor = acceptor.clone();
+            async move {
+                let Ok(Ok(tls)) =
+                    tokio::time::timeout(Duration::from_secs(5), acceptor.accept(tcp)).await
+                else {
+                    return;
+                };
+                match how {
+                    Callee::ZeroWindow => zero_window_callee(tls).await,
+                    Callee::Flood => flood_callee(tls).await,
+                }
             }
-        });
+        }));
         FakeApi {
             addr,
             connections,

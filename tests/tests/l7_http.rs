@@ -10,7 +10,7 @@ use ferrule_tests::mesh::{API, L7Pair, WEB, svid};
 use ferrule_tests::metrics::Selector;
 use ferrule_tests::names::AUTHZ_DECISIONS;
 use ferrule_tests::sidecar::{INTENTIONS_FILE, Replace, Sidecar, SidecarConfig};
-use ferrule_tests::wait::free_port;
+use ferrule_tests::wait::refused_port;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
@@ -433,7 +433,7 @@ async fn a_thousand_connection_close_requests_share_a_few_mesh_connections() {
 async fn an_unreachable_app_is_a_503_for_that_request_and_the_next_one_still_works() {
     // api's app port has nothing listening: each request is a 503, counted, and the
     // sidecar carries on.
-    let dead = free_port();
+    let (dead, _held) = refused_port();
     let ca = ferrule_tests::DevCa::generate(None).expect("a CA");
     let api = Sidecar::start(
         SidecarConfig::new(&ca, &svid(&ca, API))

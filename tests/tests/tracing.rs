@@ -11,12 +11,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ferrule_dev::ca::DevCa;
-use ferrule_tests::backends::HttpRecorder;
+use ferrule_tests::backends::{HttpRecorder, accept_loop};
 use ferrule_tests::mesh::{API, WEB, svid};
 use ferrule_tests::metrics::Selector;
 use ferrule_tests::otlp::{Protocol, Receiver};
 use ferrule_tests::sidecar::{Sidecar, SidecarConfig};
-use ferrule_tests::wait::free_port;
+use ferrule_tests::wait::{free_port, refused_port};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -434,12 +434,11 @@ async fn black_hole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         .await
         .expect("bind the black hole");
     let addr = listener.local_addr().expect("its address");
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((conn, _)) = listener.accept().await {
-            held.push(conn);
-        }
-    });
+    let task = tokio::spawn(accept_loop(listener, |conn| async move {
+        // Held open, never read: the collector hangs.
+        std::future::pending::<()>().await;
+        drop(conn);
+    }));
     (addr, task)
 }
 
@@ -448,7 +447,7 @@ async fn a_collector_down_or_hanging_costs_the_traffic_nothing() {
     // web's collector accepts and never answers (gRPC), with room for 2 spans; api's
     // has nothing listening (HTTP).
     let (hanging, hole) = black_hole().await;
-    let nobody = free_port();
+    let (nobody, _held) = refused_port();
     let pair = start_pair(|config, service| {
         let config = config
             .env("OTEL_SERVICE_NAME", service)

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrule_tests::backends::{HttpRecorder, TcpEcho};
+use ferrule_tests::backends::{HttpRecorder, TcpEcho, accept_loop};
 use ferrule_tests::clients::{LeafFiles, curl, require_tool};
 use ferrule_tests::mesh::{L7Pair, intentions_json, svid};
 use ferrule_tests::metrics::Selector;
@@ -174,15 +174,12 @@ impl HelloRecorder {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(5), acceptor.accept(tcp)).await;
-                });
+        let task = tokio::spawn(accept_loop(listener, move |tcp| {
+            let acceptor = acceptor.clone();
+            async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), acceptor.accept(tcp)).await;
             }
-        });
+        }));
         HelloRecorder { addr, hellos, task }
     }
 
