@@ -416,11 +416,14 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), Fail> {
         args.run.drain_timeout,
     )
     .await;
-    // The requests are done: their spans go out before the process does.
+    // The requests are done: their records and spans go out before the process does.
+    ferrule::access_log::flush(ACCESS_LOG_FLUSH_TIMEOUT).await;
     ferrule::trace::flush(TRACE_FLUSH_TIMEOUT).await;
     served
 }
 
+/// How long the access-log records still queued at shutdown get to be written.
+const ACCESS_LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the spans still queued at shutdown get to reach the collector.
 const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -12,7 +12,7 @@ mod time;
 mod writer;
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ferrule_control::access_log::AccessLogs;
 use ferrule_control::model::Snapshot;
@@ -23,8 +23,9 @@ use self::writer::Writer;
 
 /// The process's one writer (each line carries its sink, so sidecars sharing a process,
 /// as in `ferrule demo`, share it too), started with the first record.
+static WRITER: OnceLock<Option<Writer>> = OnceLock::new();
+
 fn writer() -> Option<&'static Writer> {
-    static WRITER: OnceLock<Option<Writer>> = OnceLock::new();
     WRITER
         .get_or_init(|| match Writer::start() {
             Ok(writer) => Some(writer),
@@ -41,6 +42,15 @@ fn write(logs: &AccessLogs, record: &Record) {
     if let Some(writer) = writer() {
         writer.send(&logs.sink, record::render(&logs.format, record));
     }
+}
+
+/// Writes what is queued (at shutdown, once requests are drained), waiting at most
+/// `within`.
+pub async fn flush(within: Duration) {
+    let Some(writer) = WRITER.get().and_then(Option::as_ref) else {
+        return;
+    };
+    let _ = tokio::task::spawn_blocking(move || writer.flush(within)).await;
 }
 
 /// Reopens file logs on every SIGUSR1, for as long as the returned task runs.
