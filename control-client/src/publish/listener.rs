@@ -17,9 +17,11 @@ use crate::routing::{Routing, Target};
 /// Consul's built-in proxy.
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long dialling the local application may take: the default of Consul's built-in
-/// proxy.
-const DEFAULT_LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long dialling the local application may take: the default Consul gives Envoy
+/// (its built-in proxy's is 1 s), the sidecar ferrule stands in for. A busy sidecar or
+/// app may take more than a second to complete a connect that the kernel already
+/// accepted; failing it there would be a 503 for a request that would have succeeded.
+const DEFAULT_LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long dialling an upstream instance may take: Envoy's default, which Consul's
 /// `connect_timeout_ms` inherits.
@@ -203,7 +205,7 @@ mod tests {
             &Default::default(),
         );
         assert_eq!(ib.handshake_timeout, Duration::from_secs(10));
-        assert_eq!(ib.local_connect_timeout, Duration::from_secs(1));
+        assert_eq!(ib.local_connect_timeout, Duration::from_secs(5));
         assert_eq!(ib.local_request_timeout, Some(DEFAULT_REQUEST_TIMEOUT));
         assert_eq!(ib.max_connections, DEFAULT_MAX_CONNECTIONS);
 
