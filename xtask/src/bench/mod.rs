@@ -518,11 +518,12 @@ fn command_line(program: &str, args: &[&str]) -> String {
             } else {
                 o.stdout
             };
+            // The first line that says something (Envoy's version starts with an empty one).
             String::from_utf8_lossy(&text)
                 .lines()
-                .next()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
                 .unwrap_or("")
-                .trim()
                 .to_owned()
         })
         .unwrap_or_else(|_| "?".to_owned())
