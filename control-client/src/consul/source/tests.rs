@@ -225,7 +225,7 @@ async fn sidecar_for_fills_the_whole_snapshot_from_the_agent() {
     assert_eq!(inbound.bind, "0.0.0.0:21000".parse().unwrap());
     assert_eq!(inbound.local_app, "127.0.0.1:8080");
     assert_eq!(inbound.protocol, Protocol::Tcp);
-    assert_eq!(inbound.local_connect_timeout, Duration::from_millis(1000));
+    assert_eq!(inbound.local_connect_timeout, Duration::from_millis(5000));
     assert_eq!(inbound.handshake_timeout, Duration::from_millis(10_000));
 
     let td = world.ca.trust_domain();
