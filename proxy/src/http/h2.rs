@@ -44,6 +44,12 @@ pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// hand-over between the body and the socket, so throughput does not need more.
 pub const MAX_SEND_BUF: usize = 64 * 1024;
 
+/// The largest DATA frame we accept (`SETTINGS_MAX_FRAME_SIZE`): as large as what a
+/// stream may buffer for sending, so a ferrule peer sends a buffered chunk as one frame
+/// instead of four of HTTP/2's default 16 KiB. A frame is read whole before it is
+/// handed on, so this is also the most a peer's one frame makes us hold.
+pub const MAX_FRAME: u32 = 64 * 1024;
+
 /// The largest read buffer of an HTTP/1.1 connection to the local app, and so the
 /// largest chunk of a response body a stream holds on top of `MAX_SEND_BUF`.
 pub const APP_READ_BUF: usize = 64 * 1024;
@@ -67,6 +73,7 @@ pub fn server<E>(builder: &mut Http2Builder<'_, E>) {
         .adaptive_window(true)
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_frame_size(MAX_FRAME)
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
         .max_send_buf_size(MAX_SEND_BUF)
@@ -84,6 +91,7 @@ pub fn client<E: Clone>(builder: &mut client::Builder<E>) {
         .timer(TokioTimer::new())
         .adaptive_window(true)
         .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_frame_size(MAX_FRAME)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
         .max_send_buf_size(MAX_SEND_BUF)
         .keep_alive_interval(KEEPALIVE_INTERVAL)
