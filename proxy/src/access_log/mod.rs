@@ -38,9 +38,9 @@ fn writer() -> Option<&'static Writer> {
 }
 
 /// Renders `record` and queues it; never waits.
-fn write(logs: &AccessLogs, record: &Record) {
+fn write(logs: &Arc<AccessLogs>, record: &Record) {
     if let Some(writer) = writer() {
-        writer.send(&logs.sink, record::render(&logs.format, record));
+        writer.send(logs, record::render(&logs.format, record));
     }
 }
 

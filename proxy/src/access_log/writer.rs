@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ferrule_control::access_log::Sink;
+use ferrule_control::access_log::{AccessLogs, Sink};
 
 pub const DROPPED: &str = "ferrule_access_log_dropped_total";
 
@@ -27,10 +27,17 @@ const QUEUE: usize = 4096;
 /// How long a record may wait before the writer writes it.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// One rendered record and where it goes.
+/// One rendered record and the configuration that says where it goes (shared, so a
+/// record costs no copy of the sink's path).
 struct Line {
-    sink: Sink,
+    logs: Arc<AccessLogs>,
     text: String,
+}
+
+impl Line {
+    fn sink(&self) -> &Sink {
+        &self.logs.sink
+    }
 }
 
 struct Queue {
@@ -91,8 +98,8 @@ impl Writer {
         Ok(Writer { shared })
     }
 
-    /// Queues `text` for `sink`; never waits for the writer.
-    pub(super) fn send(&self, sink: &Sink, text: String) {
+    /// Queues `text` for the sink of `logs`; never waits for the writer.
+    pub(super) fn send(&self, logs: &Arc<AccessLogs>, text: String) {
         let mut queue = self.shared.lock();
         if queue.lines.len() >= self.shared.capacity {
             drop(queue);
@@ -100,7 +107,7 @@ impl Writer {
             return;
         }
         queue.lines.push(Line {
-            sink: sink.clone(),
+            logs: logs.clone(),
             text,
         });
         let wake = queue.lines.len() == (self.shared.capacity / 4).max(1);
@@ -156,10 +163,10 @@ fn drain(shared: &Shared) {
         while let Some(first) = lines.next() {
             buffer.clear();
             buffer.push_str(&first.text);
-            while let Some(next) = lines.next_if(|l| l.sink == first.sink) {
+            while let Some(next) = lines.next_if(|l| l.sink() == first.sink()) {
                 buffer.push_str(&next.text);
             }
-            let result = match &first.sink {
+            let result = match first.sink() {
                 Sink::Stdout => io::stdout().lock().write_all(buffer.as_bytes()),
                 Sink::Stderr => io::stderr().lock().write_all(buffer.as_bytes()),
                 Sink::File(path) => {
@@ -175,7 +182,7 @@ fn drain(shared: &Shared) {
                 Ok(()) => warned = false,
                 Err(e) if !warned => {
                     warned = true;
-                    tracing::warn!(sink = ?first.sink, error = %e, "cannot write the access log; records are lost until it works again");
+                    tracing::warn!(sink = ?first.sink(), error = %e, "cannot write the access log; records are lost until it works again");
                 }
                 Err(_) => {}
             }

@@ -524,34 +524,19 @@ fn observe_config(observe: Observe, service: &str) -> String {
 /// (a full queue) and spans (a full queue or a failed export). Zero when nothing is on.
 pub(crate) async fn observe_drops() -> u64 {
     let mut dropped = 0.0;
-    for admin in [ADMIN_A, ADMIN_B] {
-        let Ok(text) = admin_get(admin, "/metrics").await else {
+    for (side, addr) in [("a", ADMIN_A), ("b", ADMIN_B)] {
+        let Ok(addr) = addr.parse() else { continue };
+        let admin = ferrule_tests::admin::Admin {
+            addr,
+            name: side.to_owned(),
+        };
+        let Ok(metrics) = admin.metrics().await else {
             continue;
         };
-        dropped += text
-            .lines()
-            .filter(|l| {
-                l.starts_with("ferrule_access_log_dropped_total")
-                    || l.starts_with("ferrule_trace_spans_dropped_total")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
+        dropped += metrics.get("ferrule_access_log_dropped_total", &[])
+            + metrics.get("ferrule_trace_spans_dropped_total", &[]);
     }
     dropped as u64
-}
-
-/// The body of an HTTP/1.0 GET (the admin listener closes after answering it).
-async fn admin_get(addr: &str, path: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut text)).await??;
-    Ok(text
-        .split_once("\r\n\r\n")
-        .map_or_else(String::new, |(_, body)| body.to_owned()))
 }
 
 /// Envoy's two bootstraps: web's sidecar (A: the `api` upstream listener on the entry

@@ -132,19 +132,18 @@ pub(crate) fn render(records: &[Record]) -> String {
                 fmt(t.med(s, p, |x| x.pss_kib as f64 / 1024.0), 1)
             )
         };
-        let per_request = |p| {
-            fmt(
-                t.med(s, p, |x| {
-                    if x.requests == 0 {
-                        f64::NAN
-                    } else {
-                        x.cpu_secs * 1e6 / x.requests as f64
-                    }
-                })
-                .filter(|v| v.is_finite()),
-                1,
-            )
+        // The pair's CPU µs per request, where the run counted requests.
+        let cpu_per_request = |p| {
+            t.med(s, p, |x| {
+                if x.requests == 0 {
+                    f64::NAN
+                } else {
+                    x.cpu_secs * 1e6 / x.requests as f64
+                }
+            })
+            .filter(|v| v.is_finite())
         };
+        let per_request = |p| fmt(cpu_per_request(p), 1);
         let errors = |p| t.samples(s, p).map(|x| x.errors).sum::<u64>();
         match s {
             Scenario::KeepAlive
@@ -252,14 +251,13 @@ pub(crate) fn render(records: &[Record]) -> String {
             }
             Scenario::Observe => {
                 let off = Peer::Ferrule { resumption: true };
-                let per_req = |p| t.med(s, p, |x| x.cpu_secs * 1e6 / x.requests.max(1) as f64);
                 let _ = writeln!(
                     out,
                     "| peer | req/s | × off | pair CPU µs/request | added µs/request | pair peak RSS / PSS at end, MiB | records and spans dropped | errors |\n|---|---|---|---|---|---|---|---|"
                 );
                 for &p in &peers {
                     let v = t.value(s, p);
-                    let added = match (per_req(p), per_req(off)) {
+                    let added = match (cpu_per_request(p), cpu_per_request(off)) {
                         (Some(a), Some(b)) if p != off => Some(a - b),
                         _ => None,
                     };
@@ -269,7 +267,7 @@ pub(crate) fn render(records: &[Record]) -> String {
                         p.name(),
                         fmt(v, 0),
                         fmt(ratio(v, t.value(s, off)), 2),
-                        fmt(per_req(p), 1),
+                        per_request(p),
                         fmt(added, 1),
                         rss(p),
                         fmt(t.med(s, p, |x| x.extra.unwrap_or(0.0)), 0),
