@@ -1132,3 +1132,35 @@ async fn a_zero_window_callee_fails_fast_and_costs_bounded_memory() {
 async fn a_flooding_callee_fails_fast_and_costs_bounded_memory() {
     an_abusive_callee(Callee::Flood).await;
 }
+
+/// The listener takes DATA frames as large as a stream's send buffer (64 KiB,
+/// `ferrule::http::h2::MAX_FRAME`), so a ferrule caller sends a chunk as one frame: its
+/// SETTINGS say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_takes_64_kib_frames() {
+    const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
+    let scene = Scene::start().await;
+    let mut stream = scene
+        .abuser()
+        .open(&[])
+        .await
+        .expect("an HTTP/2 connection");
+    // The server's first frame is its SETTINGS (RFC 9113, 3.4).
+    let mut head = [0u8; 9];
+    tokio::time::timeout(CUT_OFF_WITHIN, stream.read_exact(&mut head))
+        .await
+        .expect("the server's preface in time")
+        .expect("the server's preface");
+    assert_eq!(head[3], SETTINGS, "the first frame: {head:?}");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    tokio::time::timeout(CUT_OFF_WITHIN, stream.read_exact(&mut payload))
+        .await
+        .expect("the SETTINGS payload in time")
+        .expect("the SETTINGS payload");
+    let max_frame = payload.chunks_exact(6).find_map(|p| {
+        (u16::from_be_bytes([p[0], p[1]]) == SETTINGS_MAX_FRAME_SIZE)
+            .then(|| u32::from_be_bytes([p[2], p[3], p[4], p[5]]))
+    });
+    assert_eq!(max_frame, Some(64 * 1024), "SETTINGS {payload:?}");
+}
